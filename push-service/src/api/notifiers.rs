@@ -1,0 +1,270 @@
+//! `/v1/apps/{app}/notifiers` and `/v1/apps/{app}/attestation` (operator).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::apps::require_app;
+use super::extract::{AdminAuth, ApiJson};
+use crate::error::{ApiError, Problem};
+use crate::ids::{new_id, now_millis, rfc3339};
+use crate::keys::validate_jwks;
+use crate::store::{Attestation, Notifier};
+use crate::AppState;
+
+/// Scopes a notifier may be granted.
+pub const SCOPES: &[&str] = &["notify", "registrations:read", "registrations:delete"];
+
+/// Body of `POST /v1/apps/{app}/notifiers`: exactly one of `jwks` and `jwks_url`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNotifier {
+    pub name: String,
+    /// Static public keys, `{"keys": [...]}`; each key needs a `kid`.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// HTTPS URL of the notifier's JWKS, fetched and cached.
+    pub jwks_url: Option<String>,
+    /// Granted scopes: `notify`, `registrations:read`, `registrations:delete`.
+    pub scopes: Vec<String>,
+}
+
+/// A notifier as the API shows it; `id` is the `iss` of its JWTs.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct NotifierView {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Key ids of the static keys.
+    pub key_ids: Vec<String>,
+    pub created_at: String,
+}
+
+impl From<Notifier> for NotifierView {
+    fn from(n: Notifier) -> Self {
+        let key_ids = n
+            .jwks
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|j| validate_jwks(&j).ok())
+            .unwrap_or_default();
+        NotifierView {
+            id: n.id,
+            name: n.name,
+            scopes: n.scopes.split_whitespace().map(str::to_owned).collect(),
+            jwks_url: n.jwks_url,
+            key_ids,
+            created_at: rfc3339(n.created_at),
+        }
+    }
+}
+
+/// Body of `PUT /v1/apps/{app}/attestation`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutAttestation {
+    /// Public keys that sign client attestations, `{"keys": [...]}`.
+    #[schema(value_type = Object)]
+    pub jwks: serde_json::Value,
+    /// When true, registration without a valid attestation is refused.
+    pub required: bool,
+}
+
+/// Attestation settings as the API shows them.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AttestationView {
+    pub key_ids: Vec<String>,
+    pub required: bool,
+    pub updated_at: String,
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/apps/{app}/notifiers",
+            get(list_notifiers).post(create_notifier),
+        )
+        .route(
+            "/v1/apps/{app}/notifiers/{id}",
+            get(get_notifier).delete(delete_notifier),
+        )
+        .route(
+            "/v1/apps/{app}/attestation",
+            get(get_attestation).put(put_attestation),
+        )
+}
+
+fn check_jwks_url(raw: &str) -> Result<String, ApiError> {
+    let url = url::Url::parse(raw).map_err(|e| ApiError::invalid(format!("`jwks_url`: {e}")))?;
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+        Ok(url.to_string())
+    } else {
+        Err(ApiError::invalid("`jwks_url` must be an https:// URL"))
+    }
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/notifiers", tag = "notifiers",
+    params(("app" = String, Path, description = "App id")), request_body = CreateNotifier,
+    security(("admin_token" = [])),
+    responses((status = 201, body = NotifierView), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
+#[tracing::instrument(skip_all, fields(app = %app_id))]
+async fn create_notifier(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+    ApiJson(body): ApiJson<CreateNotifier>,
+) -> Result<(StatusCode, Json<NotifierView>), ApiError> {
+    require_app(state.store.as_ref(), &app_id).await?;
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::invalid("`name` must be 1 to 200 characters"));
+    }
+    if body.scopes.is_empty() {
+        return Err(ApiError::invalid("`scopes` must name at least one scope"));
+    }
+    if let Some(bad) = body.scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+        return Err(ApiError::invalid(format!(
+            "`scopes`: unknown scope `{bad}` (known: {})",
+            SCOPES.join(", ")
+        )));
+    }
+    let (jwks, jwks_url) = match (body.jwks, body.jwks_url) {
+        (Some(jwks), None) => {
+            validate_jwks(&jwks).map_err(|e| ApiError::invalid(format!("`jwks`: {e}")))?;
+            (Some(jwks.to_string()), None)
+        }
+        (None, Some(url)) => (None, Some(check_jwks_url(&url)?)),
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of `jwks` and `jwks_url`",
+            ))
+        }
+    };
+    let mut scopes = body.scopes;
+    scopes.sort();
+    scopes.dedup();
+    let notifier = Notifier {
+        id: new_id("ntf"),
+        app_id,
+        name: name.to_owned(),
+        scopes: scopes.join(" "),
+        jwks,
+        jwks_url,
+        created_at: now_millis(),
+    };
+    state.store.create_notifier(&notifier).await?;
+    tracing::info!(notifier = %notifier.id, "notifier created");
+    Ok((StatusCode::CREATED, Json(notifier.into())))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app}/notifiers", tag = "notifiers",
+    params(("app" = String, Path, description = "App id")),
+    security(("admin_token" = [])),
+    responses((status = 200, body = Vec<NotifierView>), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn list_notifiers(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+) -> Result<Json<Vec<NotifierView>>, ApiError> {
+    require_app(state.store.as_ref(), &app_id).await?;
+    let notifiers = state.store.list_notifiers(&app_id).await?;
+    Ok(Json(
+        notifiers.into_iter().map(NotifierView::from).collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app}/notifiers/{id}", tag = "notifiers",
+    params(("app" = String, Path, description = "App id"), ("id" = String, Path, description = "Notifier id")),
+    security(("admin_token" = [])),
+    responses((status = 200, body = NotifierView), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn get_notifier(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((app_id, id)): Path<(String, String)>,
+) -> Result<Json<NotifierView>, ApiError> {
+    require_app(state.store.as_ref(), &app_id).await?;
+    let notifier = state
+        .store
+        .get_notifier(&app_id, &id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("notifier `{id}` does not exist in this app"))
+        })?;
+    Ok(Json(notifier.into()))
+}
+
+#[utoipa::path(delete, path = "/v1/apps/{app}/notifiers/{id}", tag = "notifiers",
+    params(("app" = String, Path, description = "App id"), ("id" = String, Path, description = "Notifier id")),
+    security(("admin_token" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn delete_notifier(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((app_id, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    require_app(state.store.as_ref(), &app_id).await?;
+    if state.store.delete_notifier(&app_id, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "notifier `{id}` does not exist in this app"
+        )))
+    }
+}
+
+#[utoipa::path(put, path = "/v1/apps/{app}/attestation", tag = "attestation",
+    params(("app" = String, Path, description = "App id")), request_body = PutAttestation,
+    security(("admin_token" = [])),
+    responses((status = 200, body = AttestationView), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn put_attestation(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+    ApiJson(body): ApiJson<PutAttestation>,
+) -> Result<Json<AttestationView>, ApiError> {
+    require_app(state.store.as_ref(), &app_id).await?;
+    let key_ids =
+        validate_jwks(&body.jwks).map_err(|e| ApiError::invalid(format!("`jwks`: {e}")))?;
+    let attestation = Attestation {
+        app_id,
+        jwks: body.jwks.to_string(),
+        required: body.required,
+        updated_at: now_millis(),
+    };
+    state.store.put_attestation(&attestation).await?;
+    Ok(Json(AttestationView {
+        key_ids,
+        required: attestation.required,
+        updated_at: rfc3339(attestation.updated_at),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app}/attestation", tag = "attestation",
+    params(("app" = String, Path, description = "App id")),
+    security(("admin_token" = [])),
+    responses((status = 200, body = AttestationView), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn get_attestation(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+) -> Result<Json<AttestationView>, ApiError> {
+    require_app(state.store.as_ref(), &app_id).await?;
+    let attestation = state.store.get_attestation(&app_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("app `{app_id}` has no attestation settings"))
+    })?;
+    let jwks: serde_json::Value =
+        serde_json::from_str(&attestation.jwks).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(Json(AttestationView {
+        key_ids: validate_jwks(&jwks).unwrap_or_default(),
+        required: attestation.required,
+        updated_at: rfc3339(attestation.updated_at),
+    }))
+}

@@ -1,0 +1,353 @@
+//! Layered configuration: embedded defaults, optional TOML file, `PUSH_*` environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The commented default configuration, embedded in the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+/// Why the configuration could not be used; each message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("configuration key `{key}`: cannot use {path}: {source}")]
+    Io {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Raw settings as read from the layers, before validation.
+#[derive(Deserialize)]
+struct RawConfig {
+    listen: String,
+    public_url: String,
+    data_dir: PathBuf,
+    database_url: String,
+    database_max_connections: u32,
+    redis_url: String,
+    admin_token: String,
+    admin_token_file: String,
+    master_key: String,
+    master_key_file: String,
+    max_body_bytes: usize,
+    request_timeout_seconds: u64,
+    shutdown_grace_seconds: u64,
+    log_format: String,
+    log_level: String,
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Validated configuration. Secrets are wrapped so they never print.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub public_url: url::Url,
+    pub data_dir: PathBuf,
+    pub database_url: Secret<String>,
+    pub database_max_connections: u32,
+    pub redis_url: Option<Secret<String>>,
+    pub admin_token: Secret<String>,
+    pub master_key: Secret<[u8; 32]>,
+    pub max_body_bytes: usize,
+    pub request_timeout: std::time::Duration,
+    pub shutdown_grace: std::time::Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// Files created on this start (generated secrets), reported once by the binary.
+    pub created_files: Vec<PathBuf>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url.as_str())
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url)
+            .field("redis_url", &self.redis_url)
+            .field("admin_token", &self.admin_token)
+            .field("master_key", &self.master_key)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads defaults, then `file` if given, then the `PUSH_*` environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Io {
+                    key: "--config",
+                    path: file.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+                });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("PUSH_").split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// Builds a configuration from explicit TOML layered over the defaults (for tests and tools).
+    pub fn from_toml(overrides: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Toml::string(DEFAULT_CONFIG)).merge(Toml::string(overrides)),
+        )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let raw: RawConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let listen: SocketAddr = raw
+            .listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("`{}` is not host:port ({e})", raw.listen)))?;
+        let public_url = if raw.public_url.trim().is_empty() {
+            format!("http://{listen}")
+        } else {
+            raw.public_url.trim().to_owned()
+        };
+        let public_url = url::Url::parse(&public_url)
+            .map_err(|e| invalid("public_url", format!("`{public_url}` is not a URL ({e})")))?;
+        if !matches!(public_url.scheme(), "http" | "https") || public_url.host().is_none() {
+            return Err(invalid(
+                "public_url",
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        let database_url = if raw.database_url.trim().is_empty() {
+            format!("sqlite://{}", raw.data_dir.join("push.db").display())
+        } else {
+            raw.database_url.trim().to_owned()
+        };
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if raw.database_max_connections == 0 {
+            return Err(invalid("database_max_connections", "must be at least 1"));
+        }
+        let redis_url = match raw.redis_url.trim() {
+            "" => None,
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Some(Secret::new(url.to_owned()))
+            }
+            _ => {
+                return Err(invalid(
+                    "redis_url",
+                    "must start with redis:// or rediss://",
+                ))
+            }
+        };
+        if raw.max_body_bytes < 1024 {
+            return Err(invalid("max_body_bytes", "must be at least 1024"));
+        }
+        if raw.request_timeout_seconds == 0 {
+            return Err(invalid("request_timeout_seconds", "must be at least 1"));
+        }
+        let log_format = match raw.log_format.as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("`{other}` is not json or text"),
+                ))
+            }
+        };
+
+        let mut created_files = Vec::new();
+        let needs_files = raw.admin_token.is_empty() || raw.master_key.is_empty();
+        if needs_files {
+            ensure_private_dir(&raw.data_dir)?;
+        }
+        let admin_token = if !raw.admin_token.is_empty() {
+            raw.admin_token.clone()
+        } else {
+            let path = file_or_default(&raw.admin_token_file, &raw.data_dir, "admin.token");
+            read_or_create_secret("admin_token_file", &path, &mut created_files, || {
+                crate::ids::random_token(32)
+            })?
+        };
+        if admin_token.len() < 16 {
+            return Err(invalid("admin_token", "must be at least 16 characters"));
+        }
+        let master_key_b64 = if !raw.master_key.is_empty() {
+            raw.master_key.clone()
+        } else {
+            let path = file_or_default(&raw.master_key_file, &raw.data_dir, "master.key");
+            read_or_create_secret("master_key_file", &path, &mut created_files, || {
+                let key: [u8; 32] = rand::random();
+                base64::engine::general_purpose::STANDARD.encode(key)
+            })?
+        };
+        let master_key = base64::engine::general_purpose::STANDARD
+            .decode(master_key_b64.trim())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| invalid("master_key", "must be 32 bytes, base64-encoded"))?;
+
+        Ok(Config {
+            listen,
+            public_url,
+            data_dir: raw.data_dir,
+            database_url: Secret::new(database_url),
+            database_max_connections: raw.database_max_connections,
+            redis_url,
+            admin_token: Secret::new(admin_token),
+            master_key: Secret::new(master_key),
+            max_body_bytes: raw.max_body_bytes,
+            request_timeout: std::time::Duration::from_secs(raw.request_timeout_seconds),
+            shutdown_grace: std::time::Duration::from_secs(raw.shutdown_grace_seconds),
+            log_format,
+            log_level: raw.log_level,
+            created_files,
+        })
+    }
+}
+
+fn file_or_default(configured: &str, data_dir: &Path, name: &str) -> PathBuf {
+    if configured.is_empty() {
+        data_dir.join(name)
+    } else {
+        PathBuf::from(configured)
+    }
+}
+
+fn ensure_private_dir(dir: &Path) -> Result<(), ConfigError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| ConfigError::Io {
+        key: "data_dir",
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Reads a secret file, or creates it (mode 0600) with `generate()` when it does not exist.
+fn read_or_create_secret(
+    key: &'static str,
+    path: &Path,
+    created: &mut Vec<PathBuf>,
+    generate: impl FnOnce() -> String,
+) -> Result<String, ConfigError> {
+    let io = |source| ConfigError::Io {
+        key,
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(value) => Ok(value.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = generate();
+            write_private_file(path, &value).map_err(io)?;
+            created.push(path.to_owned());
+            Ok(value)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_private_file(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(value.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = format!("data_dir = {:?}\n", dir.path().display().to_string());
+        let config = Config::from_toml(&base).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(config.created_files.len(), 2);
+
+        let err = Config::from_toml(&format!("{base}listen = \"nowhere\"")).unwrap_err();
+        assert!(err.to_string().contains("`listen`"), "{err}");
+        let err = Config::from_toml(&format!("{base}database_url = \"mysql://x\"")).unwrap_err();
+        assert!(err.to_string().contains("`database_url`"), "{err}");
+        let err = Config::from_toml(&format!("{base}master_key = \"c2hvcnQ=\"")).unwrap_err();
+        assert!(err.to_string().contains("`master_key`"), "{err}");
+    }
+
+    #[test]
+    fn generated_secret_files_are_private_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = format!("data_dir = {:?}\n", dir.path().display().to_string());
+        let first = Config::from_toml(&base).expect("valid");
+        let second = Config::from_toml(&base).expect("valid");
+        assert!(second.created_files.is_empty());
+        assert_eq!(first.admin_token.expose(), second.admin_token.expose());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("admin.token"))
+                .expect("exists")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let debug = format!("{first:?}");
+        assert!(!debug.contains(first.admin_token.expose().as_str()));
+    }
+}

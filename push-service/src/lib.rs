@@ -1,0 +1,104 @@
+//! push-service: a self-hostable push notification service.
+//!
+//! The binary is thin; [`run`] starts the whole service on a listener, which is
+//! what tests call with a `127.0.0.1:0` listener.
+
+pub mod api;
+pub mod config;
+pub mod credentials;
+pub mod crypto;
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod secret;
+pub mod store;
+pub mod telemetry;
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+
+pub use config::Config;
+use store::Store;
+
+/// Shared state of one node, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub sealer: crypto::Sealer,
+    pub redis: Option<redis::Client>,
+    pub metrics: PrometheusHandle,
+    pub openapi: Arc<String>,
+}
+
+impl AppState {
+    /// Connects the store (applying migrations) and Redis client from the configuration.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        let store = store::connect(
+            config.database_url.expose(),
+            config.database_max_connections,
+        )
+        .await?;
+        store.migrate().await?;
+        let redis = match &config.redis_url {
+            Some(url) => Some(redis::Client::open(url.expose().as_str())?),
+            None => None,
+        };
+        let metrics = telemetry::metrics_handle();
+        metrics::gauge!(
+            telemetry::names::BUILD_INFO,
+            "version" => env!("CARGO_PKG_VERSION"),
+            "store" => store.backend()
+        )
+        .set(1.0);
+        Ok(AppState {
+            sealer: crypto::Sealer::new(config.master_key.expose()),
+            config: Arc::new(config),
+            store,
+            redis,
+            metrics,
+            openapi: Arc::new(api::ApiDoc::openapi().to_json()?),
+        })
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = AppState::new(config).await?;
+    serve(state, listener, shutdown).await
+}
+
+/// Serves an already built state (lets callers keep a handle on it).
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let grace = state.config.shutdown_grace;
+    let app = api::router(state);
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let drained = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        drained.cancelled().await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+    });
+    let server = tokio::spawn(server.into_future());
+    shutdown.cancelled().await;
+    match tokio::time::timeout(grace, server).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!(
+            grace_seconds = grace.as_secs(),
+            "drain took too long; exiting"
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Persistence behind one trait, with a SQLite and a PostgreSQL implementation.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Store failures, by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error(transparent)]
+    Other(anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        use sqlx::Error::*;
+        match err {
+            PoolTimedOut | PoolClosed | Io(_) | Tls(_) => StoreError::Unavailable(err),
+            Database(ref db) if db.is_unique_violation() => {
+                StoreError::Conflict(format!("already exists ({})", db.message()))
+            }
+            other => StoreError::Other(other.into()),
+        }
+    }
+}
+
+/// An app: the unit of isolation for credentials, notifiers and registrations.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct App {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A provider credential: public metadata in clear, the secret part sealed.
+#[derive(Clone, sqlx::FromRow)]
+pub struct CredentialRecord {
+    pub app_id: String,
+    /// `apns` or `fcm`.
+    pub provider: String,
+    /// JSON metadata shown to operators (key id, fingerprint, expiry); never secret.
+    pub metadata: String,
+    /// AES-256-GCM blob of the secret material (see `crypto::Sealer`).
+    pub sealed: Vec<u8>,
+    /// Certificate expiry (ms), when the credential has one.
+    pub expires_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for CredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRecord")
+            .field("app_id", &self.app_id)
+            .field("provider", &self.provider)
+            .field("metadata", &self.metadata)
+            .field("sealed", &"***")
+            .finish()
+    }
+}
+
+/// An auth server allowed to call the notify API of one app.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Notifier {
+    pub id: String,
+    pub app_id: String,
+    pub name: String,
+    /// Space-separated scopes, OAuth style.
+    pub scopes: String,
+    /// Static JWKS (JSON), when the keys were given inline.
+    pub jwks: Option<String>,
+    /// JWKS URL, when the keys are fetched.
+    pub jwks_url: Option<String>,
+    pub created_at: i64,
+}
+
+/// Per-app client attestation settings.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Attestation {
+    pub app_id: String,
+    /// JWKS (JSON) of the implementer's attestation keys.
+    pub jwks: String,
+    pub required: bool,
+    pub updated_at: i64,
+}
+
+/// The persistence operations the service needs. One implementation per backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    async fn create_app(&self, app: &App) -> Result<(), StoreError>;
+    /// Apps ordered by id, after `after` (keyset pagination).
+    async fn list_apps(&self, after: Option<&str>, limit: i64) -> Result<Vec<App>, StoreError>;
+    async fn get_app(&self, id: &str) -> Result<Option<App>, StoreError>;
+    /// Deletes an app and everything it owns; false when it did not exist.
+    async fn delete_app(&self, id: &str) -> Result<bool, StoreError>;
+
+    async fn put_credential(&self, record: &CredentialRecord) -> Result<(), StoreError>;
+    async fn get_credential(
+        &self,
+        app_id: &str,
+        provider: &str,
+    ) -> Result<Option<CredentialRecord>, StoreError>;
+    async fn delete_credential(&self, app_id: &str, provider: &str) -> Result<bool, StoreError>;
+
+    async fn create_notifier(&self, notifier: &Notifier) -> Result<(), StoreError>;
+    async fn list_notifiers(&self, app_id: &str) -> Result<Vec<Notifier>, StoreError>;
+    async fn get_notifier(&self, app_id: &str, id: &str) -> Result<Option<Notifier>, StoreError>;
+    async fn delete_notifier(&self, app_id: &str, id: &str) -> Result<bool, StoreError>;
+
+    async fn put_attestation(&self, attestation: &Attestation) -> Result<(), StoreError>;
+    async fn get_attestation(&self, app_id: &str) -> Result<Option<Attestation>, StoreError>;
+}
+
+/// Connects to the store named by `database_url` (`sqlite:` or `postgres://`).
+pub async fn connect(
+    database_url: &str,
+    max_connections: u32,
+) -> Result<Arc<dyn Store>, StoreError> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            SqliteStore::connect(database_url, max_connections).await?,
+        ))
+    } else {
+        Ok(Arc::new(
+            PgStore::connect(database_url, max_connections).await?,
+        ))
+    }
+}
