@@ -1,13 +1,13 @@
 //! `/v1/apps`: create, list, read and delete apps (operator).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{AdminAuth, ApiJson};
+use super::extract::{AdminAuth, ApiJson, ApiQuery};
 use crate::error::{ApiError, Problem};
 use crate::ids::{new_id, now_millis, rfc3339};
 use crate::store::{App, Store};
@@ -98,7 +98,7 @@ async fn create_app(
 async fn list_apps(
     _: AdminAuth,
     State(state): State<AppState>,
-    Query(page): Query<PageParams>,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<AppPage>, ApiError> {
     let limit = page.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {

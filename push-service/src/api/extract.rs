@@ -38,6 +38,20 @@ fn json_rejection(rejection: JsonRejection, limit: usize) -> ApiError {
     }
 }
 
+/// Query string whose rejections are problem+json.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::invalid(rejection.body_text()))
+    }
+}
+
 /// Proof that the caller holds the operator's admin token.
 pub struct AdminAuth;
 

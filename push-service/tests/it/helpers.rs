@@ -1,0 +1,207 @@
+//! `spawn_app()`: a real server on 127.0.0.1:0 with a fresh database per test.
+
+use std::time::Duration;
+
+use push_service::{AppState, Config};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Where PostgreSQL tests create their databases; CI and the default machine have it.
+pub fn postgres_admin_url() -> String {
+    std::env::var("PUSH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Redis used by the PostgreSQL column of the suite.
+pub fn redis_url() -> String {
+    std::env::var("PUSH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The two backend columns every store test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: SQLite, in-process queue.
+    Sqlite,
+    /// Scale-out: PostgreSQL and Redis.
+    Postgres,
+}
+
+/// Runs an async test body once per backend, each in its own test.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                $body($crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                $body($crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await).await;
+            }
+        }
+    };
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub admin_token: String,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    /// Connection string of this test's own database.
+    pub database_url: String,
+    /// For SQLite: the database file.
+    pub sqlite_path: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Creates a fresh PostgreSQL database named after the time and a random suffix,
+/// dropping leftovers of earlier runs older than two hours.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin_url = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {admin_url}: {e}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let stale: Vec<(String,)> =
+        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'pushtest\\_%'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("list databases");
+    for (name,) in stale {
+        let created: u64 = name.split('_').nth(1).and_then(|t| t.parse().ok()).unwrap_or(now);
+        if now.saturating_sub(created) > 7200 {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+    let name = format!("pushtest_{now}_{}", rand::random::<u32>());
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let mut url = url::Url::parse(&admin_url).expect("valid PostgreSQL URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// Starts the service on 127.0.0.1:0 with its own database and data directory.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let addr = listener.local_addr().expect("local addr");
+    let (database_url, sqlite_path, redis) = match backend {
+        Backend::Sqlite => {
+            let path = dir.path().join("push.db");
+            (format!("sqlite://{}", path.display()), Some(path), String::new())
+        }
+        Backend::Postgres => (fresh_postgres_database().await, None, redis_url()),
+    };
+    let admin_token = format!("test-admin-{}", rand::random::<u64>());
+    let toml = format!(
+        "data_dir = {dir:?}\ndatabase_url = {database_url:?}\nredis_url = {redis:?}\n\
+         admin_token = {admin_token:?}\npublic_url = \"http://{addr}\"\nlisten = \"{addr}\"\n\
+         database_max_connections = 4\nlog_level = \"warn\"\n",
+        dir = dir.path().display().to_string(),
+    );
+    let config = Config::from_toml(&toml).expect("test configuration is valid");
+    let state = AppState::new(config).await.expect("state builds");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(push_service::serve(state.clone(), listener, shutdown.clone()));
+    TestApp {
+        base: format!("http://{addr}"),
+        admin_token,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        backend,
+        database_url,
+        sqlite_path,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends an admin request with a JSON body (or none) and returns status and JSON.
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.expect("request sent")).await
+    }
+
+    /// Creates an app and returns its id.
+    pub async fn create_app(&self, name: &str) -> String {
+        let (status, body) = self
+            .admin(reqwest::Method::POST, "/v1/apps", Some(serde_json::json!({"name": name})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Full text dump of the database, made by the backend's own tool.
+    pub fn dump_database(&self) -> String {
+        let output = match &self.sqlite_path {
+            Some(path) => std::process::Command::new("sqlite3").arg(path).arg(".dump").output(),
+            None => std::process::Command::new("pg_dump")
+                .arg("--data-only")
+                .arg(&self.database_url)
+                .output(),
+        }
+        .expect("the database dump tool (sqlite3 / pg_dump) is installed");
+        assert!(output.status.success(), "dump failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// Status and JSON body of a response (Null when the body is empty).
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let bytes = response.bytes().await.expect("body");
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    (status, value)
+}
+
+/// Asserts a problem+json answer with the given status and stable kind, whose
+/// detail mentions `needle`.
+pub fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, kind: &str, needle: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["status"], expected.as_u16(), "{body}");
+    assert_eq!(
+        body["type"],
+        format!("urn:push-service:problem:{kind}"),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(needle), "detail {detail:?} should mention {needle:?}");
+}
