@@ -16,10 +16,12 @@ pub fn apns_p8() -> String {
 /// (days from now), and its private key DER, locked with `password`.
 pub fn apns_p12(password: &str, not_before_days: i64, not_after_days: i64) -> (String, Vec<u8>) {
     let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(vec!["push.example".to_owned()]).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Apple Push Services: com.acme.auth");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["push.example".to_owned()]).expect("params");
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "Apple Push Services: com.acme.auth",
+    );
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now + time::Duration::days(not_before_days);
     params.not_after = now + time::Duration::days(not_after_days);
@@ -33,7 +35,10 @@ pub fn apns_p12(password: &str, not_before_days: i64, not_after_days: i64) -> (S
     let mut store = p12_keystore::KeyStore::new();
     store.add_entry("apns", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
     let der = store.writer(password).write().expect("p12");
-    (base64::engine::general_purpose::STANDARD.encode(der), key_der)
+    (
+        base64::engine::general_purpose::STANDARD.encode(der),
+        key_der,
+    )
 }
 
 /// A Google service-account JSON with a fresh RSA key; also returns the key PEM.

@@ -81,7 +81,11 @@ pub async fn fresh_postgres_database() -> String {
             .await
             .expect("list databases");
     for (name,) in stale {
-        let created: u64 = name.split('_').nth(1).and_then(|t| t.parse().ok()).unwrap_or(now);
+        let created: u64 = name
+            .split('_')
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(now);
         if now.saturating_sub(created) > 7200 {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                 .execute(&mut conn)
@@ -108,7 +112,11 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     let (database_url, sqlite_path, redis) = match backend {
         Backend::Sqlite => {
             let path = dir.path().join("push.db");
-            (format!("sqlite://{}", path.display()), Some(path), String::new())
+            (
+                format!("sqlite://{}", path.display()),
+                Some(path),
+                String::new(),
+            )
         }
         Backend::Postgres => (fresh_postgres_database().await, None, redis_url()),
     };
@@ -122,7 +130,11 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     let config = Config::from_toml(&toml).expect("test configuration is valid");
     let state = AppState::new(config).await.expect("state builds");
     let shutdown = CancellationToken::new();
-    tokio::spawn(push_service::serve(state.clone(), listener, shutdown.clone()));
+    tokio::spawn(push_service::serve(
+        state.clone(),
+        listener,
+        shutdown.clone(),
+    ));
     TestApp {
         base: format!("http://{addr}"),
         admin_token,
@@ -144,7 +156,12 @@ impl TestApp {
     }
 
     /// Sends an admin request with a JSON body (or none) and returns status and JSON.
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .client
             .request(method, self.url(path))
@@ -158,7 +175,11 @@ impl TestApp {
     /// Creates an app and returns its id.
     pub async fn create_app(&self, name: &str) -> String {
         let (status, body) = self
-            .admin(reqwest::Method::POST, "/v1/apps", Some(serde_json::json!({"name": name})))
+            .admin(
+                reqwest::Method::POST,
+                "/v1/apps",
+                Some(serde_json::json!({"name": name})),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_str().expect("id").to_owned()
@@ -167,14 +188,21 @@ impl TestApp {
     /// Full text dump of the database, made by the backend's own tool.
     pub fn dump_database(&self) -> String {
         let output = match &self.sqlite_path {
-            Some(path) => std::process::Command::new("sqlite3").arg(path).arg(".dump").output(),
+            Some(path) => std::process::Command::new("sqlite3")
+                .arg(path)
+                .arg(".dump")
+                .output(),
             None => std::process::Command::new("pg_dump")
                 .arg("--data-only")
                 .arg(&self.database_url)
                 .output(),
         }
         .expect("the database dump tool (sqlite3 / pg_dump) is installed");
-        assert!(output.status.success(), "dump failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
@@ -194,7 +222,13 @@ pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
 
 /// Asserts a problem+json answer with the given status and stable kind, whose
 /// detail mentions `needle`.
-pub fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, kind: &str, needle: &str) {
+pub fn assert_problem(
+    status: StatusCode,
+    body: &Value,
+    expected: StatusCode,
+    kind: &str,
+    needle: &str,
+) {
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["status"], expected.as_u16(), "{body}");
     assert_eq!(
@@ -203,5 +237,8 @@ pub fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, ki
         "{body}"
     );
     let detail = body["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains(needle), "detail {detail:?} should mention {needle:?}");
+    assert!(
+        detail.contains(needle),
+        "detail {detail:?} should mention {needle:?}"
+    );
 }

@@ -13,8 +13,10 @@ async fn notifiers_and_attestation(app: TestApp) {
         .admin(
             Method::POST,
             &path,
-            Some(json!({"name": "auth-1", "jwks": {"keys": [rsa_public_jwk(2048, "k1")]},
-                "scopes": ["notify", "registrations:read", "registrations:delete"]})),
+            Some(
+                json!({"name": "auth-1", "jwks": {"keys": [rsa_public_jwk(2048, "k1")]},
+                "scopes": ["notify", "registrations:read", "registrations:delete"]}),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -40,17 +42,29 @@ async fn notifiers_and_attestation(app: TestApp) {
     assert_eq!(one["name"], "auth-1");
     // A notifier is not visible through another app.
     let (status, body) = app
-        .admin(Method::GET, &format!("/v1/apps/{other_app}/notifiers/{id}"), None)
+        .admin(
+            Method::GET,
+            &format!("/v1/apps/{other_app}/notifiers/{id}"),
+            None,
+        )
         .await;
     assert_problem(status, &body, StatusCode::NOT_FOUND, "not-found", &id);
-    let (status, _) = app.admin(Method::DELETE, &format!("{path}/{id}"), None).await;
+    let (status, _) = app
+        .admin(Method::DELETE, &format!("{path}/{id}"), None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = app.admin(Method::GET, &format!("{path}/{id}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let attestation = format!("/v1/apps/{app_id}/attestation");
     let (status, body) = app.admin(Method::GET, &attestation, None).await;
-    assert_problem(status, &body, StatusCode::NOT_FOUND, "not-found", "attestation");
+    assert_problem(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "attestation",
+    );
     let (status, body) = app
         .admin(
             Method::PUT,
@@ -75,24 +89,69 @@ async fn bad_notifier_keys_are_refused(app: TestApp) {
     let mut private = rsa_public_jwk(2048, "k");
     private["d"] = json!("AQAB");
     let cases = [
-        (create(json!({"keys": [rsa_public_jwk(1024, "k")]}), json!(["notify"])), "1024 bits"),
-        (create(json!({"keys": [private]}), json!(["notify"])), "private"),
-        (create(json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}), json!(["notify"])), "private"),
-        (create(json!({"keys": [rsa_public_jwk(2048, "k")]}), json!(["admin"])), "admin"),
+        (
+            create(
+                json!({"keys": [rsa_public_jwk(1024, "k")]}),
+                json!(["notify"]),
+            ),
+            "1024 bits",
+        ),
+        (
+            create(json!({"keys": [private]}), json!(["notify"])),
+            "private",
+        ),
+        (
+            create(
+                json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}),
+                json!(["notify"]),
+            ),
+            "private",
+        ),
+        (
+            create(
+                json!({"keys": [rsa_public_jwk(2048, "k")]}),
+                json!(["admin"]),
+            ),
+            "admin",
+        ),
         (create(json!({"keys": []}), json!(["notify"])), "1 to"),
-        (Some(json!({"name": "n", "scopes": ["notify"]})), "exactly one"),
-        (Some(json!({"name": "n", "jwks_url": "ftp://x/jwks", "scopes": ["notify"]})), "https"),
+        (
+            Some(json!({"name": "n", "scopes": ["notify"]})),
+            "exactly one",
+        ),
+        (
+            Some(json!({"name": "n", "jwks_url": "ftp://x/jwks", "scopes": ["notify"]})),
+            "https",
+        ),
     ];
     for (body, needle) in cases {
         let (status, problem) = app.admin(Method::POST, &path, body).await;
-        assert_problem(status, &problem, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", needle);
+        assert_problem(
+            status,
+            &problem,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            needle,
+        );
     }
     let mut hs = rsa_public_jwk(2048, "k");
     hs["alg"] = json!("HS256");
     let (status, problem) = app
-        .admin(Method::PUT, &format!("/v1/apps/{app_id}/attestation"),
-            Some(json!({"jwks": {"keys": [hs]}, "required": false})))
+        .admin(
+            Method::PUT,
+            &format!("/v1/apps/{app_id}/attestation"),
+            Some(json!({"jwks": {"keys": [hs]}, "required": false})),
+        )
         .await;
-    assert_problem(status, &problem, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "HS256");
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-request",
+        "HS256",
+    );
 }
-both_backends!(bad_notifier_keys_are_refused, super::bad_notifier_keys_are_refused);
+both_backends!(
+    bad_notifier_keys_are_refused,
+    super::bad_notifier_keys_are_refused
+);

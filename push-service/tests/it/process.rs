@@ -56,9 +56,15 @@ async fn binary_starts_with_no_configuration_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let mut server = start(dir.path(), port, &[]);
-    wait_ready(&format!("http://127.0.0.1:{port}/readyz"), Duration::from_secs(20)).await;
+    wait_ready(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(20),
+    )
+    .await;
     for path in ["/healthz", "/metrics", "/openapi.json"] {
-        let response = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.expect("get");
+        let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .expect("get");
         assert!(response.status().is_success(), "{path}");
     }
     let data = dir.path().join("data");
@@ -67,7 +73,10 @@ async fn binary_starts_with_no_configuration_and_stops_on_sigterm() {
     {
         use std::os::unix::fs::PermissionsExt;
         for name in ["admin.token", "master.key"] {
-            let mode = std::fs::metadata(data.join(name)).expect("secret file").permissions().mode();
+            let mode = std::fs::metadata(data.join(name))
+                .expect("secret file")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
     }
@@ -82,21 +91,36 @@ async fn binary_starts_with_no_configuration_and_stops_on_sigterm() {
     assert_eq!(response.status(), reqwest::StatusCode::OK);
 
     let pid = server.0.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(killed.success());
     let start = Instant::now();
     let status = loop {
         if let Some(status) = server.0.try_wait().expect("wait") {
             break status;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "no exit after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "clean exit after SIGTERM: {status}");
     let mut logs = String::new();
     use std::io::Read;
-    server.0.stderr.take().expect("stderr").read_to_string(&mut logs).expect("logs");
-    assert!(logs.contains("admin.token"), "logs say where the token is: {logs}");
+    server
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("logs");
+    assert!(
+        logs.contains("admin.token"),
+        "logs say where the token is: {logs}"
+    );
     assert!(!logs.contains(token.trim()), "logs leak the admin token");
     let master = std::fs::read_to_string(data.join("master.key")).expect("key");
     assert!(!logs.contains(master.trim()), "logs leak the master key");
@@ -116,7 +140,11 @@ async fn binary_runs_on_postgres_and_redis() {
             ("PUSH_ADMIN_TOKEN", "an-admin-token-for-this-test".into()),
         ],
     );
-    wait_ready(&format!("http://127.0.0.1:{port}/readyz"), Duration::from_secs(20)).await;
+    wait_ready(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(20),
+    )
+    .await;
     let body: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
         .await
         .expect("get")
@@ -124,7 +152,10 @@ async fn binary_runs_on_postgres_and_redis() {
         .await
         .expect("json");
     assert_eq!(body["redis"], "ok");
-    assert!(!dir.path().join("data").join("push.db").exists(), "no SQLite file on PostgreSQL");
+    assert!(
+        !dir.path().join("data").join("push.db").exists(),
+        "no SQLite file on PostgreSQL"
+    );
 }
 
 #[test]
