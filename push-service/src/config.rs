@@ -45,6 +45,11 @@ struct RawConfig {
     database_url: String,
     database_max_connections: u32,
     redis_url: String,
+    redis_key_prefix: String,
+    dpop_window_seconds: u64,
+    notifier_audience: String,
+    notifier_max_lifetime_seconds: u64,
+    clock_skew_seconds: u64,
     admin_token: String,
     admin_token_file: String,
     master_key: String,
@@ -72,6 +77,15 @@ pub struct Config {
     pub database_url: Secret<String>,
     pub database_max_connections: u32,
     pub redis_url: Option<Secret<String>>,
+    pub redis_key_prefix: String,
+    /// Largest difference between a DPoP proof's `iat` and the server clock.
+    pub dpop_window: std::time::Duration,
+    /// The `aud` notifier JWTs must carry.
+    pub notifier_audience: String,
+    /// Longest notifier JWT lifetime accepted (`exp` - now).
+    pub notifier_max_lifetime: std::time::Duration,
+    /// Clock skew tolerated on `iat`/`exp`.
+    pub clock_skew: std::time::Duration,
     pub admin_token: Secret<String>,
     pub master_key: Secret<[u8; 32]>,
     pub max_body_bytes: usize,
@@ -177,6 +191,22 @@ impl Config {
                 ))
             }
         };
+        if raw.dpop_window_seconds == 0 || raw.dpop_window_seconds > 600 {
+            return Err(invalid("dpop_window_seconds", "must be between 1 and 600"));
+        }
+        if raw.notifier_max_lifetime_seconds == 0 || raw.notifier_max_lifetime_seconds > 3600 {
+            return Err(invalid(
+                "notifier_max_lifetime_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
+        if raw.clock_skew_seconds > 300 {
+            return Err(invalid("clock_skew_seconds", "must be at most 300"));
+        }
+        let notifier_audience = match raw.notifier_audience.trim() {
+            "" => public_url.as_str().trim_end_matches('/').to_owned(),
+            aud => aud.to_owned(),
+        };
         if raw.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes", "must be at least 1024"));
         }
@@ -232,6 +262,13 @@ impl Config {
             database_url: Secret::new(database_url),
             database_max_connections: raw.database_max_connections,
             redis_url,
+            redis_key_prefix: raw.redis_key_prefix,
+            dpop_window: std::time::Duration::from_secs(raw.dpop_window_seconds),
+            notifier_audience,
+            notifier_max_lifetime: std::time::Duration::from_secs(
+                raw.notifier_max_lifetime_seconds,
+            ),
+            clock_skew: std::time::Duration::from_secs(raw.clock_skew_seconds),
             admin_token: Secret::new(admin_token),
             master_key: Secret::new(master_key),
             max_body_bytes: raw.max_body_bytes,

@@ -39,7 +39,13 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    InvalidDpop(String),
+    #[error("{0}")]
+    InvalidAttestation(String),
+    #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    InsufficientScope(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -83,7 +89,22 @@ impl ApiError {
                 "Payload too large",
             ),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            InvalidDpop(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-dpop-proof",
+                "Invalid DPoP proof",
+            ),
+            InvalidAttestation(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-attestation",
+                "Invalid client attestation",
+            ),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            InsufficientScope(_) => (
+                StatusCode::FORBIDDEN,
+                "insufficient-scope",
+                "Insufficient scope",
+            ),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -150,6 +171,20 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::InvalidDpop(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "DPoP algs=\"RS256 RS512 ES256\", error=\"invalid_dpop_proof\"",
+                    ),
+                );
+            }
+            ApiError::InsufficientScope(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+                );
             }
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

@@ -4,12 +4,14 @@
 //! what tests call with a `127.0.0.1:0` listener.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod crypto;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod registrations;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
@@ -32,6 +34,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub sealer: crypto::Sealer,
     pub redis: Option<redis::Client>,
+    pub replay: auth::replay::ReplayCache,
+    pub jwks: auth::notifier::JwksCache,
     pub metrics: PrometheusHandle,
     pub openapi: Arc<String>,
 }
@@ -49,6 +53,13 @@ impl AppState {
             Some(url) => Some(redis::Client::open(url.expose().as_str())?),
             None => None,
         };
+        let replay = match &redis {
+            Some(client) => auth::replay::ReplayCache::Redis {
+                conn: redis::aio::ConnectionManager::new(client.clone()).await?,
+                prefix: config.redis_key_prefix.clone(),
+            },
+            None => auth::replay::ReplayCache::Store(store.clone()),
+        };
         let metrics = telemetry::metrics_handle();
         metrics::gauge!(
             telemetry::names::BUILD_INFO,
@@ -61,6 +72,8 @@ impl AppState {
             config: Arc::new(config),
             store,
             redis,
+            replay,
+            jwks: auth::notifier::JwksCache::default(),
             metrics,
             openapi: Arc::new(api::ApiDoc::openapi().to_json()?),
         })

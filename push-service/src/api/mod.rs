@@ -1,10 +1,12 @@
 //! The HTTP API: one module per resource, merged here with the shared middleware.
 
+pub mod app_registrations;
 pub mod apps;
 pub mod credentials;
 pub mod extract;
 pub mod notifiers;
 pub mod ops;
+pub mod registrations;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, StatusCode};
@@ -16,7 +18,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ApiError;
@@ -34,6 +36,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         credentials::put_fcm, credentials::get_fcm, credentials::delete_fcm,
         notifiers::create_notifier, notifiers::list_notifiers, notifiers::get_notifier,
         notifiers::delete_notifier, notifiers::put_attestation, notifiers::get_attestation,
+        registrations::create_registration, registrations::get_own, registrations::rotate_token,
+        registrations::delete_own, app_registrations::get_registration,
+        app_registrations::delete_registration, app_registrations::put_aliases,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(crate::error::Problem)),
@@ -50,6 +55,25 @@ impl Modify for SecuritySchemes {
             "admin_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        components.add_security_scheme(
+            "notifier_jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A short-lived JWT signed by a key registered for the notifier",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "dpop",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "DPoP",
+                "A DPoP proof (RFC 9449) signed by the device key",
+            ))),
+        );
     }
 }
 
@@ -61,6 +85,8 @@ pub fn router(state: AppState) -> Router {
         .merge(apps::router())
         .merge(credentials::router())
         .merge(notifiers::router())
+        .merge(registrations::router())
+        .merge(app_registrations::router())
         .merge(ops::router())
         .route_layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .fallback(not_found)

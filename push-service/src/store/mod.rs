@@ -96,6 +96,30 @@ pub struct Attestation {
     pub updated_at: i64,
 }
 
+/// A device's registration of one push token (or of a direct channel).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Registration {
+    pub id: String,
+    pub app_id: String,
+    /// `apns`, `fcm` or `direct`.
+    pub provider: String,
+    /// Provider token; none for `direct`.
+    pub token: Option<String>,
+    /// APNs environment (`production` or `sandbox`).
+    pub environment: Option<String>,
+    pub platform: String,
+    /// RFC 7638 thumbprint of the device key that owns this registration.
+    pub key_thumbprint: String,
+    /// Public JWK (JSON) the device wants payloads encrypted to, if any.
+    pub encryption_jwk: Option<String>,
+    /// `active` or `invalid`.
+    pub status: String,
+    pub invalid_reason: Option<String>,
+    pub invalidated_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// The persistence operations the service needs. One implementation per backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -128,6 +152,36 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put_attestation(&self, attestation: &Attestation) -> Result<(), StoreError>;
     async fn get_attestation(&self, app_id: &str) -> Result<Option<Attestation>, StoreError>;
+
+    /// Inserts a registration. An active registration of the same app, provider and
+    /// token is marked invalid (`replaced`) in the same transaction; its id is returned.
+    async fn create_registration(
+        &self,
+        registration: &Registration,
+    ) -> Result<Vec<String>, StoreError>;
+    async fn get_registration(&self, id: &str) -> Result<Option<Registration>, StoreError>;
+    /// Sets a new token (reactivating the registration), moving it away from any
+    /// other active registration that held it; returns the ids of those.
+    async fn rotate_registration_token(
+        &self,
+        id: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Deletes a registration and its aliases; false when it did not exist.
+    async fn delete_registration(&self, id: &str) -> Result<bool, StoreError>;
+    /// Replaces the aliases of a registration.
+    async fn set_aliases(
+        &self,
+        app_id: &str,
+        id: &str,
+        aliases: &[String],
+    ) -> Result<(), StoreError>;
+    async fn list_aliases(&self, id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Records `key` until `expires_at`; true the first time, false on any reuse before then.
+    async fn remember_once(&self, key: &str, expires_at: i64, now: i64)
+        -> Result<bool, StoreError>;
 }
 
 /// Connects to the store named by `database_url` (`sqlite:` or `postgres://`).

@@ -181,6 +181,166 @@ macro_rules! impl_sql_store {
                 .fetch_optional(&self.pool)
                 .await?)
             }
+
+            async fn create_registration(
+                &self,
+                r: &$crate::store::Registration,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let mut replaced = Vec::new();
+                if let Some(token) = &r.token {
+                    let rows: Vec<(String,)> = sqlx::query_as(
+                        "UPDATE registrations SET status = 'invalid', invalid_reason = 'replaced', \
+                         invalidated_at = $4, updated_at = $4 \
+                         WHERE app_id = $1 AND provider = $2 AND token = $3 AND status = 'active' RETURNING id",
+                    )
+                    .bind(&r.app_id)
+                    .bind(&r.provider)
+                    .bind(token)
+                    .bind(r.created_at)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    replaced.extend(rows.into_iter().map(|(id,)| id));
+                }
+                sqlx::query(
+                    "INSERT INTO registrations (id, app_id, provider, token, environment, platform, \
+                     key_thumbprint, encryption_jwk, status, invalid_reason, invalidated_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(&r.id)
+                .bind(&r.app_id)
+                .bind(&r.provider)
+                .bind(&r.token)
+                .bind(&r.environment)
+                .bind(&r.platform)
+                .bind(&r.key_thumbprint)
+                .bind(&r.encryption_jwk)
+                .bind(&r.status)
+                .bind(&r.invalid_reason)
+                .bind(r.invalidated_at)
+                .bind(r.created_at)
+                .bind(r.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(replaced)
+            }
+
+            async fn get_registration(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::store::Registration>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, app_id, provider, token, environment, platform, key_thumbprint, \
+                     encryption_jwk, status, invalid_reason, invalidated_at, created_at, updated_at \
+                     FROM registrations WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn rotate_registration_token(
+                &self,
+                id: &str,
+                token: &str,
+                now: i64,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "UPDATE registrations SET status = 'invalid', invalid_reason = 'replaced', \
+                     invalidated_at = $3, updated_at = $3 \
+                     WHERE id <> $1 AND status = 'active' AND token = $2 AND (app_id, provider) = \
+                     (SELECT app_id, provider FROM registrations WHERE id = $1) RETURNING id",
+                )
+                .bind(id)
+                .bind(token)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                let done = sqlx::query(
+                    "UPDATE registrations SET token = $2, status = 'active', invalid_reason = NULL, \
+                     invalidated_at = NULL, updated_at = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(token)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::store::StoreError::NotFound(format!(
+                        "registration `{id}` does not exist"
+                    )));
+                }
+                tx.commit().await?;
+                Ok(rows.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn delete_registration(&self, id: &str) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query("DELETE FROM registrations WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn set_aliases(
+                &self,
+                app_id: &str,
+                id: &str,
+                aliases: &[String],
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM aliases WHERE registration_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                for alias in aliases {
+                    sqlx::query("INSERT INTO aliases (app_id, alias, registration_id) VALUES ($1, $2, $3)")
+                        .bind(app_id)
+                        .bind(alias)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_aliases(&self, id: &str) -> Result<Vec<String>, $crate::store::StoreError> {
+                let rows: Vec<(String,)> =
+                    sqlx::query_as("SELECT alias FROM aliases WHERE registration_id = $1 ORDER BY alias")
+                        .bind(id)
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows.into_iter().map(|(alias,)| alias).collect())
+            }
+
+            async fn remember_once(
+                &self,
+                key: &str,
+                expires_at: i64,
+                now: i64,
+            ) -> Result<bool, $crate::store::StoreError> {
+                // Expired entries are removed now and then, on about one call in 64.
+                if rand::random::<u8>() < 4 {
+                    sqlx::query("DELETE FROM replay_cache WHERE expires_at < $1")
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await?;
+                }
+                let done = sqlx::query(
+                    "INSERT INTO replay_cache (key, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE replay_cache.expires_at < $3",
+                )
+                .bind(key)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
         }
     };
 }

@@ -104,6 +104,11 @@ pub async fn fresh_postgres_database() -> String {
 
 /// Starts the service on 127.0.0.1:0 with its own database and data directory.
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, None).await
+}
+
+/// Like [`spawn_app`], with the public URL clients use (e.g. a TLS front) given.
+pub async fn spawn_app_with(backend: Backend, public_url: Option<&str>) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -121,9 +126,14 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         Backend::Postgres => (fresh_postgres_database().await, None, redis_url()),
     };
     let admin_token = format!("test-admin-{}", rand::random::<u64>());
+    let public_url = public_url
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let prefix = format!("pushtest:{}:", rand::random::<u64>());
     let toml = format!(
         "data_dir = {dir:?}\ndatabase_url = {database_url:?}\nredis_url = {redis:?}\n\
-         admin_token = {admin_token:?}\npublic_url = \"http://{addr}\"\nlisten = \"{addr}\"\n\
+         admin_token = {admin_token:?}\npublic_url = {public_url:?}\nlisten = \"{addr}\"\n\
+         redis_key_prefix = {prefix:?}\n\
          database_max_connections = 4\nlog_level = \"warn\"\n",
         dir = dir.path().display().to_string(),
     );

@@ -1,10 +1,15 @@
 //! Integration tests: the real server on port 0, on SQLite and on PostgreSQL + Redis.
 
+mod actors;
 mod fixtures;
 mod helpers;
 
 mod apps;
+mod attestation;
+mod auth_server;
 mod credentials;
 mod notifiers;
 mod ops;
+mod pinning;
 mod process;
+mod registrations;

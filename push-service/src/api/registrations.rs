@@ -1,0 +1,180 @@
+//! Device side of registrations (DPoP): create, read own, rotate token, delete.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::apps::require_app;
+use super::extract::ApiJson;
+use crate::auth::attestation::{verify_attestation, ATTESTATION_HEADER};
+use crate::auth::dpop::DeviceProof;
+use crate::auth::now_seconds;
+use crate::error::{ApiError, Problem};
+use crate::ids::{new_id, now_millis};
+use crate::registrations::{validate, CreateRegistration, Provider, RegistrationView};
+use crate::store::Registration;
+use crate::AppState;
+
+/// Body of `PUT /v1/registrations/{id}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateToken {
+    /// The provider's new token for this device.
+    pub token: String,
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/apps/{app}/registrations", post(create_registration))
+        .route(
+            "/v1/registrations/{id}",
+            get(get_own).put(rotate_token).delete(delete_own),
+        )
+}
+
+/// Checks the app's client attestation policy for a registering device.
+async fn check_attestation(
+    state: &AppState,
+    app_id: &str,
+    headers: &HeaderMap,
+    proof: &DeviceProof,
+) -> Result<(), ApiError> {
+    let Some(settings) = state.store.get_attestation(app_id).await? else {
+        return Ok(());
+    };
+    let token = headers
+        .get(ATTESTATION_HEADER)
+        .and_then(|v| v.to_str().ok());
+    match token {
+        None if settings.required => Err(ApiError::InvalidAttestation(
+            "this app requires a client attestation in the `Push-Client-Attestation` header".into(),
+        )),
+        None => Ok(()),
+        Some(token) => {
+            let jwks: serde_json::Value =
+                serde_json::from_str(&settings.jwks).map_err(|e| ApiError::Internal(e.into()))?;
+            let skew = state.config.clock_skew.as_secs() as i64;
+            verify_attestation(token, &jwks, &proof.thumbprint, now_seconds(), skew)
+                .map_err(|e| ApiError::InvalidAttestation(e.0))
+        }
+    }
+}
+
+/// Loads a registration that the proving key owns.
+async fn owned(state: &AppState, id: &str, proof: &DeviceProof) -> Result<Registration, ApiError> {
+    let registration = state
+        .store
+        .get_registration(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("registration `{id}` does not exist")))?;
+    if registration.key_thumbprint != proof.thumbprint {
+        return Err(ApiError::Forbidden(
+            "this registration is bound to another device key".into(),
+        ));
+    }
+    Ok(registration)
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/registrations", tag = "registrations",
+    params(("app" = String, Path, description = "App id")), request_body = CreateRegistration,
+    security(("dpop" = [])),
+    responses((status = 201, body = RegistrationView), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
+#[tracing::instrument(skip_all, fields(app = %app_id))]
+async fn create_registration(
+    State(state): State<AppState>,
+    Path(app_id): Path<String>,
+    proof: DeviceProof,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateRegistration>,
+) -> Result<(StatusCode, Json<RegistrationView>), ApiError> {
+    let new = validate(body).map_err(ApiError::invalid)?;
+    require_app(state.store.as_ref(), &app_id).await?;
+    check_attestation(&state, &app_id, &headers, &proof).await?;
+    let now = now_millis();
+    let registration = Registration {
+        id: new_id("reg"),
+        app_id,
+        provider: new.provider.as_str().to_owned(),
+        token: new.token,
+        environment: new.environment,
+        platform: new.platform,
+        key_thumbprint: proof.thumbprint,
+        encryption_jwk: new.encryption_jwk,
+        status: "active".into(),
+        invalid_reason: None,
+        invalidated_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let replaced = state.store.create_registration(&registration).await?;
+    tracing::info!(registration = %registration.id, replaced = replaced.len(), "registration created");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegistrationView::new(registration, None)),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/registrations/{id}", tag = "registrations",
+    params(("id" = String, Path, description = "Registration id")),
+    security(("dpop" = [])),
+    responses((status = 200, body = RegistrationView), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn get_own(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    proof: DeviceProof,
+) -> Result<Json<RegistrationView>, ApiError> {
+    Ok(Json(RegistrationView::new(
+        owned(&state, &id, &proof).await?,
+        None,
+    )))
+}
+
+#[utoipa::path(put, path = "/v1/registrations/{id}", tag = "registrations",
+    params(("id" = String, Path, description = "Registration id")), request_body = RotateToken,
+    security(("dpop" = [])),
+    responses((status = 200, body = RegistrationView), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+#[tracing::instrument(skip_all, fields(registration = %id))]
+async fn rotate_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    proof: DeviceProof,
+    ApiJson(body): ApiJson<RotateToken>,
+) -> Result<Json<RegistrationView>, ApiError> {
+    let registration = owned(&state, &id, &proof).await?;
+    let provider: Provider = serde_json::from_value(serde_json::json!(registration.provider))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let token = provider
+        .check_token(Some(&body.token))
+        .map_err(ApiError::invalid)?
+        .ok_or_else(|| ApiError::invalid("`token`: this registration takes no token"))?;
+    let replaced = state
+        .store
+        .rotate_registration_token(&id, &token, now_millis())
+        .await?;
+    tracing::info!(replaced = replaced.len(), "registration token rotated");
+    let updated = owned(&state, &id, &proof).await?;
+    Ok(Json(RegistrationView::new(updated, None)))
+}
+
+#[utoipa::path(delete, path = "/v1/registrations/{id}", tag = "registrations",
+    params(("id" = String, Path, description = "Registration id")),
+    security(("dpop" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem)))]
+#[tracing::instrument(skip_all, fields(registration = %id))]
+async fn delete_own(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    proof: DeviceProof,
+) -> Result<StatusCode, ApiError> {
+    owned(&state, &id, &proof).await?;
+    state.store.delete_registration(&id).await?;
+    tracing::info!("registration deleted by its device");
+    Ok(StatusCode::NO_CONTENT)
+}

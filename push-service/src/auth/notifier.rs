@@ -1,0 +1,255 @@
+//! Notifier (auth server) JWTs: `Authorization: Bearer <JWT>` signed by a key registered
+//! for the notifier, scoped to its app.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::{
+    accepted_alg, fail, now_seconds, numeric_claim, parse_jwt, verify_signature, AuthError,
+};
+use crate::api::extract::bearer_token;
+use crate::error::ApiError;
+use crate::keys::{validate_jwks, ALLOWED_ALGS};
+use crate::store::Notifier;
+use crate::AppState;
+
+/// An authenticated notifier with its granted scopes.
+pub struct NotifierAuth {
+    pub notifier: Notifier,
+    pub app_id: String,
+    scopes: Vec<String>,
+}
+
+impl NotifierAuth {
+    /// Refuses with 403 unless both the notifier and its token hold `scope`.
+    pub fn require(&self, scope: &str) -> Result<(), ApiError> {
+        if self.scopes.iter().any(|s| s == scope) {
+            Ok(())
+        } else {
+            Err(ApiError::InsufficientScope(format!(
+                "this call needs the `{scope}` scope"
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for NotifierAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found("no such app"))?;
+        let app_id = params
+            .get("app")
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("no such app"))?;
+        let token = bearer_token(parts).ok_or_else(|| {
+            ApiError::Unauthorized("missing `Authorization: Bearer <JWT>`".into())
+        })?;
+        authenticate(state, &app_id, token).await
+    }
+}
+
+/// Verifies a notifier JWT for `app_id`.
+pub async fn authenticate(
+    state: &AppState,
+    app_id: &str,
+    token: &str,
+) -> Result<NotifierAuth, ApiError> {
+    let unauthorized = |e: AuthError| ApiError::Unauthorized(e.0);
+    let jwt = parse_jwt(token).map_err(unauthorized)?;
+    let alg = accepted_alg(&jwt.header, ALLOWED_ALGS).map_err(unauthorized)?;
+    let iss = jwt.claims.get("iss").and_then(Value::as_str).unwrap_or("");
+    if iss.is_empty() {
+        return Err(ApiError::Unauthorized(
+            "the JWT has no `iss` (the notifier id)".into(),
+        ));
+    }
+    let notifier = state
+        .store
+        .get_notifier(app_id, iss)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Unauthorized(format!("`iss` `{iss}` is not a notifier of this app"))
+        })?;
+    let kid = jwt.header.get("kid").and_then(Value::as_str);
+    let key = state
+        .jwks
+        .key_for(&notifier, kid)
+        .await
+        .map_err(unauthorized)?;
+    verify_signature(&jwt, alg, &key).map_err(unauthorized)?;
+
+    let config = &state.config;
+    let now = now_seconds();
+    let skew = config.clock_skew.as_secs() as i64;
+    let claims = &jwt.claims;
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => aud == &config.notifier_audience,
+        Some(Value::Array(auds)) => auds
+            .iter()
+            .any(|a| a.as_str() == Some(&config.notifier_audience)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(ApiError::Unauthorized(format!(
+            "`aud` must be `{}`",
+            config.notifier_audience
+        )));
+    }
+    let exp = numeric_claim(claims, "exp")
+        .ok_or_else(|| ApiError::Unauthorized("the JWT has no `exp`".into()))?;
+    if exp + skew < now {
+        return Err(ApiError::Unauthorized("the JWT has expired".into()));
+    }
+    if exp - now > config.notifier_max_lifetime.as_secs() as i64 + skew {
+        return Err(ApiError::Unauthorized(format!(
+            "`exp` is more than {}s ahead; use short-lived tokens",
+            config.notifier_max_lifetime.as_secs()
+        )));
+    }
+    let iat = numeric_claim(claims, "iat")
+        .ok_or_else(|| ApiError::Unauthorized("the JWT has no `iat`".into()))?;
+    if iat - skew > now {
+        return Err(ApiError::Unauthorized("`iat` is in the future".into()));
+    }
+    let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
+    if jti.is_empty() || jti.len() > 256 {
+        return Err(ApiError::Unauthorized(
+            "the JWT needs a `jti` of 1 to 256 characters".into(),
+        ));
+    }
+    let token_scopes: Vec<&str> = claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let scopes = notifier
+        .scopes
+        .split_whitespace()
+        .filter(|s| token_scopes.contains(s))
+        .map(str::to_owned)
+        .collect();
+    let replay_key = format!("jwt:{}:{jti}", notifier.id);
+    if !state
+        .replay
+        .first_use(&replay_key, (exp + skew + 1) * 1000)
+        .await?
+    {
+        return Err(ApiError::Unauthorized(
+            "the JWT's `jti` was already used".into(),
+        ));
+    }
+    Ok(NotifierAuth {
+        app_id: app_id.to_owned(),
+        notifier,
+        scopes,
+    })
+}
+
+/// Notifier keys: static JWKS from the store, or JWKS URLs fetched and cached.
+#[derive(Clone)]
+pub struct JwksCache {
+    http: reqwest::Client,
+    fetched: Arc<Mutex<HashMap<String, (Instant, Value)>>>,
+}
+
+/// How long a fetched JWKS is used before it is fetched again.
+const JWKS_TTL: Duration = Duration::from_secs(300);
+/// An unknown `kid` refetches, but not more often than this.
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+const JWKS_MAX_BYTES: usize = 64 * 1024;
+
+impl Default for JwksCache {
+    fn default() -> Self {
+        JwksCache {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("an HTTP client can be built"),
+            fetched: Arc::default(),
+        }
+    }
+}
+
+impl JwksCache {
+    /// The notifier's key named `kid` (or its only key when `kid` is absent).
+    pub async fn key_for(
+        &self,
+        notifier: &Notifier,
+        kid: Option<&str>,
+    ) -> Result<Value, AuthError> {
+        if let Some(jwks) = &notifier.jwks {
+            let jwks: Value = serde_json::from_str(jwks)
+                .map_err(|_| AuthError("stored JWKS unreadable".into()))?;
+            return pick(&jwks, kid);
+        }
+        let url = notifier
+            .jwks_url
+            .as_deref()
+            .ok_or_else(|| AuthError("the notifier has no keys".into()))?;
+        let cached = self.fetched.lock().await.get(url).cloned();
+        if let Some((at, jwks)) = &cached {
+            let fresh = at.elapsed() < JWKS_TTL;
+            match pick(jwks, kid) {
+                Ok(key) if fresh => return Ok(key),
+                Err(e) if at.elapsed() < JWKS_MIN_REFRESH => return Err(e),
+                _ => {}
+            }
+        }
+        let jwks = self.fetch(url).await?;
+        self.fetched
+            .lock()
+            .await
+            .insert(url.to_owned(), (Instant::now(), jwks.clone()));
+        pick(&jwks, kid)
+    }
+
+    async fn fetch(&self, url: &str) -> Result<Value, AuthError> {
+        let unreachable = |_| AuthError("the notifier's JWKS URL cannot be fetched".into());
+        let response = self.http.get(url).send().await.map_err(unreachable)?;
+        if !response.status().is_success() {
+            return fail(format!(
+                "the notifier's JWKS URL answered {}",
+                response.status()
+            ));
+        }
+        let body = response.bytes().await.map_err(unreachable)?;
+        if body.len() > JWKS_MAX_BYTES {
+            return fail("the notifier's JWKS is too large");
+        }
+        let jwks: Value = serde_json::from_slice(&body)
+            .map_err(|_| AuthError("the notifier's JWKS is not JSON".into()))?;
+        validate_jwks(&jwks)
+            .map_err(|e| AuthError(format!("the notifier's JWKS is not valid: {e}")))?;
+        Ok(jwks)
+    }
+}
+
+fn pick(jwks: &Value, kid: Option<&str>) -> Result<Value, AuthError> {
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let key = match kid {
+        Some(kid) => keys
+            .into_iter()
+            .find(|k| k.get("kid").and_then(Value::as_str) == Some(kid)),
+        None if keys.len() == 1 => keys.into_iter().next(),
+        None => return fail("the JWT has no `kid`, and the notifier has several keys"),
+    };
+    key.ok_or_else(|| AuthError(format!("unknown `kid` `{}`", kid.unwrap_or(""))))
+}

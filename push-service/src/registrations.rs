@@ -1,0 +1,194 @@
+//! Device registrations: what a valid one looks like, per provider.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ids::rfc3339;
+use crate::store::Registration;
+
+/// Push channel of a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Apns,
+    Fcm,
+    Direct,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Apns => "apns",
+            Provider::Fcm => "fcm",
+            Provider::Direct => "direct",
+        }
+    }
+
+    /// Platforms this provider can reach.
+    fn platforms(self) -> &'static [&'static str] {
+        match self {
+            Provider::Apns => &["ios", "ipados", "macos", "watchos", "tvos", "visionos"],
+            Provider::Fcm => &["android", "ios", "web"],
+            Provider::Direct => &["macos", "windows", "linux", "ios", "android", "web"],
+        }
+    }
+
+    /// Checks a provider token's shape; `direct` takes none.
+    pub fn check_token(self, token: Option<&str>) -> Result<Option<String>, String> {
+        match (self, token) {
+            (Provider::Direct, None) => Ok(None),
+            (Provider::Direct, Some(_)) => {
+                Err("`token`: a `direct` registration has no token".into())
+            }
+            (_, None) => Err(format!("`token` is required for `{}`", self.as_str())),
+            (Provider::Apns, Some(token)) => {
+                // Apple: "don't make assumptions about device token size"; it is hex bytes.
+                let ok = (32..=400).contains(&token.len())
+                    && token.len() % 2 == 0
+                    && token.bytes().all(|b| b.is_ascii_hexdigit());
+                if ok {
+                    Ok(Some(token.to_ascii_lowercase()))
+                } else {
+                    Err(
+                        "`token`: an APNs device token is an even number (32 to 400) of hex digits"
+                            .into(),
+                    )
+                }
+            }
+            (Provider::Fcm, Some(token)) => {
+                let ok = (32..=4096).contains(&token.len())
+                    && token.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.')
+                    });
+                if ok {
+                    Ok(Some(token.to_owned()))
+                } else {
+                    Err("`token`: an FCM registration token is 32 to 4096 characters of A-Z a-z 0-9 - _ : .".into())
+                }
+            }
+        }
+    }
+}
+
+/// Body of `POST /v1/apps/{app}/registrations`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRegistration {
+    pub provider: Provider,
+    /// Provider token (APNs hex device token, FCM registration token); none for `direct`.
+    pub token: Option<String>,
+    /// APNs: `production` (default) or `sandbox`.
+    pub environment: Option<String>,
+    /// `ios`, `ipados`, `macos`, `watchos`, `tvos`, `visionos`, `android`, `windows`, `linux`, `web`.
+    pub platform: String,
+    /// Public JWK the device wants payloads encrypted to (optional).
+    #[schema(value_type = Option<Object>)]
+    pub encryption_jwk: Option<serde_json::Value>,
+}
+
+/// A validated registration request.
+pub struct NewRegistration {
+    pub provider: Provider,
+    pub token: Option<String>,
+    pub environment: Option<String>,
+    pub platform: String,
+    pub encryption_jwk: Option<String>,
+}
+
+/// Checks a registration request; the error names the field.
+pub fn validate(body: CreateRegistration) -> Result<NewRegistration, String> {
+    let token = body.provider.check_token(body.token.as_deref())?;
+    let platform = body.platform.to_ascii_lowercase();
+    if !body.provider.platforms().contains(&platform.as_str()) {
+        return Err(format!(
+            "`platform`: `{}` cannot be reached through `{}` (one of: {})",
+            body.platform,
+            body.provider.as_str(),
+            body.provider.platforms().join(", ")
+        ));
+    }
+    let environment = match (body.provider, body.environment.as_deref()) {
+        (Provider::Apns, None | Some("production")) => Some("production".to_owned()),
+        (Provider::Apns, Some("sandbox" | "development")) => Some("sandbox".to_owned()),
+        (Provider::Apns, Some(other)) => {
+            return Err(format!(
+                "`environment`: `{other}` is not production or sandbox"
+            ))
+        }
+        (_, None) => None,
+        (_, Some(_)) => return Err("`environment` applies to APNs registrations only".into()),
+    };
+    let encryption_jwk = match body.encryption_jwk {
+        None => None,
+        Some(jwk) => {
+            crate::keys::validate_public_jwk(&jwk).map_err(|e| format!("`encryption_jwk`: {e}"))?;
+            Some(jwk.to_string())
+        }
+    };
+    Ok(NewRegistration {
+        provider: body.provider,
+        token,
+        environment,
+        platform,
+        encryption_jwk,
+    })
+}
+
+/// Most aliases one registration may carry, and their longest length.
+pub const MAX_ALIASES: usize = 32;
+const MAX_ALIAS_LEN: usize = 256;
+
+/// Checks a set of aliases and returns it sorted and deduplicated.
+pub fn validate_aliases(mut aliases: Vec<String>) -> Result<Vec<String>, String> {
+    if aliases.len() > MAX_ALIASES {
+        return Err(format!("`aliases`: at most {MAX_ALIASES}"));
+    }
+    for alias in &aliases {
+        if alias.is_empty() || alias.len() > MAX_ALIAS_LEN || alias.chars().any(char::is_control) {
+            return Err(format!(
+                "`aliases`: each is 1 to {MAX_ALIAS_LEN} bytes without control characters"
+            ));
+        }
+    }
+    aliases.sort();
+    aliases.dedup();
+    Ok(aliases)
+}
+
+/// A registration as the API shows it. The provider token is never shown.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RegistrationView {
+    pub id: String,
+    pub app: String,
+    pub provider: String,
+    pub platform: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// `active` or `invalid`.
+    pub status: String,
+    pub invalid_reason: Option<String>,
+    pub invalidated_at: Option<String>,
+    /// Identity aliases bound by the auth server (shown to the auth server only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aliases: Option<Vec<String>>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl RegistrationView {
+    pub fn new(r: Registration, aliases: Option<Vec<String>>) -> Self {
+        RegistrationView {
+            id: r.id,
+            app: r.app_id,
+            provider: r.provider,
+            platform: r.platform,
+            environment: r.environment,
+            status: r.status,
+            invalid_reason: r.invalid_reason,
+            invalidated_at: r.invalidated_at.map(rfc3339),
+            aliases,
+            created_at: rfc3339(r.created_at),
+            updated_at: rfc3339(r.updated_at),
+        }
+    }
+}

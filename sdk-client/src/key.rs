@@ -1,0 +1,215 @@
+//! The device key: generated or loaded, signs DPoP proofs, has a public JWK and thumbprint.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use rsa::traits::PublicKeyParts;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::Error;
+
+/// Signature algorithm of an RSA device key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RsaAlg {
+    Rs256,
+    Rs512,
+}
+
+/// A device key. RSA (RS256 or RS512, at least 2048 bits) or P-256 (ES256).
+#[derive(Clone)]
+pub enum DeviceKey {
+    Rsa {
+        key: Box<rsa::RsaPrivateKey>,
+        alg: RsaAlg,
+    },
+    P256(p256::SecretKey),
+}
+
+impl std::fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceKey({}, thumbprint {})",
+            self.alg(),
+            self.thumbprint()
+        )
+    }
+}
+
+impl DeviceKey {
+    /// Generates an RSA key of `bits` (2048, 3072 or 4096) signing with RS256.
+    pub fn generate_rsa(bits: usize) -> Result<Self, Error> {
+        if !matches!(bits, 2048 | 3072 | 4096) {
+            return Err(Error::Key(format!(
+                "RSA keys are 2048, 3072 or 4096 bits, not {bits}"
+            )));
+        }
+        let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)
+            .map_err(|e| Error::Key(e.to_string()))?;
+        Ok(DeviceKey::Rsa {
+            key: Box::new(key),
+            alg: RsaAlg::Rs256,
+        })
+    }
+
+    /// Generates a P-256 key (ES256).
+    pub fn generate_p256() -> Self {
+        DeviceKey::P256(p256::SecretKey::random(&mut rand::rngs::OsRng))
+    }
+
+    /// Wraps an existing RSA key (of any size; the server refuses weak ones).
+    pub fn from_rsa(key: rsa::RsaPrivateKey, alg: RsaAlg) -> Self {
+        DeviceKey::Rsa {
+            key: Box::new(key),
+            alg,
+        }
+    }
+
+    /// For an RSA key, signs with RS512 instead of RS256.
+    pub fn with_rs512(self) -> Self {
+        match self {
+            DeviceKey::Rsa { key, .. } => DeviceKey::Rsa {
+                key,
+                alg: RsaAlg::Rs512,
+            },
+            other => other,
+        }
+    }
+
+    /// Loads a PKCS#8 PEM private key (RSA or P-256).
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, Error> {
+        if let Ok(key) = rsa::RsaPrivateKey::from_pkcs8_pem(pem) {
+            return Ok(DeviceKey::Rsa {
+                key: Box::new(key),
+                alg: RsaAlg::Rs256,
+            });
+        }
+        p256::SecretKey::from_pkcs8_pem(pem)
+            .map(DeviceKey::P256)
+            .map_err(|_| Error::Key("not a PKCS#8 PEM RSA or P-256 private key".into()))
+    }
+
+    /// The private key as PKCS#8 PEM, to keep in the platform's secure storage.
+    pub fn to_pkcs8_pem(&self) -> Result<String, Error> {
+        let pem = match self {
+            DeviceKey::Rsa { key, .. } => key.to_pkcs8_pem(LineEnding::LF),
+            DeviceKey::P256(key) => key.to_pkcs8_pem(LineEnding::LF),
+        };
+        pem.map(|p| p.to_string())
+            .map_err(|e| Error::Key(e.to_string()))
+    }
+
+    /// JOSE `alg` of the signatures this key makes.
+    pub fn alg(&self) -> &'static str {
+        match self {
+            DeviceKey::Rsa {
+                alg: RsaAlg::Rs256, ..
+            } => "RS256",
+            DeviceKey::Rsa {
+                alg: RsaAlg::Rs512, ..
+            } => "RS512",
+            DeviceKey::P256(_) => "ES256",
+        }
+    }
+
+    /// The public key as a JWK (no private members).
+    pub fn public_jwk(&self) -> Value {
+        match self {
+            DeviceKey::Rsa { key, .. } => json!({
+                "kty": "RSA",
+                "n": URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()),
+                "e": URL_SAFE_NO_PAD.encode(key.e().to_bytes_be()),
+            }),
+            DeviceKey::P256(key) => {
+                let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
+                    &key.public_key(),
+                    false,
+                );
+                json!({
+                    "kty": "EC",
+                    "crv": "P-256",
+                    "x": URL_SAFE_NO_PAD.encode(point.x().expect("uncompressed point has x")),
+                    "y": URL_SAFE_NO_PAD.encode(point.y().expect("uncompressed point has y")),
+                })
+            }
+        }
+    }
+
+    /// RFC 7638 thumbprint of the public key: the id the server binds registrations to.
+    pub fn thumbprint(&self) -> String {
+        let jwk = self.public_jwk();
+        let s = |name: &str| jwk[name].as_str().unwrap_or_default().to_owned();
+        let canonical = match self {
+            DeviceKey::Rsa { .. } => {
+                format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e"), s("n"))
+            }
+            DeviceKey::P256(_) => format!(
+                r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+                s("x"),
+                s("y")
+            ),
+        };
+        URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+    }
+
+    /// Signs `header` and `claims` as a compact JWS with this key.
+    pub fn sign_jws(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    /// Raw signature bytes over `message` (PKCS#1 v1.5 for RSA, R‖S for P-256).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        use rsa::signature::{SignatureEncoding, Signer};
+        match self {
+            DeviceKey::Rsa {
+                key,
+                alg: RsaAlg::Rs256,
+            } => rsa::pkcs1v15::SigningKey::<Sha256>::new(rsa::RsaPrivateKey::clone(key))
+                .sign(message)
+                .to_vec(),
+            DeviceKey::Rsa {
+                key,
+                alg: RsaAlg::Rs512,
+            } => rsa::pkcs1v15::SigningKey::<Sha512>::new(rsa::RsaPrivateKey::clone(key))
+                .sign(message)
+                .to_vec(),
+            DeviceKey::P256(key) => {
+                let signature: p256::ecdsa::Signature =
+                    p256::ecdsa::SigningKey::from(key).sign(message);
+                signature.to_bytes().to_vec()
+            }
+        }
+    }
+
+    /// A DPoP proof (RFC 9449) for one request: `htm` and `htu`, fresh `iat` and `jti`.
+    pub fn dpop_proof(&self, method: &str, url: &str) -> String {
+        let header = json!({"typ": "dpop+jwt", "alg": self.alg(), "jwk": self.public_jwk()});
+        let claims = json!({
+            "htm": method,
+            "htu": url,
+            "iat": unix_now(),
+            "jti": random_id(),
+        });
+        self.sign_jws(&header, &claims)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// 128 random bits, base64url.
+pub fn random_id() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}

@@ -1,0 +1,238 @@
+//! `push-client`: the sdk-client as a command line, for demos, scripts and tests.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use sdk_client::{CertificateDer, Client, DeviceKey, NewRegistration, Pin};
+
+#[derive(Parser)]
+#[command(
+    name = "push-client",
+    version,
+    about = "Register a device with push-service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Connection {
+    /// The service's public URL.
+    #[arg(long, env = "PUSH_SERVER")]
+    server: String,
+    /// The device key (PKCS#8 PEM), as written by `keygen`.
+    #[arg(long, env = "PUSH_DEVICE_KEY", default_value = "device-key.pem")]
+    key: PathBuf,
+    /// SPKI SHA-256 pin (base64); repeat for backups.
+    #[arg(long = "pin")]
+    pins: Vec<String>,
+    /// Extra trusted root certificate (PEM file), e.g. a private CA.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a device key.
+    Keygen {
+        #[arg(long, default_value = "device-key.pem")]
+        out: PathBuf,
+        /// rsa2048, rsa3072, rsa4096 or p256.
+        #[arg(long, default_value = "rsa2048")]
+        kind: String,
+    },
+    /// Register this device; prints the registration (keep its id).
+    Register {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        app: String,
+        /// apns, fcm or direct.
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        platform: String,
+        /// APNs environment: production or sandbox.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Client attestation JWT, when the app requires one.
+        #[arg(long)]
+        attestation: Option<String>,
+    },
+    /// Replace the provider token of a registration.
+    Rotate {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        token: String,
+    },
+    /// Show a registration.
+    Status {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        id: String,
+    },
+    /// Delete a registration.
+    Delete {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+fn client(connection: &Connection) -> Result<Client, String> {
+    let pem = std::fs::read_to_string(&connection.key)
+        .map_err(|e| format!("cannot read {}: {e}", connection.key.display()))?;
+    let key = DeviceKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
+    let mut builder = Client::builder(&connection.server, key);
+    for pin in &connection.pins {
+        builder = builder.pin(Pin::from_base64(pin).map_err(|e| e.to_string())?);
+    }
+    if let Some(ca) = &connection.ca {
+        let pem = std::fs::read_to_string(ca)
+            .map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        for der in pem_certificates(&pem)? {
+            builder = builder.add_root_certificate(der);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    let mut body = String::new();
+    let mut inside = false;
+    for line in pem.lines() {
+        match line.trim() {
+            "-----BEGIN CERTIFICATE-----" => {
+                inside = true;
+                body.clear();
+            }
+            "-----END CERTIFICATE-----" => {
+                inside = false;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(&body)
+                    .map_err(|_| "the CA file holds an unreadable certificate".to_owned())?;
+                out.push(CertificateDer::from(der));
+            }
+            other if inside => body.push_str(other),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        return Err("the CA file holds no PEM certificate".into());
+    }
+    Ok(out)
+}
+
+fn print<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Keygen { out, kind } => {
+            let key = match kind.as_str() {
+                "rsa2048" => DeviceKey::generate_rsa(2048),
+                "rsa3072" => DeviceKey::generate_rsa(3072),
+                "rsa4096" => DeviceKey::generate_rsa(4096),
+                "p256" => Ok(DeviceKey::generate_p256()),
+                other => return Err(format!("unknown key kind `{other}`")),
+            }
+            .map_err(|e| e.to_string())?;
+            let pem = key.to_pkcs8_pem().map_err(|e| e.to_string())?;
+            write_private(&out, &pem)
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            print(
+                &serde_json::json!({"key": out, "alg": key.alg(), "thumbprint": key.thumbprint()}),
+            );
+        }
+        Command::Register {
+            connection,
+            app,
+            provider,
+            token,
+            platform,
+            environment,
+            attestation,
+        } => {
+            let registration = NewRegistration {
+                provider,
+                token,
+                environment,
+                platform,
+                encryption_jwk: None,
+                attestation,
+            };
+            print(
+                &client(&connection)?
+                    .register(&app, &registration)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Command::Rotate {
+            connection,
+            id,
+            token,
+        } => {
+            print(
+                &client(&connection)?
+                    .rotate(&id, &token)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Command::Status { connection, id } => {
+            print(
+                &client(&connection)?
+                    .status(&id)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Command::Delete { connection, id } => {
+            client(&connection)?
+                .delete(&id)
+                .await
+                .map_err(|e| e.to_string())?;
+            print(&serde_json::json!({"deleted": id}));
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("push-client: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
