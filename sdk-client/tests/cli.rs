@@ -1,0 +1,179 @@
+//! `push-client` against a real server, as README's "Registering a device" shows it.
+
+use std::process::Command;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Runs push-client with `args`; returns its JSON output, or panics with its stderr.
+async fn push_client(dir: &std::path::Path, args: &[&str]) -> Result<Value, String> {
+    let output = tokio::task::spawn_blocking({
+        let dir = dir.to_owned();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_push-client"))
+                .current_dir(dir)
+                .args(args)
+                .output()
+                .expect("push-client runs")
+        }
+    })
+    .await
+    .expect("joined");
+    if output.status.success() {
+        Ok(serde_json::from_slice(&output.stdout).expect("JSON output"))
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_register_status_rotate_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = push_service::Config::from_toml(&format!(
+        "data_dir = {:?}\nadmin_token = \"cli-test-admin-token\"\npublic_url = \"http://{addr}\"\nlog_level = \"warn\"\n",
+        dir.path().join("data").display().to_string()
+    ))
+    .expect("config");
+    let state = push_service::AppState::new(config).await.expect("state");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(push_service::serve(state, listener, shutdown.clone()));
+    let base = format!("http://{addr}");
+    let app: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/apps"))
+        .bearer_auth("cli-test-admin-token")
+        .json(&serde_json::json!({"name": "CLI"}))
+        .send()
+        .await
+        .expect("create app")
+        .json()
+        .await
+        .expect("json");
+    let app_id = app["id"].as_str().expect("id");
+
+    let key = push_client(dir.path(), &["keygen", "--out", "device.pem"])
+        .await
+        .expect("keygen");
+    assert_eq!(key["alg"], "RS256");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("device.pem"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let token = "a".repeat(64);
+    let registered = push_client(
+        dir.path(),
+        &[
+            "register",
+            "--server",
+            &base,
+            "--key",
+            "device.pem",
+            "--app",
+            app_id,
+            "--provider",
+            "apns",
+            "--token",
+            &token,
+            "--platform",
+            "ios",
+        ],
+    )
+    .await
+    .expect("register");
+    let id = registered["id"].as_str().expect("id").to_owned();
+    let status = push_client(
+        dir.path(),
+        &[
+            "status",
+            "--server",
+            &base,
+            "--key",
+            "device.pem",
+            "--id",
+            &id,
+        ],
+    )
+    .await
+    .expect("status");
+    assert_eq!(status["status"], "active");
+    let rotated = push_client(
+        dir.path(),
+        &[
+            "rotate",
+            "--server",
+            &base,
+            "--key",
+            "device.pem",
+            "--id",
+            &id,
+            "--token",
+            &"b".repeat(64),
+        ],
+    )
+    .await
+    .expect("rotate");
+    assert_eq!(rotated["status"], "active");
+
+    // Another key cannot touch it; the error names the cause.
+    push_client(
+        dir.path(),
+        &["keygen", "--out", "other.pem", "--kind", "p256"],
+    )
+    .await
+    .expect("keygen");
+    let err = push_client(
+        dir.path(),
+        &[
+            "delete",
+            "--server",
+            &base,
+            "--key",
+            "other.pem",
+            "--id",
+            &id,
+        ],
+    )
+    .await
+    .expect_err("other key refused");
+    assert!(err.contains("another device key"), "{err}");
+
+    push_client(
+        dir.path(),
+        &[
+            "delete",
+            "--server",
+            &base,
+            "--key",
+            "device.pem",
+            "--id",
+            &id,
+        ],
+    )
+    .await
+    .expect("delete");
+    let err = push_client(
+        dir.path(),
+        &[
+            "status",
+            "--server",
+            &base,
+            "--key",
+            "device.pem",
+            "--id",
+            &id,
+        ],
+    )
+    .await
+    .expect_err("gone");
+    assert!(err.contains("404"), "{err}");
+    shutdown.cancel();
+}
