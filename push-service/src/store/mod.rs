@@ -1,13 +1,16 @@
 //! Persistence behind one trait, with a SQLite and a PostgreSQL implementation.
 
+mod dispatch;
 mod postgres;
 mod sql;
+mod sql_dispatch;
 mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use dispatch::{placeholders, DeliveryRow, DirectEvent, DispatchStore, NotificationRow, PendingDelivery};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -121,8 +124,13 @@ pub struct Registration {
 }
 
 /// The persistence operations the service needs. One implementation per backend.
+/// Ties a store type to its sqlx database, for code shared between backends.
+pub trait Backend {
+    type Db: sqlx::Database;
+}
+
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: DispatchStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Cheap round trip, for readiness.

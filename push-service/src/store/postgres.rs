@@ -7,6 +7,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use super::sql::impl_sql_store;
+use super::sql_dispatch::{impl_sql_dispatch, NOTIFICATION_COLUMNS};
 use super::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -31,3 +32,9 @@ impl PgStore {
 }
 
 impl_sql_store!(PgStore, "postgres", MIGRATOR);
+
+impl super::Backend for PgStore {
+    type Db = sqlx::Postgres;
+}
+
+impl_sql_dispatch!(PgStore);

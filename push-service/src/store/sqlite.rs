@@ -7,6 +7,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use super::sql::impl_sql_store;
+use super::sql_dispatch::{impl_sql_dispatch, NOTIFICATION_COLUMNS};
 use super::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -42,3 +43,9 @@ impl SqliteStore {
 }
 
 impl_sql_store!(SqliteStore, "sqlite", MIGRATOR);
+
+impl super::Backend for SqliteStore {
+    type Db = sqlx::Sqlite;
+}
+
+impl_sql_dispatch!(SqliteStore);

@@ -1,0 +1,164 @@
+//! Store operations of the notify and dispatch pipeline.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+
+/// A notification as stored: the request, its target spec and its fan-out progress.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NotificationRow {
+    pub id: String,
+    pub app_id: String,
+    pub notifier_id: String,
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the request body, to tell a retry from a different request.
+    pub request_hash: String,
+    /// Target spec (JSON): `{"registrations": [...]}`, `{"aliases": [...]}` or `{"all": true}`.
+    pub targets: String,
+    /// Content (JSON) as delivered to providers.
+    pub content: String,
+    pub expires_at: i64,
+    /// `expanding` (fan-out not finished) or `dispatching`.
+    pub state: String,
+    pub created_at: i64,
+    /// The 202 body, answered again for an idempotent retry.
+    pub response: Option<String>,
+    /// Last registration id expanded (keyset cursor of the fan-out).
+    pub expand_cursor: Option<String>,
+    pub updated_at: i64,
+}
+
+/// A queued delivery with what the dispatcher needs of its registration.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingDelivery {
+    pub registration_id: String,
+    pub attempts: i32,
+    pub provider: Option<String>,
+    pub token: Option<String>,
+    pub environment: Option<String>,
+    pub registration_status: Option<String>,
+}
+
+/// One target's state, for the status API.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub registration_id: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub attempts: i32,
+    pub updated_at: i64,
+}
+
+/// A notification held on a device's direct channel.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DirectEvent {
+    pub seq: i64,
+    pub notification_id: String,
+    pub payload: String,
+    pub created_at: i64,
+}
+
+/// Persistence of notifications, deliveries and direct-channel events.
+#[async_trait]
+pub trait DispatchStore: Send + Sync {
+    /// Stores a notification and a queued delivery per registration, atomically.
+    /// An idempotency-key collision is `StoreError::Conflict`.
+    async fn insert_notification(
+        &self,
+        notification: &NotificationRow,
+        registrations: &[String],
+        redrive_at: i64,
+    ) -> Result<(), StoreError>;
+    async fn get_notification(&self, id: &str) -> Result<Option<NotificationRow>, StoreError>;
+    async fn find_idempotent(
+        &self,
+        app_id: &str,
+        notifier_id: &str,
+        key: &str,
+    ) -> Result<Option<NotificationRow>, StoreError>;
+    /// `(id, app_id, status)` of the given registrations that exist.
+    async fn registration_states(&self, ids: &[String]) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Active registrations a fan-out reaches: those with one of `aliases`, or all of the app.
+    async fn count_targets(&self, app_id: &str, aliases: Option<&[String]>) -> Result<i64, StoreError>;
+    /// Expands the next chunk of a fan-out after `after`: queued deliveries are inserted
+    /// and the cursor saved in one transaction. Returns the chunk's registration ids.
+    async fn expand_chunk(
+        &self,
+        notification: &NotificationRow,
+        aliases: Option<&[String]>,
+        limit: i64,
+        redrive_at: i64,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Marks a fan-out as fully expanded.
+    async fn finish_expansion(&self, id: &str, now: i64) -> Result<(), StoreError>;
+    /// Queued deliveries among `registrations`, joined with their registration.
+    async fn pending_deliveries(
+        &self,
+        notification_id: &str,
+        registrations: &[String],
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
+    /// Records the outcome of one attempt (only while the delivery is still queued).
+    #[allow(clippy::too_many_arguments)]
+    async fn update_delivery(
+        &self,
+        notification_id: &str,
+        registration_id: &str,
+        state: &str,
+        reason: Option<&str>,
+        attempts: i32,
+        next_attempt_at: Option<i64>,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Marks a registration invalid with a reason (token hygiene).
+    async fn invalidate_registration(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError>;
+    /// Claims up to `limit` queued deliveries overdue at `now` by moving their
+    /// re-drive time to `redrive_at`; each is claimed by one node only.
+    async fn claim_overdue(&self, now: i64, redrive_at: i64, limit: i64) -> Result<Vec<(String, String)>, StoreError>;
+    /// Marks queued deliveries whose notification expired as `expired`; returns how many.
+    async fn expire_overdue(&self, now: i64) -> Result<u64, StoreError>;
+    /// Fan-outs whose expansion stopped before `before` (a node died): claims them until `redrive_at`.
+    async fn claim_stalled_expansions(&self, before: i64, redrive_at: i64) -> Result<Vec<String>, StoreError>;
+    /// Count of deliveries by state.
+    async fn delivery_counts(&self, notification_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Deliveries of a notification by registration id (keyset page), optionally without `sent` ones.
+    async fn delivery_page(
+        &self,
+        notification_id: &str,
+        after: &str,
+        limit: i64,
+        skip_sent: bool,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+    /// Number of queued deliveries, and the creation time of the oldest.
+    async fn queue_stats(&self) -> Result<(i64, Option<i64>), StoreError>;
+
+    /// Holds a notification on a direct channel; `None` when it was already there.
+    async fn insert_direct_event(
+        &self,
+        registration_id: &str,
+        notification_id: &str,
+        payload: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Unexpired events of a registration after `after_seq`, oldest first.
+    async fn direct_events_after(
+        &self,
+        registration_id: &str,
+        after_seq: i64,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<DirectEvent>, StoreError>;
+    /// Remembers the last event written to a device's stream (start point without Last-Event-ID).
+    async fn set_direct_cursor(&self, registration_id: &str, seq: i64) -> Result<(), StoreError>;
+    async fn direct_cursor(&self, registration_id: &str) -> Result<i64, StoreError>;
+    /// Drops held events past their TTL.
+    async fn delete_expired_direct_events(&self, now: i64) -> Result<u64, StoreError>;
+}
+
+/// `$start, $start+1, …` placeholders for an IN list of `count` values.
+pub fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

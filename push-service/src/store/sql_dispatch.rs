@@ -1,0 +1,435 @@
+//! SQL of the dispatch pipeline, shared by both backends (see `sql.rs`).
+
+/// Implements [`crate::store::DispatchStore`] for a struct with a `pool` field.
+macro_rules! impl_sql_dispatch {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::DispatchStore for $store {
+            async fn insert_notification(
+                &self,
+                n: &$crate::store::NotificationRow,
+                registrations: &[String],
+                redrive_at: i64,
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
+                     targets, content, expires_at, state, created_at, response, expand_cursor, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(&n.id)
+                .bind(&n.app_id)
+                .bind(&n.notifier_id)
+                .bind(&n.idempotency_key)
+                .bind(&n.request_hash)
+                .bind(&n.targets)
+                .bind(&n.content)
+                .bind(n.expires_at)
+                .bind(&n.state)
+                .bind(n.created_at)
+                .bind(&n.response)
+                .bind(&n.expand_cursor)
+                .bind(n.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                insert_deliveries(&mut tx, &n.id, registrations, redrive_at, n.created_at).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_notification(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::store::NotificationRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(NOTIFICATION_COLUMNS!(), " WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn find_idempotent(
+                &self,
+                app_id: &str,
+                notifier_id: &str,
+                key: &str,
+            ) -> Result<Option<$crate::store::NotificationRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    NOTIFICATION_COLUMNS!(),
+                    " WHERE app_id = $1 AND notifier_id = $2 AND idempotency_key = $3"
+                ))
+                .bind(app_id)
+                .bind(notifier_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn registration_states(
+                &self,
+                ids: &[String],
+            ) -> Result<Vec<(String, String, String)>, $crate::store::StoreError> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT id, app_id, status FROM registrations WHERE id IN ({})",
+                    $crate::store::placeholders(1, ids.len())
+                );
+                let mut query = sqlx::query_as(&sql);
+                for id in ids {
+                    query = query.bind(id);
+                }
+                Ok(query.fetch_all(&self.pool).await?)
+            }
+
+            async fn count_targets(
+                &self,
+                app_id: &str,
+                aliases: Option<&[String]>,
+            ) -> Result<i64, $crate::store::StoreError> {
+                let (count,): (i64,) = match aliases {
+                    None => {
+                        sqlx::query_as(
+                            "SELECT COUNT(*) FROM registrations WHERE app_id = $1 AND status = 'active'",
+                        )
+                        .bind(app_id)
+                        .fetch_one(&self.pool)
+                        .await?
+                    }
+                    Some(aliases) => {
+                        let sql = format!(
+                            "SELECT COUNT(DISTINCT r.id) FROM aliases a JOIN registrations r \
+                             ON r.id = a.registration_id WHERE a.app_id = $1 AND r.status = 'active' \
+                             AND a.alias IN ({})",
+                            $crate::store::placeholders(2, aliases.len())
+                        );
+                        let mut query = sqlx::query_as(&sql).bind(app_id);
+                        for alias in aliases {
+                            query = query.bind(alias);
+                        }
+                        query.fetch_one(&self.pool).await?
+                    }
+                };
+                Ok(count)
+            }
+
+            async fn expand_chunk(
+                &self,
+                n: &$crate::store::NotificationRow,
+                aliases: Option<&[String]>,
+                limit: i64,
+                redrive_at: i64,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                let after = n.expand_cursor.clone().unwrap_or_default();
+                let mut tx = self.pool.begin().await?;
+                let rows: Vec<(String,)> = match aliases {
+                    None => {
+                        sqlx::query_as(
+                            "SELECT id FROM registrations WHERE app_id = $1 AND status = 'active' \
+                             AND id > $2 ORDER BY id LIMIT $3",
+                        )
+                        .bind(&n.app_id)
+                        .bind(&after)
+                        .bind(limit)
+                        .fetch_all(&mut *tx)
+                        .await?
+                    }
+                    Some(aliases) => {
+                        let sql = format!(
+                            "SELECT DISTINCT r.id FROM aliases a JOIN registrations r ON r.id = a.registration_id \
+                             WHERE a.app_id = $1 AND r.status = 'active' AND r.id > $2 AND a.alias IN ({}) \
+                             ORDER BY r.id LIMIT $3",
+                            $crate::store::placeholders(4, aliases.len())
+                        );
+                        let mut query = sqlx::query_as(&sql).bind(&n.app_id).bind(&after).bind(limit);
+                        for alias in aliases {
+                            query = query.bind(alias);
+                        }
+                        query.fetch_all(&mut *tx).await?
+                    }
+                };
+                let ids: Vec<String> = rows.into_iter().map(|(id,)| id).collect();
+                let now = $crate::ids::now_millis();
+                insert_deliveries(&mut tx, &n.id, &ids, redrive_at, now).await?;
+                if let Some(last) = ids.last() {
+                    sqlx::query("UPDATE notifications SET expand_cursor = $2, updated_at = $3 WHERE id = $1")
+                        .bind(&n.id)
+                        .bind(last)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(ids)
+            }
+
+            async fn finish_expansion(&self, id: &str, now: i64) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE notifications SET state = 'dispatching', updated_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn pending_deliveries(
+                &self,
+                notification_id: &str,
+                registrations: &[String],
+            ) -> Result<Vec<$crate::store::PendingDelivery>, $crate::store::StoreError> {
+                if registrations.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT d.registration_id, d.attempts, r.provider, r.token, r.environment, \
+                     r.status AS registration_status FROM deliveries d \
+                     LEFT JOIN registrations r ON r.id = d.registration_id \
+                     WHERE d.notification_id = $1 AND d.state = 'queued' AND d.registration_id IN ({})",
+                    $crate::store::placeholders(2, registrations.len())
+                );
+                let mut query = sqlx::query_as(&sql).bind(notification_id);
+                for id in registrations {
+                    query = query.bind(id);
+                }
+                Ok(query.fetch_all(&self.pool).await?)
+            }
+
+            async fn update_delivery(
+                &self,
+                notification_id: &str,
+                registration_id: &str,
+                state: &str,
+                reason: Option<&str>,
+                attempts: i32,
+                next_attempt_at: Option<i64>,
+                now: i64,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE deliveries SET state = $3, reason = $4, attempts = $5, \
+                     next_attempt_at = COALESCE($6, next_attempt_at), updated_at = $7 \
+                     WHERE notification_id = $1 AND registration_id = $2 AND state = 'queued'",
+                )
+                .bind(notification_id)
+                .bind(registration_id)
+                .bind(state)
+                .bind(reason)
+                .bind(attempts)
+                .bind(next_attempt_at)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn invalidate_registration(
+                &self,
+                id: &str,
+                reason: &str,
+                now: i64,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE registrations SET status = 'invalid', invalid_reason = $2, invalidated_at = $3, \
+                     updated_at = $3 WHERE id = $1 AND status = 'active'",
+                )
+                .bind(id)
+                .bind(reason)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn claim_overdue(
+                &self,
+                now: i64,
+                redrive_at: i64,
+                limit: i64,
+            ) -> Result<Vec<(String, String)>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "UPDATE deliveries SET next_attempt_at = $2 \
+                     WHERE state = 'queued' AND next_attempt_at <= $1 AND (notification_id, registration_id) IN \
+                     (SELECT notification_id, registration_id FROM deliveries \
+                      WHERE state = 'queued' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $3) \
+                     RETURNING notification_id, registration_id",
+                )
+                .bind(now)
+                .bind(redrive_at)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn expire_overdue(&self, now: i64) -> Result<u64, $crate::store::StoreError> {
+                let done = sqlx::query(
+                    "UPDATE deliveries SET state = 'expired', reason = 'ttl', updated_at = $1 \
+                     WHERE state = 'queued' AND next_attempt_at <= $1 AND EXISTS \
+                     (SELECT 1 FROM notifications n WHERE n.id = deliveries.notification_id AND n.expires_at <= $1)",
+                )
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn claim_stalled_expansions(
+                &self,
+                before: i64,
+                redrive_at: i64,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "UPDATE notifications SET updated_at = $2 \
+                     WHERE state = 'expanding' AND updated_at <= $1 RETURNING id",
+                )
+                .bind(before)
+                .bind(redrive_at)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn delivery_counts(
+                &self,
+                notification_id: &str,
+            ) -> Result<Vec<(String, i64)>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT state, COUNT(*) FROM deliveries WHERE notification_id = $1 GROUP BY state",
+                )
+                .bind(notification_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn delivery_page(
+                &self,
+                notification_id: &str,
+                after: &str,
+                limit: i64,
+                skip_sent: bool,
+            ) -> Result<Vec<$crate::store::DeliveryRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT registration_id, state, reason, attempts, updated_at FROM deliveries \
+                     WHERE notification_id = $1 AND registration_id > $2 AND (state <> 'sent' OR NOT $4) \
+                     ORDER BY registration_id LIMIT $3",
+                )
+                .bind(notification_id)
+                .bind(after)
+                .bind(limit)
+                .bind(skip_sent)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn queue_stats(&self) -> Result<(i64, Option<i64>), $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT COUNT(*), MIN(updated_at) FROM deliveries WHERE state = 'queued'",
+                )
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn insert_direct_event(
+                &self,
+                registration_id: &str,
+                notification_id: &str,
+                payload: &str,
+                expires_at: i64,
+                now: i64,
+            ) -> Result<Option<i64>, $crate::store::StoreError> {
+                let row: Option<(i64,)> = sqlx::query_as(
+                    "INSERT INTO direct_events (registration_id, notification_id, payload, expires_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (registration_id, notification_id) DO NOTHING \
+                     RETURNING seq",
+                )
+                .bind(registration_id)
+                .bind(notification_id)
+                .bind(payload)
+                .bind(expires_at)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|(seq,)| seq))
+            }
+
+            async fn direct_events_after(
+                &self,
+                registration_id: &str,
+                after_seq: i64,
+                now: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::store::DirectEvent>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT seq, notification_id, payload, created_at FROM direct_events \
+                     WHERE registration_id = $1 AND seq > $2 AND expires_at > $3 ORDER BY seq LIMIT $4",
+                )
+                .bind(registration_id)
+                .bind(after_seq)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn set_direct_cursor(&self, registration_id: &str, seq: i64) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE registrations SET direct_cursor = $2 WHERE id = $1 AND direct_cursor < $2")
+                    .bind(registration_id)
+                    .bind(seq)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn direct_cursor(&self, registration_id: &str) -> Result<i64, $crate::store::StoreError> {
+                let row: Option<(i64,)> = sqlx::query_as("SELECT direct_cursor FROM registrations WHERE id = $1")
+                    .bind(registration_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|(c,)| c).unwrap_or(0))
+            }
+
+            async fn delete_expired_direct_events(&self, now: i64) -> Result<u64, $crate::store::StoreError> {
+                let done = sqlx::query("DELETE FROM direct_events WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+        }
+
+        /// Inserts queued deliveries in multi-row statements (200 rows each).
+        async fn insert_deliveries(
+            tx: &mut sqlx::Transaction<'_, <$store as $crate::store::Backend>::Db>,
+            notification_id: &str,
+            registrations: &[String],
+            redrive_at: i64,
+            now: i64,
+        ) -> Result<(), $crate::store::StoreError> {
+            for chunk in registrations.chunks(200) {
+                let values = (0..chunk.len())
+                    .map(|i| format!("($1, ${}, 'queued', 0, $2, $3)", i + 4))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO deliveries (notification_id, registration_id, state, attempts, \
+                     next_attempt_at, updated_at) VALUES {values} ON CONFLICT DO NOTHING"
+                );
+                let mut query = sqlx::query(&sql).bind(notification_id).bind(redrive_at).bind(now);
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                query.execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+    };
+}
+
+/// Column list of `NotificationRow`.
+macro_rules! notification_columns {
+    () => {
+        "SELECT id, app_id, notifier_id, idempotency_key, request_hash, targets, content, expires_at, \
+         state, created_at, response, expand_cursor, updated_at FROM notifications"
+    };
+}
+
+pub(crate) use impl_sql_dispatch;
+pub(crate) use notification_columns as NOTIFICATION_COLUMNS;
