@@ -50,6 +50,14 @@ struct RawConfig {
     notifier_audience: String,
     notifier_max_lifetime_seconds: u64,
     clock_skew_seconds: u64,
+    dispatch_workers: usize,
+    queue_visibility_seconds: u64,
+    redrive_after_seconds: u64,
+    sweep_interval_seconds: u64,
+    retry_max_attempts: u32,
+    retry_base_ms: u64,
+    retry_max_ms: u64,
+    direct_heartbeat_seconds: u64,
     admin_token: String,
     admin_token_file: String,
     master_key: String,
@@ -86,6 +94,15 @@ pub struct Config {
     pub notifier_max_lifetime: std::time::Duration,
     /// Clock skew tolerated on `iat`/`exp`.
     pub clock_skew: std::time::Duration,
+    /// Dispatch workers on this node (0: API only).
+    pub dispatch_workers: usize,
+    /// Time after which a taken, unfinished queue entry goes to another consumer.
+    pub queue_visibility: std::time::Duration,
+    /// Time after which the sweep re-drives an unfinished delivery.
+    pub redrive_after: std::time::Duration,
+    pub sweep_interval: std::time::Duration,
+    pub retry: crate::dispatch::retry::RetryPolicy,
+    pub direct_heartbeat: std::time::Duration,
     pub admin_token: Secret<String>,
     pub master_key: Secret<[u8; 32]>,
     pub max_body_bytes: usize,
@@ -207,6 +224,27 @@ impl Config {
             "" => public_url.as_str().trim_end_matches('/').to_owned(),
             aud => aud.to_owned(),
         };
+        if raw.redrive_after_seconds <= raw.queue_visibility_seconds {
+            return Err(invalid(
+                "redrive_after_seconds",
+                "must be greater than queue_visibility_seconds",
+            ));
+        }
+        if raw.queue_visibility_seconds == 0 || raw.sweep_interval_seconds == 0 {
+            return Err(invalid(
+                "queue_visibility_seconds",
+                "queue_visibility_seconds and sweep_interval_seconds must be at least 1",
+            ));
+        }
+        if raw.retry_max_attempts == 0 || raw.retry_base_ms == 0 || raw.retry_max_ms < raw.retry_base_ms {
+            return Err(invalid(
+                "retry_max_attempts",
+                "retry_max_attempts and retry_base_ms must be at least 1, retry_max_ms at least retry_base_ms",
+            ));
+        }
+        if raw.direct_heartbeat_seconds == 0 {
+            return Err(invalid("direct_heartbeat_seconds", "must be at least 1"));
+        }
         if raw.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes", "must be at least 1024"));
         }
@@ -269,6 +307,16 @@ impl Config {
                 raw.notifier_max_lifetime_seconds,
             ),
             clock_skew: std::time::Duration::from_secs(raw.clock_skew_seconds),
+            dispatch_workers: raw.dispatch_workers,
+            queue_visibility: std::time::Duration::from_secs(raw.queue_visibility_seconds),
+            redrive_after: std::time::Duration::from_secs(raw.redrive_after_seconds),
+            sweep_interval: std::time::Duration::from_secs(raw.sweep_interval_seconds),
+            retry: crate::dispatch::retry::RetryPolicy {
+                max_attempts: raw.retry_max_attempts,
+                base: std::time::Duration::from_millis(raw.retry_base_ms),
+                max: std::time::Duration::from_millis(raw.retry_max_ms),
+            },
+            direct_heartbeat: std::time::Duration::from_secs(raw.direct_heartbeat_seconds),
             admin_token: Secret::new(admin_token),
             master_key: Secret::new(master_key),
             max_body_bytes: raw.max_body_bytes,

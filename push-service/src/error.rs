@@ -53,6 +53,8 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    IdempotencyKeyReused(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -112,6 +114,11 @@ impl ApiError {
                 "Method not allowed",
             ),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            IdempotencyKeyReused(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

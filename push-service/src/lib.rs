@@ -8,9 +8,12 @@ pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod crypto;
+pub mod dispatch;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod notify;
+pub mod providers;
 pub mod registrations;
 pub mod secret;
 pub mod store;
@@ -36,6 +39,13 @@ pub struct AppState {
     pub redis: Option<redis::Client>,
     pub replay: auth::replay::ReplayCache,
     pub jwks: auth::notifier::JwksCache,
+    pub queue: Arc<dyn dispatch::Queue>,
+    pub providers: providers::Providers,
+    pub hub: providers::direct::DirectHub,
+    /// Cancelled when the node shuts down: ends streams and background work.
+    pub shutdown: CancellationToken,
+    /// This node's name (Redis consumer name, logs).
+    pub node: String,
     pub metrics: PrometheusHandle,
     pub openapi: Arc<String>,
 }
@@ -53,12 +63,41 @@ impl AppState {
             Some(url) => Some(redis::Client::open(url.expose().as_str())?),
             None => None,
         };
-        let replay = match &redis {
-            Some(client) => auth::replay::ReplayCache::Redis {
-                conn: redis::aio::ConnectionManager::new(client.clone()).await?,
+        let node = format!("node-{}", ids::random_token(6));
+        let redis_conn = match &redis {
+            Some(client) => Some(redis::aio::ConnectionManager::new(client.clone()).await?),
+            None => None,
+        };
+        let replay = match &redis_conn {
+            Some(conn) => auth::replay::ReplayCache::Redis {
+                conn: conn.clone(),
                 prefix: config.redis_key_prefix.clone(),
             },
             None => auth::replay::ReplayCache::Store(store.clone()),
+        };
+        let queue: Arc<dyn dispatch::Queue> = match (&redis, &redis_conn) {
+            (Some(client), Some(conn)) => Arc::new(
+                dispatch::redis_queue::RedisQueue::new(
+                    client.clone(),
+                    conn.clone(),
+                    &config.redis_key_prefix,
+                    node.clone(),
+                    config.queue_visibility,
+                )
+                .await?,
+            ),
+            _ => Arc::new(dispatch::LocalQueue::default()),
+        };
+        let hub = providers::direct::DirectHub::new(
+            redis_conn.map(|conn| (conn, config.redis_key_prefix.clone())),
+        );
+        let providers = providers::Providers {
+            apns: Arc::new(providers::NotAvailable("apns")),
+            fcm: Arc::new(providers::NotAvailable("fcm")),
+            direct: Arc::new(providers::direct::DirectProvider {
+                store: store.clone(),
+                hub: hub.clone(),
+            }),
         };
         let metrics = telemetry::metrics_handle();
         metrics::gauge!(
@@ -74,6 +113,11 @@ impl AppState {
             redis,
             replay,
             jwks: auth::notifier::JwksCache::default(),
+            queue,
+            providers,
+            hub,
+            shutdown: CancellationToken::new(),
+            node,
             metrics,
             openapi: Arc::new(api::ApiDoc::openapi().to_json()?),
         })
@@ -97,6 +141,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let grace = state.config.shutdown_grace;
+    if let Some(client) = &state.redis {
+        state.hub.spawn_listener(client.clone(), state.shutdown.clone());
+    }
+    dispatch::spawn(&state, state.shutdown.clone());
+    let node_shutdown = state.shutdown.clone();
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let drained = shutdown.clone();
@@ -106,6 +155,8 @@ pub async fn serve(
     });
     let server = tokio::spawn(server.into_future());
     shutdown.cancelled().await;
+    // Streams and background work end now; in-flight requests get the grace period.
+    node_shutdown.cancel();
     match tokio::time::timeout(grace, server).await {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!(

@@ -139,10 +139,15 @@ pub const MAX_ALIASES: usize = 32;
 const MAX_ALIAS_LEN: usize = 256;
 
 /// Checks a set of aliases and returns it sorted and deduplicated.
-pub fn validate_aliases(mut aliases: Vec<String>) -> Result<Vec<String>, String> {
+pub fn validate_aliases(aliases: Vec<String>) -> Result<Vec<String>, String> {
     if aliases.len() > MAX_ALIASES {
         return Err(format!("`aliases`: at most {MAX_ALIASES}"));
     }
+    validate_aliases_unbounded(aliases)
+}
+
+/// Checks each alias (length, no control characters), without a count limit.
+pub fn validate_aliases_unbounded(mut aliases: Vec<String>) -> Result<Vec<String>, String> {
     for alias in &aliases {
         if alias.is_empty() || alias.len() > MAX_ALIAS_LEN || alias.chars().any(char::is_control) {
             return Err(format!(

@@ -18,6 +18,29 @@ pub mod names {
     pub const HTTP_DURATION: &str = "push_http_request_duration_seconds";
     /// Gauge: 1 while the service is running, labelled by version and store backend.
     pub const BUILD_INFO: &str = "push_build_info";
+    /// Counter: notifications accepted (202), by app.
+    pub const NOTIFICATIONS_ACCEPTED: &str = "push_notifications_accepted_total";
+    /// Counter: delivery attempts by app, provider and outcome
+    /// (sent, held, retry, failed, expired, invalid).
+    pub const DELIVERIES: &str = "push_deliveries_total";
+    /// Histogram: seconds from acceptance to the provider's acceptance, by provider.
+    pub const DISPATCH_LATENCY: &str = "push_dispatch_latency_seconds";
+    /// Counter: queued deliveries closed as expired by the sweep.
+    pub const DELIVERIES_EXPIRED_BY_SWEEP: &str = "push_sweep_expired_total";
+    /// Counter: deliveries the sweep queued again (lost queue entries, dead nodes).
+    pub const SWEEP_REDRIVEN: &str = "push_sweep_redriven_total";
+    /// Gauge: deliveries waiting (queued in the store).
+    pub const QUEUE_DEPTH: &str = "push_queue_depth";
+    /// Gauge: age in seconds of the oldest waiting delivery.
+    pub const QUEUE_OLDEST_AGE: &str = "push_queue_oldest_age_seconds";
+    /// Counter: Redis queue entries taken over from a stalled consumer.
+    pub const QUEUE_RECLAIMED: &str = "push_queue_reclaimed_total";
+    /// Counter: Redis queue entries moved to the dead-letter stream.
+    pub const QUEUE_DEAD_LETTERED: &str = "push_queue_dead_lettered_total";
+    /// Gauge: open direct-channel streams on this node.
+    pub const DIRECT_STREAMS: &str = "push_direct_streams";
+    /// Counter: events written to direct-channel streams.
+    pub const DIRECT_EVENTS: &str = "push_direct_events_total";
 }
 
 /// Installs the JSON (or text) log subscriber. Safe to call more than once.

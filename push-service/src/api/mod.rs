@@ -3,7 +3,9 @@
 pub mod app_registrations;
 pub mod apps;
 pub mod credentials;
+pub mod events;
 pub mod extract;
+pub mod notifications;
 pub mod notifiers;
 pub mod ops;
 pub mod registrations;
@@ -39,6 +41,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         registrations::create_registration, registrations::get_own, registrations::rotate_token,
         registrations::delete_own, app_registrations::get_registration,
         app_registrations::delete_registration, app_registrations::put_aliases,
+        events::events, notifications::notify, notifications::status,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(crate::error::Problem)),
@@ -87,6 +90,8 @@ pub fn router(state: AppState) -> Router {
         .merge(notifiers::router())
         .merge(registrations::router())
         .merge(app_registrations::router())
+        .merge(notifications::router())
+        .merge(events::router())
         .merge(ops::router())
         .route_layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .fallback(not_found)

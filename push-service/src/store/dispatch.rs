@@ -116,6 +116,8 @@ pub trait DispatchStore: Send + Sync {
     async fn claim_overdue(&self, now: i64, redrive_at: i64, limit: i64) -> Result<Vec<(String, String)>, StoreError>;
     /// Marks queued deliveries whose notification expired as `expired`; returns how many.
     async fn expire_overdue(&self, now: i64) -> Result<u64, StoreError>;
+    /// A direct-channel delivery was written to the device's stream: `held` becomes `sent`.
+    async fn mark_streamed(&self, notification_id: &str, registration_id: &str, now: i64) -> Result<(), StoreError>;
     /// Fan-outs whose expansion stopped before `before` (a node died): claims them until `redrive_at`.
     async fn claim_stalled_expansions(&self, before: i64, redrive_at: i64) -> Result<Vec<String>, StoreError>;
     /// Count of deliveries by state.

@@ -262,13 +262,31 @@ macro_rules! impl_sql_dispatch {
             async fn expire_overdue(&self, now: i64) -> Result<u64, $crate::store::StoreError> {
                 let done = sqlx::query(
                     "UPDATE deliveries SET state = 'expired', reason = 'ttl', updated_at = $1 \
-                     WHERE state = 'queued' AND next_attempt_at <= $1 AND EXISTS \
+                     WHERE ((state = 'queued' AND next_attempt_at <= $1) OR state = 'held') AND EXISTS \
                      (SELECT 1 FROM notifications n WHERE n.id = deliveries.notification_id AND n.expires_at <= $1)",
                 )
                 .bind(now)
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected())
+            }
+
+            async fn mark_streamed(
+                &self,
+                notification_id: &str,
+                registration_id: &str,
+                now: i64,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE deliveries SET state = 'sent', updated_at = $3 \
+                     WHERE notification_id = $1 AND registration_id = $2 AND state = 'held'",
+                )
+                .bind(notification_id)
+                .bind(registration_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
             }
 
             async fn claim_stalled_expansions(

@@ -1,0 +1,170 @@
+//! `/v1/apps/{app}/notifications`: notify (auth server) and read per-target state.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::{ApiJson, ApiQuery};
+use crate::auth::notifier::NotifierAuth;
+use crate::error::{ApiError, Problem};
+use crate::ids::rfc3339;
+use crate::notify::{accept, parse_targets, Accepted, NotifyRequest, TargetSpec};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/apps/{app}/notifications", post(notify))
+        .route("/v1/apps/{app}/notifications/{id}", get(status))
+}
+
+/// Deliveries by state.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct Counts {
+    pub queued: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub expired: i64,
+    pub invalid: i64,
+}
+
+/// One target's state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TargetState {
+    pub registration: String,
+    /// `queued`, `sent`, `failed`, `expired` or `invalid`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub attempts: i32,
+    pub updated_at: String,
+}
+
+/// Body of `GET /v1/apps/{app}/notifications/{id}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NotificationStatus {
+    pub id: String,
+    pub created_at: String,
+    pub expires_at: String,
+    /// False while a fan-out is still being expanded.
+    pub expanded: bool,
+    pub counts: Counts,
+    /// A page of targets (for whole-app sends, only those not sent).
+    pub targets: Vec<TargetState>,
+    /// Pass as `after` for the next page.
+    pub next: Option<String>,
+}
+
+/// Paging of targets.
+#[derive(Deserialize, IntoParams)]
+pub struct TargetPage {
+    pub after: Option<String>,
+    /// 1 to 500, default 100.
+    pub limit: Option<i64>,
+}
+
+/// `held` (on the direct channel, waiting for the device) is reported as queued.
+fn public_state(state: &str) -> &str {
+    if state == "held" {
+        "queued"
+    } else {
+        state
+    }
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications", tag = "notifications",
+    params(("app" = String, Path, description = "App id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key and body answer the first response")),
+    request_body = NotifyRequest,
+    security(("notifier_jwt" = ["notify"])),
+    responses((status = 202, body = Accepted), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 422, body = Problem), (status = 503, body = Problem)))]
+#[tracing::instrument(skip_all, fields(app = %auth.app_id, notifier = %auth.notifier.id))]
+async fn notify(
+    State(state): State<AppState>,
+    auth: NotifierAuth,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    auth.require("notify")?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| ApiError::invalid("`Idempotency-Key`: 1 to 255 visible ASCII characters"))?;
+            Some(key.to_owned())
+        }
+    };
+    let accepted = accept(&state, &auth, key.as_deref(), body).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app}/notifications/{id}", tag = "notifications",
+    params(("app" = String, Path, description = "App id"), ("id" = String, Path, description = "Notification id"), TargetPage),
+    security(("notifier_jwt" = ["notify"])),
+    responses((status = 200, body = NotificationStatus), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn status(
+    State(state): State<AppState>,
+    auth: NotifierAuth,
+    Path((_, id)): Path<(String, String)>,
+    ApiQuery(page): ApiQuery<TargetPage>,
+) -> Result<Json<NotificationStatus>, ApiError> {
+    auth.require("notify")?;
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("`limit` must be between 1 and 500"));
+    }
+    let notification = state
+        .store
+        .get_notification(&id)
+        .await?
+        .filter(|n| n.app_id == auth.app_id)
+        .ok_or_else(|| ApiError::not_found(format!("notification `{id}` does not exist in this app")))?;
+    let whole_app = matches!(parse_targets(&notification.targets), Ok(TargetSpec::All));
+    let mut counts = Counts::default();
+    for (state_name, n) in state.store.delivery_counts(&id).await? {
+        match public_state(&state_name) {
+            "queued" => counts.queued += n,
+            "sent" => counts.sent += n,
+            "failed" => counts.failed += n,
+            "expired" => counts.expired += n,
+            "invalid" => counts.invalid += n,
+            _ => {}
+        }
+    }
+    let rows = state
+        .store
+        .delivery_page(&id, page.after.as_deref().unwrap_or(""), limit, whole_app)
+        .await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.registration_id.clone()))
+        .flatten();
+    let targets = rows
+        .into_iter()
+        .map(|row| TargetState {
+            state: public_state(&row.state).to_owned(),
+            reason: if row.state == "held" {
+                Some("held on the direct channel until the device connects".into())
+            } else {
+                row.reason
+            },
+            registration: row.registration_id,
+            attempts: row.attempts,
+            updated_at: rfc3339(row.updated_at),
+        })
+        .collect();
+    Ok(Json(NotificationStatus {
+        id: notification.id,
+        created_at: rfc3339(notification.created_at),
+        expires_at: rfc3339(notification.expires_at),
+        expanded: notification.state != "expanding",
+        counts,
+        targets,
+        next,
+    }))
+}

@@ -1,0 +1,58 @@
+//! The sweep: the store is the source of truth. Deliveries still queued after their
+//! re-drive time (a lost queue entry, a dead node) are queued again; expired ones are closed.
+
+use std::collections::BTreeMap;
+
+use super::Task;
+use crate::ids::now_millis;
+use crate::notify::TASK_CHUNK;
+use crate::store::StoreError;
+use crate::telemetry::names;
+use crate::AppState;
+
+/// Deliveries claimed per sweep round.
+const SWEEP_BATCH: i64 = 5000;
+
+/// One round of the sweep; returns how many deliveries it re-drove.
+pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
+    let store = &state.store;
+    let now = now_millis();
+    let redrive_at = now + state.config.redrive_after.as_millis() as i64;
+    let expired = store.expire_overdue(now).await?;
+    if expired > 0 {
+        metrics::counter!(names::DELIVERIES_EXPIRED_BY_SWEEP).increment(expired);
+    }
+    let overdue = store.claim_overdue(now, redrive_at, SWEEP_BATCH).await?;
+    let mut by_notification: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (notification, registration) in overdue {
+        by_notification.entry(notification).or_default().push(registration);
+    }
+    let mut tasks = Vec::new();
+    let mut redriven = 0;
+    for (notification, registrations) in by_notification {
+        redriven += registrations.len();
+        for chunk in registrations.chunks(TASK_CHUNK) {
+            tasks.push(Task::Deliver {
+                notification: notification.clone(),
+                registrations: chunk.to_vec(),
+            });
+        }
+    }
+    let stalled_before = now - state.config.redrive_after.as_millis() as i64;
+    for notification in store.claim_stalled_expansions(stalled_before, now).await? {
+        tasks.push(Task::Expand { notification });
+    }
+    if !tasks.is_empty() {
+        tracing::info!(deliveries = redriven, tasks = tasks.len(), "sweep re-drives unfinished work");
+        metrics::counter!(names::SWEEP_REDRIVEN).increment(redriven as u64);
+        if let Err(e) = state.queue.push(tasks).await {
+            tracing::warn!(error = %e, "sweep could not queue; next round retries");
+        }
+    }
+    store.delete_expired_direct_events(now).await?;
+    let (depth, oldest) = store.queue_stats().await?;
+    metrics::gauge!(names::QUEUE_DEPTH).set(depth as f64);
+    metrics::gauge!(names::QUEUE_OLDEST_AGE)
+        .set(oldest.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0));
+    Ok(redriven)
+}

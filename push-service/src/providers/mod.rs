@@ -1,0 +1,81 @@
+//! Delivery channels behind one trait. The dispatcher knows [`Provider`], never a provider's insides.
+
+pub mod direct;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::notify::Content;
+
+/// One delivery attempt: a notification to one registration.
+pub struct Delivery<'a> {
+    pub app_id: &'a str,
+    pub notification_id: &'a str,
+    pub content: &'a Content,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub registration_id: &'a str,
+    pub token: Option<&'a str>,
+    pub environment: Option<&'a str>,
+    /// 1 for the first try.
+    pub attempt: u32,
+}
+
+/// How an attempt ended, in the dispatcher's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider accepted it.
+    Sent,
+    /// Held on the direct channel until the device takes it or the TTL ends.
+    Held,
+    /// The token is dead: invalidate the registration with this reason.
+    InvalidToken(String),
+    /// Transient (429, 5xx, network): try again, after `after` if the provider said.
+    Retry { reason: String, after: Option<Duration> },
+    /// Permanent for this notification (payload, credentials): record the reason.
+    Failed(String),
+}
+
+/// A delivery channel.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// `apns`, `fcm` or `direct`.
+    fn name(&self) -> &'static str;
+    async fn send(&self, delivery: &Delivery<'_>) -> Outcome;
+}
+
+/// A channel this build cannot deliver through yet; its deliveries fail with a reason
+/// the notifier can read, instead of waiting forever.
+pub struct NotAvailable(pub &'static str);
+
+#[async_trait]
+impl Provider for NotAvailable {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+
+    async fn send(&self, _delivery: &Delivery<'_>) -> Outcome {
+        Outcome::Failed(format!("provider-unavailable: {} delivery is not available in this build", self.0))
+    }
+}
+
+/// The providers of a node, by name.
+#[derive(Clone)]
+pub struct Providers {
+    pub apns: Arc<dyn Provider>,
+    pub fcm: Arc<dyn Provider>,
+    pub direct: Arc<dyn Provider>,
+}
+
+impl Providers {
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        match name {
+            "apns" => Some(&self.apns),
+            "fcm" => Some(&self.fcm),
+            "direct" => Some(&self.direct),
+            _ => None,
+        }
+    }
+}
