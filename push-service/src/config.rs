@@ -236,7 +236,10 @@ impl Config {
                 "queue_visibility_seconds and sweep_interval_seconds must be at least 1",
             ));
         }
-        if raw.retry_max_attempts == 0 || raw.retry_base_ms == 0 || raw.retry_max_ms < raw.retry_base_ms {
+        if raw.retry_max_attempts == 0
+            || raw.retry_base_ms == 0
+            || raw.retry_max_ms < raw.retry_base_ms
+        {
             return Err(invalid(
                 "retry_max_attempts",
                 "retry_max_attempts and retry_base_ms must be at least 1, retry_max_ms at least retry_base_ms",

@@ -18,6 +18,7 @@ pub mod registrations;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -142,7 +143,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let grace = state.config.shutdown_grace;
     if let Some(client) = &state.redis {
-        state.hub.spawn_listener(client.clone(), state.shutdown.clone());
+        state
+            .hub
+            .spawn_listener(client.clone(), state.shutdown.clone());
     }
     dispatch::spawn(&state, state.shutdown.clone());
     let node_shutdown = state.shutdown.clone();

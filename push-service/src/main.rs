@@ -27,13 +27,73 @@ enum Command {
     Migrate,
     /// Print the built-in default configuration, with comments.
     DefaultConfig,
+    /// Generate a notifier signing key (P-256); prints the JWKS to register with the notifier.
+    NotifierKey {
+        /// Where to write the private key (PKCS#8 PEM, mode 0600).
+        #[arg(long, default_value = "notifier-key.pem")]
+        out: PathBuf,
+        /// Key id to put in the JWKS and in tokens.
+        #[arg(long, default_value = "k1")]
+        kid: String,
+    },
+    /// Mint a short-lived notifier JWT (for curl and scripts).
+    Token {
+        /// The notifier's private key (PKCS#8 PEM, P-256 or RSA).
+        #[arg(long, default_value = "notifier-key.pem")]
+        key: PathBuf,
+        /// The notifier id (the JWT `iss`).
+        #[arg(long)]
+        notifier: String,
+        /// Space-separated scopes.
+        #[arg(long, default_value = "notify")]
+        scope: String,
+        /// The service's audience (default: PUSH_NOTIFIER_AUDIENCE, PUSH_PUBLIC_URL, or http://127.0.0.1:8080).
+        #[arg(long)]
+        audience: Option<String>,
+        #[arg(long, default_value = "k1")]
+        kid: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::DefaultConfig) = cli.command {
-        print!("{}", push_service::config::DEFAULT_CONFIG);
-        return std::process::ExitCode::SUCCESS;
+    match &cli.command {
+        Some(Command::DefaultConfig) => {
+            print!("{}", push_service::config::DEFAULT_CONFIG);
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::NotifierKey { out, kid }) => {
+            return report(push_service::tokens::notifier_key(out, kid));
+        }
+        Some(Command::Token {
+            key,
+            notifier,
+            scope,
+            audience,
+            kid,
+            ttl,
+        }) => {
+            let audience = audience
+                .clone()
+                .or_else(|| {
+                    std::env::var("PUSH_NOTIFIER_AUDIENCE")
+                        .ok()
+                        .filter(|a| !a.is_empty())
+                })
+                .or_else(|| {
+                    std::env::var("PUSH_PUBLIC_URL")
+                        .ok()
+                        .filter(|a| !a.is_empty())
+                })
+                .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+            return report(push_service::tokens::mint(
+                key, notifier, scope, &audience, kid, *ttl,
+            ));
+        }
+        _ => {}
     }
     let config = match push_service::Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -69,6 +129,20 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "push-service stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a command's output, or its error, and gives the exit code.
+fn report(result: anyhow::Result<String>) -> std::process::ExitCode {
+    match result {
+        Ok(output) => {
+            println!("{output}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("push-service: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

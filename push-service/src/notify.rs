@@ -22,10 +22,24 @@ pub const DEFAULT_TTL_SECONDS: u64 = 86_400;
 const MAX_REGISTRATION_TARGETS: usize = 1000;
 const MAX_ALIAS_TARGETS: usize = 100;
 /// APNs headers a request may set through `apns.headers`.
-const APNS_HEADERS: &[&str] = &["apns-priority", "apns-expiration", "apns-collapse-id", "apns-push-type"];
+const APNS_HEADERS: &[&str] = &[
+    "apns-priority",
+    "apns-expiration",
+    "apns-collapse-id",
+    "apns-push-type",
+];
 const PUSH_TYPES: &[&str] = &[
-    "alert", "background", "voip", "complication", "fileprovider", "mdm", "liveactivity", "location",
-    "pushtotalk", "widgets", "controls",
+    "alert",
+    "background",
+    "voip",
+    "complication",
+    "fileprovider",
+    "mdm",
+    "liveactivity",
+    "location",
+    "pushtotalk",
+    "widgets",
+    "controls",
 ];
 
 /// Who receives a notification: exactly one of the three forms.
@@ -156,7 +170,9 @@ fn check_targets(targets: Targets) -> Result<TargetSpec, String> {
     match (targets.registrations, targets.aliases, targets.all) {
         (Some(mut ids), None, None) => {
             if ids.is_empty() || ids.len() > MAX_REGISTRATION_TARGETS {
-                return Err(format!("`targets.registrations`: 1 to {MAX_REGISTRATION_TARGETS} ids"));
+                return Err(format!(
+                    "`targets.registrations`: 1 to {MAX_REGISTRATION_TARGETS} ids"
+                ));
             }
             if ids.iter().any(|id| id.is_empty() || id.len() > 128) {
                 return Err("`targets.registrations`: ids are 1 to 128 characters".into());
@@ -167,7 +183,9 @@ fn check_targets(targets: Targets) -> Result<TargetSpec, String> {
         }
         (None, Some(aliases), None) => {
             if aliases.is_empty() || aliases.len() > MAX_ALIAS_TARGETS {
-                return Err(format!("`targets.aliases`: 1 to {MAX_ALIAS_TARGETS} aliases"));
+                return Err(format!(
+                    "`targets.aliases`: 1 to {MAX_ALIAS_TARGETS} aliases"
+                ));
             }
             let aliases = crate::registrations::validate_aliases_unbounded(aliases)
                 .map_err(|e| format!("`targets.{}", e.trim_start_matches('`')))?;
@@ -210,7 +228,9 @@ pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), St
     }
     let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
     if ttl > MAX_TTL_SECONDS {
-        return Err(format!("`ttl_seconds`: at most {MAX_TTL_SECONDS} (28 days)"));
+        return Err(format!(
+            "`ttl_seconds`: at most {MAX_TTL_SECONDS} (28 days)"
+        ));
     }
     if let Some(key) = &request.collapse_key {
         if key.is_empty() || key.len() > 64 || !header_safe(key) {
@@ -219,7 +239,12 @@ pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), St
     }
     let push_type = match request.push_type {
         Some(t) if PUSH_TYPES.contains(&t.as_str()) => t,
-        Some(t) => return Err(format!("`push_type`: `{t}` is not one of {}", PUSH_TYPES.join(", "))),
+        Some(t) => {
+            return Err(format!(
+                "`push_type`: `{t}` is not one of {}",
+                PUSH_TYPES.join(", ")
+            ))
+        }
         None if alert.title.is_some() || alert.body.is_some() => "alert".into(),
         None => "background".into(),
     };
@@ -232,7 +257,9 @@ pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), St
                 ));
             }
             if !header_safe(value) {
-                return Err(format!("`apns.headers.{name}`: printable ASCII, at most 256 bytes"));
+                return Err(format!(
+                    "`apns.headers.{name}`: printable ASCII, at most 256 bytes"
+                ));
             }
         }
         if let Some(payload) = &apns.payload {
@@ -256,7 +283,9 @@ pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), St
         apns: request.apns,
         fcm: request.fcm,
     };
-    let size = serde_json::to_vec(&content).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&content)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > MAX_PAYLOAD_BYTES {
         return Err(format!(
             "the notification is {size} bytes as JSON; providers accept at most {MAX_PAYLOAD_BYTES}"
@@ -283,8 +312,10 @@ pub async fn accept(
             return Ok(previous);
         }
     }
-    let request: NotifyRequest = serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let targets_json = serde_json::to_string(&request.targets).map_err(|e| ApiError::Internal(e.into()))?;
+    let request: NotifyRequest =
+        serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let targets_json =
+        serde_json::to_string(&request.targets).map_err(|e| ApiError::Internal(e.into()))?;
     let (targets, content, ttl) = validate(request).map_err(ApiError::invalid)?;
     let now = now_millis();
     let id = new_id("ntf");
@@ -295,7 +326,9 @@ pub async fn accept(
             let mut rejected = Vec::new();
             for id in ids {
                 match found.iter().find(|(rid, _, _)| rid == id) {
-                    Some((_, app, status)) if app == &auth.app_id && status == "active" => ok.push(id.clone()),
+                    Some((_, app, status)) if app == &auth.app_id && status == "active" => {
+                        ok.push(id.clone())
+                    }
                     Some((_, app, _)) if app == &auth.app_id => rejected.push(Rejected {
                         registration: id.clone(),
                         reason: "invalid".into(),
@@ -310,7 +343,10 @@ pub async fn accept(
             (ok, count, rejected)
         }
         other => {
-            let count = state.store.count_targets(&auth.app_id, other.fanout_aliases()).await?;
+            let count = state
+                .store
+                .count_targets(&auth.app_id, other.fanout_aliases())
+                .await?;
             (Vec::new(), count, Vec::new())
         }
     };
@@ -338,14 +374,20 @@ pub async fn accept(
         updated_at: now,
     };
     let redrive_at = now + state.config.redrive_after.as_millis() as i64;
-    match state.store.insert_notification(&row, &registrations, redrive_at).await {
+    match state
+        .store
+        .insert_notification(&row, &registrations, redrive_at)
+        .await
+    {
         Ok(()) => {}
         Err(StoreError::Conflict(_)) if idempotency_key.is_some() => {
             // A concurrent request with the same key won the race.
             let key = idempotency_key.unwrap_or_default();
             return replay(state, auth, key, &request_hash)
                 .await?
-                .ok_or_else(|| ApiError::Conflict("a request with this Idempotency-Key is in progress".into()));
+                .ok_or_else(|| {
+                    ApiError::Conflict("a request with this Idempotency-Key is in progress".into())
+                });
         }
         Err(e) => return Err(e.into()),
     }
@@ -377,7 +419,11 @@ async fn replay(
     key: &str,
     request_hash: &str,
 ) -> Result<Option<Accepted>, ApiError> {
-    let Some(previous) = state.store.find_idempotent(&auth.app_id, &auth.notifier.id, key).await? else {
+    let Some(previous) = state
+        .store
+        .find_idempotent(&auth.app_id, &auth.notifier.id, key)
+        .await?
+    else {
         return Ok(None);
     };
     if previous.request_hash != request_hash {

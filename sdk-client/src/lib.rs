@@ -18,6 +18,7 @@
 //! ```
 
 mod key;
+mod listen;
 mod pinning;
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 pub use key::{random_id, unix_now, DeviceKey, RsaAlg};
+pub use listen::{Listener, PushEvent};
 pub use pinning::{is_pin_mismatch, Pin, PinMismatch};
 pub use rustls::pki_types::CertificateDer;
 
@@ -378,24 +380,33 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 async fn decode<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<Option<T>, Error> {
-    let status = response.status();
-    let bytes = response.bytes().await.map_err(Error::Transport)?;
-    if status.is_success() {
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        return serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::UnexpectedResponse(e.to_string()));
+    if !response.status().is_success() {
+        return Err(decode_problem(response).await);
     }
+    let bytes = response.bytes().await.map_err(Error::Transport)?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::UnexpectedResponse(e.to_string()))
+}
+
+/// The problem document of an error response (or one made from its status).
+pub(crate) async fn decode_problem(response: reqwest::Response) -> Error {
+    let status = response.status();
+    let bytes = match response.bytes().await {
+        Ok(bytes) => bytes,
+        Err(e) => return Error::Transport(e),
+    };
     match serde_json::from_slice::<Problem>(&bytes) {
-        Ok(problem) => Err(Error::Problem(problem)),
-        Err(_) => Err(Error::Problem(Problem {
+        Ok(problem) => Error::Problem(problem),
+        Err(_) => Error::Problem(Problem {
             kind: "about:blank".into(),
             title: status.canonical_reason().unwrap_or("error").into(),
             status: status.as_u16(),
             detail: Some(String::from_utf8_lossy(&bytes).chars().take(200).collect()),
-        })),
+        }),
     }
 }
 

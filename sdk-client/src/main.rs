@@ -78,6 +78,19 @@ enum Command {
         #[arg(long)]
         id: String,
     },
+    /// Print notifications received on a `direct` registration, one JSON line each.
+    Listen {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        id: String,
+        /// Exit after this many notifications.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Resume after this event id.
+        #[arg(long)]
+        last_event_id: Option<String>,
+    },
     /// Delete a registration.
     Delete {
         #[command(flatten)]
@@ -201,6 +214,24 @@ async fn run(command: Command) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?,
             );
+        }
+        Command::Listen {
+            connection,
+            id,
+            count,
+            last_event_id,
+        } => {
+            use std::io::Write;
+            let client = client(&connection)?;
+            let mut listener = client.listen_after(&id, last_event_id);
+            let mut received = 0;
+            while count.is_none_or(|n| received < n) {
+                let event = listener.next().await.map_err(|e| e.to_string())?;
+                let line = serde_json::json!({"event_id": event.event_id, "notification": event.notification});
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+                received += 1;
+            }
         }
         Command::Delete { connection, id } => {
             client(&connection)?

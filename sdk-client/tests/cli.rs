@@ -177,3 +177,125 @@ async fn keygen_register_status_rotate_delete() {
     assert!(err.contains("404"), "{err}");
     shutdown.cancel();
 }
+
+/// README's loop on the embedded default: app → notifier → `push-client register` (direct)
+/// → notify with a `push-service token` JWT → `push-client listen` prints it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_loop_register_notify_listen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let base = format!("http://{addr}");
+    let config = push_service::Config::from_toml(&format!(
+        "data_dir = {:?}\nadmin_token = \"cli-test-admin-token\"\npublic_url = \"{base}\"\nlog_level = \"warn\"\n",
+        dir.path().join("data").display().to_string()
+    ))
+    .expect("config");
+    let state = push_service::AppState::new(config).await.expect("state");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(push_service::serve(state, listener, shutdown.clone()));
+    let http = reqwest::Client::new();
+    let admin = |path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth("cli-test-admin-token")
+            .json(&body)
+            .send()
+    };
+    let app: Value = admin("/v1/apps", serde_json::json!({"name": "Acme"}))
+        .await
+        .expect("app")
+        .json()
+        .await
+        .expect("json");
+    let app_id = app["id"].as_str().expect("id").to_owned();
+    let jwks: Value = serde_json::from_str(
+        &push_service::tokens::notifier_key(&dir.path().join("notifier.pem"), "k1")
+            .expect("notifier key"),
+    )
+    .expect("jwks");
+    let notifier: Value = admin(
+        &format!("/v1/apps/{app_id}/notifiers"),
+        serde_json::json!({"name": "auth-1", "jwks": jwks, "scopes": ["notify"]}),
+    )
+    .await
+    .expect("notifier")
+    .json()
+    .await
+    .expect("json");
+    let notifier_id = notifier["id"].as_str().expect("id");
+
+    push_client(
+        dir.path(),
+        &["keygen", "--out", "desktop.pem", "--kind", "p256"],
+    )
+    .await
+    .expect("keygen");
+    let registered = push_client(
+        dir.path(),
+        &[
+            "register",
+            "--server",
+            &base,
+            "--key",
+            "desktop.pem",
+            "--app",
+            &app_id,
+            "--provider",
+            "direct",
+            "--platform",
+            "linux",
+        ],
+    )
+    .await
+    .expect("register");
+    let id = registered["id"].as_str().expect("id").to_owned();
+    let listen = tokio::process::Command::new(env!("CARGO_BIN_EXE_push-client"))
+        .current_dir(dir.path())
+        .args([
+            "listen",
+            "--server",
+            &base,
+            "--key",
+            "desktop.pem",
+            "--id",
+            &id,
+            "--count",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("listen starts");
+
+    let jwt = push_service::tokens::mint(
+        &dir.path().join("notifier.pem"),
+        notifier_id,
+        "notify",
+        &base,
+        "k1",
+        60,
+    )
+    .expect("token");
+    let sent = http
+        .post(format!("{base}/v1/apps/{app_id}/notifications"))
+        .bearer_auth(jwt)
+        .json(&serde_json::json!({"targets": {"registrations": [id]},
+            "notification": {"title": "Sign-in request", "body": "Approve the login on your Mac?"}}))
+        .send()
+        .await
+        .expect("notify");
+    assert_eq!(sent.status(), 202);
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        listen.wait_with_output(),
+    )
+    .await
+    .expect("listen printed within 30 s")
+    .expect("listen output");
+    assert!(output.status.success());
+    let line: Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert_eq!(line["notification"]["title"], "Sign-in request");
+    shutdown.cancel();
+}

@@ -70,17 +70,23 @@ async fn events(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("registration `{id}` does not exist")))?;
     if registration.key_thumbprint != proof.thumbprint {
-        return Err(ApiError::Forbidden("this registration is bound to another device key".into()));
+        return Err(ApiError::Forbidden(
+            "this registration is bound to another device key".into(),
+        ));
     }
     if registration.provider != "direct" {
-        return Err(ApiError::invalid("only `direct` registrations have an event stream"));
+        return Err(ApiError::invalid(
+            "only `direct` registrations have an event stream",
+        ));
     }
     let last = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
             .ok()
             .and_then(|v| v.trim().parse::<i64>().ok())
-            .ok_or_else(|| ApiError::invalid("`Last-Event-ID` must be an event id from this stream"))?,
+            .ok_or_else(|| {
+                ApiError::invalid("`Last-Event-ID` must be an event id from this stream")
+            })?,
         None => state.store.direct_cursor(&id).await?,
     };
     let subscription = state.hub.subscribe(&id);
@@ -134,7 +140,11 @@ async fn next_event(mut s: StreamState) -> Option<(Result<Event, Infallible>, St
                     );
                 }
                 metrics::counter!(names::DIRECT_EVENTS).increment(s.buffer.len() as u64);
-                let _ = s.state.store.set_direct_cursor(&s.registration, s.last).await;
+                let _ = s
+                    .state
+                    .store
+                    .set_direct_cursor(&s.registration, s.last)
+                    .await;
                 continue;
             }
             Ok(_) => {}

@@ -95,7 +95,9 @@ async fn notify(
                 .to_str()
                 .ok()
                 .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| ApiError::invalid("`Idempotency-Key`: 1 to 255 visible ASCII characters"))?;
+                .ok_or_else(|| {
+                    ApiError::invalid("`Idempotency-Key`: 1 to 255 visible ASCII characters")
+                })?;
             Some(key.to_owned())
         }
     };
@@ -124,7 +126,9 @@ async fn status(
         .get_notification(&id)
         .await?
         .filter(|n| n.app_id == auth.app_id)
-        .ok_or_else(|| ApiError::not_found(format!("notification `{id}` does not exist in this app")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!("notification `{id}` does not exist in this app"))
+        })?;
     let whole_app = matches!(parse_targets(&notification.targets), Ok(TargetSpec::All));
     let mut counts = Counts::default();
     for (state_name, n) in state.store.delivery_counts(&id).await? {

@@ -116,7 +116,8 @@ async fn expand(state: &AppState, id: &str) -> Result<(), StoreError> {
     if notification.state != "expanding" {
         return Ok(());
     }
-    let targets = parse_targets(&notification.targets).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?;
+    let targets =
+        parse_targets(&notification.targets).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?;
     let aliases = targets.fanout_aliases().map(<[String]>::to_vec);
     loop {
         let redrive_at = now_millis() + state.config.redrive_after.as_millis() as i64;
@@ -141,7 +142,10 @@ async fn expand(state: &AppState, id: &str) -> Result<(), StoreError> {
         }
         notification.expand_cursor = chunk.last().cloned();
     }
-    state.store.finish_expansion(&notification.id, now_millis()).await
+    state
+        .store
+        .finish_expansion(&notification.id, now_millis())
+        .await
 }
 
 /// Attempts the queued deliveries of one chunk. Finished ones are skipped, so a
@@ -173,7 +177,15 @@ async fn deliver_one(
         let registration_id = pending.registration_id.clone();
         async move {
             store
-                .update_delivery(&notification_id, &registration_id, state_name, reason.as_deref(), attempts, next, now_millis())
+                .update_delivery(
+                    &notification_id,
+                    &registration_id,
+                    state_name,
+                    reason.as_deref(),
+                    attempts,
+                    next,
+                    now_millis(),
+                )
                 .await
         }
     };
@@ -200,7 +212,12 @@ async fn deliver_one(
     }
     let Some(provider) = state.providers.get(&provider_name) else {
         count("failed");
-        return record("failed", Some(format!("unknown provider `{provider_name}`")), None).await;
+        return record(
+            "failed",
+            Some(format!("unknown provider `{provider_name}`")),
+            None,
+        )
+        .await;
     };
     let delivery = Delivery {
         app_id: &notification.app_id,
@@ -218,7 +235,8 @@ async fn deliver_one(
     match outcome {
         Outcome::Sent => {
             count("sent");
-            metrics::histogram!(names::DISPATCH_LATENCY, "provider" => provider_name.clone()).record(latency);
+            metrics::histogram!(names::DISPATCH_LATENCY, "provider" => provider_name.clone())
+                .record(latency);
             record("sent", None, None).await
         }
         Outcome::Held => {
@@ -227,7 +245,9 @@ async fn deliver_one(
         }
         Outcome::InvalidToken(reason) => {
             count("invalid");
-            store.invalidate_registration(&pending.registration_id, &reason, now).await?;
+            store
+                .invalidate_registration(&pending.registration_id, &reason, now)
+                .await?;
             record("invalid", Some(reason), None).await
         }
         Outcome::Failed(reason) => {
@@ -263,7 +283,12 @@ async fn deliver_one(
                 }
                 RetryDecision::GiveUp => {
                     count("failed");
-                    record("failed", Some(format!("gave up after {attempts} attempts: {reason}")), None).await
+                    record(
+                        "failed",
+                        Some(format!("gave up after {attempts} attempts: {reason}")),
+                        None,
+                    )
+                    .await
                 }
             }
         }

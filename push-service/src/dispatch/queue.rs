@@ -62,7 +62,9 @@ pub struct LocalQueue {
 
 impl LocalQueue {
     fn enqueue(tasks: &Mutex<VecDeque<Task>>, ready: &Notify, items: Vec<Task>) {
-        let mut queue = tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut queue = tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         queue.extend(items);
         drop(queue);
         ready.notify_waiters();
@@ -94,7 +96,9 @@ impl Queue for LocalQueue {
 
     async fn pop(&self, max: usize, wait: Duration) -> Result<Vec<Leased>, QueueError> {
         let take = |tasks: &Mutex<VecDeque<Task>>| {
-            let mut queue = tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut queue = tasks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let n = queue.len().min(max);
             queue
                 .drain(..n)
@@ -118,7 +122,8 @@ impl Queue for LocalQueue {
     }
 
     async fn release(&self, leased: Leased) -> Result<(), QueueError> {
-        self.push_at(leased.task, crate::ids::now_millis() + 5_000).await
+        self.push_at(leased.task, crate::ids::now_millis() + 5_000)
+            .await
     }
 }
 
@@ -133,7 +138,10 @@ mod tests {
             registrations: vec!["reg_1".into()],
         };
         let json = serde_json::to_string(&task).expect("serializes");
-        assert_eq!(json, r#"{"kind":"deliver.v1","notification":"ntf_1","registrations":["reg_1"]}"#);
+        assert_eq!(
+            json,
+            r#"{"kind":"deliver.v1","notification":"ntf_1","registrations":["reg_1"]}"#
+        );
         assert_eq!(serde_json::from_str::<Task>(&json).expect("reads"), task);
         assert!(serde_json::from_str::<Task>(r#"{"kind":"deliver.v0"}"#).is_err());
     }
@@ -141,12 +149,21 @@ mod tests {
     #[tokio::test]
     async fn local_queue_hands_out_pushed_and_delayed_tasks() {
         let queue = LocalQueue::default();
-        let task = Task::Expand { notification: "ntf".into() };
+        let task = Task::Expand {
+            notification: "ntf".into(),
+        };
         queue.push(vec![task.clone()]).await.expect("push");
         let got = queue.pop(10, Duration::from_millis(10)).await.expect("pop");
         assert_eq!(got.len(), 1);
-        queue.push_at(task.clone(), crate::ids::now_millis() + 50).await.expect("push_at");
-        assert!(queue.pop(10, Duration::from_millis(1)).await.expect("pop").is_empty());
+        queue
+            .push_at(task.clone(), crate::ids::now_millis() + 50)
+            .await
+            .expect("push_at");
+        assert!(queue
+            .pop(10, Duration::from_millis(1))
+            .await
+            .expect("pop")
+            .is_empty());
         let got = queue.pop(10, Duration::from_secs(2)).await.expect("pop");
         assert_eq!(got.first().map(|l| &l.task), Some(&task));
     }

@@ -76,7 +76,8 @@ impl RedisQueue {
 
     async fn ensure_group(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&self.stream, GROUP, "0").await;
+        let created: redis::RedisResult<()> =
+            conn.xgroup_create_mkstream(&self.stream, GROUP, "0").await;
         match created {
             Ok(()) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -125,9 +126,24 @@ impl RedisQueue {
             if entry.times_delivered > MAX_DELIVERIES {
                 let moved: redis::RedisResult<()> = redis::pipe()
                     .atomic()
-                    .cmd("XCLAIM").arg(&self.stream).arg(GROUP).arg(&self.consumer).arg(0).arg(&entry.id).ignore()
-                    .cmd("XADD").arg(&self.dead).arg("*").arg("entry").arg(&entry.id).ignore()
-                    .cmd("XACK").arg(&self.stream).arg(GROUP).arg(&entry.id).ignore()
+                    .cmd("XCLAIM")
+                    .arg(&self.stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(0)
+                    .arg(&entry.id)
+                    .ignore()
+                    .cmd("XADD")
+                    .arg(&self.dead)
+                    .arg("*")
+                    .arg("entry")
+                    .arg(&entry.id)
+                    .ignore()
+                    .cmd("XACK")
+                    .arg(&self.stream)
+                    .arg(GROUP)
+                    .arg(&entry.id)
+                    .ignore()
                     .query_async(&mut conn)
                     .await;
                 moved.map_err(err)?;
@@ -144,7 +160,8 @@ impl RedisQueue {
             .xclaim(&self.stream, GROUP, &self.consumer, idle, &claim)
             .await
             .map_err(err)?;
-        metrics::counter!(crate::telemetry::names::QUEUE_RECLAIMED).increment(reply.ids.len() as u64);
+        metrics::counter!(crate::telemetry::names::QUEUE_RECLAIMED)
+            .increment(reply.ids.len() as u64);
         Ok(reply
             .ids
             .into_iter()
@@ -192,7 +209,8 @@ impl Queue for RedisQueue {
     }
 
     async fn push_at(&self, task: Task, due_ms: i64) -> Result<(), QueueError> {
-        let member = serde_json::json!({"nonce": crate::ids::random_token(8), "task": task}).to_string();
+        let member =
+            serde_json::json!({"nonce": crate::ids::random_token(8), "task": task}).to_string();
         let mut conn = self.conn.clone();
         conn.zadd::<_, _, _, ()>(&self.delayed, member, due_ms)
             .await
@@ -218,8 +236,9 @@ impl Queue for RedisQueue {
             .count(max)
             .block(wait.as_millis() as usize);
         let mut reader = self.reader().await?;
-        let reply: redis::RedisResult<Option<StreamReadReply>> =
-            reader.xread_options(&[&self.stream], &[">"], &options).await;
+        let reply: redis::RedisResult<Option<StreamReadReply>> = reader
+            .xread_options(&[&self.stream], &[">"], &options)
+            .await;
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) if e.code() == Some("NOGROUP") => {
@@ -244,8 +263,15 @@ impl Queue for RedisQueue {
     async fn ack(&self, leased: &Leased) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         redis::pipe()
-            .cmd("XACK").arg(&self.stream).arg(GROUP).arg(&leased.receipt).ignore()
-            .cmd("XDEL").arg(&self.stream).arg(&leased.receipt).ignore()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&leased.receipt)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(&leased.receipt)
+            .ignore()
             .query_async::<()>(&mut conn)
             .await
             .map_err(err)

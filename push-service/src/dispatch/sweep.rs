@@ -25,7 +25,10 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
     let overdue = store.claim_overdue(now, redrive_at, SWEEP_BATCH).await?;
     let mut by_notification: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (notification, registration) in overdue {
-        by_notification.entry(notification).or_default().push(registration);
+        by_notification
+            .entry(notification)
+            .or_default()
+            .push(registration);
     }
     let mut tasks = Vec::new();
     let mut redriven = 0;
@@ -43,7 +46,11 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
         tasks.push(Task::Expand { notification });
     }
     if !tasks.is_empty() {
-        tracing::info!(deliveries = redriven, tasks = tasks.len(), "sweep re-drives unfinished work");
+        tracing::info!(
+            deliveries = redriven,
+            tasks = tasks.len(),
+            "sweep re-drives unfinished work"
+        );
         metrics::counter!(names::SWEEP_REDRIVEN).increment(redriven as u64);
         if let Err(e) = state.queue.push(tasks).await {
             tracing::warn!(error = %e, "sweep could not queue; next round retries");
@@ -52,7 +59,10 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
     store.delete_expired_direct_events(now).await?;
     let (depth, oldest) = store.queue_stats().await?;
     metrics::gauge!(names::QUEUE_DEPTH).set(depth as f64);
-    metrics::gauge!(names::QUEUE_OLDEST_AGE)
-        .set(oldest.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0));
+    metrics::gauge!(names::QUEUE_OLDEST_AGE).set(
+        oldest
+            .map(|t| (now - t).max(0) as f64 / 1000.0)
+            .unwrap_or(0.0),
+    );
     Ok(redriven)
 }

@@ -66,7 +66,12 @@ impl DirectHub {
     }
 
     fn wake_local(&self, registration: &str) {
-        if let Some(notify) = self.local.lock().unwrap_or_else(|p| p.into_inner()).get(registration) {
+        if let Some(notify) = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(registration)
+        {
             notify.notify_waiters();
         }
     }
@@ -77,8 +82,11 @@ impl DirectHub {
             None => self.wake_local(registration),
             Some((conn, channel)) => {
                 let mut conn = conn.clone();
-                let published: redis::RedisResult<i64> =
-                    redis::cmd("PUBLISH").arg(channel).arg(registration).query_async(&mut conn).await;
+                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(registration)
+                    .query_async(&mut conn)
+                    .await;
                 if let Err(e) = published {
                     // The stream re-checks the store periodically; the event is not lost.
                     tracing::warn!(error = %e, "direct wake-up not published");
@@ -90,7 +98,9 @@ impl DirectHub {
 
     /// With Redis: listens to wake-ups from all nodes until `shutdown`, reconnecting on errors.
     pub fn spawn_listener(&self, client: redis::Client, shutdown: CancellationToken) {
-        let Some((_, channel)) = self.redis.clone() else { return };
+        let Some((_, channel)) = self.redis.clone() else {
+            return;
+        };
         let hub = self.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt;
@@ -117,7 +127,9 @@ impl DirectHub {
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "direct channel: Redis subscription failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "direct channel: Redis subscription failed")
+                    }
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

@@ -33,7 +33,10 @@ pub enum Outcome {
     /// The token is dead: invalidate the registration with this reason.
     InvalidToken(String),
     /// Transient (429, 5xx, network): try again, after `after` if the provider said.
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     /// Permanent for this notification (payload, credentials): record the reason.
     Failed(String),
 }
@@ -57,7 +60,10 @@ impl Provider for NotAvailable {
     }
 
     async fn send(&self, _delivery: &Delivery<'_>) -> Outcome {
-        Outcome::Failed(format!("provider-unavailable: {} delivery is not available in this build", self.0))
+        Outcome::Failed(format!(
+            "provider-unavailable: {} delivery is not available in this build",
+            self.0
+        ))
     }
 }
 

@@ -77,9 +77,16 @@ pub trait DispatchStore: Send + Sync {
         key: &str,
     ) -> Result<Option<NotificationRow>, StoreError>;
     /// `(id, app_id, status)` of the given registrations that exist.
-    async fn registration_states(&self, ids: &[String]) -> Result<Vec<(String, String, String)>, StoreError>;
+    async fn registration_states(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, String, String)>, StoreError>;
     /// Active registrations a fan-out reaches: those with one of `aliases`, or all of the app.
-    async fn count_targets(&self, app_id: &str, aliases: Option<&[String]>) -> Result<i64, StoreError>;
+    async fn count_targets(
+        &self,
+        app_id: &str,
+        aliases: Option<&[String]>,
+    ) -> Result<i64, StoreError>;
     /// Expands the next chunk of a fan-out after `after`: queued deliveries are inserted
     /// and the cursor saved in one transaction. Returns the chunk's registration ids.
     async fn expand_chunk(
@@ -110,18 +117,40 @@ pub trait DispatchStore: Send + Sync {
         now: i64,
     ) -> Result<(), StoreError>;
     /// Marks a registration invalid with a reason (token hygiene).
-    async fn invalidate_registration(&self, id: &str, reason: &str, now: i64) -> Result<(), StoreError>;
+    async fn invalidate_registration(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
     /// Claims up to `limit` queued deliveries overdue at `now` by moving their
     /// re-drive time to `redrive_at`; each is claimed by one node only.
-    async fn claim_overdue(&self, now: i64, redrive_at: i64, limit: i64) -> Result<Vec<(String, String)>, StoreError>;
+    async fn claim_overdue(
+        &self,
+        now: i64,
+        redrive_at: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Marks queued deliveries whose notification expired as `expired`; returns how many.
     async fn expire_overdue(&self, now: i64) -> Result<u64, StoreError>;
     /// A direct-channel delivery was written to the device's stream: `held` becomes `sent`.
-    async fn mark_streamed(&self, notification_id: &str, registration_id: &str, now: i64) -> Result<(), StoreError>;
+    async fn mark_streamed(
+        &self,
+        notification_id: &str,
+        registration_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
     /// Fan-outs whose expansion stopped before `before` (a node died): claims them until `redrive_at`.
-    async fn claim_stalled_expansions(&self, before: i64, redrive_at: i64) -> Result<Vec<String>, StoreError>;
+    async fn claim_stalled_expansions(
+        &self,
+        before: i64,
+        redrive_at: i64,
+    ) -> Result<Vec<String>, StoreError>;
     /// Count of deliveries by state.
-    async fn delivery_counts(&self, notification_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
+    async fn delivery_counts(
+        &self,
+        notification_id: &str,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
     /// Deliveries of a notification by registration id (keyset page), optionally without `sent` ones.
     async fn delivery_page(
         &self,

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use dispatch::{placeholders, DeliveryRow, DirectEvent, DispatchStore, NotificationRow, PendingDelivery};
+pub use dispatch::{
+    placeholders, DeliveryRow, DirectEvent, DispatchStore, NotificationRow, PendingDelivery,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -4,10 +4,10 @@ use reqwest::{Method, StatusCode};
 use sdk_client::{random_id, unix_now, Client, DeviceKey, RetryPolicy};
 use serde_json::{json, Value};
 
-use crate::helpers::{read, TestApp};
+use crate::helpers::{read, Api};
 
 /// An sdk-client for `key` against the test server, without retries.
-pub fn device(app: &TestApp, key: DeviceKey) -> Client {
+pub fn device(app: &Api, key: DeviceKey) -> Client {
     Client::builder(&app.base, key)
         .retry(RetryPolicy {
             attempts: 1,
@@ -20,6 +20,7 @@ pub fn device(app: &TestApp, key: DeviceKey) -> Client {
 /// A notifier registered on an app, holding its P-256 signing key.
 pub struct TestNotifier {
     pub id: String,
+    pub app_id: String,
     pub key: DeviceKey,
     pub kid: String,
     pub audience: String,
@@ -27,7 +28,7 @@ pub struct TestNotifier {
 
 impl TestNotifier {
     /// Registers a notifier with a fresh key and these scopes.
-    pub async fn create(app: &TestApp, app_id: &str, scopes: &[&str]) -> Self {
+    pub async fn create(app: &Api, app_id: &str, scopes: &[&str]) -> Self {
         let key = DeviceKey::generate_p256();
         let kid = format!("kid-{}", random_id());
         let mut jwk = key.public_jwk();
@@ -43,9 +44,10 @@ impl TestNotifier {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         TestNotifier {
             id: body["id"].as_str().expect("id").to_owned(),
+            app_id: app_id.to_owned(),
             key,
             kid,
-            audience: app.base.clone(),
+            audience: "push-test".into(),
         }
     }
 
@@ -68,7 +70,7 @@ impl TestNotifier {
 
 /// Calls the API with a bearer JWT.
 pub async fn with_jwt(
-    app: &TestApp,
+    app: &Api,
     method: Method,
     path: &str,
     jwt: &str,

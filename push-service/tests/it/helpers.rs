@@ -44,15 +44,35 @@ macro_rules! both_backends {
     };
 }
 
-pub struct TestApp {
+/// What a test needs to call a node's API.
+pub struct Api {
     pub base: String,
     pub admin_token: String,
     pub client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str, admin_token: &str) -> Self {
+        Api {
+            base: base.to_owned(),
+            admin_token: admin_token.to_owned(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub api: Api,
     pub backend: Backend,
     /// Connection string of this test's own database.
     pub database_url: String,
     /// For SQLite: the database file.
     pub sqlite_path: Option<std::path::PathBuf>,
+    /// Redis key prefix of this node's deployment.
+    pub prefix: String,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -104,18 +124,45 @@ pub async fn fresh_postgres_database() -> String {
 
 /// Starts the service on 127.0.0.1:0 with its own database and data directory.
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    spawn_app_with(backend, None).await
+    spawn(Options::new(backend)).await
 }
 
 /// Like [`spawn_app`], with the public URL clients use (e.g. a TLS front) given.
 pub async fn spawn_app_with(backend: Backend, public_url: Option<&str>) -> TestApp {
+    let mut options = Options::new(backend);
+    options.public_url = public_url.map(str::to_owned);
+    spawn(options).await
+}
+
+/// How a test node is started.
+pub struct Options {
+    pub backend: Backend,
+    pub public_url: Option<String>,
+    pub workers: usize,
+    /// Join another node's database and Redis prefix instead of fresh ones.
+    pub join: Option<(String, String)>,
+}
+
+impl Options {
+    pub fn new(backend: Backend) -> Self {
+        Options {
+            backend,
+            public_url: None,
+            workers: 4,
+            join: None,
+        }
+    }
+}
+
+/// Starts a node per `options`.
+pub async fn spawn(options: Options) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
     let addr = listener.local_addr().expect("local addr");
-    let (database_url, sqlite_path, redis) = match backend {
-        Backend::Sqlite => {
+    let (database_url, sqlite_path, redis) = match (options.backend, &options.join) {
+        (Backend::Sqlite, None) => {
             let path = dir.path().join("push.db");
             (
                 format!("sqlite://{}", path.display()),
@@ -123,19 +170,27 @@ pub async fn spawn_app_with(backend: Backend, public_url: Option<&str>) -> TestA
                 String::new(),
             )
         }
-        Backend::Postgres => (fresh_postgres_database().await, None, redis_url()),
+        (Backend::Sqlite, Some((url, _))) => (url.clone(), None, String::new()),
+        (Backend::Postgres, None) => (fresh_postgres_database().await, None, redis_url()),
+        (Backend::Postgres, Some((url, _))) => (url.clone(), None, redis_url()),
     };
-    let admin_token = format!("test-admin-{}", rand::random::<u64>());
-    let public_url = public_url
-        .map(str::to_owned)
+    let admin_token = "test-admin-token-0123456789".to_owned();
+    let public_url = options
+        .public_url
         .unwrap_or_else(|| format!("http://{addr}"));
-    let prefix = format!("pushtest:{}:", rand::random::<u64>());
+    let prefix = match &options.join {
+        Some((_, prefix)) => prefix.clone(),
+        None => format!("pushtest:{}:", rand::random::<u64>()),
+    };
     let toml = format!(
         "data_dir = {dir:?}\ndatabase_url = {database_url:?}\nredis_url = {redis:?}\n\
          admin_token = {admin_token:?}\npublic_url = {public_url:?}\nlisten = \"{addr}\"\n\
-         redis_key_prefix = {prefix:?}\n\
+         redis_key_prefix = {prefix:?}\nnotifier_audience = \"push-test\"\n\
+         dispatch_workers = {workers}\nsweep_interval_seconds = 1\nqueue_visibility_seconds = 2\n\
+         redrive_after_seconds = 3\nretry_base_ms = 100\nretry_max_ms = 1000\n\
          database_max_connections = 4\nlog_level = \"warn\"\n",
         dir = dir.path().display().to_string(),
+        workers = options.workers,
     );
     let config = Config::from_toml(&toml).expect("test configuration is valid");
     let state = AppState::new(config).await.expect("state builds");
@@ -146,21 +201,24 @@ pub async fn spawn_app_with(backend: Backend, public_url: Option<&str>) -> TestA
         shutdown.clone(),
     ));
     TestApp {
-        base: format!("http://{addr}"),
-        admin_token,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client"),
-        backend,
+        api: Api::new(&format!("http://{addr}"), &admin_token),
+        backend: options.backend,
         database_url,
         sqlite_path,
+        prefix,
         shutdown,
         _dir: dir,
     }
 }
 
-impl TestApp {
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Api {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -194,7 +252,9 @@ impl TestApp {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_str().expect("id").to_owned()
     }
+}
 
+impl TestApp {
     /// Full text dump of the database, made by the backend's own tool.
     pub fn dump_database(&self) -> String {
         let output = match &self.sqlite_path {

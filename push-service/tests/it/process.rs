@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{fresh_postgres_database, redis_url};
 
-struct Server(Child);
+pub struct Server(pub Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -14,7 +14,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 }
 
 /// Polls `url` until it answers 200 or the deadline passes.
-async fn wait_ready(url: &str, deadline: Duration) -> Duration {
+pub async fn wait_ready(url: &str, deadline: Duration) -> Duration {
     let client = reqwest::Client::new();
     let start = Instant::now();
     while start.elapsed() < deadline {
@@ -37,7 +37,7 @@ async fn wait_ready(url: &str, deadline: Duration) -> Duration {
     panic!("{url} did not become ready within {deadline:?}");
 }
 
-fn start(dir: &std::path::Path, port: u16, envs: &[(&str, String)]) -> Server {
+pub fn start(dir: &std::path::Path, port: u16, envs: &[(&str, String)]) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_push-service"));
     command
         .current_dir(dir)

@@ -1,0 +1,468 @@
+//! Notify → dispatch → direct channel, on both backends.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use sdk_client::{DeviceKey, Listener, NewRegistration, PushEvent};
+use serde_json::{json, Value};
+
+use crate::actors::{apns_token, device, with_jwt, TestNotifier};
+use crate::both_backends;
+use crate::helpers::{assert_problem, Api, TestApp};
+
+/// The next event, or None after `wait`.
+pub async fn next_within(listener: &mut Listener, wait: Duration) -> Option<PushEvent> {
+    tokio::time::timeout(wait, listener.next())
+        .await
+        .ok()
+        .map(|event| event.expect("listener works"))
+}
+
+/// Sends a notification; returns the 202 body.
+pub async fn send(app: &Api, notifier: &TestNotifier, body: Value) -> Value {
+    let path = format!("/v1/apps/{}/notifications", notifier_app(notifier));
+    let (status, answer) = with_jwt(
+        app,
+        Method::POST,
+        &path,
+        &notifier.jwt("notify"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    answer
+}
+
+fn notifier_app(notifier: &TestNotifier) -> &str {
+    &notifier.app_id
+}
+
+/// Polls the status API until `check` holds or 20 s pass.
+pub async fn wait_status(
+    app: &Api,
+    notifier: &TestNotifier,
+    id: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("/v1/apps/{}/notifications/{id}", notifier.app_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = with_jwt(app, Method::GET, &path, &notifier.jwt("notify"), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if check(&body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never matched: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn notify_reaches_a_direct_device(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let desktop = device(&app, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("macos"))
+        .await
+        .expect("register");
+    let mut listener = desktop.listen(&registration.id);
+    let answer = send(
+        &app,
+        &notifier,
+        json!({"targets": {"registrations": [registration.id, "reg_unknown"]},
+               "notification": {"title": "Sign-in request", "body": "Approve the login on your Mac?"},
+               "data": {"request_id": "r-1"}, "priority": "high", "ttl_seconds": 120}),
+    )
+    .await;
+    assert_eq!(answer["accepted"], 1);
+    assert_eq!(
+        answer["rejected"],
+        json!([{"registration": "reg_unknown", "reason": "unknown"}])
+    );
+    let event = next_within(&mut listener, Duration::from_secs(20))
+        .await
+        .expect("delivered");
+    assert_eq!(event.notification["id"], answer["id"]);
+    assert_eq!(event.notification["title"], "Sign-in request");
+    assert_eq!(event.notification["data"]["request_id"], "r-1");
+    let id = answer["id"].as_str().expect("id");
+    let status = wait_status(&app, &notifier, id, |s| s["counts"]["sent"] == 1).await;
+    assert_eq!(status["targets"][0]["state"], "sent");
+}
+both_backends!(
+    notify_reaches_a_direct_device,
+    super::notify_reaches_a_direct_device
+);
+
+async fn idempotent_retry_answers_the_first_response(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let desktop = device(&app, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let body =
+        json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "once"}});
+    let path = format!("/v1/apps/{app_id}/notifications");
+    let post = |body: Value, key: &'static str| {
+        let jwt = notifier.jwt("notify");
+        let app = &app;
+        let path = path.clone();
+        async move {
+            crate::helpers::read(
+                app.client
+                    .post(app.url(&path))
+                    .bearer_auth(jwt)
+                    .header("idempotency-key", key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("sent"),
+            )
+            .await
+        }
+    };
+    let (first_status, first) = post(body.clone(), "key-1").await;
+    assert_eq!(first_status, StatusCode::ACCEPTED, "{first}");
+    let (again_status, again) = post(body.clone(), "key-1").await;
+    assert_eq!(again_status, StatusCode::ACCEPTED);
+    assert_eq!(again, first, "a retry gets the first answer");
+    let (status, problem) = post(
+        json!({"targets": {"registrations": [registration.id]}}),
+        "key-1",
+    )
+    .await;
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        "different",
+    );
+    let mut listener = desktop.listen(&registration.id);
+    let event = next_within(&mut listener, Duration::from_secs(20))
+        .await
+        .expect("delivered");
+    assert_eq!(event.notification["id"], first["id"]);
+    assert!(
+        next_within(&mut listener, Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "delivered once"
+    );
+}
+both_backends!(
+    idempotent_retry_answers_the_first_response,
+    super::idempotent_retry_answers_the_first_response
+);
+
+async fn ttl_expiry_drops_undelivered(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let desktop = device(&app, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let short = send(
+        &app,
+        &notifier,
+        json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "short"}, "ttl_seconds": 1}),
+    )
+    .await;
+    let id = short["id"].as_str().expect("id");
+    let status = wait_status(&app, &notifier, id, |s| s["counts"]["expired"] == 1).await;
+    assert_eq!(status["targets"][0]["state"], "expired");
+    let long = send(
+        &app,
+        &notifier,
+        json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "long"}}),
+    )
+    .await;
+    let mut listener = desktop.listen(&registration.id);
+    let event = next_within(&mut listener, Duration::from_secs(20))
+        .await
+        .expect("the live one");
+    assert_eq!(
+        event.notification["id"], long["id"],
+        "the expired one never arrives"
+    );
+}
+both_backends!(
+    ttl_expiry_drops_undelivered,
+    super::ttl_expiry_drops_undelivered
+);
+
+async fn reconnect_with_last_event_id(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let desktop = device(&app, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("windows"))
+        .await
+        .expect("register");
+    let targets = json!({"registrations": [registration.id]});
+    let mut listener = desktop.listen(&registration.id);
+    let first = send(
+        &app,
+        &notifier,
+        json!({"targets": targets, "notification": {"title": "1"}}),
+    )
+    .await;
+    let event = next_within(&mut listener, Duration::from_secs(20))
+        .await
+        .expect("first");
+    assert_eq!(event.notification["id"], first["id"]);
+    let last_id = listener.last_event_id().expect("id").to_owned();
+    drop(listener);
+
+    let mut missed = Vec::new();
+    for title in ["2", "3"] {
+        let answer = send(
+            &app,
+            &notifier,
+            json!({"targets": targets, "notification": {"title": title}}),
+        )
+        .await;
+        missed.push(answer["id"].clone());
+    }
+    let mut resumed = desktop.listen_after(&registration.id, Some(last_id));
+    for expected in &missed {
+        let event = next_within(&mut resumed, Duration::from_secs(20))
+            .await
+            .expect("missed event");
+        assert_eq!(&event.notification["id"], expected);
+    }
+    assert!(
+        next_within(&mut resumed, Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
+
+    // The listener itself reconnects with its last id after a broken connection.
+    resumed.disconnect();
+    let fourth = send(
+        &app,
+        &notifier,
+        json!({"targets": targets, "notification": {"title": "4"}}),
+    )
+    .await;
+    let event = next_within(&mut resumed, Duration::from_secs(20))
+        .await
+        .expect("after reconnect");
+    assert_eq!(event.notification["id"], fourth["id"]);
+}
+both_backends!(
+    reconnect_with_last_event_id,
+    super::reconnect_with_last_event_id
+);
+
+async fn fan_out_to_aliases_and_whole_app(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let mut devices = Vec::new();
+    for platform in ["linux", "macos", "windows"] {
+        let client = device(&app, DeviceKey::generate_p256());
+        let registration = client
+            .register(&app_id, &NewRegistration::direct(platform))
+            .await
+            .expect("register");
+        devices.push((client, registration.id));
+    }
+    for (i, (_, id)) in devices.iter().enumerate().take(2) {
+        let (status, body) = with_jwt(
+            &app,
+            Method::PUT,
+            &format!("/v1/apps/{app_id}/registrations/{id}/aliases"),
+            &notifier.jwt("notify"),
+            Some(json!({"aliases": ["user:42", format!("device:{i}")]})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let to_alias = send(
+        &app,
+        &notifier,
+        json!({"targets": {"aliases": ["user:42"]}, "notification": {"title": "alias"}}),
+    )
+    .await;
+    assert_eq!(to_alias["accepted"], 2);
+    let to_all = send(
+        &app,
+        &notifier,
+        json!({"targets": {"all": true}, "notification": {"title": "all"}}),
+    )
+    .await;
+    assert_eq!(to_all["accepted"], 3);
+    for (i, (client, id)) in devices.iter().enumerate() {
+        let mut listener = client.listen(id);
+        let mut got = Vec::new();
+        while let Some(event) = next_within(
+            &mut listener,
+            Duration::from_secs(if i < 2 && got.len() < 2 || got.is_empty() {
+                20
+            } else {
+                1
+            }),
+        )
+        .await
+        {
+            got.push(event.notification["id"].clone());
+        }
+        if i < 2 {
+            assert_eq!(got.len(), 2, "device {i}: {got:?}");
+            assert!(got.contains(&to_alias["id"]) && got.contains(&to_all["id"]));
+        } else {
+            assert_eq!(got, vec![to_all["id"].clone()], "device {i}");
+        }
+    }
+    let status = wait_status(&app, &notifier, to_all["id"].as_str().expect("id"), |s| {
+        s["counts"]["sent"] == 3
+    })
+    .await;
+    assert_eq!(status["expanded"], true);
+    assert_eq!(
+        status["targets"],
+        json!([]),
+        "whole-app sends list only targets not sent"
+    );
+}
+both_backends!(
+    fan_out_to_aliases_and_whole_app,
+    super::fan_out_to_aliases_and_whole_app
+);
+
+async fn bad_notifications_are_refused(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let other_app = app.create_app("Other").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify", "registrations:read"]).await;
+    let reader = TestNotifier::create(&app, &app_id, &["registrations:read"]).await;
+    let other = TestNotifier::create(&app, &other_app, &["notify"]).await;
+    let foreign = device(&app, DeviceKey::generate_p256())
+        .register(&other_app, &NewRegistration::apns(&apns_token(), "ios"))
+        .await
+        .expect("register");
+    let path = format!("/v1/apps/{app_id}/notifications");
+    let cases = [
+        (json!({"targets": {}}), "exactly one"),
+        (json!({"targets": {"registrations": []}}), "1 to 1000"),
+        (json!({"targets": {"all": false}}), "true"),
+        (
+            json!({"targets": {"all": true}, "ttl_seconds": 3_000_000}),
+            "ttl_seconds",
+        ),
+        (
+            json!({"targets": {"all": true}, "data": {"n": 1}}),
+            "string",
+        ),
+        (
+            json!({"targets": {"all": true}, "data": {"google.x": "y"}}),
+            "reserved",
+        ),
+        (
+            json!({"targets": {"all": true}, "collapse_key": "x".repeat(65)}),
+            "collapse_key",
+        ),
+        (
+            json!({"targets": {"all": true}, "push_type": "shout"}),
+            "push_type",
+        ),
+        (
+            json!({"targets": {"all": true}, "apns": {"headers": {"apns-topic": "evil"}}}),
+            "apns-topic",
+        ),
+        (
+            json!({"targets": {"all": true}, "apns": {"headers": {"apns-priority": "10\r\nx-injected: 1"}}}),
+            "printable",
+        ),
+        (
+            json!({"targets": {"all": true}, "notification": {"body": "x".repeat(2000)}, "data": {"blob": "y".repeat(3000)}}),
+            "4096",
+        ),
+        (json!({"targets": {"all": true}, "unknown": 1}), "unknown"),
+    ];
+    for (body, needle) in cases {
+        let (status, problem) = with_jwt(
+            &app,
+            Method::POST,
+            &path,
+            &notifier.jwt("notify"),
+            Some(body),
+        )
+        .await;
+        assert_problem(
+            status,
+            &problem,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            needle,
+        );
+    }
+    // Another app's registration is "unknown" here, never delivered.
+    let answer = send(
+        &app,
+        &notifier,
+        json!({"targets": {"registrations": [foreign.id]}}),
+    )
+    .await;
+    assert_eq!(answer["accepted"], 0);
+    assert_eq!(answer["rejected"][0]["reason"], "unknown");
+    // Scope and app isolation.
+    let (status, problem) = with_jwt(
+        &app,
+        Method::POST,
+        &path,
+        &reader.jwt("registrations:read"),
+        Some(json!({"targets": {"all": true}})),
+    )
+    .await;
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::FORBIDDEN,
+        "insufficient-scope",
+        "notify",
+    );
+    let (status, problem) = with_jwt(
+        &app,
+        Method::POST,
+        &path,
+        &other.jwt("notify"),
+        Some(json!({"targets": {"all": true}})),
+    )
+    .await;
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "not a notifier of this app",
+    );
+    let (status, problem) = with_jwt(
+        &app,
+        Method::GET,
+        &format!(
+            "/v1/apps/{other_app}/notifications/{}",
+            answer["id"].as_str().expect("id")
+        ),
+        &other.jwt("notify"),
+        None,
+    )
+    .await;
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "notification",
+    );
+}
+both_backends!(
+    bad_notifications_are_refused,
+    super::bad_notifications_are_refused
+);
