@@ -1,0 +1,51 @@
+//! `mock-apns`: the APNs simulator as a process (see `loadtest::apns`).
+
+use clap::Parser;
+use p256::pkcs8::DecodePublicKey;
+
+#[derive(Parser)]
+#[command(about = "APNs simulator: HTTP/2 + TLS, token auth, scripted outcomes")]
+struct Args {
+    #[arg(long, default_value_t = 2197)]
+    port: u16,
+    /// Provider key: KEY_ID:TEAM_ID:path/to/public.pem (repeatable).
+    #[arg(long = "key", required = true)]
+    keys: Vec<String>,
+    /// Allowed bundle id (repeatable).
+    #[arg(long = "topic", required = true)]
+    topics: Vec<String>,
+    #[arg(long, default_value_t = 1000)]
+    max_concurrent_streams: u32,
+    /// Where to write the generated CA certificate (PEM) that clients must trust.
+    #[arg(long, default_value = "mock-ca.pem")]
+    ca_out: std::path::PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut keys = Vec::new();
+    for spec in &args.keys {
+        let mut parts = spec.splitn(3, ':');
+        let (Some(key_id), Some(team_id), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            anyhow::bail!("--key is KEY_ID:TEAM_ID:public.pem");
+        };
+        let pem = std::fs::read_to_string(path)?;
+        keys.push(loadtest::apns::ApnsKey {
+            key_id: key_id.into(),
+            team_id: team_id.into(),
+            public: p256::ecdsa::VerifyingKey::from_public_key_pem(&pem)?,
+        });
+    }
+    let pki = loadtest::tls::TestPki::generate()?;
+    std::fs::write(&args.ca_out, &pki.ca_pem)?;
+    let config = loadtest::apns::ApnsConfig {
+        keys,
+        topics: args.topics,
+        max_concurrent_streams: args.max_concurrent_streams,
+    };
+    let sim = loadtest::apns::ApnsSimulator::start(config, &pki, args.port).await?;
+    println!("mock-apns listening on {} (CA in {})", sim.url, args.ca_out.display());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! A test certificate authority and an HTTP/2 (and HTTP/1.1) TLS server for the simulators.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A CA generated for one run, and a server certificate for 127.0.0.1/localhost it signed.
+pub struct TestPki {
+    /// The CA certificate, PEM: what clients must trust.
+    pub ca_pem: String,
+    pub ca_der: Vec<u8>,
+    cert_der: Vec<u8>,
+    ca_cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+}
+
+impl TestPki {
+    /// Generates the CA and a server certificate for `127.0.0.1` and `localhost`.
+    pub fn generate() -> anyhow::Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "push-service simulator CA");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
+            .signed_by(&key, &ca, &ca_key)?;
+        Ok(TestPki {
+            ca_pem: ca.pem(),
+            ca_der: ca.der().to_vec(),
+            cert_der: cert.der().to_vec(),
+            ca_cert_der: ca.der().to_vec(),
+            key_der: key.serialize_der(),
+        })
+    }
+
+    /// A rustls server configuration offering `alpn`.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> anyhow::Result<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.cert_der.clone().into(), self.ca_cert_der.clone().into()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
+            )?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+}
+
+/// How a simulator serves.
+#[derive(Clone, Copy)]
+pub struct ServeOptions {
+    /// HTTP/2 only (APNs) or HTTP/2 and HTTP/1.1 (FCM).
+    pub http2_only: bool,
+    pub max_concurrent_streams: u32,
+}
+
+/// Serves `make_router(connection index)` over TLS until `shutdown`; one router per
+/// connection, so simulators can keep per-connection state (APNs binds a team to it).
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+    options: ServeOptions,
+    make_router: impl Fn() -> Router + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let make_router = Arc::new(make_router);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let make_router = make_router.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let router = make_router();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                use tower::ServiceExt;
+                router.clone().oneshot(request.map(axum::body::Body::new))
+            });
+            let io = TokioIo::new(tls);
+            if options.http2_only {
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder.max_concurrent_streams(options.max_concurrent_streams);
+                let connection = builder.serve_connection(io, service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = &mut connection => {}
+                    _ = shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            } else {
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http2().max_concurrent_streams(options.max_concurrent_streams);
+                let _ = builder.serve_connection(io, service).await;
+            }
+        });
+    }
+}
+
+/// Binds 127.0.0.1:`port` (0 for any).
+pub async fn bind(port: u16) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
