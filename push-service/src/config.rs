@@ -58,6 +58,14 @@ struct RawConfig {
     retry_base_ms: u64,
     retry_max_ms: u64,
     direct_heartbeat_seconds: u64,
+    apns_production_url: String,
+    apns_sandbox_url: String,
+    fcm_url: String,
+    provider_ca_file: String,
+    apns_connections: usize,
+    provider_timeout_seconds: u64,
+    circuit_open_seconds: u64,
+    invalidation_guard_min: usize,
     admin_token: String,
     admin_token_file: String,
     master_key: String,
@@ -67,6 +75,20 @@ struct RawConfig {
     shutdown_grace_seconds: u64,
     log_format: String,
     log_level: String,
+}
+
+/// Where and how the APNs and FCM clients connect.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    pub apns_production_url: String,
+    pub apns_sandbox_url: String,
+    pub fcm_url: String,
+    /// Extra trusted root (PEM), e.g. the simulators' CA.
+    pub ca_pem: Option<String>,
+    pub apns_connections: usize,
+    pub timeout: std::time::Duration,
+    pub circuit_open: std::time::Duration,
+    pub invalidation_guard_min: usize,
 }
 
 /// Output format of the logs.
@@ -103,6 +125,7 @@ pub struct Config {
     pub sweep_interval: std::time::Duration,
     pub retry: crate::dispatch::retry::RetryPolicy,
     pub direct_heartbeat: std::time::Duration,
+    pub providers: ProviderSettings,
     pub admin_token: Secret<String>,
     pub master_key: Secret<[u8; 32]>,
     pub max_body_bytes: usize,
@@ -248,6 +271,36 @@ impl Config {
         if raw.direct_heartbeat_seconds == 0 {
             return Err(invalid("direct_heartbeat_seconds", "must be at least 1"));
         }
+        for (key, value) in [
+            ("apns_production_url", &raw.apns_production_url),
+            ("apns_sandbox_url", &raw.apns_sandbox_url),
+            ("fcm_url", &raw.fcm_url),
+        ] {
+            let ok = url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
+            if !ok {
+                return Err(invalid(key, format!("`{value}` is not an http(s) URL")));
+            }
+        }
+        let ca_pem = match raw.provider_ca_file.trim() {
+            "" => None,
+            path => Some(std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                key: "provider_ca_file",
+                path: PathBuf::from(path),
+                source,
+            })?),
+        };
+        if raw.apns_connections == 0 || raw.apns_connections > 64 {
+            return Err(invalid("apns_connections", "must be between 1 and 64"));
+        }
+        if raw.provider_timeout_seconds == 0 {
+            return Err(invalid("provider_timeout_seconds", "must be at least 1"));
+        }
+        if raw.provider_timeout_seconds >= raw.queue_visibility_seconds {
+            return Err(invalid(
+                "queue_visibility_seconds",
+                "must be longer than provider_timeout_seconds",
+            ));
+        }
         if raw.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes", "must be at least 1024"));
         }
@@ -320,6 +373,16 @@ impl Config {
                 max: std::time::Duration::from_millis(raw.retry_max_ms),
             },
             direct_heartbeat: std::time::Duration::from_secs(raw.direct_heartbeat_seconds),
+            providers: ProviderSettings {
+                apns_production_url: raw.apns_production_url.trim_end_matches('/').to_owned(),
+                apns_sandbox_url: raw.apns_sandbox_url.trim_end_matches('/').to_owned(),
+                fcm_url: raw.fcm_url.trim_end_matches('/').to_owned(),
+                ca_pem,
+                apns_connections: raw.apns_connections,
+                timeout: std::time::Duration::from_secs(raw.provider_timeout_seconds),
+                circuit_open: std::time::Duration::from_secs(raw.circuit_open_seconds),
+                invalidation_guard_min: raw.invalidation_guard_min,
+            },
             admin_token: Secret::new(admin_token),
             master_key: Secret::new(master_key),
             max_body_bytes: raw.max_body_bytes,

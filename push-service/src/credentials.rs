@@ -56,6 +56,15 @@ pub enum ApnsCredentialInput {
     },
 }
 
+/// Whether deliveries with a credential work, as the last attempts saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CredentialStatus {
+    /// `ok`, or `failing` after the provider refused the credential (the circuit opened).
+    pub status: String,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+}
+
 /// What an operator sees of an APNs credential.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApnsCredentialInfo {
@@ -77,6 +86,9 @@ pub struct ApnsCredentialInfo {
     pub expires_at: Option<String>,
     #[serde(default)]
     pub updated_at: String,
+    /// Delivery status of the credential (in reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<CredentialStatus>,
 }
 
 /// The secret part of an APNs credential, sealed in the store.
@@ -153,6 +165,7 @@ pub fn validate_apns(
                     subject: None,
                     expires_at: None,
                     updated_at: String::new(),
+                    status: None,
                 },
                 secret: ApnsSecret::Token {
                     private_key_pem: private_key.trim().to_owned(),
@@ -216,6 +229,7 @@ pub fn validate_apns(
                     subject: Some(leaf.subject().to_owned()),
                     expires_at: Some(expires),
                     updated_at: String::new(),
+                    status: None,
                 },
                 secret: ApnsSecret::Certificate {
                     p12_der: der,
@@ -247,6 +261,9 @@ pub struct FcmCredentialInfo {
     pub fingerprint: String,
     #[serde(default)]
     pub updated_at: String,
+    /// Delivery status of the credential (in reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<CredentialStatus>,
 }
 
 /// A validated FCM credential: metadata and the service-account JSON to seal.
@@ -307,6 +324,7 @@ pub fn validate_fcm(input: FcmCredentialInput) -> Result<ValidatedFcm, Credentia
             token_uri,
             fingerprint: fingerprint(public.as_bytes()),
             updated_at: String::new(),
+            status: None,
         },
         service_account_json: sa.to_string(),
     })

@@ -43,6 +43,7 @@ pub struct AppState {
     pub queue: Arc<dyn dispatch::Queue>,
     pub providers: providers::Providers,
     pub hub: providers::direct::DirectHub,
+    pub circuits: Arc<providers::circuit::Circuits>,
     /// Cancelled when the node shuts down: ends streams and background work.
     pub shutdown: CancellationToken,
     /// This node's name (Redis consumer name, logs).
@@ -92,9 +93,14 @@ impl AppState {
         let hub = providers::direct::DirectHub::new(
             redis_conn.map(|conn| (conn, config.redis_key_prefix.clone())),
         );
+        let sealer = crypto::Sealer::new(config.master_key.expose());
+        let source = providers::http::CredentialSource {
+            store: store.clone(),
+            sealer: sealer.clone(),
+        };
         let providers = providers::Providers {
-            apns: Arc::new(providers::NotAvailable("apns")),
-            fcm: Arc::new(providers::NotAvailable("fcm")),
+            apns: Arc::new(providers::apns::ApnsProvider::new(config.providers.clone(), source.clone())),
+            fcm: Arc::new(providers::fcm::FcmProvider::new(config.providers.clone(), source)),
             direct: Arc::new(providers::direct::DirectProvider {
                 store: store.clone(),
                 hub: hub.clone(),
@@ -108,7 +114,7 @@ impl AppState {
         )
         .set(1.0);
         Ok(AppState {
-            sealer: crypto::Sealer::new(config.master_key.expose()),
+            sealer,
             config: Arc::new(config),
             store,
             redis,
@@ -117,6 +123,7 @@ impl AppState {
             queue,
             providers,
             hub,
+            circuits: Arc::default(),
             shutdown: CancellationToken::new(),
             node,
             metrics,

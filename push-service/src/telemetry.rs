@@ -39,6 +39,12 @@ pub mod names {
     pub const QUEUE_DEAD_LETTERED: &str = "push_queue_dead_lettered_total";
     /// Gauge: open direct-channel streams on this node.
     pub const DIRECT_STREAMS: &str = "push_direct_streams";
+    /// Gauge: 1 while an app's circuit for a provider is open.
+    pub const CIRCUIT_OPEN: &str = "push_circuit_open";
+    /// Gauge: seconds until a credential's certificate expires, by app and provider.
+    pub const CREDENTIAL_EXPIRY: &str = "push_credential_expiry_seconds";
+    /// Counter: provider auth tokens minted (APNs provider JWTs, FCM OAuth tokens).
+    pub const PROVIDER_TOKENS: &str = "push_provider_tokens_total";
     /// Counter: events written to direct-channel streams.
     pub const DIRECT_EVENTS: &str = "push_direct_events_total";
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::apps::require_app;
 use super::extract::{AdminAuth, ApiJson};
 use crate::credentials::{
-    validate_apns, validate_fcm, ApnsCredentialInfo, ApnsCredentialInput, FcmCredentialInfo,
+    validate_apns, CredentialStatus, validate_fcm, ApnsCredentialInfo, ApnsCredentialInput, FcmCredentialInfo,
     FcmCredentialInput,
 };
 use crate::error::{ApiError, Problem};
@@ -50,6 +50,8 @@ async fn save<T: Serialize>(
         sealed: state.sealer.seal(secret, &credential_aad(app_id, provider)),
         expires_at,
         updated_at: now_millis(),
+        last_error: None,
+        last_error_at: None,
     };
     state.store.put_credential(&record).await?;
     tracing::info!(app = %app_id, provider, "credential stored");
@@ -72,6 +74,11 @@ async fn load<T: DeserializeOwned + WithUpdatedAt>(
     let mut info: T =
         serde_json::from_str(&record.metadata).map_err(|e| ApiError::Internal(e.into()))?;
     info.set_updated_at(rfc3339(record.updated_at));
+    info.set_status(CredentialStatus {
+        status: if record.last_error.is_some() { "failing" } else { "ok" }.into(),
+        last_error: record.last_error,
+        last_error_at: record.last_error_at.map(rfc3339),
+    });
     Ok(info)
 }
 
@@ -88,15 +95,22 @@ async fn remove(state: &AppState, app_id: &str, provider: &str) -> Result<Status
 
 trait WithUpdatedAt {
     fn set_updated_at(&mut self, at: String);
+    fn set_status(&mut self, status: CredentialStatus);
 }
 impl WithUpdatedAt for ApnsCredentialInfo {
     fn set_updated_at(&mut self, at: String) {
         self.updated_at = at;
     }
+    fn set_status(&mut self, status: CredentialStatus) {
+        self.status = Some(status);
+    }
 }
 impl WithUpdatedAt for FcmCredentialInfo {
     fn set_updated_at(&mut self, at: String) {
         self.updated_at = at;
+    }
+    fn set_status(&mut self, status: CredentialStatus) {
+        self.status = Some(status);
     }
 }
 

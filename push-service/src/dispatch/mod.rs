@@ -20,6 +20,7 @@ use crate::providers::{Delivery, Outcome};
 use crate::store::{NotificationRow, PendingDelivery, StoreError};
 use crate::telemetry::names;
 use crate::AppState;
+use crate::providers::circuit::TokenVerdict;
 use retry::RetryDecision;
 
 /// Registrations per fan-out expansion chunk.
@@ -169,58 +170,34 @@ async fn deliver_one(
     content: &Content,
     pending: PendingDelivery,
 ) -> Result<(), StoreError> {
-    let store = &state.store;
     let now = now_millis();
-    let attempts = pending.attempts + 1;
-    let record = |state_name: &'static str, reason: Option<String>, next: Option<i64>| {
-        let notification_id = notification.id.clone();
-        let registration_id = pending.registration_id.clone();
-        async move {
-            store
-                .update_delivery(
-                    &notification_id,
-                    &registration_id,
-                    state_name,
-                    reason.as_deref(),
-                    attempts,
-                    next,
-                    now_millis(),
-                )
-                .await
-        }
-    };
-    let provider_name = pending.provider.clone().unwrap_or_else(|| "unknown".into());
-    let count = |outcome: &'static str| {
-        metrics::counter!(names::DELIVERIES, "app" => notification.app_id.clone(),
-            "provider" => provider_name.clone(), "outcome" => outcome)
-        .increment(1);
+    let attempt = Attempt {
+        state,
+        notification,
+        registration_id: &pending.registration_id,
+        provider: pending.provider.clone().unwrap_or_else(|| "unknown".into()),
+        attempts: pending.attempts + 1,
     };
     if now >= notification.expires_at {
-        count("expired");
-        return record("expired", Some("ttl".into()), None).await;
+        return attempt.finish("expired", Some("ttl".into())).await;
     }
     match pending.registration_status.as_deref() {
         Some("active") => {}
-        Some(_) => {
-            count("invalid");
-            return record("invalid", Some("registration-invalid".into()), None).await;
-        }
-        None => {
-            count("invalid");
-            return record("invalid", Some("registration-deleted".into()), None).await;
-        }
+        Some(_) => return attempt.finish("invalid", Some("registration-invalid".into())).await,
+        None => return attempt.finish("invalid", Some("registration-deleted".into())).await,
     }
-    let Some(provider) = state.providers.get(&provider_name) else {
-        count("failed");
-        return record(
-            "failed",
-            Some(format!("unknown provider `{provider_name}`")),
-            None,
-        )
-        .await;
+    let Some(provider) = state.providers.get(&attempt.provider) else {
+        let reason = format!("unknown provider `{}`", attempt.provider);
+        return attempt.finish("failed", Some(reason)).await;
     };
+    let provider_name = provider.name();
+    let app = notification.app_id.as_str();
+    if let Some((until, reason)) = state.circuits.open_until(app, provider_name, now) {
+        return attempt.defer(pending.attempts, until, format!("circuit open: {reason}")).await;
+    }
+    let open_ms = state.config.providers.circuit_open.as_millis() as i64;
     let delivery = Delivery {
-        app_id: &notification.app_id,
+        app_id: app,
         notification_id: &notification.id,
         content,
         created_at: notification.created_at,
@@ -228,69 +205,138 @@ async fn deliver_one(
         registration_id: &pending.registration_id,
         token: pending.token.as_deref(),
         environment: pending.environment.as_deref(),
-        attempt: attempts as u32,
+        attempt: attempt.attempts as u32,
     };
     let outcome = provider.send(&delivery).await;
-    let latency = (now_millis() - notification.created_at).max(0) as f64 / 1000.0;
+    let store = &state.store;
     match outcome {
         Outcome::Sent => {
-            count("sent");
-            metrics::histogram!(names::DISPATCH_LATENCY, "provider" => provider_name.clone())
-                .record(latency);
-            record("sent", None, None).await
+            let latency = (now_millis() - notification.created_at).max(0) as f64 / 1000.0;
+            metrics::histogram!(names::DISPATCH_LATENCY, "provider" => provider_name).record(latency);
+            if state.circuits.success(app, provider_name, now_millis()) {
+                store.set_credential_error(app, provider_name, None, now_millis()).await?;
+            }
+            attempt.finish("sent", None).await
         }
-        Outcome::Held => {
-            count("held");
-            record("held", None, None).await
-        }
+        Outcome::Held => attempt.finish("held", None).await,
         Outcome::InvalidToken(reason) => {
-            count("invalid");
-            store
-                .invalidate_registration(&pending.registration_id, &reason, now)
-                .await?;
-            record("invalid", Some(reason), None).await
+            let guard_min = state.config.providers.invalidation_guard_min;
+            match state.circuits.rejected_token(app, provider_name, now, guard_min, open_ms) {
+                TokenVerdict::Invalidate => {
+                    store.invalidate_registration(&pending.registration_id, &reason, now).await?;
+                    attempt.finish("invalid", Some(reason)).await
+                }
+                TokenVerdict::Suspicious(guard) => {
+                    tracing::warn!(app, provider = provider_name, "{guard}");
+                    store.set_credential_error(app, provider_name, Some(&guard), now).await?;
+                    attempt
+                        .defer(pending.attempts, now + open_ms, format!("{guard} (last: {reason})"))
+                        .await
+                }
+            }
         }
-        Outcome::Failed(reason) => {
-            count("failed");
-            record("failed", Some(reason), None).await
+        Outcome::CredentialError(reason) => {
+            tracing::warn!(app, provider = provider_name, %reason, "credential refused; circuit open");
+            state.circuits.open(app, provider_name, &reason, now, open_ms);
+            store.set_credential_error(app, provider_name, Some(&reason), now).await?;
+            attempt
+                .defer(pending.attempts, now + open_ms, format!("circuit open: {reason}"))
+                .await
         }
+        Outcome::Failed(reason) => attempt.finish("failed", Some(reason)).await,
         Outcome::Retry { reason, after } => {
             let decision = state.config.retry.next(
-                attempts as u32,
+                attempt.attempts as u32,
                 now,
                 notification.expires_at,
                 after,
                 rand::random::<f64>(),
             );
             match decision {
-                RetryDecision::At(at) => {
-                    count("retry");
-                    // The queue entry holds the retry; the sweep takes over if it is lost.
-                    let redrive = at + state.config.redrive_after.as_millis() as i64;
-                    record("queued", Some(reason), Some(redrive)).await?;
-                    let task = Task::Deliver {
-                        notification: notification.id.clone(),
-                        registrations: vec![pending.registration_id.clone()],
-                    };
-                    if let Err(e) = state.queue.push_at(task, at).await {
-                        tracing::warn!(error = %e, "retry not queued; the sweep will re-drive it");
-                    }
-                    Ok(())
-                }
+                RetryDecision::At(at) => attempt.retry_at(attempt.attempts, at, reason, "retry").await,
                 RetryDecision::Expired => {
-                    count("expired");
-                    record("expired", Some(format!("ttl (last error: {reason})")), None).await
+                    attempt.finish("expired", Some(format!("ttl (last error: {reason})"))).await
                 }
                 RetryDecision::GiveUp => {
-                    count("failed");
-                    record(
-                        "failed",
-                        Some(format!("gave up after {attempts} attempts: {reason}")),
-                        None,
-                    )
-                    .await
+                    let reason = format!("gave up after {} attempts: {reason}", attempt.attempts);
+                    attempt.finish("failed", Some(reason)).await
                 }
             }
         }
+    }
+}
+
+/// One delivery attempt in progress: records its outcome and counts it.
+struct Attempt<'a> {
+    state: &'a AppState,
+    notification: &'a NotificationRow,
+    registration_id: &'a str,
+    provider: String,
+    attempts: i32,
+}
+
+impl Attempt<'_> {
+    fn count(&self, outcome: &'static str) {
+        metrics::counter!(names::DELIVERIES, "app" => self.notification.app_id.clone(),
+            "provider" => self.provider.clone(), "outcome" => outcome)
+        .increment(1);
+    }
+
+    /// Records a final (or held) state.
+    async fn finish(&self, state_name: &'static str, reason: Option<String>) -> Result<(), StoreError> {
+        self.count(state_name);
+        self.state
+            .store
+            .update_delivery(
+                &self.notification.id,
+                self.registration_id,
+                state_name,
+                reason.as_deref(),
+                self.attempts,
+                None,
+                now_millis(),
+            )
+            .await
+    }
+
+    /// Keeps the delivery queued and schedules it at `at` (the sweep covers a lost entry).
+    async fn retry_at(&self, attempts: i32, at: i64, reason: String, counted_as: &'static str) -> Result<(), StoreError> {
+        self.count(counted_as);
+        let redrive = at + self.state.config.redrive_after.as_millis() as i64;
+        self.state
+            .store
+            .update_delivery(
+                &self.notification.id,
+                self.registration_id,
+                "queued",
+                Some(&reason),
+                attempts,
+                Some(redrive),
+                now_millis(),
+            )
+            .await?;
+        let task = Task::Deliver {
+            notification: self.notification.id.clone(),
+            registrations: vec![self.registration_id.to_owned()],
+        };
+        if let Err(e) = self.state.queue.push_at(task, at).await {
+            tracing::warn!(error = %e, "retry not queued; the sweep will re-drive it");
+        }
+        Ok(())
+    }
+
+    /// Waits for an open circuit without spending an attempt; expires if it cannot wait that long.
+    async fn defer(&self, attempts: i32, until: i64, reason: String) -> Result<(), StoreError> {
+        if until >= self.notification.expires_at {
+            let expired = Attempt {
+                state: self.state,
+                notification: self.notification,
+                registration_id: self.registration_id,
+                provider: self.provider.clone(),
+                attempts,
+            };
+            return expired.finish("expired", Some(format!("ttl (waiting: {reason})"))).await;
+        }
+        self.retry_at(attempts, until, reason, "deferred").await
     }
 }

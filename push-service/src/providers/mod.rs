@@ -1,6 +1,10 @@
 //! Delivery channels behind one trait. The dispatcher knows [`Provider`], never a provider's insides.
 
+pub mod apns;
+pub mod circuit;
 pub mod direct;
+pub mod fcm;
+pub mod http;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +41,9 @@ pub enum Outcome {
         reason: String,
         after: Option<Duration>,
     },
-    /// Permanent for this notification (payload, credentials): record the reason.
+    /// The provider refused the app's credential: open the app's circuit, keep the delivery.
+    CredentialError(String),
+    /// Permanent for this notification (payload): record the reason.
     Failed(String),
 }
 
@@ -47,24 +53,6 @@ pub trait Provider: Send + Sync + 'static {
     /// `apns`, `fcm` or `direct`.
     fn name(&self) -> &'static str;
     async fn send(&self, delivery: &Delivery<'_>) -> Outcome;
-}
-
-/// A channel this build cannot deliver through yet; its deliveries fail with a reason
-/// the notifier can read, instead of waiting forever.
-pub struct NotAvailable(pub &'static str);
-
-#[async_trait]
-impl Provider for NotAvailable {
-    fn name(&self) -> &'static str {
-        self.0
-    }
-
-    async fn send(&self, _delivery: &Delivery<'_>) -> Outcome {
-        Outcome::Failed(format!(
-            "provider-unavailable: {} delivery is not available in this build",
-            self.0
-        ))
-    }
 }
 
 /// The providers of a node, by name.

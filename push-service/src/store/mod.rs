@@ -63,6 +63,9 @@ pub struct CredentialRecord {
     /// Certificate expiry (ms), when the credential has one.
     pub expires_at: Option<i64>,
     pub updated_at: i64,
+    /// Last provider error (the circuit opened), if the credential is failing.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
 }
 
 impl std::fmt::Debug for CredentialRecord {
@@ -154,6 +157,14 @@ pub trait Store: DispatchStore + Send + Sync + 'static {
         provider: &str,
     ) -> Result<Option<CredentialRecord>, StoreError>;
     async fn delete_credential(&self, app_id: &str, provider: &str) -> Result<bool, StoreError>;
+    /// Records (or clears, with `None`) the last provider error of a credential.
+    async fn set_credential_error(
+        &self,
+        app_id: &str,
+        provider: &str,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError>;
 
     async fn create_notifier(&self, notifier: &Notifier) -> Result<(), StoreError>;
     async fn list_notifiers(&self, app_id: &str) -> Result<Vec<Notifier>, StoreError>;

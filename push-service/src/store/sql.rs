@@ -70,7 +70,8 @@ macro_rules! impl_sql_store {
                     "INSERT INTO credentials (app_id, provider, metadata, sealed, expires_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $6) \
                      ON CONFLICT (app_id, provider) DO UPDATE SET metadata = excluded.metadata, \
-                     sealed = excluded.sealed, expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+                     sealed = excluded.sealed, expires_at = excluded.expires_at, updated_at = excluded.updated_at, \
+                     last_error = NULL, last_error_at = NULL",
                 )
                 .bind(&record.app_id)
                 .bind(&record.provider)
@@ -89,13 +90,33 @@ macro_rules! impl_sql_store {
                 provider: &str,
             ) -> Result<Option<$crate::store::CredentialRecord>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT app_id, provider, metadata, sealed, expires_at, updated_at FROM credentials \
+                    "SELECT app_id, provider, metadata, sealed, expires_at, updated_at, last_error, last_error_at \
+                     FROM credentials \
                      WHERE app_id = $1 AND provider = $2",
                 )
                 .bind(app_id)
                 .bind(provider)
                 .fetch_optional(&self.pool)
                 .await?)
+            }
+
+            async fn set_credential_error(
+                &self,
+                app_id: &str,
+                provider: &str,
+                error: Option<&str>,
+                now: i64,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE credentials SET last_error = $3, last_error_at = $4 WHERE app_id = $1 AND provider = $2",
+                )
+                .bind(app_id)
+                .bind(provider)
+                .bind(error)
+                .bind(error.map(|_| now))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
             }
 
             async fn delete_credential(&self, app_id: &str, provider: &str) -> Result<bool, $crate::store::StoreError> {

@@ -141,6 +141,8 @@ pub struct Options {
     pub workers: usize,
     /// Join another node's database and Redis prefix instead of fresh ones.
     pub join: Option<(String, String)>,
+    /// Extra configuration lines (e.g. provider endpoints).
+    pub extra: String,
 }
 
 impl Options {
@@ -150,6 +152,7 @@ impl Options {
             public_url: None,
             workers: 4,
             join: None,
+            extra: String::new(),
         }
     }
 }
@@ -188,9 +191,10 @@ pub async fn spawn(options: Options) -> TestApp {
          redis_key_prefix = {prefix:?}\nnotifier_audience = \"push-test\"\n\
          dispatch_workers = {workers}\nsweep_interval_seconds = 1\nqueue_visibility_seconds = 2\n\
          redrive_after_seconds = 3\nretry_base_ms = 100\nretry_max_ms = 1000\n\
-         database_max_connections = 4\nlog_level = \"warn\"\n",
+         provider_timeout_seconds = 1\ndatabase_max_connections = 4\nlog_level = \"warn\"\n{extra}\n",
         dir = dir.path().display().to_string(),
         workers = options.workers,
+        extra = options.extra,
     );
     let config = Config::from_toml(&toml).expect("test configuration is valid");
     let state = AppState::new(config).await.expect("state builds");

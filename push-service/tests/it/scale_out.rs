@@ -30,6 +30,7 @@ async fn node(dir: &std::path::Path, database: &str, prefix: &str) -> (Server, A
             ("PUSH_SWEEP_INTERVAL_SECONDS", "1".to_owned()),
             ("PUSH_QUEUE_VISIBILITY_SECONDS", "2".to_owned()),
             ("PUSH_REDRIVE_AFTER_SECONDS", "3".to_owned()),
+            ("PUSH_PROVIDER_TIMEOUT_SECONDS", "1".to_owned()),
             ("PUSH_LOG_LEVEL", "warn".to_owned()),
         ],
     );

@@ -1,0 +1,174 @@
+//! APNs request content (headers, payload) and the outcome table of its answers.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::notify::{Content, Priority};
+use crate::providers::Outcome;
+
+/// The `apns-topic` suffix a push type needs (reference §1.2).
+pub fn topic_for(bundle: &str, push_type: &str) -> String {
+    let suffix = match push_type {
+        "voip" => ".voip",
+        "complication" => ".complication",
+        "fileprovider" => ".pushkit.fileprovider",
+        "liveactivity" => ".push-type.liveactivity",
+        "location" => ".location-query",
+        "pushtotalk" => ".voip-ptt",
+        "widgets" => ".push-type.widgets",
+        "controls" => ".push-type.controls",
+        _ => "",
+    };
+    format!("{bundle}{suffix}")
+}
+
+/// A stable `apns-id` per notification and device: retries reuse it, so a
+/// redelivery does not show twice.
+pub fn apns_id(notification_id: &str, registration_id: &str) -> String {
+    let digest = Sha256::digest(format!("{notification_id}/{registration_id}").as_bytes());
+    let h = hex::encode(&digest[..16]);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// APNs headers of a delivery: topic, push type, priority, expiration, collapse id, id.
+pub fn headers(content: &Content, bundle: &str, expires_at_ms: i64, id: &str) -> Vec<(String, String)> {
+    let priority = match (content.push_type.as_str(), content.priority) {
+        ("background", _) => "5",
+        (_, Priority::High) => "10",
+        (_, Priority::Normal) => "5",
+    };
+    let mut headers = vec![
+        ("apns-topic".to_owned(), topic_for(bundle, &content.push_type)),
+        ("apns-push-type".to_owned(), content.push_type.clone()),
+        ("apns-priority".to_owned(), priority.to_owned()),
+        ("apns-expiration".to_owned(), (expires_at_ms / 1000).to_string()),
+        ("apns-id".to_owned(), id.to_owned()),
+    ];
+    if let Some(key) = &content.collapse_key {
+        headers.push(("apns-collapse-id".to_owned(), key.clone()));
+    }
+    if let Some(apns) = &content.apns {
+        for (name, value) in &apns.headers {
+            let name = name.to_ascii_lowercase();
+            headers.retain(|(n, _)| n != &name);
+            headers.push((name, value.clone()));
+        }
+    }
+    headers
+}
+
+/// The JSON payload: `aps` from the content, custom data beside it, then the raw override merged.
+pub fn payload(content: &Content) -> Value {
+    let mut aps = Map::new();
+    if content.title.is_some() || content.body.is_some() {
+        let mut alert = Map::new();
+        if let Some(title) = &content.title {
+            alert.insert("title".into(), json!(title));
+        }
+        if let Some(body) = &content.body {
+            alert.insert("body".into(), json!(body));
+        }
+        aps.insert("alert".into(), Value::Object(alert));
+    }
+    if content.push_type == "background" {
+        aps.insert("content-available".into(), json!(1));
+    }
+    let mut root = Map::new();
+    for (key, value) in &content.data {
+        if key != "aps" {
+            root.insert(key.clone(), json!(value));
+        }
+    }
+    root.insert("aps".into(), Value::Object(aps));
+    let mut payload = Value::Object(root);
+    if let Some(extra) = content.apns.as_ref().and_then(|a| a.payload.as_ref()) {
+        merge(&mut payload, extra);
+    }
+    payload
+}
+
+/// Deep-merges `extra` into `base` (objects merge, everything else replaces).
+pub fn merge(base: &mut Value, extra: &Value) {
+    match (base, extra) {
+        (Value::Object(base), Value::Object(extra)) => {
+            for (key, value) in extra {
+                merge(base.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+        (base, extra) => *base = extra.clone(),
+    }
+}
+
+/// What an APNs answer means for the delivery (the outcome table in README).
+/// `ExpiredProviderToken` is handled by the client (new token, one retry) before this.
+pub fn outcome(status: u16, reason: &str, retry_after: Option<Duration>) -> Outcome {
+    match (status, reason) {
+        (200, _) => Outcome::Sent,
+        (410, _) | (400, "BadDeviceToken") | (400, "DeviceTokenNotForTopic") => {
+            Outcome::InvalidToken(format!("apns:{reason}"))
+        }
+        (403, _) | (400, "TopicDisallowed") | (400, "BadTopic") | (400, "MissingTopic") => {
+            Outcome::CredentialError(format!("apns:{status} {reason}"))
+        }
+        (429, _) | (500, _) | (503, _) | (400, "IdleTimeout") => Outcome::Retry {
+            reason: format!("apns:{status} {reason}"),
+            after: retry_after,
+        },
+        _ => Outcome::Failed(format!("apns:{status} {reason}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::ApnsOverride;
+
+    fn content() -> Content {
+        Content {
+            title: Some("Hi".into()),
+            body: Some("There".into()),
+            data: [("request_id".to_owned(), "r-1".to_owned())].into(),
+            priority: Priority::High,
+            collapse_key: Some("login-1".into()),
+            push_type: "alert".into(),
+            apns: None,
+            fcm: None,
+        }
+    }
+
+    #[test]
+    fn payload_and_headers() {
+        let mut c = content();
+        c.apns = Some(ApnsOverride {
+            headers: [("apns-priority".to_owned(), "5".to_owned())].into(),
+            payload: Some(json!({"aps": {"sound": "default"}, "extra": 1})),
+        });
+        let p = payload(&c);
+        assert_eq!(p, json!({"aps": {"alert": {"title": "Hi", "body": "There"}, "sound": "default"},
+            "request_id": "r-1", "extra": 1}));
+        let h = headers(&c, "com.acme", 1_700_000_000_000, "id");
+        assert!(h.contains(&("apns-priority".into(), "5".into())));
+        assert!(h.contains(&("apns-expiration".into(), "1700000000".into())));
+        assert!(h.contains(&("apns-collapse-id".into(), "login-1".into())));
+        assert_eq!(topic_for("com.acme", "voip"), "com.acme.voip");
+        assert_eq!(apns_id("n", "r"), apns_id("n", "r"));
+        assert_ne!(apns_id("n", "r"), apns_id("n", "s"));
+        assert_eq!(apns_id("n", "r").len(), 36);
+    }
+
+    #[test]
+    fn outcome_table() {
+        assert_eq!(outcome(200, "", None), Outcome::Sent);
+        assert!(matches!(outcome(410, "Unregistered", None), Outcome::InvalidToken(_)));
+        assert!(matches!(outcome(400, "BadDeviceToken", None), Outcome::InvalidToken(_)));
+        assert!(matches!(outcome(400, "DeviceTokenNotForTopic", None), Outcome::InvalidToken(_)));
+        assert!(matches!(outcome(403, "InvalidProviderToken", None), Outcome::CredentialError(_)));
+        assert!(matches!(outcome(429, "TooManyRequests", None), Outcome::Retry { .. }));
+        assert!(matches!(outcome(503, "ServiceUnavailable", Some(Duration::from_secs(3))),
+            Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3)));
+        assert!(matches!(outcome(413, "PayloadTooLarge", None), Outcome::Failed(_)));
+        assert!(matches!(outcome(400, "BadPriority", None), Outcome::Failed(_)));
+    }
+}

@@ -1,0 +1,246 @@
+//! APNs provider: HTTP/2 to Apple (or the simulator), token auth (ES256 provider JWT,
+//! reused and refreshed between 20 and 60 minutes) or certificate auth (`.p12`).
+
+pub mod message;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+use super::http::{client, retry_after, CredentialSource};
+use super::{Delivery, Outcome, Provider};
+use crate::config::ProviderSettings;
+use crate::credentials::{ApnsCredentialInfo, ApnsSecret};
+
+/// A provider JWT is replaced after this long: inside Apple's 20–60 minute window.
+pub const TOKEN_REFRESH_AFTER_SECONDS: i64 = 50 * 60;
+/// A new token is never minted sooner than this after the last (Apple's 20-minute rule),
+/// except when APNs itself says the token expired.
+pub const TOKEN_MIN_AGE_SECONDS: i64 = 20 * 60;
+/// How often a cached client checks whether its credential changed.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// Whether a provider JWT issued at `issued_at` must be replaced at `now`.
+pub fn needs_new_token(issued_at: i64, now: i64, expired_by_apns: bool) -> bool {
+    let age = now - issued_at;
+    age >= TOKEN_REFRESH_AFTER_SECONDS || (expired_by_apns && age >= 0)
+}
+
+struct TokenAuth {
+    key: EncodingKey,
+    key_id: String,
+    team_id: String,
+    current: Mutex<Option<(String, i64)>>,
+}
+
+impl TokenAuth {
+    fn jwt(&self, force: bool) -> Result<String, String> {
+        let now = crate::auth::now_seconds();
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, issued)) = current.as_ref() {
+            if !needs_new_token(*issued, now, force) {
+                return Ok(token.clone());
+            }
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.key_id.clone());
+        header.typ = None;
+        let claims = serde_json::json!({"iss": self.team_id, "iat": now});
+        let token = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| e.to_string())?;
+        metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "apns").increment(1);
+        *current = Some((token.clone(), now));
+        Ok(token)
+    }
+}
+
+/// Connections and auth of one app's APNs credential.
+struct ApnsClient {
+    connections: Vec<reqwest::Client>,
+    next: AtomicUsize,
+    bundle: String,
+    auth: Option<TokenAuth>,
+    updated_at: i64,
+    checked: Mutex<Instant>,
+}
+
+/// The APNs provider of a node.
+pub struct ApnsProvider {
+    settings: ProviderSettings,
+    source: CredentialSource,
+    clients: tokio::sync::Mutex<HashMap<String, Arc<ApnsClient>>>,
+}
+
+impl ApnsProvider {
+    pub fn new(settings: ProviderSettings, source: CredentialSource) -> Self {
+        ApnsProvider {
+            settings,
+            source,
+            clients: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The app's client, built on first use and rebuilt when its credential changes.
+    async fn client(&self, app_id: &str) -> Result<Arc<ApnsClient>, Outcome> {
+        let mut clients = self.clients.lock().await;
+        if let Some(existing) = clients.get(app_id) {
+            let fresh = {
+                let mut checked = existing.checked.lock().unwrap_or_else(|p| p.into_inner());
+                if checked.elapsed() < RECHECK {
+                    true
+                } else {
+                    *checked = Instant::now();
+                    false
+                }
+            };
+            if fresh {
+                return Ok(existing.clone());
+            }
+        }
+        let loaded = self
+            .source
+            .load(app_id, "apns")
+            .await
+            .map_err(|e| Outcome::Retry { reason: e, after: None })?;
+        let Some((record, secret)) = loaded else {
+            clients.remove(app_id);
+            return Err(Outcome::CredentialError("apns: the app has no APNs credential".into()));
+        };
+        if let Some(existing) = clients.get(app_id) {
+            if existing.updated_at == record.updated_at {
+                return Ok(existing.clone());
+            }
+        }
+        let built = Arc::new(self.build(&record.metadata, &secret, record.updated_at).map_err(Outcome::CredentialError)?);
+        if let Some(expires_at) = record.expires_at {
+            metrics::gauge!(crate::telemetry::names::CREDENTIAL_EXPIRY, "app" => app_id.to_owned(), "provider" => "apns")
+                .set(((expires_at - crate::ids::now_millis()) / 1000) as f64);
+        }
+        clients.insert(app_id.to_owned(), built.clone());
+        Ok(built)
+    }
+
+    fn build(&self, metadata: &str, secret: &[u8], updated_at: i64) -> Result<ApnsClient, String> {
+        let info: ApnsCredentialInfo = serde_json::from_str(metadata).map_err(|e| e.to_string())?;
+        let secret: ApnsSecret = serde_json::from_slice(secret).map_err(|e| e.to_string())?;
+        let (auth, identity) = match secret {
+            ApnsSecret::Token { private_key_pem } => (
+                Some(TokenAuth {
+                    key: EncodingKey::from_ec_pem(private_key_pem.as_bytes()).map_err(|e| format!("apns: .p8 unusable: {e}"))?,
+                    key_id: info.key_id.clone().unwrap_or_default(),
+                    team_id: info.team_id.clone().unwrap_or_default(),
+                    current: Mutex::new(None),
+                }),
+                None,
+            ),
+            ApnsSecret::Certificate { p12_der, password } => (None, Some(identity(&p12_der, &password)?)),
+        };
+        let connections = (0..self.settings.apns_connections)
+            .map(|_| client(&self.settings, identity.clone(), true))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ApnsClient {
+            connections,
+            next: AtomicUsize::new(0),
+            bundle: info.topic,
+            auth,
+            updated_at,
+            checked: Mutex::new(Instant::now()),
+        })
+    }
+
+    async fn post(&self, client: &ApnsClient, delivery: &Delivery<'_>, force_new_token: bool) -> Result<(u16, String, Option<Duration>), Outcome> {
+        let base = match delivery.environment {
+            Some("sandbox") => &self.settings.apns_sandbox_url,
+            _ => &self.settings.apns_production_url,
+        };
+        let token = delivery.token.unwrap_or_default();
+        let id = message::apns_id(delivery.notification_id, delivery.registration_id);
+        let connection = &client.connections[client.next.fetch_add(1, Ordering::Relaxed) % client.connections.len()];
+        let mut request = connection
+            .post(format!("{base}/3/device/{token}"))
+            .header("content-type", "application/json")
+            .body(message::payload(delivery.content).to_string());
+        for (name, value) in message::headers(delivery.content, &client.bundle, delivery.expires_at, &id) {
+            request = request.header(name, value);
+        }
+        if let Some(auth) = &client.auth {
+            let jwt = auth.jwt(force_new_token).map_err(Outcome::CredentialError)?;
+            request = request.header("authorization", format!("bearer {jwt}"));
+        }
+        let response = request.send().await.map_err(|e| Outcome::Retry {
+            reason: format!("apns: network: {e}"),
+            after: None,
+        })?;
+        let status = response.status().as_u16();
+        let after = retry_after(response.headers());
+        if status == 200 {
+            return Ok((200, String::new(), None));
+        }
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let reason = body["reason"].as_str().unwrap_or("Unknown").to_owned();
+        Ok((status, reason, after))
+    }
+}
+
+/// A TLS client identity from a `.p12`: its key and certificate chain as PEM.
+fn identity(p12: &[u8], password: &str) -> Result<reqwest::Identity, String> {
+    use base64::Engine;
+    let store = p12_keystore::KeyStore::from_pkcs12(p12, password, p12_keystore::Pkcs12ImportPolicy::Strict)
+        .map_err(|_| "apns: the .p12 no longer opens".to_owned())?;
+    let (_, chain) = store.private_key_chain().ok_or("apns: the .p12 holds no key")?;
+    let pem = |label: &str, der: &[u8]| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
+        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    };
+    let mut bundle = pem("PRIVATE KEY", chain.key().as_der());
+    for cert in chain.certs() {
+        bundle.push_str(&pem("CERTIFICATE", cert.as_der()));
+    }
+    reqwest::Identity::from_pem(bundle.as_bytes()).map_err(|e| format!("apns: certificate unusable: {e}"))
+}
+
+#[async_trait]
+impl Provider for ApnsProvider {
+    fn name(&self) -> &'static str {
+        "apns"
+    }
+
+    async fn send(&self, delivery: &Delivery<'_>) -> Outcome {
+        let client = match self.client(delivery.app_id).await {
+            Ok(client) => client,
+            Err(outcome) => return outcome,
+        };
+        let first = match self.post(&client, delivery, false).await {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
+        };
+        let (status, reason, after) = if first.0 == 403 && first.1 == "ExpiredProviderToken" {
+            // Apple says the token is too old: mint a new one and try once more.
+            match self.post(&client, delivery, true).await {
+                Ok(answer) => answer,
+                Err(outcome) => return outcome,
+            }
+        } else {
+            first
+        };
+        message::outcome(status, &reason, after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_tokens_live_between_20_and_60_minutes() {
+        assert!(!needs_new_token(0, 19 * 60, false));
+        assert!(!needs_new_token(0, 49 * 60, false));
+        assert!(needs_new_token(0, 50 * 60, false));
+        const { assert!(TOKEN_REFRESH_AFTER_SECONDS >= TOKEN_MIN_AGE_SECONDS && TOKEN_REFRESH_AFTER_SECONDS < 3600) };
+        assert!(needs_new_token(0, 60, true), "APNs said expired: replace it");
+    }
+}

@@ -1,0 +1,128 @@
+//! Per app and provider: a circuit that opens on credential errors, and the guard
+//! that stops mass invalidation when most of an app's tokens fail at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+const WINDOW_MS: i64 = 60_000;
+/// Share of rejected tokens, among recent attempts, that trips the guard.
+const GUARD_RATIO: f64 = 0.8;
+
+#[derive(Default)]
+struct State {
+    open_until: i64,
+    reason: Option<String>,
+    /// Recent attempts: (time, token rejected?).
+    window: VecDeque<(i64, bool)>,
+    /// The credential was marked failing and should be cleared on the next success.
+    failing: bool,
+}
+
+/// Circuits of one node (each node learns on its own; the credential status is shared in the store).
+#[derive(Default)]
+pub struct Circuits {
+    states: Mutex<HashMap<(String, &'static str), State>>,
+}
+
+/// What the guard says about a rejected token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenVerdict {
+    /// Invalidate the registration.
+    Invalidate,
+    /// Too many at once: the circuit opened; keep the registration.
+    Suspicious(String),
+}
+
+impl Circuits {
+    fn with<T>(&self, app: &str, provider: &'static str, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        f(states.entry((app.to_owned(), provider)).or_default())
+    }
+
+    /// When open: until when, and why.
+    pub fn open_until(&self, app: &str, provider: &'static str, now: i64) -> Option<(i64, String)> {
+        self.with(app, provider, |s| {
+            (s.open_until > now).then(|| (s.open_until, s.reason.clone().unwrap_or_default()))
+        })
+    }
+
+    /// Opens the circuit for `duration_ms`.
+    pub fn open(&self, app: &str, provider: &'static str, reason: &str, now: i64, duration_ms: i64) {
+        self.with(app, provider, |s| {
+            s.open_until = now + duration_ms;
+            s.reason = Some(reason.to_owned());
+            s.failing = true;
+        });
+        metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider).set(1.0);
+    }
+
+    /// Records an accepted delivery; true when the credential was failing and is fine again.
+    pub fn success(&self, app: &str, provider: &'static str, now: i64) -> bool {
+        let recovered = self.with(app, provider, |s| {
+            push(&mut s.window, now, false);
+            std::mem::take(&mut s.failing)
+        });
+        if recovered {
+            metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider).set(0.0);
+        }
+        recovered
+    }
+
+    /// Records a rejected token and decides whether to believe it.
+    pub fn rejected_token(&self, app: &str, provider: &'static str, now: i64, guard_min: usize, open_ms: i64) -> TokenVerdict {
+        let verdict = self.with(app, provider, |s| {
+            push(&mut s.window, now, true);
+            let rejected = s.window.iter().filter(|(_, r)| *r).count();
+            let share = rejected as f64 / s.window.len() as f64;
+            if rejected >= guard_min && share >= GUARD_RATIO {
+                let reason = format!(
+                    "invalidation guard: {rejected} of {} recent tokens rejected at once; check the credential's environment and topic",
+                    s.window.len()
+                );
+                s.open_until = now + open_ms;
+                s.reason = Some(reason.clone());
+                s.failing = true;
+                TokenVerdict::Suspicious(reason)
+            } else {
+                TokenVerdict::Invalidate
+            }
+        });
+        if let TokenVerdict::Suspicious(_) = verdict {
+            metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider).set(1.0);
+        }
+        verdict
+    }
+}
+
+fn push(window: &mut VecDeque<(i64, bool)>, now: i64, rejected: bool) {
+    window.push_back((now, rejected));
+    while window.front().is_some_and(|(t, _)| *t < now - WINDOW_MS) || window.len() > 10_000 {
+        window.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_trips_only_when_most_tokens_fail_together() {
+        let circuits = Circuits::default();
+        for i in 0..10 {
+            circuits.success("a", "apns", i);
+        }
+        // 4 rejections among 14 attempts: ordinary dead tokens.
+        for i in 0..4 {
+            assert_eq!(circuits.rejected_token("a", "apns", 100 + i, 3, 1000), TokenVerdict::Invalidate);
+        }
+        // Another app, all rejected: the guard trips at the minimum.
+        assert_eq!(circuits.rejected_token("b", "fcm", 0, 3, 1000), TokenVerdict::Invalidate);
+        assert_eq!(circuits.rejected_token("b", "fcm", 1, 3, 1000), TokenVerdict::Invalidate);
+        assert!(matches!(circuits.rejected_token("b", "fcm", 2, 3, 1000), TokenVerdict::Suspicious(_)));
+        assert!(circuits.open_until("b", "fcm", 3).is_some());
+        assert!(circuits.open_until("b", "fcm", 2000).is_none());
+        assert!(circuits.open_until("a", "apns", 3).is_none());
+        assert!(circuits.success("b", "fcm", 2001), "recovery is reported once");
+        assert!(!circuits.success("b", "fcm", 2002));
+    }
+}

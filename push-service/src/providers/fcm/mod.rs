@@ -1,0 +1,213 @@
+//! FCM HTTP v1 provider: an OAuth token from the service account (JWT-bearer grant
+//! to its `token_uri`), cached and refreshed before expiry; HTTP/2 sends.
+
+pub mod message;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Deserialize;
+
+use super::http::{client, retry_after, CredentialSource};
+use super::{Delivery, Outcome, Provider};
+use crate::config::ProviderSettings;
+
+/// The OAuth scope of FCM sends.
+pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// An access token is replaced when less than this remains (google-auth uses 3 min 45 s).
+pub const REFRESH_MARGIN_SECONDS: i64 = 300;
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// Whether an access token expiring at `expires_at` must be replaced at `now`.
+pub fn needs_new_access_token(expires_at: i64, now: i64) -> bool {
+    expires_at - now < REFRESH_MARGIN_SECONDS
+}
+
+#[derive(Deserialize)]
+struct ServiceAccount {
+    project_id: String,
+    client_email: String,
+    private_key: String,
+    private_key_id: Option<String>,
+    token_uri: String,
+}
+
+struct FcmClient {
+    http: reqwest::Client,
+    account: ServiceAccount,
+    key: EncodingKey,
+    /// (access token, expiry in seconds since the epoch)
+    token: tokio::sync::Mutex<Option<(String, i64)>>,
+    updated_at: i64,
+    checked: std::sync::Mutex<Instant>,
+}
+
+/// The FCM provider of a node.
+pub struct FcmProvider {
+    settings: ProviderSettings,
+    source: CredentialSource,
+    clients: tokio::sync::Mutex<HashMap<String, Arc<FcmClient>>>,
+}
+
+impl FcmProvider {
+    pub fn new(settings: ProviderSettings, source: CredentialSource) -> Self {
+        FcmProvider {
+            settings,
+            source,
+            clients: tokio::sync::Mutex::default(),
+        }
+    }
+
+    async fn client(&self, app_id: &str) -> Result<Arc<FcmClient>, Outcome> {
+        let mut clients = self.clients.lock().await;
+        if let Some(existing) = clients.get(app_id) {
+            let mut checked = existing.checked.lock().unwrap_or_else(|p| p.into_inner());
+            if checked.elapsed() < RECHECK {
+                return Ok(existing.clone());
+            }
+            *checked = Instant::now();
+        }
+        let loaded = self
+            .source
+            .load(app_id, "fcm")
+            .await
+            .map_err(|e| Outcome::Retry { reason: e, after: None })?;
+        let Some((record, secret)) = loaded else {
+            clients.remove(app_id);
+            return Err(Outcome::CredentialError("fcm: the app has no FCM credential".into()));
+        };
+        if let Some(existing) = clients.get(app_id) {
+            if existing.updated_at == record.updated_at {
+                return Ok(existing.clone());
+            }
+        }
+        let account: ServiceAccount =
+            serde_json::from_slice(&secret).map_err(|e| Outcome::CredentialError(format!("fcm: service account: {e}")))?;
+        let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
+            .map_err(|e| Outcome::CredentialError(format!("fcm: private key: {e}")))?;
+        let built = Arc::new(FcmClient {
+            http: client(&self.settings, None, false).map_err(Outcome::CredentialError)?,
+            account,
+            key,
+            token: tokio::sync::Mutex::new(None),
+            updated_at: record.updated_at,
+            checked: std::sync::Mutex::new(Instant::now()),
+        });
+        clients.insert(app_id.to_owned(), built.clone());
+        Ok(built)
+    }
+
+    /// A valid access token: the cached one, or a new one from the token endpoint.
+    async fn access_token(&self, client: &FcmClient, force: bool) -> Result<String, Outcome> {
+        let mut cached = client.token.lock().await;
+        let now = crate::auth::now_seconds();
+        if let Some((token, expires_at)) = cached.as_ref() {
+            if !force && !needs_new_access_token(*expires_at, now) {
+                return Ok(token.clone());
+            }
+        }
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = client.account.private_key_id.clone();
+        let claims = serde_json::json!({
+            "iss": client.account.client_email, "scope": SCOPE, "aud": client.account.token_uri,
+            "iat": now, "exp": now + 3600,
+        });
+        let assertion = jsonwebtoken::encode(&header, &claims, &client.key)
+            .map_err(|e| Outcome::CredentialError(format!("fcm: signing the grant: {e}")))?;
+        let form = format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
+        );
+        let response = client
+            .http
+            .post(&client.account.token_uri)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| Outcome::Retry { reason: format!("fcm: token endpoint: {e}"), after: None })?;
+        let status = response.status();
+        let after = retry_after(response.headers());
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+            return Err(Outcome::Retry { reason: format!("fcm: token endpoint {status}"), after });
+        }
+        let (Some(token), Some(expires_in)) = (body["access_token"].as_str(), body["expires_in"].as_i64()) else {
+            return Err(Outcome::CredentialError(format!(
+                "fcm: token endpoint refused the service account: {} {}",
+                body["error"].as_str().unwrap_or(""),
+                body["error_description"].as_str().unwrap_or("")
+            )));
+        };
+        metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "fcm").increment(1);
+        *cached = Some((token.to_owned(), now + expires_in));
+        Ok(token.to_owned())
+    }
+
+    async fn post(&self, client: &FcmClient, delivery: &Delivery<'_>, force_token: bool) -> Result<(u16, serde_json::Value, Option<Duration>), Outcome> {
+        let access = self.access_token(client, force_token).await?;
+        let ttl = (delivery.expires_at - crate::ids::now_millis()) / 1000;
+        let body = serde_json::json!({
+            "message": message::message(delivery.content, delivery.token.unwrap_or_default(), ttl)
+        });
+        let url = format!(
+            "{}/v1/projects/{}/messages:send",
+            self.settings.fcm_url, client.account.project_id
+        );
+        let response = client
+            .http
+            .post(url)
+            .bearer_auth(access)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Outcome::Retry { reason: format!("fcm: network: {e}"), after: None })?;
+        let status = response.status().as_u16();
+        let after = retry_after(response.headers());
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        Ok((status, body, after))
+    }
+}
+
+#[async_trait]
+impl Provider for FcmProvider {
+    fn name(&self) -> &'static str {
+        "fcm"
+    }
+
+    async fn send(&self, delivery: &Delivery<'_>) -> Outcome {
+        let client = match self.client(delivery.app_id).await {
+            Ok(client) => client,
+            Err(outcome) => return outcome,
+        };
+        let mut answer = match self.post(&client, delivery, false).await {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
+        };
+        let our_token_refused = answer.0 == 401
+            && !answer.1["error"]["details"].as_array().is_some_and(|d| !d.is_empty());
+        if our_token_refused {
+            // The access token was refused: get a new one, once.
+            answer = match self.post(&client, delivery, true).await {
+                Ok(answer) => answer,
+                Err(outcome) => return outcome,
+            };
+        }
+        message::outcome(answer.0, &answer.1, answer.2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_tokens_are_replaced_before_they_expire() {
+        assert!(!needs_new_access_token(3600, 0));
+        assert!(!needs_new_access_token(3600, 3600 - REFRESH_MARGIN_SECONDS));
+        assert!(needs_new_access_token(3600, 3600 - REFRESH_MARGIN_SECONDS + 1));
+        assert!(needs_new_access_token(3600, 4000));
+    }
+}

@@ -1,0 +1,70 @@
+//! What the APNs and FCM clients share: HTTP/2 clients, `Retry-After`, credential loading.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::ProviderSettings;
+use crate::crypto::Sealer;
+use crate::store::{CredentialRecord, Store};
+
+/// An HTTP/2 client for a provider: TLS with the Mozilla roots (plus `ca_pem`),
+/// long-lived connections with keep-alive PINGs, no Nagle, bounded time.
+pub fn client(settings: &ProviderSettings, identity: Option<reqwest::Identity>, http2_only: bool) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(None)
+        .http2_keep_alive_interval(Some(Duration::from_secs(60)))
+        .http2_keep_alive_while_idle(true)
+        .redirect(reqwest::redirect::Policy::none());
+    if http2_only {
+        builder = builder.http2_prior_knowledge();
+    }
+    if let Some(ca) = &settings.ca_pem {
+        let root = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| format!("provider_ca_file: {e}"))?;
+        builder = builder.add_root_certificate(root);
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is read as absent).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Loads and decrypts an app's credential for a provider.
+#[derive(Clone)]
+pub struct CredentialSource {
+    pub store: Arc<dyn Store>,
+    pub sealer: Sealer,
+}
+
+impl CredentialSource {
+    /// The credential record and its opened secret; `Ok(None)` when there is none.
+    pub async fn load(&self, app_id: &str, provider: &str) -> Result<Option<(CredentialRecord, Vec<u8>)>, String> {
+        let Some(record) = self
+            .store
+            .get_credential(app_id, provider)
+            .await
+            .map_err(|e| format!("store: {e}"))?
+        else {
+            return Ok(None);
+        };
+        let secret = self
+            .sealer
+            .open(&record.sealed, &crate::api::credentials::credential_aad(app_id, provider))
+            .map_err(|e| e.to_string())?;
+        Ok(Some((record, secret)))
+    }
+}
