@@ -279,7 +279,7 @@ macro_rules! impl_sql_dispatch {
             ) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(
                     "UPDATE deliveries SET state = 'sent', updated_at = $3 \
-                     WHERE notification_id = $1 AND registration_id = $2 AND state = 'held'",
+                     WHERE notification_id = $1 AND registration_id = $2 AND state IN ('queued', 'held')",
                 )
                 .bind(notification_id)
                 .bind(registration_id)
