@@ -98,8 +98,17 @@ impl Drop for ApnsSimulator {
 }
 
 const PUSH_TYPES: &[&str] = &[
-    "alert", "background", "voip", "complication", "fileprovider", "mdm", "liveactivity", "location",
-    "pushtotalk", "widgets", "controls",
+    "alert",
+    "background",
+    "voip",
+    "complication",
+    "fileprovider",
+    "mdm",
+    "liveactivity",
+    "location",
+    "pushtotalk",
+    "widgets",
+    "controls",
 ];
 
 impl ApnsSimulator {
@@ -118,7 +127,10 @@ impl ApnsSimulator {
         };
         let tls = pki.server_config(&[b"h2"])?;
         let make = move || {
-            sim.shared.lock().unwrap_or_else(|p| p.into_inner()).connections += 1;
+            sim.shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .connections += 1;
             router(sim.clone()).layer(Extension(Arc::new(Mutex::new(Connection::default()))))
         };
         tokio::spawn(serve_tls(listener, tls, options, make, shutdown.clone()));
@@ -131,12 +143,20 @@ impl ApnsSimulator {
 
     /// Everything accepted so far.
     pub fn receipts(&self) -> Vec<ApnsReceipt> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).receipts.clone()
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .receipts
+            .clone()
     }
 
     /// Rejections by reason.
     pub fn rejections(&self) -> BTreeMap<String, u64> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).rejections.clone()
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rejections
+            .clone()
     }
 
     /// TLS connections opened, and new provider tokens seen on them.
@@ -169,20 +189,39 @@ fn reject(status: StatusCode, reason: &str, apns_id: &str) -> Response {
             .map(|d| d.as_millis())
             .unwrap_or_default());
     }
-    let id = if apns_id.is_empty() { new_uuid() } else { apns_id.to_owned() };
-    (status, [("apns-id", id), ("content-type", "application/json".into())], body.to_string()).into_response()
+    let id = if apns_id.is_empty() {
+        new_uuid()
+    } else {
+        apns_id.to_owned()
+    };
+    (
+        status,
+        [("apns-id", id), ("content-type", "application/json".into())],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn new_uuid() -> String {
     let b: [u8; 16] = rand::random();
     let h = b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn is_uuid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() == 5
-        && [8, 4, 4, 4, 12].iter().zip(&parts).all(|(n, p)| p.len() == *n)
+        && [8, 4, 4, 4, 12]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n)
         && s.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
 }
 
@@ -201,10 +240,24 @@ fn count(sim: &Sim, reason: &str) {
 }
 
 /// The first failed check, in APNs' order (after pushy's validating handler), or `None`.
-fn validate(sim: &Sim, connection: &Mutex<Connection>, headers: &HeaderMap, token: &str, body: &[u8]) -> Option<(StatusCode, &'static str)> {
+fn validate(
+    sim: &Sim,
+    connection: &Mutex<Connection>,
+    headers: &HeaderMap,
+    token: &str,
+    body: &[u8],
+) -> Option<(StatusCode, &'static str)> {
     use StatusCode as S;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    for name in ["apns-id", "apns-topic", "apns-priority", "apns-push-type", "apns-expiration", "apns-collapse-id", "authorization"] {
+    for name in [
+        "apns-id",
+        "apns-topic",
+        "apns-priority",
+        "apns-push-type",
+        "apns-expiration",
+        "apns-collapse-id",
+        "authorization",
+    ] {
         if headers.get_all(name).iter().count() > 1 {
             return Some((S::BAD_REQUEST, "DuplicateHeaders"));
         }
@@ -254,7 +307,10 @@ fn validate(sim: &Sim, connection: &Mutex<Connection>, headers: &HeaderMap, toke
     if body.len() > limit {
         return Some((S::PAYLOAD_TOO_LARGE, "PayloadTooLarge"));
     }
-    if serde_json::from_slice::<Value>(body).map(|v| !v.is_object()).unwrap_or(true) {
+    if serde_json::from_slice::<Value>(body)
+        .map(|v| !v.is_object())
+        .unwrap_or(true)
+    {
         return Some((S::BAD_REQUEST, "BadPayload"));
     }
     None
@@ -262,7 +318,11 @@ fn validate(sim: &Sim, connection: &Mutex<Connection>, headers: &HeaderMap, toke
 
 /// Token auth: ES256 JWT by a known key of the connection's team, `iat` under an hour,
 /// one key and team per connection, new tokens at most every 20 minutes.
-fn authenticate(sim: &Sim, connection: &Mutex<Connection>, authorization: Option<&str>) -> Option<(StatusCode, &'static str)> {
+fn authenticate(
+    sim: &Sim,
+    connection: &Mutex<Connection>,
+    authorization: Option<&str>,
+) -> Option<(StatusCode, &'static str)> {
     use StatusCode as S;
     let Some(value) = authorization else {
         return Some((S::FORBIDDEN, "MissingProviderToken"));
@@ -284,7 +344,9 @@ fn authenticate(sim: &Sim, connection: &Mutex<Connection>, authorization: Option
     let Some(key) = sim.config.keys.iter().find(|k| k.key_id == kid) else {
         return Some((S::FORBIDDEN, "InvalidProviderToken"));
     };
-    if jws.claims["iss"].as_str() != Some(key.team_id.as_str()) || !jws::verify_es256(&jws, &key.public) {
+    if jws.claims["iss"].as_str() != Some(key.team_id.as_str())
+        || !jws::verify_es256(&jws, &key.public)
+    {
         return Some((S::FORBIDDEN, "InvalidProviderToken"));
     }
     let Some(iat) = jws.claims["iat"].as_i64() else {
@@ -307,10 +369,15 @@ fn authenticate(sim: &Sim, connection: &Mutex<Connection>, authorization: Option
     }
     match &conn.token {
         Some((previous, _)) if previous == token => {}
-        Some((_, since)) if now - since < 20 * 60 => return Some((S::TOO_MANY_REQUESTS, "TooManyProviderTokenUpdates")),
+        Some((_, since)) if now - since < 20 * 60 => {
+            return Some((S::TOO_MANY_REQUESTS, "TooManyProviderTokenUpdates"))
+        }
         _ => {
             conn.token = Some((token.to_owned(), now));
-            sim.shared.lock().unwrap_or_else(|p| p.into_inner()).token_updates += 1;
+            sim.shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .token_updates += 1;
         }
     }
     None
@@ -337,33 +404,60 @@ async fn push(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let faults = sim.shared.lock().unwrap_or_else(|p| p.into_inner()).faults.clone();
+    let faults = sim
+        .shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .faults
+        .clone();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
-    let apns_id = headers.get("apns-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let apns_id = headers
+        .get("apns-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
     if now_ms < faults.unavailable_until_ms {
         count(&sim, "ServiceUnavailable");
-        return reject(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", &apns_id);
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &apns_id,
+        );
     }
     if faults.too_many_requests > 0 {
-        sim.shared.lock().unwrap_or_else(|p| p.into_inner()).faults.too_many_requests -= 1;
+        sim.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .faults
+            .too_many_requests -= 1;
         count(&sim, "TooManyRequests");
         return reject(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", &apns_id);
     }
-    if let Some((status, reason)) = validate(&sim, &connection, &headers, &token, &body).or_else(|| scripted(&token)) {
+    if let Some((status, reason)) =
+        validate(&sim, &connection, &headers, &token, &body).or_else(|| scripted(&token))
+    {
         count(&sim, reason);
         return reject(status, reason, &apns_id);
     }
-    let apns_id = if apns_id.is_empty() { new_uuid() } else { apns_id };
+    let apns_id = if apns_id.is_empty() {
+        new_uuid()
+    } else {
+        apns_id
+    };
     let receipt = ApnsReceipt {
         apns_id: apns_id.clone(),
         token,
-        topic: headers.get("apns-topic").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned(),
+        topic: headers
+            .get("apns-topic")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
         headers: headers
             .iter()
             .filter(|(k, _)| k.as_str().starts_with("apns-"))
@@ -372,12 +466,22 @@ async fn push(
         payload: serde_json::from_slice(&body).unwrap_or(Value::Null),
         at: now_ms,
     };
-    sim.shared.lock().unwrap_or_else(|p| p.into_inner()).receipts.push(receipt);
+    sim.shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .receipts
+        .push(receipt);
     (StatusCode::OK, [("apns-id", apns_id)]).into_response()
 }
 
 async fn receipts(State(sim): State<Sim>) -> Json<Vec<ApnsReceipt>> {
-    Json(sim.shared.lock().unwrap_or_else(|p| p.into_inner()).receipts.clone())
+    Json(
+        sim.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .receipts
+            .clone(),
+    )
 }
 
 async fn stats(State(sim): State<Sim>) -> Json<Value> {

@@ -124,16 +124,27 @@ impl FcmSimulator {
     }
 
     pub fn receipts(&self) -> Vec<FcmReceipt> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).receipts.clone()
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .receipts
+            .clone()
     }
 
     pub fn rejections(&self) -> BTreeMap<String, u64> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).rejections.clone()
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rejections
+            .clone()
     }
 
     /// Access tokens issued so far.
     pub fn tokens_issued(&self) -> u64 {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).tokens_issued
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tokens_issued
     }
 
     pub fn set_faults(&self, faults: FcmFaults) {
@@ -151,26 +162,52 @@ fn router(sim: Sim) -> Router {
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (status, Json(json!({"error": error, "error_description": description}))).into_response()
+    (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
 }
 
 async fn token(State(sim): State<Sim>, body: Bytes) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "Invalid grant_type");
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "Invalid grant_type",
+        );
     }
     let Some(jws) = form.get("assertion").and_then(|a| jws::parse(a)) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "Invalid JWT Signature.");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "Invalid JWT Signature.",
+        );
     };
     if jws.header["alg"] != "RS256" || !jws::verify_rs256(&jws, &sim.config.public_key) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "Invalid JWT Signature.");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "Invalid JWT Signature.",
+        );
     }
     if jws.claims["iss"].as_str() != Some(sim.config.client_email.as_str()) {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "The OAuth client was not found.");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "The OAuth client was not found.",
+        );
     }
     let aud = jws.claims["aud"].as_str().unwrap_or_default();
     if aud != sim.token_uri && aud != "https://oauth2.googleapis.com/token" {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "Invalid JWT: Failed audience check.");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "Invalid JWT: Failed audience check.",
+        );
     }
     let (iat, exp, now) = (
         jws.claims["iat"].as_i64().unwrap_or(0),
@@ -186,24 +223,39 @@ async fn token(State(sim): State<Sim>, body: Bytes) -> Response {
     }
     let scope = jws.claims["scope"].as_str().unwrap_or_default();
     if !scope.split(' ').any(|s| {
-        s == "https://www.googleapis.com/auth/firebase.messaging" || s == "https://www.googleapis.com/auth/cloud-platform"
+        s == "https://www.googleapis.com/auth/firebase.messaging"
+            || s == "https://www.googleapis.com/auth/cloud-platform"
     }) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "Invalid OAuth scope or ID token audience provided.");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "Invalid OAuth scope or ID token audience provided.",
+        );
     }
     let access = format!("ya29.sim-{}", hex_token());
     let lifetime = sim.config.token_lifetime_seconds;
     let mut shared = sim.shared.lock().unwrap_or_else(|p| p.into_inner());
     shared.access_tokens.insert(access.clone(), now + lifetime);
     shared.tokens_issued += 1;
-    Json(json!({"access_token": access, "expires_in": lifetime, "token_type": "Bearer"})).into_response()
+    Json(json!({"access_token": access, "expires_in": lifetime, "token_type": "Bearer"}))
+        .into_response()
 }
 
 fn hex_token() -> String {
-    rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect()
+    rand::random::<[u8; 16]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A google.rpc.Status error, with an FcmError detail when `error_code` is given.
-fn fcm_error(status: StatusCode, canonical: &str, message: &str, error_code: Option<&str>, extra: Vec<Value>) -> Response {
+fn fcm_error(
+    status: StatusCode,
+    canonical: &str,
+    message: &str,
+    error_code: Option<&str>,
+    extra: Vec<Value>,
+) -> Response {
     let mut details = extra;
     if let Some(code) = error_code {
         details.push(json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}));
@@ -234,26 +286,44 @@ fn reject(sim: &Sim, reason: &str, response: Response) -> Response {
 }
 
 /// Validates a message like FCM: one target, string data, no reserved keys, TTL format, size.
+#[allow(clippy::result_large_err)] // an axum response is the natural error here
 fn check_message(message: &Value) -> Result<String, Response> {
     let targets = ["token", "topic", "condition", "fid"]
         .iter()
         .filter(|t| message.get(**t).is_some())
         .count();
     if targets != 1 {
-        return Err(bad_request("message", "Exactly one of token, topic, condition or fid must be set."));
+        return Err(bad_request(
+            "message",
+            "Exactly one of token, topic, condition or fid must be set.",
+        ));
     }
-    let token = message.get("token").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let token = message
+        .get("token")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     if let Some(data) = message.get("data") {
         let Some(map) = data.as_object() else {
             return Err(bad_request("message.data", "data must be a map of strings"));
         };
         for (i, (key, value)) in map.iter().enumerate() {
             if !value.is_string() {
-                return Err(bad_request(&format!("message.data[{i}].value"), "Invalid value at 'message.data[0].value' (TYPE_STRING)"));
+                return Err(bad_request(
+                    &format!("message.data[{i}].value"),
+                    "Invalid value at 'message.data[0].value' (TYPE_STRING)",
+                ));
             }
             let lower = key.to_ascii_lowercase();
-            if lower == "from" || lower == "message_type" || lower.starts_with("google") || lower.starts_with("gcm") {
-                return Err(bad_request(&format!("message.data[{i}].key"), "Invalid data message key (reserved)"));
+            if lower == "from"
+                || lower == "message_type"
+                || lower.starts_with("google")
+                || lower.starts_with("gcm")
+            {
+                return Err(bad_request(
+                    &format!("message.data[{i}].key"),
+                    "Invalid data message key (reserved)",
+                ));
             }
         }
     }
@@ -267,16 +337,30 @@ fn check_message(message: &Value) -> Result<String, Response> {
             return Err(bad_request("message.android.ttl", "Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)"));
         }
     }
-    let size = serde_json::to_vec(message.get("data").unwrap_or(&Value::Null)).map(|v| v.len()).unwrap_or(0)
-        + serde_json::to_vec(message.get("notification").unwrap_or(&Value::Null)).map(|v| v.len()).unwrap_or(0);
+    let size = serde_json::to_vec(message.get("data").unwrap_or(&Value::Null))
+        .map(|v| v.len())
+        .unwrap_or(0)
+        + serde_json::to_vec(message.get("notification").unwrap_or(&Value::Null))
+            .map(|v| v.len())
+            .unwrap_or(0);
     if size > 4096 {
         return Err(bad_request("message", "Message is too big"));
     }
     Ok(token)
 }
 
-async fn send(State(sim): State<Sim>, Path(project): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let faults = sim.shared.lock().unwrap_or_else(|p| p.into_inner()).faults.clone();
+async fn send(
+    State(sim): State<Sim>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let faults = sim
+        .shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .faults
+        .clone();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
@@ -285,8 +369,16 @@ async fn send(State(sim): State<Sim>, Path(project): Path<String>, headers: Head
         .map(|d| d.as_millis())
         .unwrap_or_default();
     if now_ms < faults.unavailable_until_ms {
-        let mut response = fcm_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "The service is currently unavailable.", Some("UNAVAILABLE"), vec![]);
-        response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        let mut response = fcm_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "The service is currently unavailable.",
+            Some("UNAVAILABLE"),
+            vec![],
+        );
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         return reject(&sim, "UNAVAILABLE", response);
     }
     let bearer = headers
@@ -297,7 +389,10 @@ async fn send(State(sim): State<Sim>, Path(project): Path<String>, headers: Head
         .map(|(_, token)| token.trim().to_owned());
     let valid = bearer.as_ref().is_some_and(|token| {
         let shared = sim.shared.lock().unwrap_or_else(|p| p.into_inner());
-        shared.access_tokens.get(token).is_some_and(|exp| *exp > now())
+        shared
+            .access_tokens
+            .get(token)
+            .is_some_and(|exp| *exp > now())
     });
     if !valid {
         let mut response = fcm_error(
@@ -309,34 +404,63 @@ async fn send(State(sim): State<Sim>, Path(project): Path<String>, headers: Head
         );
         response.headers_mut().insert(
             "www-authenticate",
-            axum::http::HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\", error=\"invalid_token\""),
+            axum::http::HeaderValue::from_static(
+                "Bearer realm=\"https://accounts.google.com/\", error=\"invalid_token\"",
+            ),
         );
         return reject(&sim, "UNAUTHENTICATED", response);
     }
     if project != sim.config.project_id {
         let message = format!("Permission 'cloudmessaging.messages.create' denied on resource '//cloudresourcemanager.googleapis.com/projects/{project}' (or it may not exist).");
-        return reject(&sim, "PERMISSION_DENIED", fcm_error(StatusCode::FORBIDDEN, "PERMISSION_DENIED", &message, None, vec![]));
+        return reject(
+            &sim,
+            "PERMISSION_DENIED",
+            fcm_error(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                &message,
+                None,
+                vec![],
+            ),
+        );
     }
     // Quota: a token bucket of messages per minute, counting messages and 4xx.
     {
         let mut shared = sim.shared.lock().unwrap_or_else(|p| p.into_inner());
         let per_second = sim.config.quota_per_minute as f64 / 60.0;
         let bucket = &mut shared.bucket;
-        bucket.tokens = (bucket.tokens + bucket.at.elapsed().as_secs_f64() * per_second).min(sim.config.quota_per_minute as f64);
+        bucket.tokens = (bucket.tokens + bucket.at.elapsed().as_secs_f64() * per_second)
+            .min(sim.config.quota_per_minute as f64);
         bucket.at = Instant::now();
         if bucket.tokens < 1.0 {
             drop(shared);
-            let mut response = fcm_error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Messages'.", Some("QUOTA_EXCEEDED"), vec![]);
-            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("60"));
+            let mut response = fcm_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RESOURCE_EXHAUSTED",
+                "Quota exceeded for quota metric 'Messages'.",
+                Some("QUOTA_EXCEEDED"),
+                vec![],
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("60"));
             return reject(&sim, "QUOTA_EXCEEDED", response);
         }
         bucket.tokens -= 1.0;
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return reject(&sim, "INVALID_ARGUMENT", bad_request("", "Invalid JSON payload received."));
+        return reject(
+            &sim,
+            "INVALID_ARGUMENT",
+            bad_request("", "Invalid JSON payload received."),
+        );
     };
     let Some(message) = request.get("message") else {
-        return reject(&sim, "INVALID_ARGUMENT", bad_request("message", "Message is required."));
+        return reject(
+            &sim,
+            "INVALID_ARGUMENT",
+            bad_request("message", "Message is required."),
+        );
     };
     let token = match check_message(message) {
         Ok(token) => token,
@@ -344,41 +468,106 @@ async fn send(State(sim): State<Sim>, Path(project): Path<String>, headers: Head
     };
     let scripted = |prefix: &str| token.starts_with(prefix);
     if scripted("unregistered") {
-        return reject(&sim, "UNREGISTERED", fcm_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Requested entity was not found.", Some("UNREGISTERED"), vec![]));
+        return reject(
+            &sim,
+            "UNREGISTERED",
+            fcm_error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "Requested entity was not found.",
+                Some("UNREGISTERED"),
+                vec![],
+            ),
+        );
     }
     if scripted("mismatch") {
-        return reject(&sim, "SENDER_ID_MISMATCH", fcm_error(StatusCode::FORBIDDEN, "PERMISSION_DENIED", "SenderId mismatch", Some("SENDER_ID_MISMATCH"), vec![]));
+        return reject(
+            &sim,
+            "SENDER_ID_MISMATCH",
+            fcm_error(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "SenderId mismatch",
+                Some("SENDER_ID_MISMATCH"),
+                vec![],
+            ),
+        );
     }
     if scripted("badtoken") {
-        return reject(&sim, "INVALID_ARGUMENT", bad_request("message.token", "The registration token is not a valid FCM registration token"));
+        return reject(
+            &sim,
+            "INVALID_ARGUMENT",
+            bad_request(
+                "message.token",
+                "The registration token is not a valid FCM registration token",
+            ),
+        );
     }
     if scripted("apnsauth") {
-        return reject(&sim, "THIRD_PARTY_AUTH_ERROR", fcm_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "Auth error from APNS or Web Push Service", Some("THIRD_PARTY_AUTH_ERROR"), vec![]));
+        return reject(
+            &sim,
+            "THIRD_PARTY_AUTH_ERROR",
+            fcm_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "Auth error from APNS or Web Push Service",
+                Some("THIRD_PARTY_AUTH_ERROR"),
+                vec![],
+            ),
+        );
     }
     if scripted("unavailable") {
-        let mut response = fcm_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "The service is currently unavailable.", Some("UNAVAILABLE"), vec![]);
-        response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        let mut response = fcm_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "The service is currently unavailable.",
+            Some("UNAVAILABLE"),
+            vec![],
+        );
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         return reject(&sim, "UNAVAILABLE", response);
     }
     if scripted("internal") {
-        return reject(&sim, "INTERNAL", fcm_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "Internal error encountered.", Some("INTERNAL"), vec![]));
+        return reject(
+            &sim,
+            "INTERNAL",
+            fcm_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "Internal error encountered.",
+                Some("INTERNAL"),
+                vec![],
+            ),
+        );
     }
     let name = if request.get("validate_only").and_then(Value::as_bool) == Some(true) {
         format!("projects/{project}/messages/fake_message_id")
     } else {
         format!("projects/{project}/messages/0:{}%{}", now_ms, hex_token())
     };
-    sim.shared.lock().unwrap_or_else(|p| p.into_inner()).receipts.push(FcmReceipt {
-        name: name.clone(),
-        token,
-        message: message.clone(),
-        at: now_ms,
-    });
+    sim.shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .receipts
+        .push(FcmReceipt {
+            name: name.clone(),
+            token,
+            message: message.clone(),
+            at: now_ms,
+        });
     Json(json!({"name": name})).into_response()
 }
 
 async fn receipts(State(sim): State<Sim>) -> Json<Vec<FcmReceipt>> {
-    Json(sim.shared.lock().unwrap_or_else(|p| p.into_inner()).receipts.clone())
+    Json(
+        sim.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .receipts
+            .clone(),
+    )
 }
 
 async fn set_faults(State(sim): State<Sim>, Json(faults): Json<FcmFaults>) -> StatusCode {

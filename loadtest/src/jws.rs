@@ -46,7 +46,9 @@ pub fn verify_rs256(jws: &Jws, key: &rsa::RsaPublicKey) -> bool {
     use rsa::signature::Verifier;
     let verifier = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key.clone());
     match rsa::pkcs1v15::Signature::try_from(jws.signature.as_slice()) {
-        Ok(signature) => verifier.verify(jws.signing_input.as_bytes(), &signature).is_ok(),
+        Ok(signature) => verifier
+            .verify(jws.signing_input.as_bytes(), &signature)
+            .is_ok(),
         Err(_) => false,
     }
 }

@@ -25,7 +25,9 @@ impl TestPki {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "push-service simulator CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "push-service simulator CA");
         let ca = ca_params.self_signed(&ca_key)?;
         let key = KeyPair::generate()?;
         let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
@@ -46,7 +48,10 @@ impl TestPki {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(
-                vec![self.cert_der.clone().into(), self.ca_cert_der.clone().into()],
+                vec![
+                    self.cert_der.clone().into(),
+                    self.ca_cert_der.clone().into(),
+                ],
                 rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
             )?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -86,12 +91,16 @@ pub async fn serve_tls(
         let make_router = make_router.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
             let router = make_router();
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                use tower::ServiceExt;
-                router.clone().oneshot(request.map(axum::body::Body::new))
-            });
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    use tower::ServiceExt;
+                    router.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            );
             let io = TokioIo::new(tls);
             if options.http2_only {
                 let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -106,8 +115,11 @@ pub async fn serve_tls(
                     }
                 }
             } else {
-                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder.http2().max_concurrent_streams(options.max_concurrent_streams);
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http2()
+                    .max_concurrent_streams(options.max_concurrent_streams);
                 let _ = builder.serve_connection(io, service).await;
             }
         });
@@ -120,4 +132,3 @@ pub async fn bind(port: u16) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let addr = listener.local_addr()?;
     Ok((listener, addr))
 }
-

@@ -283,11 +283,13 @@ impl Config {
         }
         let ca_pem = match raw.provider_ca_file.trim() {
             "" => None,
-            path => Some(std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-                key: "provider_ca_file",
-                path: PathBuf::from(path),
-                source,
-            })?),
+            path => Some(
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    key: "provider_ca_file",
+                    path: PathBuf::from(path),
+                    source,
+                })?,
+            ),
         };
         if raw.apns_connections == 0 || raw.apns_connections > 64 {
             return Err(invalid("apns_connections", "must be between 1 and 64"));

@@ -99,8 +99,14 @@ impl AppState {
             sealer: sealer.clone(),
         };
         let providers = providers::Providers {
-            apns: Arc::new(providers::apns::ApnsProvider::new(config.providers.clone(), source.clone())),
-            fcm: Arc::new(providers::fcm::FcmProvider::new(config.providers.clone(), source)),
+            apns: Arc::new(providers::apns::ApnsProvider::new(
+                config.providers.clone(),
+                source.clone(),
+            )),
+            fcm: Arc::new(providers::fcm::FcmProvider::new(
+                config.providers.clone(),
+                source,
+            )),
             direct: Arc::new(providers::direct::DirectProvider {
                 store: store.clone(),
                 hub: hub.clone(),

@@ -27,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
     let mut keys = Vec::new();
     for spec in &args.keys {
         let mut parts = spec.splitn(3, ':');
-        let (Some(key_id), Some(team_id), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(key_id), Some(team_id), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
             anyhow::bail!("--key is KEY_ID:TEAM_ID:public.pem");
         };
         let pem = std::fs::read_to_string(path)?;
@@ -45,7 +46,11 @@ async fn main() -> anyhow::Result<()> {
         max_concurrent_streams: args.max_concurrent_streams,
     };
     let sim = loadtest::apns::ApnsSimulator::start(config, &pki, args.port).await?;
-    println!("mock-apns listening on {} (CA in {})", sim.url, args.ca_out.display());
+    println!(
+        "mock-apns listening on {} (CA in {})",
+        sim.url,
+        args.ca_out.display()
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -26,7 +26,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let public_key = rsa::RsaPublicKey::from_public_key_pem(&std::fs::read_to_string(&args.public_key)?)?;
+    let public_key =
+        rsa::RsaPublicKey::from_public_key_pem(&std::fs::read_to_string(&args.public_key)?)?;
     let pki = loadtest::tls::TestPki::generate()?;
     std::fs::write(&args.ca_out, &pki.ca_pem)?;
     let config = loadtest::fcm::FcmConfig {
@@ -37,7 +38,12 @@ async fn main() -> anyhow::Result<()> {
         quota_per_minute: args.quota_per_minute,
     };
     let sim = loadtest::fcm::FcmSimulator::start(config, &pki, args.port).await?;
-    println!("mock-fcm listening on {} (token_uri {}, CA in {})", sim.url, sim.token_uri, args.ca_out.display());
+    println!(
+        "mock-fcm listening on {} (token_uri {}, CA in {})",
+        sim.url,
+        sim.token_uri,
+        args.ca_out.display()
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

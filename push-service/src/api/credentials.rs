@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::apps::require_app;
 use super::extract::{AdminAuth, ApiJson};
 use crate::credentials::{
-    validate_apns, CredentialStatus, validate_fcm, ApnsCredentialInfo, ApnsCredentialInput, FcmCredentialInfo,
-    FcmCredentialInput,
+    validate_apns, validate_fcm, ApnsCredentialInfo, ApnsCredentialInput, CredentialStatus,
+    FcmCredentialInfo, FcmCredentialInput,
 };
 use crate::error::{ApiError, Problem};
 use crate::ids::{now_millis, rfc3339};
@@ -54,6 +54,10 @@ async fn save<T: Serialize>(
         last_error_at: None,
     };
     state.store.put_credential(&record).await?;
+    // A new credential deserves a try now, on this node at least.
+    state
+        .circuits
+        .reset(app_id, if provider == "apns" { "apns" } else { "fcm" });
     tracing::info!(app = %app_id, provider, "credential stored");
     Ok(())
 }
@@ -75,7 +79,12 @@ async fn load<T: DeserializeOwned + WithUpdatedAt>(
         serde_json::from_str(&record.metadata).map_err(|e| ApiError::Internal(e.into()))?;
     info.set_updated_at(rfc3339(record.updated_at));
     info.set_status(CredentialStatus {
-        status: if record.last_error.is_some() { "failing" } else { "ok" }.into(),
+        status: if record.last_error.is_some() {
+            "failing"
+        } else {
+            "ok"
+        }
+        .into(),
         last_error: record.last_error,
         last_error_at: record.last_error_at.map(rfc3339),
     });

@@ -16,11 +16,11 @@ pub use sweep::sweep_once;
 
 use crate::ids::now_millis;
 use crate::notify::{parse_targets, Content, TASK_CHUNK};
+use crate::providers::circuit::TokenVerdict;
 use crate::providers::{Delivery, Outcome};
 use crate::store::{NotificationRow, PendingDelivery, StoreError};
 use crate::telemetry::names;
 use crate::AppState;
-use crate::providers::circuit::TokenVerdict;
 use retry::RetryDecision;
 
 /// Registrations per fan-out expansion chunk.
@@ -183,8 +183,16 @@ async fn deliver_one(
     }
     match pending.registration_status.as_deref() {
         Some("active") => {}
-        Some(_) => return attempt.finish("invalid", Some("registration-invalid".into())).await,
-        None => return attempt.finish("invalid", Some("registration-deleted".into())).await,
+        Some(_) => {
+            return attempt
+                .finish("invalid", Some("registration-invalid".into()))
+                .await
+        }
+        None => {
+            return attempt
+                .finish("invalid", Some("registration-deleted".into()))
+                .await
+        }
     }
     let Some(provider) = state.providers.get(&attempt.provider) else {
         let reason = format!("unknown provider `{}`", attempt.provider);
@@ -193,7 +201,9 @@ async fn deliver_one(
     let provider_name = provider.name();
     let app = notification.app_id.as_str();
     if let Some((until, reason)) = state.circuits.open_until(app, provider_name, now) {
-        return attempt.defer(pending.attempts, until, format!("circuit open: {reason}")).await;
+        return attempt
+            .defer(pending.attempts, until, format!("circuit open: {reason}"))
+            .await;
     }
     let open_ms = state.config.providers.circuit_open.as_millis() as i64;
     let delivery = Delivery {
@@ -212,35 +222,57 @@ async fn deliver_one(
     match outcome {
         Outcome::Sent => {
             let latency = (now_millis() - notification.created_at).max(0) as f64 / 1000.0;
-            metrics::histogram!(names::DISPATCH_LATENCY, "provider" => provider_name).record(latency);
+            metrics::histogram!(names::DISPATCH_LATENCY, "provider" => provider_name)
+                .record(latency);
             if state.circuits.success(app, provider_name, now_millis()) {
-                store.set_credential_error(app, provider_name, None, now_millis()).await?;
+                store
+                    .set_credential_error(app, provider_name, None, now_millis())
+                    .await?;
             }
             attempt.finish("sent", None).await
         }
         Outcome::Held => attempt.finish("held", None).await,
         Outcome::InvalidToken(reason) => {
             let guard_min = state.config.providers.invalidation_guard_min;
-            match state.circuits.rejected_token(app, provider_name, now, guard_min, open_ms) {
+            match state
+                .circuits
+                .rejected_token(app, provider_name, now, guard_min, open_ms)
+            {
                 TokenVerdict::Invalidate => {
-                    store.invalidate_registration(&pending.registration_id, &reason, now).await?;
+                    store
+                        .invalidate_registration(&pending.registration_id, &reason, now)
+                        .await?;
                     attempt.finish("invalid", Some(reason)).await
                 }
                 TokenVerdict::Suspicious(guard) => {
                     tracing::warn!(app, provider = provider_name, "{guard}");
-                    store.set_credential_error(app, provider_name, Some(&guard), now).await?;
+                    store
+                        .set_credential_error(app, provider_name, Some(&guard), now)
+                        .await?;
                     attempt
-                        .defer(pending.attempts, now + open_ms, format!("{guard} (last: {reason})"))
+                        .defer(
+                            pending.attempts,
+                            now + open_ms,
+                            format!("{guard} (last: {reason})"),
+                        )
                         .await
                 }
             }
         }
         Outcome::CredentialError(reason) => {
             tracing::warn!(app, provider = provider_name, %reason, "credential refused; circuit open");
-            state.circuits.open(app, provider_name, &reason, now, open_ms);
-            store.set_credential_error(app, provider_name, Some(&reason), now).await?;
+            state
+                .circuits
+                .open(app, provider_name, &reason, now, open_ms);
+            store
+                .set_credential_error(app, provider_name, Some(&reason), now)
+                .await?;
             attempt
-                .defer(pending.attempts, now + open_ms, format!("circuit open: {reason}"))
+                .defer(
+                    pending.attempts,
+                    now + open_ms,
+                    format!("circuit open: {reason}"),
+                )
                 .await
         }
         Outcome::Failed(reason) => attempt.finish("failed", Some(reason)).await,
@@ -253,9 +285,15 @@ async fn deliver_one(
                 rand::random::<f64>(),
             );
             match decision {
-                RetryDecision::At(at) => attempt.retry_at(attempt.attempts, at, reason, "retry").await,
+                RetryDecision::At(at) => {
+                    attempt
+                        .retry_at(attempt.attempts, at, reason, "retry")
+                        .await
+                }
                 RetryDecision::Expired => {
-                    attempt.finish("expired", Some(format!("ttl (last error: {reason})"))).await
+                    attempt
+                        .finish("expired", Some(format!("ttl (last error: {reason})")))
+                        .await
                 }
                 RetryDecision::GiveUp => {
                     let reason = format!("gave up after {} attempts: {reason}", attempt.attempts);
@@ -283,7 +321,11 @@ impl Attempt<'_> {
     }
 
     /// Records a final (or held) state.
-    async fn finish(&self, state_name: &'static str, reason: Option<String>) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        state_name: &'static str,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
         self.count(state_name);
         self.state
             .store
@@ -300,7 +342,13 @@ impl Attempt<'_> {
     }
 
     /// Keeps the delivery queued and schedules it at `at` (the sweep covers a lost entry).
-    async fn retry_at(&self, attempts: i32, at: i64, reason: String, counted_as: &'static str) -> Result<(), StoreError> {
+    async fn retry_at(
+        &self,
+        attempts: i32,
+        at: i64,
+        reason: String,
+        counted_as: &'static str,
+    ) -> Result<(), StoreError> {
         self.count(counted_as);
         let redrive = at + self.state.config.redrive_after.as_millis() as i64;
         self.state
@@ -335,7 +383,9 @@ impl Attempt<'_> {
                 provider: self.provider.clone(),
                 attempts,
             };
-            return expired.finish("expired", Some(format!("ttl (waiting: {reason})"))).await;
+            return expired
+                .finish("expired", Some(format!("ttl (waiting: {reason})")))
+                .await;
         }
         self.retry_at(attempts, until, reason, "deferred").await
     }

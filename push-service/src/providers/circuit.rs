@@ -47,13 +47,28 @@ impl Circuits {
     }
 
     /// Opens the circuit for `duration_ms`.
-    pub fn open(&self, app: &str, provider: &'static str, reason: &str, now: i64, duration_ms: i64) {
+    pub fn open(
+        &self,
+        app: &str,
+        provider: &'static str,
+        reason: &str,
+        now: i64,
+        duration_ms: i64,
+    ) {
         self.with(app, provider, |s| {
             s.open_until = now + duration_ms;
             s.reason = Some(reason.to_owned());
             s.failing = true;
         });
         metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider).set(1.0);
+    }
+
+    /// Closes the circuit (the operator replaced the credential).
+    pub fn reset(&self, app: &str, provider: &'static str) {
+        self.with(app, provider, |s| {
+            s.open_until = 0;
+            s.window.clear();
+        });
     }
 
     /// Records an accepted delivery; true when the credential was failing and is fine again.
@@ -69,7 +84,14 @@ impl Circuits {
     }
 
     /// Records a rejected token and decides whether to believe it.
-    pub fn rejected_token(&self, app: &str, provider: &'static str, now: i64, guard_min: usize, open_ms: i64) -> TokenVerdict {
+    pub fn rejected_token(
+        &self,
+        app: &str,
+        provider: &'static str,
+        now: i64,
+        guard_min: usize,
+        open_ms: i64,
+    ) -> TokenVerdict {
         let verdict = self.with(app, provider, |s| {
             push(&mut s.window, now, true);
             let rejected = s.window.iter().filter(|(_, r)| *r).count();
@@ -113,16 +135,31 @@ mod tests {
         }
         // 4 rejections among 14 attempts: ordinary dead tokens.
         for i in 0..4 {
-            assert_eq!(circuits.rejected_token("a", "apns", 100 + i, 3, 1000), TokenVerdict::Invalidate);
+            assert_eq!(
+                circuits.rejected_token("a", "apns", 100 + i, 3, 1000),
+                TokenVerdict::Invalidate
+            );
         }
         // Another app, all rejected: the guard trips at the minimum.
-        assert_eq!(circuits.rejected_token("b", "fcm", 0, 3, 1000), TokenVerdict::Invalidate);
-        assert_eq!(circuits.rejected_token("b", "fcm", 1, 3, 1000), TokenVerdict::Invalidate);
-        assert!(matches!(circuits.rejected_token("b", "fcm", 2, 3, 1000), TokenVerdict::Suspicious(_)));
+        assert_eq!(
+            circuits.rejected_token("b", "fcm", 0, 3, 1000),
+            TokenVerdict::Invalidate
+        );
+        assert_eq!(
+            circuits.rejected_token("b", "fcm", 1, 3, 1000),
+            TokenVerdict::Invalidate
+        );
+        assert!(matches!(
+            circuits.rejected_token("b", "fcm", 2, 3, 1000),
+            TokenVerdict::Suspicious(_)
+        ));
         assert!(circuits.open_until("b", "fcm", 3).is_some());
         assert!(circuits.open_until("b", "fcm", 2000).is_none());
         assert!(circuits.open_until("a", "apns", 3).is_none());
-        assert!(circuits.success("b", "fcm", 2001), "recovery is reported once");
+        assert!(
+            circuits.success("b", "fcm", 2001),
+            "recovery is reported once"
+        );
         assert!(!circuits.success("b", "fcm", 2002));
     }
 }

@@ -9,7 +9,11 @@ use crate::store::{CredentialRecord, Store};
 
 /// An HTTP/2 client for a provider: TLS with the Mozilla roots (plus `ca_pem`),
 /// long-lived connections with keep-alive PINGs, no Nagle, bounded time.
-pub fn client(settings: &ProviderSettings, identity: Option<reqwest::Identity>, http2_only: bool) -> Result<reqwest::Client, String> {
+pub fn client(
+    settings: &ProviderSettings,
+    identity: Option<reqwest::Identity>,
+    http2_only: bool,
+) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(Duration::from_secs(10))
@@ -22,7 +26,8 @@ pub fn client(settings: &ProviderSettings, identity: Option<reqwest::Identity>, 
         builder = builder.http2_prior_knowledge();
     }
     if let Some(ca) = &settings.ca_pem {
-        let root = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| format!("provider_ca_file: {e}"))?;
+        let root = reqwest::Certificate::from_pem(ca.as_bytes())
+            .map_err(|e| format!("provider_ca_file: {e}"))?;
         builder = builder.add_root_certificate(root);
     }
     if let Some(identity) = identity {
@@ -52,7 +57,11 @@ pub struct CredentialSource {
 
 impl CredentialSource {
     /// The credential record and its opened secret; `Ok(None)` when there is none.
-    pub async fn load(&self, app_id: &str, provider: &str) -> Result<Option<(CredentialRecord, Vec<u8>)>, String> {
+    pub async fn load(
+        &self,
+        app_id: &str,
+        provider: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<u8>)>, String> {
         let Some(record) = self
             .store
             .get_credential(app_id, provider)
@@ -63,7 +72,10 @@ impl CredentialSource {
         };
         let secret = self
             .sealer
-            .open(&record.sealed, &crate::api::credentials::credential_aad(app_id, provider))
+            .open(
+                &record.sealed,
+                &crate::api::credentials::credential_aad(app_id, provider),
+            )
             .map_err(|e| e.to_string())?;
         Ok(Some((record, secret)))
     }

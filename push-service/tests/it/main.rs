@@ -13,5 +13,6 @@ mod notify;
 mod ops;
 mod pinning;
 mod process;
+mod providers;
 mod registrations;
 mod scale_out;

@@ -29,21 +29,39 @@ pub fn topic_for(bundle: &str, push_type: &str) -> String {
 pub fn apns_id(notification_id: &str, registration_id: &str) -> String {
     let digest = Sha256::digest(format!("{notification_id}/{registration_id}").as_bytes());
     let h = hex::encode(&digest[..16]);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// APNs headers of a delivery: topic, push type, priority, expiration, collapse id, id.
-pub fn headers(content: &Content, bundle: &str, expires_at_ms: i64, id: &str) -> Vec<(String, String)> {
+pub fn headers(
+    content: &Content,
+    bundle: &str,
+    expires_at_ms: i64,
+    id: &str,
+) -> Vec<(String, String)> {
     let priority = match (content.push_type.as_str(), content.priority) {
         ("background", _) => "5",
         (_, Priority::High) => "10",
         (_, Priority::Normal) => "5",
     };
     let mut headers = vec![
-        ("apns-topic".to_owned(), topic_for(bundle, &content.push_type)),
+        (
+            "apns-topic".to_owned(),
+            topic_for(bundle, &content.push_type),
+        ),
         ("apns-push-type".to_owned(), content.push_type.clone()),
         ("apns-priority".to_owned(), priority.to_owned()),
-        ("apns-expiration".to_owned(), (expires_at_ms / 1000).to_string()),
+        (
+            "apns-expiration".to_owned(),
+            (expires_at_ms / 1000).to_string(),
+        ),
         ("apns-id".to_owned(), id.to_owned()),
     ];
     if let Some(key) = &content.collapse_key {
@@ -146,8 +164,11 @@ mod tests {
             payload: Some(json!({"aps": {"sound": "default"}, "extra": 1})),
         });
         let p = payload(&c);
-        assert_eq!(p, json!({"aps": {"alert": {"title": "Hi", "body": "There"}, "sound": "default"},
-            "request_id": "r-1", "extra": 1}));
+        assert_eq!(
+            p,
+            json!({"aps": {"alert": {"title": "Hi", "body": "There"}, "sound": "default"},
+            "request_id": "r-1", "extra": 1})
+        );
         let h = headers(&c, "com.acme", 1_700_000_000_000, "id");
         assert!(h.contains(&("apns-priority".into(), "5".into())));
         assert!(h.contains(&("apns-expiration".into(), "1700000000".into())));
@@ -161,14 +182,37 @@ mod tests {
     #[test]
     fn outcome_table() {
         assert_eq!(outcome(200, "", None), Outcome::Sent);
-        assert!(matches!(outcome(410, "Unregistered", None), Outcome::InvalidToken(_)));
-        assert!(matches!(outcome(400, "BadDeviceToken", None), Outcome::InvalidToken(_)));
-        assert!(matches!(outcome(400, "DeviceTokenNotForTopic", None), Outcome::InvalidToken(_)));
-        assert!(matches!(outcome(403, "InvalidProviderToken", None), Outcome::CredentialError(_)));
-        assert!(matches!(outcome(429, "TooManyRequests", None), Outcome::Retry { .. }));
-        assert!(matches!(outcome(503, "ServiceUnavailable", Some(Duration::from_secs(3))),
-            Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3)));
-        assert!(matches!(outcome(413, "PayloadTooLarge", None), Outcome::Failed(_)));
-        assert!(matches!(outcome(400, "BadPriority", None), Outcome::Failed(_)));
+        assert!(matches!(
+            outcome(410, "Unregistered", None),
+            Outcome::InvalidToken(_)
+        ));
+        assert!(matches!(
+            outcome(400, "BadDeviceToken", None),
+            Outcome::InvalidToken(_)
+        ));
+        assert!(matches!(
+            outcome(400, "DeviceTokenNotForTopic", None),
+            Outcome::InvalidToken(_)
+        ));
+        assert!(matches!(
+            outcome(403, "InvalidProviderToken", None),
+            Outcome::CredentialError(_)
+        ));
+        assert!(matches!(
+            outcome(429, "TooManyRequests", None),
+            Outcome::Retry { .. }
+        ));
+        assert!(
+            matches!(outcome(503, "ServiceUnavailable", Some(Duration::from_secs(3))),
+            Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3))
+        );
+        assert!(matches!(
+            outcome(413, "PayloadTooLarge", None),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            outcome(400, "BadPriority", None),
+            Outcome::Failed(_)
+        ));
     }
 }

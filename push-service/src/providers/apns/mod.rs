@@ -51,7 +51,8 @@ impl TokenAuth {
         header.typ = None;
         let claims = serde_json::json!({"iss": self.team_id, "iat": now});
         let token = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| e.to_string())?;
-        metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "apns").increment(1);
+        metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "apns")
+            .increment(1);
         *current = Some((token.clone(), now));
         Ok(token)
     }
@@ -104,17 +105,25 @@ impl ApnsProvider {
             .source
             .load(app_id, "apns")
             .await
-            .map_err(|e| Outcome::Retry { reason: e, after: None })?;
+            .map_err(|e| Outcome::Retry {
+                reason: e,
+                after: None,
+            })?;
         let Some((record, secret)) = loaded else {
             clients.remove(app_id);
-            return Err(Outcome::CredentialError("apns: the app has no APNs credential".into()));
+            return Err(Outcome::CredentialError(
+                "apns: the app has no APNs credential".into(),
+            ));
         };
         if let Some(existing) = clients.get(app_id) {
             if existing.updated_at == record.updated_at {
                 return Ok(existing.clone());
             }
         }
-        let built = Arc::new(self.build(&record.metadata, &secret, record.updated_at).map_err(Outcome::CredentialError)?);
+        let built = Arc::new(
+            self.build(&record.metadata, &secret, record.updated_at)
+                .map_err(Outcome::CredentialError)?,
+        );
         if let Some(expires_at) = record.expires_at {
             metrics::gauge!(crate::telemetry::names::CREDENTIAL_EXPIRY, "app" => app_id.to_owned(), "provider" => "apns")
                 .set(((expires_at - crate::ids::now_millis()) / 1000) as f64);
@@ -129,14 +138,17 @@ impl ApnsProvider {
         let (auth, identity) = match secret {
             ApnsSecret::Token { private_key_pem } => (
                 Some(TokenAuth {
-                    key: EncodingKey::from_ec_pem(private_key_pem.as_bytes()).map_err(|e| format!("apns: .p8 unusable: {e}"))?,
+                    key: EncodingKey::from_ec_pem(private_key_pem.as_bytes())
+                        .map_err(|e| format!("apns: .p8 unusable: {e}"))?,
                     key_id: info.key_id.clone().unwrap_or_default(),
                     team_id: info.team_id.clone().unwrap_or_default(),
                     current: Mutex::new(None),
                 }),
                 None,
             ),
-            ApnsSecret::Certificate { p12_der, password } => (None, Some(identity(&p12_der, &password)?)),
+            ApnsSecret::Certificate { p12_der, password } => {
+                (None, Some(identity(&p12_der, &password)?))
+            }
         };
         let connections = (0..self.settings.apns_connections)
             .map(|_| client(&self.settings, identity.clone(), true))
@@ -151,23 +163,33 @@ impl ApnsProvider {
         })
     }
 
-    async fn post(&self, client: &ApnsClient, delivery: &Delivery<'_>, force_new_token: bool) -> Result<(u16, String, Option<Duration>), Outcome> {
+    async fn post(
+        &self,
+        client: &ApnsClient,
+        delivery: &Delivery<'_>,
+        force_new_token: bool,
+    ) -> Result<(u16, String, Option<Duration>), Outcome> {
         let base = match delivery.environment {
             Some("sandbox") => &self.settings.apns_sandbox_url,
             _ => &self.settings.apns_production_url,
         };
         let token = delivery.token.unwrap_or_default();
         let id = message::apns_id(delivery.notification_id, delivery.registration_id);
-        let connection = &client.connections[client.next.fetch_add(1, Ordering::Relaxed) % client.connections.len()];
+        let connection = &client.connections
+            [client.next.fetch_add(1, Ordering::Relaxed) % client.connections.len()];
         let mut request = connection
             .post(format!("{base}/3/device/{token}"))
             .header("content-type", "application/json")
             .body(message::payload(delivery.content).to_string());
-        for (name, value) in message::headers(delivery.content, &client.bundle, delivery.expires_at, &id) {
+        for (name, value) in
+            message::headers(delivery.content, &client.bundle, delivery.expires_at, &id)
+        {
             request = request.header(name, value);
         }
         if let Some(auth) = &client.auth {
-            let jwt = auth.jwt(force_new_token).map_err(Outcome::CredentialError)?;
+            let jwt = auth
+                .jwt(force_new_token)
+                .map_err(Outcome::CredentialError)?;
             request = request.header("authorization", format!("bearer {jwt}"));
         }
         let response = request.send().await.map_err(|e| Outcome::Retry {
@@ -188,19 +210,33 @@ impl ApnsProvider {
 /// A TLS client identity from a `.p12`: its key and certificate chain as PEM.
 fn identity(p12: &[u8], password: &str) -> Result<reqwest::Identity, String> {
     use base64::Engine;
-    let store = p12_keystore::KeyStore::from_pkcs12(p12, password, p12_keystore::Pkcs12ImportPolicy::Strict)
-        .map_err(|_| "apns: the .p12 no longer opens".to_owned())?;
-    let (_, chain) = store.private_key_chain().ok_or("apns: the .p12 holds no key")?;
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        p12,
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Strict,
+    )
+    .map_err(|_| "apns: the .p12 no longer opens".to_owned())?;
+    let (_, chain) = store
+        .private_key_chain()
+        .ok_or("apns: the .p12 holds no key")?;
     let pem = |label: &str, der: &[u8]| {
         let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
-        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or(""))
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
     };
     let mut bundle = pem("PRIVATE KEY", chain.key().as_der());
     for cert in chain.certs() {
         bundle.push_str(&pem("CERTIFICATE", cert.as_der()));
     }
-    reqwest::Identity::from_pem(bundle.as_bytes()).map_err(|e| format!("apns: certificate unusable: {e}"))
+    reqwest::Identity::from_pem(bundle.as_bytes())
+        .map_err(|e| format!("apns: certificate unusable: {e}"))
 }
 
 #[async_trait]
@@ -227,7 +263,12 @@ impl Provider for ApnsProvider {
         } else {
             first
         };
-        message::outcome(status, &reason, after)
+        let outcome = message::outcome(status, &reason, after);
+        if let Outcome::CredentialError(_) = outcome {
+            // Reload the credential on the next try: the operator may have replaced it.
+            self.clients.lock().await.remove(delivery.app_id);
+        }
+        outcome
     }
 }
 
@@ -240,7 +281,15 @@ mod tests {
         assert!(!needs_new_token(0, 19 * 60, false));
         assert!(!needs_new_token(0, 49 * 60, false));
         assert!(needs_new_token(0, 50 * 60, false));
-        const { assert!(TOKEN_REFRESH_AFTER_SECONDS >= TOKEN_MIN_AGE_SECONDS && TOKEN_REFRESH_AFTER_SECONDS < 3600) };
-        assert!(needs_new_token(0, 60, true), "APNs said expired: replace it");
+        const {
+            assert!(
+                TOKEN_REFRESH_AFTER_SECONDS >= TOKEN_MIN_AGE_SECONDS
+                    && TOKEN_REFRESH_AFTER_SECONDS < 3600
+            )
+        };
+        assert!(
+            needs_new_token(0, 60, true),
+            "APNs said expired: replace it"
+        );
     }
 }

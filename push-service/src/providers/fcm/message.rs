@@ -28,7 +28,11 @@ pub fn message(content: &Content, token: &str, ttl_seconds: i64) -> Value {
     let mut android = Map::new();
     android.insert(
         "priority".into(),
-        json!(if content.priority == Priority::High { "HIGH" } else { "NORMAL" }),
+        json!(if content.priority == Priority::High {
+            "HIGH"
+        } else {
+            "NORMAL"
+        }),
     );
     android.insert("ttl".into(), json!(format!("{}s", ttl_seconds.max(0))));
     if let Some(key) = &content.collapse_key {
@@ -37,13 +41,24 @@ pub fn message(content: &Content, token: &str, ttl_seconds: i64) -> Value {
     message.insert("android".into(), Value::Object(android));
     // iOS through FCM: data-only messages must use priority 5 (reference §2.2).
     let alert = content.title.is_some() || content.body.is_some();
-    let apns_priority = if alert && content.priority == Priority::High { "10" } else { "5" };
+    let apns_priority = if alert && content.priority == Priority::High {
+        "10"
+    } else {
+        "5"
+    };
     let mut apns_headers = json!({"apns-priority": apns_priority});
     if let Some(key) = &content.collapse_key {
         apns_headers["apns-collapse-id"] = json!(key);
     }
-    let aps = if alert { json!({}) } else { json!({"content-available": 1}) };
-    message.insert("apns".into(), json!({"headers": apns_headers, "payload": {"aps": aps}}));
+    let aps = if alert {
+        json!({})
+    } else {
+        json!({"content-available": 1})
+    };
+    message.insert(
+        "apns".into(),
+        json!({"headers": apns_headers, "payload": {"aps": aps}}),
+    );
     let mut message = Value::Object(message);
     if let Some(extra) = &content.fcm {
         merge(&mut message, extra);
@@ -61,7 +76,11 @@ pub fn outcome(status: u16, body: &Value, retry_after: Option<Duration>) -> Outc
     let details = error["details"].as_array().cloned().unwrap_or_default();
     let code = details
         .iter()
-        .find(|d| d["@type"].as_str().is_some_and(|t| t.ends_with("fcm.v1.FcmError")))
+        .find(|d| {
+            d["@type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("fcm.v1.FcmError"))
+        })
         .and_then(|d| d["errorCode"].as_str())
         .unwrap_or("")
         .to_owned();
@@ -71,16 +90,34 @@ pub fn outcome(status: u16, body: &Value, retry_after: Option<Duration>) -> Outc
             .as_array()
             .is_some_and(|v| v.iter().any(|f| f["field"] == "message.token"))
     }) || message.contains("registration token");
-    let reason = format!("fcm:{status} {}", if code.is_empty() { error["status"].as_str().unwrap_or("") } else { &code });
+    let reason = format!(
+        "fcm:{status} {}",
+        if code.is_empty() {
+            error["status"].as_str().unwrap_or("")
+        } else {
+            &code
+        }
+    );
     match (status, code.as_str()) {
-        (_, "UNREGISTERED") | (_, "SENDER_ID_MISMATCH") => Outcome::InvalidToken(format!("fcm:{code}")),
-        (400, "INVALID_ARGUMENT") if on_token => Outcome::InvalidToken("fcm:INVALID_ARGUMENT token".into()),
+        (_, "UNREGISTERED") | (_, "SENDER_ID_MISMATCH") => {
+            Outcome::InvalidToken(format!("fcm:{code}"))
+        }
+        (400, "INVALID_ARGUMENT") if on_token => {
+            Outcome::InvalidToken("fcm:INVALID_ARGUMENT token".into())
+        }
         (429, _) => Outcome::Retry {
             reason,
             // Quota: at least a minute before trying again (reference §2.4).
-            after: Some(retry_after.unwrap_or(Duration::from_secs(60)).max(Duration::from_secs(60))),
+            after: Some(
+                retry_after
+                    .unwrap_or(Duration::from_secs(60))
+                    .max(Duration::from_secs(60)),
+            ),
         },
-        (500, _) | (502, _) | (503, _) | (504, _) => Outcome::Retry { reason, after: retry_after },
+        (500, _) | (502, _) | (503, _) | (504, _) => Outcome::Retry {
+            reason,
+            after: retry_after,
+        },
         (401, _) | (403, _) => Outcome::CredentialError(format!("{reason}: {message}")),
         _ => Outcome::Failed(format!("{reason}: {message}")),
     }
@@ -91,7 +128,9 @@ mod tests {
     use super::*;
 
     fn error(status: u16, code: &str, field: Option<&str>) -> Value {
-        let mut details = vec![json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code})];
+        let mut details = vec![
+            json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}),
+        ];
         if let Some(field) = field {
             details.push(json!({"@type": "type.googleapis.com/google.rpc.BadRequest",
                 "fieldViolations": [{"field": field, "description": "x"}]}));
@@ -102,17 +141,54 @@ mod tests {
     #[test]
     fn outcome_table() {
         assert_eq!(outcome(200, &json!({}), None), Outcome::Sent);
-        assert!(matches!(outcome(404, &error(404, "UNREGISTERED", None), None), Outcome::InvalidToken(_)));
-        assert!(matches!(outcome(403, &error(403, "SENDER_ID_MISMATCH", None), None), Outcome::InvalidToken(_)));
-        assert!(matches!(outcome(400, &error(400, "INVALID_ARGUMENT", Some("message.token")), None), Outcome::InvalidToken(_)));
-        assert!(matches!(outcome(400, &error(400, "INVALID_ARGUMENT", Some("message.android.ttl")), None), Outcome::Failed(_)));
-        assert!(matches!(outcome(429, &error(429, "QUOTA_EXCEEDED", None), None),
-            Outcome::Retry { after: Some(d), .. } if d >= Duration::from_secs(60)));
-        assert!(matches!(outcome(503, &error(503, "UNAVAILABLE", None), Some(Duration::from_secs(2))),
-            Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(2)));
-        assert!(matches!(outcome(500, &error(500, "INTERNAL", None), None), Outcome::Retry { .. }));
-        assert!(matches!(outcome(401, &error(401, "THIRD_PARTY_AUTH_ERROR", None), None), Outcome::CredentialError(_)));
-        assert!(matches!(outcome(403, &json!({"error": {"status": "PERMISSION_DENIED"}}), None), Outcome::CredentialError(_)));
+        assert!(matches!(
+            outcome(404, &error(404, "UNREGISTERED", None), None),
+            Outcome::InvalidToken(_)
+        ));
+        assert!(matches!(
+            outcome(403, &error(403, "SENDER_ID_MISMATCH", None), None),
+            Outcome::InvalidToken(_)
+        ));
+        assert!(matches!(
+            outcome(
+                400,
+                &error(400, "INVALID_ARGUMENT", Some("message.token")),
+                None
+            ),
+            Outcome::InvalidToken(_)
+        ));
+        assert!(matches!(
+            outcome(
+                400,
+                &error(400, "INVALID_ARGUMENT", Some("message.android.ttl")),
+                None
+            ),
+            Outcome::Failed(_)
+        ));
+        assert!(
+            matches!(outcome(429, &error(429, "QUOTA_EXCEEDED", None), None),
+            Outcome::Retry { after: Some(d), .. } if d >= Duration::from_secs(60))
+        );
+        assert!(
+            matches!(outcome(503, &error(503, "UNAVAILABLE", None), Some(Duration::from_secs(2))),
+            Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(2))
+        );
+        assert!(matches!(
+            outcome(500, &error(500, "INTERNAL", None), None),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            outcome(401, &error(401, "THIRD_PARTY_AUTH_ERROR", None), None),
+            Outcome::CredentialError(_)
+        ));
+        assert!(matches!(
+            outcome(
+                403,
+                &json!({"error": {"status": "PERMISSION_DENIED"}}),
+                None
+            ),
+            Outcome::CredentialError(_)
+        ));
     }
 
     #[test]

@@ -74,18 +74,23 @@ impl FcmProvider {
             .source
             .load(app_id, "fcm")
             .await
-            .map_err(|e| Outcome::Retry { reason: e, after: None })?;
+            .map_err(|e| Outcome::Retry {
+                reason: e,
+                after: None,
+            })?;
         let Some((record, secret)) = loaded else {
             clients.remove(app_id);
-            return Err(Outcome::CredentialError("fcm: the app has no FCM credential".into()));
+            return Err(Outcome::CredentialError(
+                "fcm: the app has no FCM credential".into(),
+            ));
         };
         if let Some(existing) = clients.get(app_id) {
             if existing.updated_at == record.updated_at {
                 return Ok(existing.clone());
             }
         }
-        let account: ServiceAccount =
-            serde_json::from_slice(&secret).map_err(|e| Outcome::CredentialError(format!("fcm: service account: {e}")))?;
+        let account: ServiceAccount = serde_json::from_slice(&secret)
+            .map_err(|e| Outcome::CredentialError(format!("fcm: service account: {e}")))?;
         let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
             .map_err(|e| Outcome::CredentialError(format!("fcm: private key: {e}")))?;
         let built = Arc::new(FcmClient {
@@ -127,26 +132,40 @@ impl FcmProvider {
             .body(form)
             .send()
             .await
-            .map_err(|e| Outcome::Retry { reason: format!("fcm: token endpoint: {e}"), after: None })?;
+            .map_err(|e| Outcome::Retry {
+                reason: format!("fcm: token endpoint: {e}"),
+                after: None,
+            })?;
         let status = response.status();
         let after = retry_after(response.headers());
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
-            return Err(Outcome::Retry { reason: format!("fcm: token endpoint {status}"), after });
+            return Err(Outcome::Retry {
+                reason: format!("fcm: token endpoint {status}"),
+                after,
+            });
         }
-        let (Some(token), Some(expires_in)) = (body["access_token"].as_str(), body["expires_in"].as_i64()) else {
+        let (Some(token), Some(expires_in)) =
+            (body["access_token"].as_str(), body["expires_in"].as_i64())
+        else {
             return Err(Outcome::CredentialError(format!(
                 "fcm: token endpoint refused the service account: {} {}",
                 body["error"].as_str().unwrap_or(""),
                 body["error_description"].as_str().unwrap_or("")
             )));
         };
-        metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "fcm").increment(1);
+        metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "fcm")
+            .increment(1);
         *cached = Some((token.to_owned(), now + expires_in));
         Ok(token.to_owned())
     }
 
-    async fn post(&self, client: &FcmClient, delivery: &Delivery<'_>, force_token: bool) -> Result<(u16, serde_json::Value, Option<Duration>), Outcome> {
+    async fn post(
+        &self,
+        client: &FcmClient,
+        delivery: &Delivery<'_>,
+        force_token: bool,
+    ) -> Result<(u16, serde_json::Value, Option<Duration>), Outcome> {
         let access = self.access_token(client, force_token).await?;
         let ttl = (delivery.expires_at - crate::ids::now_millis()) / 1000;
         let body = serde_json::json!({
@@ -163,7 +182,10 @@ impl FcmProvider {
             .json(&body)
             .send()
             .await
-            .map_err(|e| Outcome::Retry { reason: format!("fcm: network: {e}"), after: None })?;
+            .map_err(|e| Outcome::Retry {
+                reason: format!("fcm: network: {e}"),
+                after: None,
+            })?;
         let status = response.status().as_u16();
         let after = retry_after(response.headers());
         let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -187,7 +209,9 @@ impl Provider for FcmProvider {
             Err(outcome) => return outcome,
         };
         let our_token_refused = answer.0 == 401
-            && !answer.1["error"]["details"].as_array().is_some_and(|d| !d.is_empty());
+            && answer.1["error"]["details"]
+                .as_array()
+                .is_none_or(|d| d.is_empty());
         if our_token_refused {
             // The access token was refused: get a new one, once.
             answer = match self.post(&client, delivery, true).await {
@@ -195,7 +219,12 @@ impl Provider for FcmProvider {
                 Err(outcome) => return outcome,
             };
         }
-        message::outcome(answer.0, &answer.1, answer.2)
+        let outcome = message::outcome(answer.0, &answer.1, answer.2);
+        if let Outcome::CredentialError(_) = outcome {
+            // Reload the credential on the next try: the operator may have replaced it.
+            self.clients.lock().await.remove(delivery.app_id);
+        }
+        outcome
     }
 }
 
@@ -207,7 +236,10 @@ mod tests {
     fn access_tokens_are_replaced_before_they_expire() {
         assert!(!needs_new_access_token(3600, 0));
         assert!(!needs_new_access_token(3600, 3600 - REFRESH_MARGIN_SECONDS));
-        assert!(needs_new_access_token(3600, 3600 - REFRESH_MARGIN_SECONDS + 1));
+        assert!(needs_new_access_token(
+            3600,
+            3600 - REFRESH_MARGIN_SECONDS + 1
+        ));
         assert!(needs_new_access_token(3600, 4000));
     }
 }

@@ -1,0 +1,610 @@
+//! APNs and FCM through the simulators: exact requests, the outcome table, circuits,
+//! token reuse and refresh.
+
+use std::time::Duration;
+
+use loadtest::apns::{ApnsConfig, ApnsFaults, ApnsKey, ApnsSimulator};
+use loadtest::fcm::{FcmConfig, FcmSimulator};
+use loadtest::tls::TestPki;
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
+use reqwest::{Method, StatusCode};
+use sdk_client::{DeviceKey, NewRegistration};
+use serde_json::{json, Value};
+
+use crate::actors::{device, with_jwt, TestNotifier};
+use crate::both_backends;
+use crate::helpers::{spawn, Backend, Options, TestApp};
+use crate::notify::{send, wait_status};
+
+const TEAM: &str = "TEAM123456";
+const KEY_ID: &str = "KEY1234567";
+const BUNDLE: &str = "com.acme.auth";
+
+/// Simulators, and a node configured to use them.
+pub struct Rig {
+    pub app: TestApp,
+    pub apns: ApnsSimulator,
+    pub fcm: FcmSimulator,
+    pub p8: String,
+    pub service_account: Value,
+    _ca: tempfile::NamedTempFile,
+}
+
+fn p8() -> (String, p256::ecdsa::VerifyingKey) {
+    let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem = key.to_pkcs8_pem(LineEnding::LF).expect("pem").to_string();
+    (pem, p256::ecdsa::VerifyingKey::from(key.public_key()))
+}
+
+pub async fn rig(backend: Backend, token_lifetime_seconds: i64, extra: &str) -> Rig {
+    let pki = TestPki::generate().expect("pki");
+    let ca = tempfile::NamedTempFile::new().expect("ca file");
+    std::fs::write(ca.path(), &pki.ca_pem).expect("write ca");
+    let (p8, public) = p8();
+    let apns = ApnsSimulator::start(
+        ApnsConfig {
+            keys: vec![ApnsKey {
+                key_id: KEY_ID.into(),
+                team_id: TEAM.into(),
+                public,
+            }],
+            topics: vec![BUNDLE.into()],
+            max_concurrent_streams: 1000,
+        },
+        &pki,
+        0,
+    )
+    .await
+    .expect("apns simulator");
+    let (service_account_json, pem) = crate::fixtures::service_account("acme-push");
+    let private = {
+        use rsa::pkcs8::DecodePrivateKey;
+        rsa::RsaPrivateKey::from_pkcs8_pem(&pem).expect("rsa")
+    };
+    let fcm = FcmSimulator::start(
+        FcmConfig {
+            project_id: "acme-push".into(),
+            client_email: service_account_json["client_email"]
+                .as_str()
+                .expect("email")
+                .into(),
+            public_key: private.to_public_key(),
+            token_lifetime_seconds,
+            quota_per_minute: 600_000,
+        },
+        &pki,
+        0,
+    )
+    .await
+    .expect("fcm simulator");
+    let mut service_account = service_account_json;
+    service_account["token_uri"] = json!(fcm.token_uri);
+    let mut options = Options::new(backend);
+    options.extra = format!(
+        "apns_production_url = {:?}\napns_sandbox_url = {:?}\nfcm_url = {:?}\nprovider_ca_file = {:?}\n\
+         circuit_open_seconds = 2\ninvalidation_guard_min = 5\nretry_max_attempts = 3\n{extra}",
+        apns.url,
+        apns.url,
+        fcm.url,
+        ca.path().display().to_string()
+    );
+    let app = spawn(options).await;
+    Rig {
+        app,
+        apns,
+        fcm,
+        p8,
+        service_account,
+        _ca: ca,
+    }
+}
+
+impl Rig {
+    /// An app with both credentials and a notifier.
+    pub async fn tenant(&self, p8: &str) -> (String, TestNotifier) {
+        let app_id = self.app.create_app("Acme").await;
+        let (status, body) = self
+            .app
+            .admin(
+                Method::PUT,
+                &format!("/v1/apps/{app_id}/credentials/apns"),
+                Some(
+                    json!({"auth": "token", "team_id": TEAM, "key_id": KEY_ID, "private_key": p8,
+                    "topic": BUNDLE, "environment": "production"}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = self
+            .app
+            .admin(
+                Method::PUT,
+                &format!("/v1/apps/{app_id}/credentials/fcm"),
+                Some(json!({"service_account": self.service_account})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let notifier =
+            TestNotifier::create(&self.app, &app_id, &["notify", "registrations:read"]).await;
+        (app_id, notifier)
+    }
+}
+
+/// An APNs token starting with `prefix` (the simulator's script), else random.
+pub fn apns_token(prefix: &str) -> String {
+    let random: String = (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    let token = format!("{prefix}{}", &random[prefix.len()..]);
+    if prefix.is_empty() && token.starts_with(['4', '5']) {
+        format!("a{}", &token[1..])
+    } else {
+        token
+    }
+}
+
+pub fn fcm_token(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}:APA91b{}",
+        sdk_client::random_id(),
+        sdk_client::random_id().repeat(3)
+    )
+}
+
+async fn register(rig: &Rig, app_id: &str, registration: NewRegistration) -> String {
+    device(&rig.app, DeviceKey::generate_p256())
+        .register(app_id, &registration)
+        .await
+        .expect("register")
+        .id
+}
+
+async fn exact_requests(app_backend: Backend) {
+    let rig = rig(app_backend, 3599, "").await;
+    let (app_id, notifier) = rig.tenant(&rig.p8).await;
+    let apns_device = apns_token("");
+    let fcm_device = fcm_token("android");
+    let apns_reg = register(&rig, &app_id, NewRegistration::apns(&apns_device, "ios")).await;
+    let fcm_reg = register(&rig, &app_id, NewRegistration::fcm(&fcm_device, "android")).await;
+    let answer = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": [apns_reg, fcm_reg]},
+            "notification": {"title": "Sign-in request", "body": "Approve?"},
+            "data": {"request_id": "r-1"}, "collapse_key": "login-1", "ttl_seconds": 120}),
+    )
+    .await;
+    let id = answer["id"].as_str().expect("id");
+    wait_status(&rig.app, &notifier, id, |s| s["counts"]["sent"] == 2).await;
+
+    let receipts = rig.apns.receipts();
+    assert_eq!(receipts.len(), 1, "{receipts:?}");
+    let apns = &receipts[0];
+    assert_eq!(apns.token, apns_device);
+    assert_eq!(apns.topic, BUNDLE);
+    assert_eq!(apns.headers["apns-push-type"], "alert");
+    assert_eq!(apns.headers["apns-priority"], "10");
+    assert_eq!(apns.headers["apns-collapse-id"], "login-1");
+    assert_eq!(apns.headers["apns-id"], apns.apns_id);
+    let expiration: i64 = apns.headers["apns-expiration"].parse().expect("seconds");
+    let now = sdk_client::unix_now();
+    assert!(
+        (now + 100..=now + 121).contains(&expiration),
+        "{expiration} vs {now}"
+    );
+    assert_eq!(
+        apns.payload,
+        json!({"aps": {"alert": {"title": "Sign-in request", "body": "Approve?"}}, "request_id": "r-1"})
+    );
+
+    let receipts = rig.fcm.receipts();
+    assert_eq!(receipts.len(), 1, "{receipts:?}");
+    let message = &receipts[0].message;
+    assert_eq!(message["token"], fcm_device);
+    assert_eq!(
+        message["notification"],
+        json!({"title": "Sign-in request", "body": "Approve?"})
+    );
+    assert_eq!(message["data"], json!({"request_id": "r-1"}));
+    assert_eq!(message["android"]["priority"], "HIGH");
+    assert_eq!(message["android"]["collapse_key"], "login-1");
+    let ttl: f64 = message["android"]["ttl"]
+        .as_str()
+        .expect("ttl")
+        .trim_end_matches('s')
+        .parse()
+        .expect("secs");
+    assert!((100.0..=120.0).contains(&ttl), "{ttl}");
+    assert_eq!(message["apns"]["headers"]["apns-priority"], "10");
+}
+both_backends!(
+    apns_and_fcm_receive_the_expected_requests,
+    super::exact_requests_on
+);
+async fn exact_requests_on(app: TestApp) {
+    // The rig builds its own node; use the backend the macro chose.
+    let backend = app.backend;
+    drop(app);
+    exact_requests(backend).await;
+}
+
+async fn outcome_table(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let rig = rig(backend, 3599, "").await;
+    let (app_id, notifier) = rig.tenant(&rig.p8).await;
+    // Enough healthy devices that four rejected tokens do not trip the guard.
+    let mut healthy = Vec::new();
+    for _ in 0..4 {
+        healthy.push(register(&rig, &app_id, NewRegistration::apns(&apns_token(""), "ios")).await);
+        healthy.push(
+            register(
+                &rig,
+                &app_id,
+                NewRegistration::fcm(&fcm_token("android"), "android"),
+            )
+            .await,
+        );
+    }
+    let warmup = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": healthy}, "notification": {"title": "hi"}}),
+    )
+    .await;
+    wait_status(
+        &rig.app,
+        &notifier,
+        warmup["id"].as_str().expect("id"),
+        |s| s["counts"]["sent"] == 8,
+    )
+    .await;
+
+    let cases: Vec<(NewRegistration, &str, &str)> = vec![
+        (
+            NewRegistration::apns(&apns_token("4100"), "ios"),
+            "invalid",
+            "apns:Unregistered",
+        ),
+        (
+            NewRegistration::apns(&apns_token("400b"), "ios"),
+            "invalid",
+            "apns:BadDeviceToken",
+        ),
+        (
+            NewRegistration::apns(&apns_token("5030"), "ios"),
+            "failed",
+            "gave up after 3 attempts: apns:503",
+        ),
+        (
+            NewRegistration::apns(&apns_token("4290"), "ios"),
+            "failed",
+            "gave up after 3 attempts: apns:429",
+        ),
+        (
+            NewRegistration::fcm(&fcm_token("unregistered"), "android"),
+            "invalid",
+            "fcm:UNREGISTERED",
+        ),
+        (
+            NewRegistration::fcm(&fcm_token("badtoken"), "android"),
+            "invalid",
+            "fcm:INVALID_ARGUMENT token",
+        ),
+        (
+            NewRegistration::fcm(&fcm_token("internal"), "android"),
+            "failed",
+            "gave up after 3 attempts: fcm:500",
+        ),
+    ];
+    let mut expected = Vec::new();
+    for (registration, state, reason) in cases {
+        expected.push((register(&rig, &app_id, registration).await, state, reason));
+    }
+    let ids: Vec<&String> = expected.iter().map(|(id, _, _)| id).collect();
+    let answer = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": ids}, "notification": {"title": "t"}}),
+    )
+    .await;
+    let id = answer["id"].as_str().expect("id");
+    let status = wait_status(&rig.app, &notifier, id, |s| s["counts"]["queued"] == 0).await;
+    for (registration, state, reason) in &expected {
+        let target = status["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .find(|t| t["registration"] == registration.as_str())
+            .expect("target listed");
+        assert_eq!(target["state"], *state, "{target}");
+        assert!(
+            target["reason"].as_str().unwrap_or("").starts_with(reason),
+            "{target} / {reason}"
+        );
+        let (code, reg) = with_jwt(
+            &rig.app,
+            Method::GET,
+            &format!("/v1/apps/{app_id}/registrations/{registration}"),
+            &notifier.jwt("registrations:read"),
+            None,
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+        if *state == "invalid" {
+            assert_eq!(reg["status"], "invalid", "{reg}");
+            assert!(
+                reg["invalid_reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(reason),
+                "{reg}"
+            );
+            assert!(reg["invalidated_at"].is_string());
+        } else {
+            assert_eq!(reg["status"], "active", "{reg}");
+        }
+    }
+
+    // A transient 429 is retried and then delivered; a payload refused by FCM fails.
+    rig.apns.set_faults(ApnsFaults {
+        too_many_requests: 1,
+        ..ApnsFaults::default()
+    });
+    let once = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": [healthy[0]]}, "notification": {"title": "again"}}),
+    )
+    .await;
+    let status = wait_status(&rig.app, &notifier, once["id"].as_str().expect("id"), |s| {
+        s["counts"]["sent"] == 1
+    })
+    .await;
+    assert_eq!(status["targets"][0]["attempts"], 2, "{status}");
+    let bad = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": [healthy[1]]},
+        "notification": {"title": "x"}, "fcm": {"android": {"ttl": "soon"}}}),
+    )
+    .await;
+    let status = wait_status(&rig.app, &notifier, bad["id"].as_str().expect("id"), |s| {
+        s["counts"]["failed"] == 1
+    })
+    .await;
+    assert!(
+        status["targets"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("INVALID_ARGUMENT"),
+        "{status}"
+    );
+}
+both_backends!(every_outcome_row_has_its_result, super::outcome_table);
+
+#[tokio::test]
+async fn a_broken_credential_opens_only_its_app_circuit() {
+    let rig = rig(Backend::Sqlite, 3599, "").await;
+    let (healthy_app, healthy) = rig.tenant(&rig.p8).await;
+    let (unknown_key, _) = p8();
+    let (broken_app, broken) = rig.tenant(&unknown_key).await;
+    let mut healthy_regs = Vec::new();
+    let mut broken_regs = Vec::new();
+    for _ in 0..20 {
+        healthy_regs.push(
+            register(
+                &rig,
+                &healthy_app,
+                NewRegistration::apns(&apns_token(""), "ios"),
+            )
+            .await,
+        );
+        broken_regs.push(
+            register(
+                &rig,
+                &broken_app,
+                NewRegistration::apns(&apns_token(""), "ios"),
+            )
+            .await,
+        );
+    }
+    let b = send(
+        &rig.app,
+        &broken,
+        json!({"targets": {"registrations": broken_regs}, "notification": {"title": "b"}}),
+    )
+    .await;
+    let a = send(
+        &rig.app,
+        &healthy,
+        json!({"targets": {"registrations": healthy_regs}, "notification": {"title": "a"}}),
+    )
+    .await;
+    wait_status(&rig.app, &healthy, a["id"].as_str().expect("id"), |s| {
+        s["counts"]["sent"] == 20
+    })
+    .await;
+    let status = wait_status(&rig.app, &broken, b["id"].as_str().expect("id"), |s| {
+        s["counts"]["queued"] == 20
+    })
+    .await;
+    assert!(
+        status["targets"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("circuit open"),
+        "{status}"
+    );
+    let rejected = rig
+        .apns
+        .rejections()
+        .get("InvalidProviderToken")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        rejected <= 4,
+        "the open circuit stops attempts: {rejected} rejections for 20 deliveries"
+    );
+    let (_, credential) = rig
+        .app
+        .admin(
+            Method::GET,
+            &format!("/v1/apps/{broken_app}/credentials/apns"),
+            None,
+        )
+        .await;
+    assert_eq!(credential["status"]["status"], "failing", "{credential}");
+    assert!(credential["status"]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("InvalidProviderToken"));
+    let (_, credential) = rig
+        .app
+        .admin(
+            Method::GET,
+            &format!("/v1/apps/{healthy_app}/credentials/apns"),
+            None,
+        )
+        .await;
+    assert_eq!(credential["status"]["status"], "ok");
+
+    // The operator fixes the credential: the waiting deliveries go out, nothing lost.
+    let (status, _) = rig
+        .app
+        .admin(
+            Method::PUT,
+            &format!("/v1/apps/{broken_app}/credentials/apns"),
+            Some(
+                json!({"auth": "token", "team_id": TEAM, "key_id": KEY_ID, "private_key": rig.p8,
+                "topic": BUNDLE, "environment": "production"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_status(&rig.app, &broken, b["id"].as_str().expect("id"), |s| {
+        s["counts"]["sent"] == 20
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn most_tokens_failing_at_once_trips_the_guard_not_the_registrations() {
+    let rig = rig(Backend::Sqlite, 3599, "").await;
+    let (app_id, notifier) = rig.tenant(&rig.p8).await;
+    let mut regs = Vec::new();
+    for _ in 0..10 {
+        regs.push(
+            register(
+                &rig,
+                &app_id,
+                NewRegistration::apns(&apns_token("4100"), "ios"),
+            )
+            .await,
+        );
+    }
+    let answer = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": regs}, "notification": {"title": "x"}}),
+    )
+    .await;
+    let status = wait_status(
+        &rig.app,
+        &notifier,
+        answer["id"].as_str().expect("id"),
+        |s| {
+            s["targets"].as_array().is_some_and(|targets| {
+                targets.iter().all(|t| {
+                    t["state"] == "invalid"
+                        || t["reason"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("invalidation guard")
+                })
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        status["counts"]["invalid"], 4,
+        "the guard trips at the 5th rejection: {status}"
+    );
+    let (_, credential) = rig
+        .app
+        .admin(
+            Method::GET,
+            &format!("/v1/apps/{app_id}/credentials/apns"),
+            None,
+        )
+        .await;
+    assert!(
+        credential["status"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invalidation guard"),
+        "{credential}"
+    );
+}
+
+#[tokio::test]
+async fn provider_tokens_are_reused_and_refreshed_by_the_rules() {
+    // FCM access tokens that live 302 s: refreshed once fewer than 300 s remain.
+    let rig = rig(Backend::Sqlite, 302, "").await;
+    let (app_id, notifier) = rig.tenant(&rig.p8).await;
+    let apns_reg = register(&rig, &app_id, NewRegistration::apns(&apns_token(""), "ios")).await;
+    let fcm_reg = register(
+        &rig,
+        &app_id,
+        NewRegistration::fcm(&fcm_token("android"), "android"),
+    )
+    .await;
+    for i in 0..10 {
+        let answer = send(
+            &rig.app,
+            &notifier,
+            json!({"targets": {"registrations": [apns_reg, fcm_reg]},
+            "notification": {"title": format!("n{i}")}}),
+        )
+        .await;
+        wait_status(
+            &rig.app,
+            &notifier,
+            answer["id"].as_str().expect("id"),
+            |s| s["counts"]["sent"] == 2,
+        )
+        .await;
+    }
+    let (connections, token_updates) = rig.apns.connection_stats();
+    assert!(
+        token_updates <= connections && connections <= 2,
+        "one provider token per connection: {connections} connections, {token_updates} tokens"
+    );
+    let rejections = rig.apns.rejections();
+    assert!(
+        !rejections.contains_key("TooManyProviderTokenUpdates")
+            && !rejections.contains_key("ExpiredProviderToken"),
+        "{rejections:?}"
+    );
+    assert_eq!(rig.fcm.tokens_issued(), 1, "ten sends, one OAuth token");
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let answer = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": [fcm_reg]}, "notification": {"title": "later"}}),
+    )
+    .await;
+    wait_status(
+        &rig.app,
+        &notifier,
+        answer["id"].as_str().expect("id"),
+        |s| s["counts"]["sent"] == 1,
+    )
+    .await;
+    assert_eq!(rig.fcm.tokens_issued(), 2, "refreshed before expiry");
+    assert!(
+        !rig.fcm.rejections().contains_key("UNAUTHENTICATED"),
+        "no expired token was used"
+    );
+}
