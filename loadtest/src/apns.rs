@@ -75,7 +75,8 @@ struct Shared {
 struct Connection {
     team: Option<String>,
     first_kid: Option<String>,
-    token: Option<(String, i64)>,
+    /// The last new token accepted: (token, accepted at, its iat).
+    token: Option<(String, i64, i64)>,
 }
 
 #[derive(Clone)]
@@ -334,6 +335,16 @@ fn authenticate(
         return Some((S::FORBIDDEN, "MissingProviderToken"));
     }
     let token = token.trim();
+    let now = now();
+    {
+        // The token this connection already verified: only its age can have changed.
+        let conn = connection.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, _, iat)) = &conn.token {
+            if known == token {
+                return (now - iat > 3600).then_some((S::FORBIDDEN, "ExpiredProviderToken"));
+            }
+        }
+    }
     let Some(jws) = jws::parse(token) else {
         return Some((S::FORBIDDEN, "InvalidProviderToken"));
     };
@@ -352,7 +363,6 @@ fn authenticate(
     let Some(iat) = jws.claims["iat"].as_i64() else {
         return Some((S::FORBIDDEN, "InvalidProviderToken"));
     };
-    let now = now();
     if now - iat > 3600 {
         return Some((S::FORBIDDEN, "ExpiredProviderToken"));
     }
@@ -368,12 +378,12 @@ fn authenticate(
         None => conn.first_kid = Some(kid.to_owned()),
     }
     match &conn.token {
-        Some((previous, _)) if previous == token => {}
-        Some((_, since)) if now - since < 20 * 60 => {
+        Some((previous, _, _)) if previous == token => {}
+        Some((_, since, _)) if now - since < 20 * 60 => {
             return Some((S::TOO_MANY_REQUESTS, "TooManyProviderTokenUpdates"))
         }
         _ => {
-            conn.token = Some((token.to_owned(), now));
+            conn.token = Some((token.to_owned(), now, iat));
             sim.shared
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
