@@ -383,9 +383,10 @@ async fn outcome_table(app: TestApp) {
 }
 both_backends!(every_outcome_row_has_its_result, super::outcome_table);
 
-#[tokio::test]
-async fn a_broken_credential_opens_only_its_app_circuit() {
-    let rig = rig(Backend::Sqlite, 3599, "").await;
+async fn broken_credential(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let rig = rig(backend, 3599, "").await;
     let (healthy_app, healthy) = rig.tenant(&rig.p8).await;
     let (unknown_key, _) = p8();
     let (broken_app, broken) = rig.tenant(&unknown_key).await;
@@ -488,9 +489,15 @@ async fn a_broken_credential_opens_only_its_app_circuit() {
     .await;
 }
 
-#[tokio::test]
-async fn most_tokens_failing_at_once_trips_the_guard_not_the_registrations() {
-    let rig = rig(Backend::Sqlite, 3599, "").await;
+both_backends!(
+    a_broken_credential_opens_only_its_app_circuit,
+    super::broken_credential
+);
+
+async fn invalidation_guard(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let rig = rig(backend, 3599, "").await;
     let (app_id, notifier) = rig.tenant(&rig.p8).await;
     let mut regs = Vec::new();
     for _ in 0..10 {
@@ -547,10 +554,16 @@ async fn most_tokens_failing_at_once_trips_the_guard_not_the_registrations() {
     );
 }
 
-#[tokio::test]
-async fn provider_tokens_are_reused_and_refreshed_by_the_rules() {
+both_backends!(
+    most_tokens_failing_at_once_trip_the_guard,
+    super::invalidation_guard
+);
+
+async fn token_reuse(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
     // FCM access tokens that live 302 s: refreshed once fewer than 300 s remain.
-    let rig = rig(Backend::Sqlite, 302, "").await;
+    let rig = rig(backend, 302, "").await;
     let (app_id, notifier) = rig.tenant(&rig.p8).await;
     let apns_reg = register(&rig, &app_id, NewRegistration::apns(&apns_token(""), "ios")).await;
     let fcm_reg = register(
@@ -608,3 +621,7 @@ async fn provider_tokens_are_reused_and_refreshed_by_the_rules() {
         "no expired token was used"
     );
 }
+both_backends!(
+    provider_tokens_are_reused_and_refreshed_by_the_rules,
+    super::token_reuse
+);
