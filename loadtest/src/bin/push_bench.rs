@@ -60,13 +60,16 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index].as_secs_f64() * 1000.0
 }
 
+/// Builds request number `i` on a client.
+type MakeRequest = Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync>;
+
 /// Sends `requests` requests made by `make` with `concurrency` in flight over `clients`.
 async fn drive(
     target: &'static str,
     clients: Vec<reqwest::Client>,
     requests: usize,
     concurrency: usize,
-    make: Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync>,
+    make: MakeRequest,
 ) -> Figures {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients = Arc::new(clients);
