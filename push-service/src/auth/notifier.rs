@@ -162,7 +162,15 @@ pub async fn authenticate(
 #[derive(Clone)]
 pub struct JwksCache {
     http: reqwest::Client,
-    fetched: Arc<Mutex<HashMap<String, (Instant, Value)>>>,
+    fetched: Arc<Mutex<HashMap<String, CachedJwks>>>,
+}
+
+/// A fetched JWKS: when, what, and when an unknown kid last forced a refetch.
+#[derive(Clone)]
+struct CachedJwks {
+    at: Instant,
+    jwks: Value,
+    forced: Option<Instant>,
 }
 
 /// How long a fetched JWKS is used before it is fetched again.
@@ -201,19 +209,31 @@ impl JwksCache {
             .as_deref()
             .ok_or_else(|| AuthError("the notifier has no keys".into()))?;
         let cached = self.fetched.lock().await.get(url).cloned();
-        if let Some((at, jwks)) = &cached {
-            let fresh = at.elapsed() < JWKS_TTL;
-            match pick(jwks, kid) {
-                Ok(key) if fresh => return Ok(key),
-                Err(e) if at.elapsed() < JWKS_MIN_REFRESH => return Err(e),
-                _ => {}
+        let mut forced = None;
+        if let Some(cached) = &cached {
+            match pick(&cached.jwks, kid) {
+                Ok(key) if cached.at.elapsed() < JWKS_TTL => return Ok(key),
+                // An unknown kid refetches (key rotation), at most once per JWKS_MIN_REFRESH.
+                Err(e)
+                    if cached
+                        .forced
+                        .is_some_and(|f| f.elapsed() < JWKS_MIN_REFRESH) =>
+                {
+                    return Err(e)
+                }
+                Err(_) => forced = Some(Instant::now()),
+                Ok(_) => {}
             }
         }
         let jwks = self.fetch(url).await?;
-        self.fetched
-            .lock()
-            .await
-            .insert(url.to_owned(), (Instant::now(), jwks.clone()));
+        self.fetched.lock().await.insert(
+            url.to_owned(),
+            CachedJwks {
+                at: Instant::now(),
+                jwks: jwks.clone(),
+                forced: forced.or(cached.and_then(|c| c.forced)),
+            },
+        );
         pick(&jwks, kid)
     }
 

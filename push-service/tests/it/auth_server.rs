@@ -287,3 +287,97 @@ async fn notifier_attack_matrix(app: TestApp) {
     );
 }
 both_backends!(notifier_attack_matrix, super::notifier_attack_matrix);
+
+async fn notifier_keys_from_a_jwks_url(app: TestApp) {
+    // The auth server publishes its keys; the service fetches, caches, and refetches on an unknown kid.
+    let first = DeviceKey::generate_p256();
+    let second = DeviceKey::generate_p256();
+    let published = std::sync::Arc::new(std::sync::Mutex::new(vec![("k1", first.clone())]));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let jwks_router = {
+        let published = published.clone();
+        let fetches = fetches.clone();
+        axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let published = published.clone();
+                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    let keys: Vec<serde_json::Value> = published
+                        .lock()
+                        .expect("lock")
+                        .iter()
+                        .map(|(kid, key)| {
+                            let mut jwk = key.public_jwk();
+                            jwk["kid"] = json!(kid);
+                            jwk
+                        })
+                        .collect();
+                    axum::Json(json!({ "keys": keys }))
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let jwks_url = format!(
+        "http://127.0.0.1:{}/jwks.json",
+        listener.local_addr().expect("addr").port()
+    );
+    tokio::spawn(async move { axum::serve(listener, jwks_router).await });
+
+    let app_id = app.create_app("Acme").await;
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            &format!("/v1/apps/{app_id}/notifiers"),
+            Some(
+                json!({"name": "auth-url", "jwks_url": jwks_url, "scopes": ["registrations:read"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let notifier_id = body["id"].as_str().expect("id").to_owned();
+    let token = |key: &DeviceKey, kid: &str| {
+        let now = unix_now();
+        key.sign_jws(
+            &json!({"alg": "ES256", "kid": kid}),
+            &json!({"iss": notifier_id, "aud": "push-test", "iat": now, "exp": now + 60,
+                "jti": random_id(), "scope": "registrations:read"}),
+        )
+    };
+    let path = format!("/v1/apps/{app_id}/registrations/reg_missing");
+    for _ in 0..3 {
+        let (status, body) = with_jwt(&app, Method::GET, &path, &token(&first, "k1"), None).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "authenticated, then no such registration: {body}"
+        );
+    }
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "fetched once, then cached"
+    );
+    // Key rotation: a new kid is fetched when first seen.
+    published.lock().expect("lock").push(("k2", second.clone()));
+    let (status, _) = with_jwt(&app, Method::GET, &path, &token(&second, "k2"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // An unknown kid right after does not hammer the auth server.
+    let (status, body) = with_jwt(&app, Method::GET, &path, &token(&second, "k3"), None).await;
+    assert_problem(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "kid",
+    );
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+both_backends!(
+    notifier_keys_from_a_jwks_url,
+    super::notifier_keys_from_a_jwks_url
+);
