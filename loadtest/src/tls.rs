@@ -22,6 +22,11 @@ pub struct TestPki {
 impl TestPki {
     /// Generates the CA and a server certificate for `127.0.0.1` and `localhost`.
     pub fn generate() -> anyhow::Result<Self> {
+        Self::generate_for(&[])
+    }
+
+    /// Like [`TestPki::generate`], with extra host names (e.g. a compose service name).
+    pub fn generate_for(extra_names: &[String]) -> anyhow::Result<Self> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -30,8 +35,9 @@ impl TestPki {
             .push(DnType::CommonName, "push-service simulator CA");
         let ca = ca_params.self_signed(&ca_key)?;
         let key = KeyPair::generate()?;
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
-            .signed_by(&key, &ca, &ca_key)?;
+        let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        names.extend(extra_names.iter().cloned());
+        let cert = CertificateParams::new(names)?.signed_by(&key, &ca, &ca_key)?;
         Ok(TestPki {
             ca_pem: ca.pem(),
             ca_der: ca.der().to_vec(),

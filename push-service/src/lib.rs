@@ -113,6 +113,7 @@ impl AppState {
             }),
         };
         let metrics = telemetry::metrics_handle();
+        telemetry::register_zeroes();
         metrics::gauge!(
             telemetry::names::BUILD_INFO,
             "version" => env!("CARGO_PKG_VERSION"),

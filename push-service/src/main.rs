@@ -27,6 +27,11 @@ enum Command {
     Migrate,
     /// Print the built-in default configuration, with comments.
     DefaultConfig,
+    /// Exit 0 when the service at --url answers /healthz (for container HEALTHCHECK).
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Generate a notifier signing key (P-256); prints the JWKS to register with the notifier.
     NotifierKey {
         /// Where to write the private key (PKCS#8 PEM, mode 0600).
@@ -64,6 +69,24 @@ fn main() -> std::process::ExitCode {
         Some(Command::DefaultConfig) => {
             print!("{}", push_service::config::DEFAULT_CONFIG);
             return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Health { url }) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a Tokio runtime can be built");
+            let healthy = runtime.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(3))
+                    .build()
+                    .ok()?;
+                Some(client.get(url).send().await.ok()?.status().is_success())
+            });
+            return if healthy == Some(true) {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            };
         }
         Some(Command::NotifierKey { out, kid }) => {
             return report(push_service::tokens::notifier_key(out, kid));

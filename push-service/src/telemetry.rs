@@ -49,6 +49,27 @@ pub mod names {
     pub const DIRECT_EVENTS: &str = "push_direct_events_total";
 }
 
+/// Publishes unlabelled series at zero from the start, so dashboards and alerts see
+/// them before the first event (an absent series is not a zero).
+pub fn register_zeroes() {
+    for counter in [
+        names::SWEEP_REDRIVEN,
+        names::DELIVERIES_EXPIRED_BY_SWEEP,
+        names::QUEUE_RECLAIMED,
+        names::QUEUE_DEAD_LETTERED,
+        names::DIRECT_EVENTS,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for gauge in [
+        names::QUEUE_DEPTH,
+        names::QUEUE_OLDEST_AGE,
+        names::DIRECT_STREAMS,
+    ] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
+}
+
 /// Installs the JSON (or text) log subscriber. Safe to call more than once.
 pub fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
@@ -73,13 +94,22 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
-                    Matcher::Suffix("duration_seconds".into()),
+                    Matcher::Full(names::HTTP_DURATION.into()),
                     &[
                         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                         5.0, 10.0,
                     ],
                 )
-                .expect("bucket list is not empty")
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::DISPATCH_LATENCY.into()),
+                        &[
+                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                            60.0, 300.0, 900.0,
+                        ],
+                    )
+                })
+                .expect("bucket lists are not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (e.g. by an embedding program);

@@ -9,8 +9,15 @@ struct Args {
     #[arg(long, default_value_t = 2197)]
     port: u16,
     /// Provider key: KEY_ID:TEAM_ID:path/to/public.pem (repeatable).
-    #[arg(long = "key", required = true)]
+    #[arg(long = "key")]
     keys: Vec<String>,
+    /// Without --key: generate a key (KEY1234567 of team TEAM123456) and write
+    /// its .p8 here, for the operator to upload.
+    #[arg(long)]
+    generate_key: Option<std::path::PathBuf>,
+    /// Extra host name for the TLS certificate (e.g. the compose service name).
+    #[arg(long)]
+    hostname: Vec<String>,
     /// Allowed bundle id (repeatable).
     #[arg(long = "topic", required = true)]
     topics: Vec<String>,
@@ -38,7 +45,18 @@ async fn main() -> anyhow::Result<()> {
             public: p256::ecdsa::VerifyingKey::from_public_key_pem(&pem)?,
         });
     }
-    let pki = loadtest::tls::TestPki::generate()?;
+    if let Some(path) = &args.generate_key {
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        std::fs::write(path, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
+        keys.push(loadtest::apns::ApnsKey {
+            key_id: "KEY1234567".into(),
+            team_id: "TEAM123456".into(),
+            public: p256::ecdsa::VerifyingKey::from(key.public_key()),
+        });
+    }
+    anyhow::ensure!(!keys.is_empty(), "give --key or --generate-key");
+    let pki = loadtest::tls::TestPki::generate_for(&args.hostname)?;
     std::fs::write(&args.ca_out, &pki.ca_pem)?;
     let config = loadtest::apns::ApnsConfig {
         keys,

