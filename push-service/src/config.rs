@@ -44,6 +44,7 @@ struct RawConfig {
     data_dir: PathBuf,
     database_url: String,
     database_max_connections: u32,
+    sqlite_synchronous: String,
     redis_url: String,
     redis_key_prefix: String,
     dpop_window_seconds: u64,
@@ -106,6 +107,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: Secret<String>,
     pub database_max_connections: u32,
+    /// SQLite `synchronous = FULL` (true) or `NORMAL` (false).
+    pub sqlite_full_sync: bool,
     pub redis_url: Option<Secret<String>>,
     pub redis_key_prefix: String,
     /// Largest difference between a DPoP proof's `iat` and the server clock.
@@ -216,6 +219,16 @@ impl Config {
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
+        let sqlite_full_sync = match raw.sqlite_synchronous.as_str() {
+            "full" => true,
+            "normal" => false,
+            other => {
+                return Err(invalid(
+                    "sqlite_synchronous",
+                    format!("`{other}` is not full or normal"),
+                ))
+            }
+        };
         if raw.database_max_connections == 0 {
             return Err(invalid("database_max_connections", "must be at least 1"));
         }
@@ -357,6 +370,7 @@ impl Config {
             data_dir: raw.data_dir,
             database_url: Secret::new(database_url),
             database_max_connections: raw.database_max_connections,
+            sqlite_full_sync,
             redis_url,
             redis_key_prefix: raw.redis_key_prefix,
             dpop_window: std::time::Duration::from_secs(raw.dpop_window_seconds),

@@ -58,6 +58,7 @@ impl AppState {
         let store = store::connect(
             config.database_url.expose(),
             config.database_max_connections,
+            config.sqlite_full_sync,
         )
         .await?;
         store.migrate().await?;

@@ -139,6 +139,7 @@ fn main() -> std::process::ExitCode {
                 let store = push_service::store::connect(
                     config.database_url.expose(),
                     config.database_max_connections,
+                    config.sqlite_full_sync,
                 )
                 .await?;
                 store.migrate().await?;

@@ -1,12 +1,20 @@
 //! `push-bench`: load scenarios against push-service and its simulators.
-//! Today: `ceiling`, the HTTP/2 client stack straight to the simulators, no service
-//! in between: the upper bound every service figure is compared with.
+//!
+//! Every scenario starts the APNs and FCM simulators in-process and the
+//! push-service binary as a child (SQLite, or PostgreSQL + Redis), sets up an
+//! app, credentials, a notifier and registrations through the real API, then
+//! measures. `ceiling` runs the same HTTP/2 client stack straight to the
+//! simulators, so service figures can be read as a share of it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use loadtest::apns::{ApnsConfig, ApnsKey, ApnsSimulator};
+use loadtest::bench::scenarios::{self, Devices};
+use loadtest::bench::service::{Service, ServiceArgs};
+use loadtest::bench::{report, Latency};
 use loadtest::fcm::{FcmConfig, FcmSimulator};
 use loadtest::jws::{now, sign_es256, sign_rs256};
 use loadtest::tls::TestPki;
@@ -15,36 +23,284 @@ use serde_json::json;
 #[derive(Parser)]
 #[command(about = "push-service load generator")]
 struct Cli {
+    /// Directory for the JSON figures, the markdown summary and the plots.
+    #[arg(long, global = true, default_value = "bench-results")]
+    out: PathBuf,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// Requests straight to in-process APNs and FCM simulators (no service).
+    /// Requests straight to the simulators (no service): the ceiling.
     Ceiling {
-        /// Requests per simulator.
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
-        /// Requests in flight at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// HTTP/2 connections (requests spread over them).
         #[arg(long, default_value_t = 4)]
         connections: usize,
-        /// Write the figures as JSON here.
+    },
+    /// Notifications to single registrations (half APNs, half FCM).
+    Unicast {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[arg(long, default_value_t = 20_000)]
+        notifications: usize,
+        #[arg(long, default_value_t = 1_000)]
+        registrations: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Target rate per second (default: as fast as possible).
         #[arg(long)]
-        json: Option<std::path::PathBuf>,
+        rate: Option<f64>,
+    },
+    /// One notification to a whole app of N registrations.
+    Broadcast {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[arg(long, default_value_t = 100_000)]
+        registrations: usize,
+    },
+    /// A registration storm through the sdk-client (DPoP).
+    Register {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[arg(long, default_value_t = 10_000)]
+        registrations: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// K idle Server-Sent-Events streams, then one notification to all.
+    Direct {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+    },
+    /// The idle service: resident memory and time to ready.
+    Idle {
+        #[command(flatten)]
+        service: ServiceArgs,
     },
 }
 
-/// Figures of one run.
+fn write(
+    out: &std::path::Path,
+    name: &str,
+    figures: &serde_json::Value,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(figures)?,
+    )?;
+    std::fs::write(out.join(format!("{name}.md")), markdown)?;
+    println!("{markdown}");
+    Ok(())
+}
+
+fn service_line(service: &Service, cpu_before: &[f64], seconds: f64) -> String {
+    let rss: Vec<String> = service
+        .rss_mib()
+        .iter()
+        .map(|r| format!("{r:.1}"))
+        .collect();
+    let cpu: Vec<String> = service
+        .cpu_seconds()
+        .iter()
+        .zip(cpu_before)
+        .map(|(after, before)| format!("{:.0}%", 100.0 * (after - before) / seconds.max(1e-9)))
+        .collect();
+    format!(
+        "service RSS MiB: {} · CPU: {}",
+        rss.join(", "),
+        cpu.join(", ")
+    )
+}
+
+fn delivery_markdown(title: &str, f: &scenarios::DeliveryFigures, service_line: &str) -> String {
+    format!(
+        "### {title}\n\n| figure | value |\n|---|---|\n| notifications | {} ({} errors) |\n| accepted/s | {:.0} |\n\
+         | accept latency p50 / p90 / p99 / max ms | {:.2} / {:.2} / {:.2} / {:.2} |\n| delivered | {} |\n\
+         | delivered/s | {:.0} |\n| end-to-end p50 / p90 / p99 / max ms | {:.1} / {:.1} / {:.1} / {:.1} |\n\
+         | run seconds | {:.1} |\n\n{service_line}\n",
+        f.notifications, f.accept_errors, f.accepted_per_second,
+        f.accept_latency.p50_ms, f.accept_latency.p90_ms, f.accept_latency.p99_ms, f.accept_latency.max_ms,
+        f.delivered, f.delivered_per_second,
+        f.end_to_end_latency.p50_ms, f.end_to_end_latency.p90_ms, f.end_to_end_latency.p99_ms, f.end_to_end_latency.max_ms,
+        f.seconds,
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let out = cli.out.clone();
+    match cli.scenario {
+        Scenario::Ceiling {
+            requests,
+            concurrency,
+            connections,
+        } => {
+            let figures = ceiling(requests, concurrency, connections).await?;
+            let mut md = String::from("### ceiling (simulators only)\n\n| target | requests | errors | per second | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|\n");
+            for f in &figures {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+                    f.target,
+                    f.requests,
+                    f.errors,
+                    f.per_second,
+                    f.p50_ms,
+                    f.p90_ms,
+                    f.p99_ms,
+                    f.max_ms
+                ));
+            }
+            write(&out, "ceiling", &serde_json::to_value(&figures)?, &md)?;
+        }
+        Scenario::Unicast {
+            service,
+            notifications,
+            registrations,
+            concurrency,
+            rate,
+        } => {
+            let svc = Service::start(&service).await?;
+            let tenant = scenarios::tenant(&svc).await?;
+            let (regs, _, _) =
+                scenarios::register(&tenant, registrations, 32, Devices::Mobile, "registering")
+                    .await?;
+            let targets: Vec<String> = regs.into_iter().map(|(id, _)| id).collect();
+            let cpu = svc.cpu_seconds();
+            let figures =
+                scenarios::unicast(&svc, &tenant, &targets, notifications, concurrency, rate)
+                    .await?;
+            let line = service_line(&svc, &cpu, figures.seconds);
+            let title = format!(
+                "unicast · {:?} · {} node(s) · {concurrency} connections",
+                service.store, service.nodes
+            );
+            let md = delivery_markdown(&title, &figures, &line);
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(
+                out.join("unicast.svg"),
+                report::svg(&title, &figures.timeline),
+            )?;
+            write(
+                &out,
+                "unicast",
+                &json!({"store": service.store, "nodes": service.nodes, "figures": figures, "service": line}),
+                &md,
+            )?;
+        }
+        Scenario::Broadcast {
+            service,
+            registrations,
+        } => {
+            let svc = Service::start(&service).await?;
+            let tenant = scenarios::tenant(&svc).await?;
+            let (_, reg_latency, reg_seconds) =
+                scenarios::register(&tenant, registrations, 64, Devices::Mobile, "registering")
+                    .await?;
+            let cpu = svc.cpu_seconds();
+            let figures = scenarios::broadcast(&svc, &tenant, registrations).await?;
+            let line = service_line(&svc, &cpu, figures.seconds);
+            let title = format!(
+                "broadcast of {registrations} · {:?} · {} node(s)",
+                service.store, service.nodes
+            );
+            let md = format!(
+                "{}\nsetup: {registrations} registrations in {reg_seconds:.1} s ({:.0}/s, p99 {:.1} ms)\n",
+                delivery_markdown(&title, &figures, &line),
+                registrations as f64 / reg_seconds,
+                reg_latency.p99_ms
+            );
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(
+                out.join("broadcast.svg"),
+                report::svg(&title, &figures.timeline),
+            )?;
+            write(
+                &out,
+                "broadcast",
+                &json!({"store": service.store, "figures": figures}),
+                &md,
+            )?;
+        }
+        Scenario::Register {
+            service,
+            registrations,
+            concurrency,
+        } => {
+            let svc = Service::start(&service).await?;
+            let tenant = scenarios::tenant(&svc).await?;
+            let cpu = svc.cpu_seconds();
+            let (_, latency, seconds) = scenarios::register(
+                &tenant,
+                registrations,
+                concurrency,
+                Devices::Mobile,
+                "registering",
+            )
+            .await?;
+            let line = service_line(&svc, &cpu, seconds);
+            let md = format!(
+                "### register storm · {:?}\n\n| registrations | per second | p50 / p90 / p99 / max ms |\n|---|---|---|\n| {registrations} | {:.0} | {:.1} / {:.1} / {:.1} / {:.1} |\n\n{line}\n",
+                service.store, registrations as f64 / seconds, latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.max_ms
+            );
+            write(
+                &out,
+                "register",
+                &json!({"store": service.store, "latency": latency, "seconds": seconds}),
+                &md,
+            )?;
+        }
+        Scenario::Direct {
+            service,
+            connections,
+        } => {
+            let svc = Service::start(&service).await?;
+            let tenant = scenarios::tenant(&svc).await?;
+            let figures = scenarios::direct(&svc, &tenant, connections).await?;
+            let md = format!(
+                "### direct channel · {connections} streams · {:?}\n\n| figure | value |\n|---|---|\n| streams connected | {} |\n\
+                 | RSS idle → connected MiB | {:.1} → {:.1} |\n| KiB per connection | {:.1} |\n| received | {} |\n\
+                 | fan-out p50 / p99 / all ms | {:.0} / {:.0} / {:.0} |\n",
+                service.store, figures.connected, figures.rss_idle_mib, figures.rss_connected_mib, figures.kib_per_connection,
+                figures.received, figures.fan_out.p50_ms, figures.fan_out.p99_ms, figures.fan_out.max_ms
+            );
+            write(&out, "direct", &serde_json::to_value(&figures)?, &md)?;
+        }
+        Scenario::Idle { service } => {
+            let svc = Service::start(&service).await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let ready: Vec<String> = svc
+                .nodes
+                .iter()
+                .map(|n| format!("{:.0}", n.ready_after.as_secs_f64() * 1000.0))
+                .collect();
+            let rss: Vec<String> = svc.rss_mib().iter().map(|r| format!("{r:.1}")).collect();
+            let md = format!("### idle service · {:?}\n\n| ready after start ms | RSS MiB |\n|---|---|\n| {} | {} |\n", service.store, ready.join(", "), rss.join(", "));
+            write(
+                &out,
+                "idle",
+                &json!({"ready_ms": ready, "rss_mib": rss}),
+                &md,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Figures of the ceiling run.
 #[derive(serde::Serialize)]
-struct Figures {
+struct CeilingFigures {
     target: &'static str,
     requests: usize,
     errors: usize,
-    seconds: f64,
     per_second: f64,
     p50_ms: f64,
     p90_ms: f64,
@@ -52,25 +308,16 @@ struct Figures {
     max_ms: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index].as_secs_f64() * 1000.0
-}
-
 /// Builds request number `i` on a client.
 type MakeRequest = Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync>;
 
-/// Sends `requests` requests made by `make` with `concurrency` in flight over `clients`.
 async fn drive(
     target: &'static str,
     clients: Vec<reqwest::Client>,
     requests: usize,
     concurrency: usize,
     make: MakeRequest,
-) -> Figures {
+) -> CeilingFigures {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients = Arc::new(clients);
     let start = Instant::now();
@@ -107,20 +354,17 @@ async fn drive(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    latencies.sort();
-    Figures {
+    let ok = latencies.len();
+    let l = Latency::of(latencies);
+    CeilingFigures {
         target,
         requests,
         errors,
-        seconds,
-        per_second: latencies.len() as f64 / seconds,
-        p50_ms: percentile(&latencies, 0.50),
-        p90_ms: percentile(&latencies, 0.90),
-        p99_ms: percentile(&latencies, 0.99),
-        max_ms: latencies
-            .last()
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0),
+        per_second: ok as f64 / seconds,
+        p50_ms: l.p50_ms,
+        p90_ms: l.p90_ms,
+        p99_ms: l.p99_ms,
+        max_ms: l.max_ms,
     }
 }
 
@@ -136,7 +380,7 @@ async fn ceiling(
     requests: usize,
     concurrency: usize,
     connections: usize,
-) -> anyhow::Result<Vec<Figures>> {
+) -> anyhow::Result<Vec<CeilingFigures>> {
     let pki = TestPki::generate()?;
     let signing = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
     let apns = ApnsSimulator::start(
@@ -178,7 +422,6 @@ async fn ceiling(
         }),
     )
     .await;
-
     let rsa_key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)?;
     let fcm = FcmSimulator::start(
         FcmConfig {
@@ -224,44 +467,9 @@ async fn ceiling(
                 .post(&url)
                 .bearer_auth(&access)
                 .json(&json!({"message": {
-                "token": format!("bench-token-{i}"), "notification": {"title": "bench"}}}))
+            "token": format!("bench-token-{i}"), "notification": {"title": "bench"}}}))
         }),
     )
     .await;
     Ok(vec![apns_figures, fcm_figures])
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().scenario {
-        Scenario::Ceiling {
-            requests,
-            concurrency,
-            connections,
-            json,
-        } => {
-            let figures = ceiling(requests, concurrency, connections).await?;
-            println!(
-                "| target | requests | errors | per second | p50 ms | p90 ms | p99 ms | max ms |"
-            );
-            println!("|---|---|---|---|---|---|---|---|");
-            for f in &figures {
-                println!(
-                    "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                    f.target,
-                    f.requests,
-                    f.errors,
-                    f.per_second,
-                    f.p50_ms,
-                    f.p90_ms,
-                    f.p99_ms,
-                    f.max_ms
-                );
-            }
-            if let Some(path) = json {
-                std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
-            }
-        }
-    }
-    Ok(())
 }

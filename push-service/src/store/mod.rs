@@ -206,13 +206,15 @@ pub trait Store: DispatchStore + Send + Sync + 'static {
 }
 
 /// Connects to the store named by `database_url` (`sqlite:` or `postgres://`).
+/// `sqlite_full_sync` picks SQLite's `synchronous` (FULL or NORMAL); PostgreSQL ignores it.
 pub async fn connect(
     database_url: &str,
     max_connections: u32,
+    sqlite_full_sync: bool,
 ) -> Result<Arc<dyn Store>, StoreError> {
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(
-            SqliteStore::connect(database_url, max_connections).await?,
+            SqliteStore::connect(database_url, max_connections, sqlite_full_sync).await?,
         ))
     } else {
         Ok(Arc::new(

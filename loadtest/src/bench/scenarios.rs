@@ -1,0 +1,527 @@
+//! Scenarios: set up through the real API, drive load, read the simulators' receipts.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::service::{Service, ADMIN_TOKEN, KEY_ID, TEAM, TOPIC};
+use super::{now_ms, progress, Latency};
+use crate::jws::sign_es256;
+
+/// An app with credentials and a notifier, ready to notify.
+pub struct Tenant {
+    pub app_id: String,
+    pub notifier_id: String,
+    key: p256::ecdsa::SigningKey,
+    pub http: reqwest::Client,
+    pub nodes: Vec<String>,
+}
+
+impl Tenant {
+    /// A fresh notifier JWT (its `jti` is single-use).
+    pub fn jwt(&self) -> String {
+        let now = crate::jws::now();
+        sign_es256(
+            &self.key,
+            &json!({"alg": "ES256", "kid": "bench"}),
+            &json!({"iss": self.notifier_id, "aud": "push-bench", "iat": now, "exp": now + 120,
+                "jti": format!("{:032x}", rand::random::<u128>()), "scope": "notify"}),
+        )
+    }
+
+    pub fn node(&self, i: usize) -> &str {
+        &self.nodes[i % self.nodes.len()]
+    }
+}
+
+async fn admin(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let response = http
+        .request(method, url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "setup call failed: {status} {body}");
+    Ok(body)
+}
+
+/// Creates an app with the simulators' credentials and a notifier.
+pub async fn tenant(service: &Service) -> anyhow::Result<Tenant> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let base = &service.nodes[0].url;
+    let app = admin(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/v1/apps"),
+        json!({"name": "bench"}),
+    )
+    .await?;
+    let app_id = app["id"].as_str().unwrap_or_default().to_owned();
+    admin(
+        &http,
+        reqwest::Method::PUT,
+        format!("{base}/v1/apps/{app_id}/credentials/apns"),
+        json!({"auth": "token", "team_id": TEAM, "key_id": KEY_ID, "private_key": service.p8,
+            "topic": TOPIC, "environment": "production"}),
+    )
+    .await?;
+    admin(
+        &http,
+        reqwest::Method::PUT,
+        format!("{base}/v1/apps/{app_id}/credentials/fcm"),
+        json!({"service_account": service.service_account}),
+    )
+    .await?;
+    let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let point = key.verifying_key().to_encoded_point(false);
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": "bench", "alg": "ES256",
+        "x": b64.encode(point.x().map(|x| x.to_vec()).unwrap_or_default()),
+        "y": b64.encode(point.y().map(|y| y.to_vec()).unwrap_or_default())});
+    let notifier = admin(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/v1/apps/{app_id}/notifiers"),
+        json!({"name": "bench", "jwks": {"keys": [jwk]}, "scopes": ["notify"]}),
+    )
+    .await?;
+    Ok(Tenant {
+        app_id,
+        notifier_id: notifier["id"].as_str().unwrap_or_default().to_owned(),
+        key,
+        http,
+        nodes: service.nodes.iter().map(|n| n.url.clone()).collect(),
+    })
+}
+
+/// What kind of devices to register.
+#[derive(Clone, Copy)]
+pub enum Devices {
+    /// Alternating APNs and FCM tokens.
+    Mobile,
+    /// Direct-channel desktops.
+    Direct,
+}
+
+/// Registers `n` devices through the sdk-client (DPoP), `concurrency` at a time.
+/// Returns the registrations (id, key) and the latency of the calls.
+pub async fn register(
+    tenant: &Tenant,
+    n: usize,
+    concurrency: usize,
+    devices: Devices,
+    label: &str,
+) -> anyhow::Result<(Vec<(String, sdk_client::DeviceKey)>, Latency, f64)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency.max(1) {
+        let (next, done) = (next.clone(), done.clone());
+        let node = tenant.node(worker).to_owned();
+        let app = tenant.app_id.clone();
+        let label = label.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let key = sdk_client::DeviceKey::generate_p256();
+            let client = sdk_client::Client::builder(&node, key.clone()).build()?;
+            let mut out = Vec::new();
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let registration = match devices {
+                    Devices::Mobile if i % 2 == 0 => {
+                        sdk_client::NewRegistration::apns(&format!("a{:063x}", i), "ios")
+                    }
+                    Devices::Mobile => sdk_client::NewRegistration::fcm(
+                        &format!("bench-{i:012}-{}", "f".repeat(40)),
+                        "android",
+                    ),
+                    Devices::Direct => sdk_client::NewRegistration::direct("linux"),
+                };
+                let sent = Instant::now();
+                let info = client.register(&app, &registration).await?;
+                latencies.push(sent.elapsed());
+                out.push((info.id, key.clone()));
+                let count = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if count % 500 == 0 || count == n {
+                    progress(&label, count, n);
+                }
+            }
+            Ok::<_, anyhow::Error>((out, latencies))
+        }));
+    }
+    let mut registrations = Vec::with_capacity(n);
+    let mut latencies = Vec::with_capacity(n);
+    for task in tasks {
+        let (out, lat) = task.await??;
+        registrations.extend(out);
+        latencies.extend(lat);
+    }
+    Ok((
+        registrations,
+        Latency::of(latencies),
+        start.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Per-second samples for the plot: accepted, delivered, accept p99 (ms).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timeline {
+    pub accepted_per_second: Vec<usize>,
+    pub delivered_per_second: Vec<usize>,
+    pub accept_p99_ms: Vec<f64>,
+}
+
+/// Figures of a delivery scenario.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DeliveryFigures {
+    pub notifications: usize,
+    pub accept_errors: usize,
+    pub accepted_per_second: f64,
+    pub accept_latency: Latency,
+    pub delivered: usize,
+    pub delivered_per_second: f64,
+    pub end_to_end_latency: Latency,
+    pub seconds: f64,
+    pub timeline: Timeline,
+}
+
+/// Receipts at the simulators: (time ms, the `t` the bench put in the data).
+fn receipts(service: &Service) -> Vec<(u128, Option<u128>)> {
+    let mut all: Vec<(u128, Option<u128>)> = service
+        .apns
+        .receipts()
+        .iter()
+        .map(|r| (r.at, r.payload["t"].as_str().and_then(|t| t.parse().ok())))
+        .collect();
+    all.extend(service.fcm.receipts().iter().map(|r| {
+        (
+            r.at,
+            r.message["data"]["t"].as_str().and_then(|t| t.parse().ok()),
+        )
+    }));
+    all
+}
+
+/// Waits until the simulators hold `expected` more receipts than `before`, or `deadline`.
+async fn wait_receipts(
+    service: &Service,
+    before: usize,
+    expected: usize,
+    deadline: Duration,
+    label: &str,
+) -> Vec<(u128, Option<u128>)> {
+    let until = Instant::now() + deadline;
+    loop {
+        let all = receipts(service);
+        let got = all.len().saturating_sub(before);
+        progress(label, got.min(expected), expected);
+        if got >= expected || Instant::now() >= until {
+            if got < expected {
+                eprintln!();
+            }
+            return all.into_iter().skip(before).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `count` notifications, each to one registration, `concurrency` requests in flight
+/// (or paced to `rate` per second).
+pub async fn unicast(
+    service: &Service,
+    tenant: &Tenant,
+    targets: &[String],
+    count: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<DeliveryFigures> {
+    let before = receipts(service).len();
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted: Arc<Mutex<Vec<(u128, Duration)>>> = Arc::default();
+    let errors = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let started_ms = now_ms();
+    let targets = Arc::new(targets.to_vec());
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency.max(1) {
+        let (next, accepted, errors, targets) = (
+            next.clone(),
+            accepted.clone(),
+            errors.clone(),
+            targets.clone(),
+        );
+        let http = reqwest::Client::builder().build()?;
+        let url = format!(
+            "{}/v1/apps/{}/notifications",
+            tenant.node(worker),
+            tenant.app_id
+        );
+        let tenant_jwt = TenantJwt {
+            key: tenant.key.clone(),
+            iss: tenant.notifier_id.clone(),
+        };
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                if let Some(rate) = rate {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let t = now_ms();
+                let body = json!({"targets": {"registrations": [targets[i % targets.len()]]},
+                    "notification": {"title": "bench", "body": "unicast"}, "data": {"t": t.to_string()}});
+                let sent = Instant::now();
+                let ok = http.post(&url).bearer_auth(tenant_jwt.jwt()).json(&body).send().await
+                    .map(|r| r.status() == reqwest::StatusCode::ACCEPTED)
+                    .unwrap_or(false);
+                if ok {
+                    accepted.lock().unwrap_or_else(|p| p.into_inner()).push((t, sent.elapsed()));
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if i % 1000 == 999 {
+                    progress("accepting", i + 1, count);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    progress("accepting", count, count);
+    let accept_seconds = start.elapsed().as_secs_f64();
+    let accepted = std::mem::take(&mut *accepted.lock().unwrap_or_else(|p| p.into_inner()));
+    let ok = accepted.len();
+    let deadline = Duration::from_secs(60 + (ok as u64) / 200);
+    let delivered = wait_receipts(service, before, ok, deadline, "delivered").await;
+    Ok(figures(
+        started_ms,
+        accept_seconds,
+        count,
+        errors.load(Ordering::Relaxed),
+        &accepted,
+        &delivered,
+    ))
+}
+
+/// A notifier JWT minter that can move into a task.
+struct TenantJwt {
+    key: p256::ecdsa::SigningKey,
+    iss: String,
+}
+
+impl TenantJwt {
+    fn jwt(&self) -> String {
+        let now = crate::jws::now();
+        sign_es256(
+            &self.key,
+            &json!({"alg": "ES256", "kid": "bench"}),
+            &json!({"iss": self.iss, "aud": "push-bench", "iat": now, "exp": now + 120,
+                "jti": format!("{:032x}", rand::random::<u128>()), "scope": "notify"}),
+        )
+    }
+}
+
+fn figures(
+    started_ms: u128,
+    accept_seconds: f64,
+    count: usize,
+    errors: usize,
+    accepted: &[(u128, Duration)],
+    delivered: &[(u128, Option<u128>)],
+) -> DeliveryFigures {
+    let last = delivered
+        .iter()
+        .map(|(at, _)| *at)
+        .max()
+        .unwrap_or(started_ms);
+    let seconds = (last.saturating_sub(started_ms)) as f64 / 1000.0;
+    let e2e: Vec<Duration> = delivered
+        .iter()
+        .filter_map(|(at, t)| t.map(|t| Duration::from_millis(at.saturating_sub(t) as u64)))
+        .collect();
+    let buckets = (seconds.ceil() as usize).max(1);
+    let mut timeline = Timeline {
+        accepted_per_second: vec![0; buckets],
+        delivered_per_second: vec![0; buckets],
+        accept_p99_ms: vec![0.0; buckets],
+    };
+    let mut per_second: Vec<Vec<Duration>> = vec![Vec::new(); buckets];
+    for (t, latency) in accepted {
+        let b = ((t.saturating_sub(started_ms)) / 1000) as usize;
+        if b < buckets {
+            timeline.accepted_per_second[b] += 1;
+            per_second[b].push(*latency);
+        }
+    }
+    for (at, _) in delivered {
+        let b = ((at.saturating_sub(started_ms)) / 1000) as usize;
+        if b < buckets {
+            timeline.delivered_per_second[b] += 1;
+        }
+    }
+    for (b, sample) in per_second.into_iter().enumerate() {
+        timeline.accept_p99_ms[b] = Latency::of(sample).p99_ms;
+    }
+    DeliveryFigures {
+        notifications: count,
+        accept_errors: errors,
+        accepted_per_second: accepted.len() as f64 / accept_seconds.max(1e-9),
+        accept_latency: Latency::of(accepted.iter().map(|(_, l)| *l).collect()),
+        delivered: delivered.len(),
+        delivered_per_second: delivered.len() as f64 / seconds.max(1e-9),
+        end_to_end_latency: Latency::of(e2e),
+        seconds,
+        timeline,
+    }
+}
+
+/// One notification to the whole app; time until every registration reached a simulator.
+pub async fn broadcast(
+    service: &Service,
+    tenant: &Tenant,
+    registrations: usize,
+) -> anyhow::Result<DeliveryFigures> {
+    let before = receipts(service).len();
+    let started_ms = now_ms();
+    let start = Instant::now();
+    let response = tenant
+        .http
+        .post(format!("{}/v1/apps/{}/notifications", tenant.node(0), tenant.app_id))
+        .bearer_auth(tenant.jwt())
+        .json(&json!({"targets": {"all": true}, "notification": {"title": "bench", "body": "broadcast"},
+            "data": {"t": started_ms.to_string()}}))
+        .send()
+        .await?;
+    let accept = start.elapsed();
+    anyhow::ensure!(
+        response.status() == reqwest::StatusCode::ACCEPTED,
+        "broadcast refused: {}",
+        response.status()
+    );
+    let deadline = Duration::from_secs(120 + registrations as u64 / 500);
+    let delivered = wait_receipts(service, before, registrations, deadline, "delivered").await;
+    Ok(figures(
+        started_ms,
+        accept.as_secs_f64(),
+        1,
+        0,
+        &[(started_ms, accept)],
+        &delivered,
+    ))
+}
+
+/// Figures of the direct-channel scenario.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DirectFigures {
+    pub connections: usize,
+    pub connected: usize,
+    pub rss_idle_mib: f64,
+    pub rss_connected_mib: f64,
+    pub kib_per_connection: f64,
+    pub received: usize,
+    pub fan_out: Latency,
+    pub all_received_seconds: f64,
+}
+
+/// `k` idle SSE streams, then one notification to all of them.
+pub async fn direct(service: &Service, tenant: &Tenant, k: usize) -> anyhow::Result<DirectFigures> {
+    let (registrations, _, _) = register(tenant, k, 32, Devices::Direct, "registering").await?;
+    let rss_idle = service.rss_mib().iter().sum::<f64>();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let received: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let sent_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (i, (id, key)) in registrations.into_iter().enumerate() {
+        let node = tenant.node(i).to_owned();
+        let (connected, received, sent_at) = (connected.clone(), received.clone(), sent_at.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = sdk_client::Client::builder(&node, key).build()?;
+            let mut listener = client.listen(&id);
+            connected.fetch_add(1, Ordering::Relaxed);
+            let event = tokio::time::timeout(Duration::from_secs(120), listener.next()).await;
+            if let Ok(Ok(_)) = event {
+                let since = sent_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .map(|s| s.elapsed());
+                if let Some(since) = since {
+                    received
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(since);
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    // Give the streams time to open (the listener connects on its first `next`).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics_url = format!("{}/metrics", tenant.node(0));
+    loop {
+        let open: f64 = tenant
+            .http
+            .get(&metrics_url)
+            .send()
+            .await?
+            .text()
+            .await?
+            .lines()
+            .find(|l| l.starts_with("push_direct_streams "))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0);
+        progress("streams", open as usize, k / tenant.nodes.len().max(1));
+        if open as usize >= k / tenant.nodes.len().max(1) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = service.rss_mib().iter().sum::<f64>();
+    *sent_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    let response = tenant
+        .http
+        .post(format!("{}/v1/apps/{}/notifications", tenant.node(0), tenant.app_id))
+        .bearer_auth(tenant.jwt())
+        .json(&json!({"targets": {"all": true}, "notification": {"title": "bench", "body": "direct"}}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == reqwest::StatusCode::ACCEPTED,
+        "notify refused"
+    );
+    for task in tasks {
+        let _ = task.await;
+    }
+    let sample = std::mem::take(&mut *received.lock().unwrap_or_else(|p| p.into_inner()));
+    let fan_out = Latency::of(sample.clone());
+    Ok(DirectFigures {
+        connections: k,
+        connected: connected.load(Ordering::Relaxed),
+        rss_idle_mib: rss_idle,
+        rss_connected_mib: rss_connected,
+        kib_per_connection: (rss_connected - rss_idle) * 1024.0 / k.max(1) as f64,
+        received: sample.len(),
+        all_received_seconds: fan_out.max_ms / 1000.0,
+        fan_out,
+    })
+}
