@@ -8,6 +8,7 @@ mod apps;
 mod attestation;
 mod auth_server;
 mod credentials;
+mod dashboards;
 mod notifiers;
 mod notify;
 mod ops;
