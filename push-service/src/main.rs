@@ -128,6 +128,12 @@ fn main() -> std::process::ExitCode {
     push_service::telemetry::init_logging(&config);
     for path in &config.created_files {
         tracing::warn!(path = %path.display(), "generated a new secret file (mode 0600); keep it safe");
+        if path.ends_with("master.key") && !config.database_url.expose().starts_with("sqlite:") {
+            tracing::warn!(
+                "a shared database with a node-local generated master key: other nodes cannot decrypt \
+                 the credentials this node stores; give every node the same PUSH_MASTER_KEY"
+            );
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

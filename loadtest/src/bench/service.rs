@@ -134,6 +134,10 @@ impl Service {
             Store::Postgres => (fresh_database(&args.database_url)?, args.redis_url.clone()),
         };
         let prefix = format!("bench:{}:", rand::random::<u32>());
+        let master_key = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+        };
         let mut nodes = Vec::new();
         for i in 0..args.nodes.max(1) {
             let port = free_port()?;
@@ -149,6 +153,8 @@ impl Service {
                 .env("PUSH_REDIS_URL", &redis)
                 .env("PUSH_REDIS_KEY_PREFIX", &prefix)
                 .env("PUSH_ADMIN_TOKEN", ADMIN_TOKEN)
+                // Shared by every node: each must decrypt the credentials the others stored.
+                .env("PUSH_MASTER_KEY", &master_key)
                 .env("PUSH_NOTIFIER_AUDIENCE", "push-bench")
                 .env("PUSH_APNS_PRODUCTION_URL", &apns.url)
                 .env("PUSH_APNS_SANDBOX_URL", &apns.url)

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Outcome;
 use crate::config::ProviderSettings;
 use crate::crypto::Sealer;
 use crate::store::{CredentialRecord, Store};
@@ -57,16 +58,21 @@ pub struct CredentialSource {
 
 impl CredentialSource {
     /// The credential record and its opened secret; `Ok(None)` when there is none.
+    /// A store outage is a retry; a secret that does not decrypt is a configuration
+    /// error (this node's master key differs from the one that stored it).
     pub async fn load(
         &self,
         app_id: &str,
         provider: &str,
-    ) -> Result<Option<(CredentialRecord, Vec<u8>)>, String> {
+    ) -> Result<Option<(CredentialRecord, Vec<u8>)>, Outcome> {
         let Some(record) = self
             .store
             .get_credential(app_id, provider)
             .await
-            .map_err(|e| format!("store: {e}"))?
+            .map_err(|e| Outcome::Retry {
+                reason: format!("store: {e}"),
+                after: None,
+            })?
         else {
             return Ok(None);
         };
@@ -76,7 +82,11 @@ impl CredentialSource {
                 &record.sealed,
                 &crate::api::credentials::credential_aad(app_id, provider),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                Outcome::CredentialError(format!(
+                    "{provider}: {e}; every node must share the master key that stored it"
+                ))
+            })?;
         Ok(Some((record, secret)))
     }
 }

@@ -101,14 +101,7 @@ impl ApnsProvider {
                 return Ok(existing.clone());
             }
         }
-        let loaded = self
-            .source
-            .load(app_id, "apns")
-            .await
-            .map_err(|e| Outcome::Retry {
-                reason: e,
-                after: None,
-            })?;
+        let loaded = self.source.load(app_id, "apns").await?;
         let Some((record, secret)) = loaded else {
             clients.remove(app_id);
             return Err(Outcome::CredentialError(

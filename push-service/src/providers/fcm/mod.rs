@@ -70,14 +70,7 @@ impl FcmProvider {
             }
             *checked = Instant::now();
         }
-        let loaded = self
-            .source
-            .load(app_id, "fcm")
-            .await
-            .map_err(|e| Outcome::Retry {
-                reason: e,
-                after: None,
-            })?;
+        let loaded = self.source.load(app_id, "fcm").await?;
         let Some((record, secret)) = loaded else {
             clients.remove(app_id);
             return Err(Outcome::CredentialError(
