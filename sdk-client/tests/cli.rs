@@ -27,32 +27,45 @@ async fn push_client(dir: &std::path::Path, args: &[&str]) -> Result<Value, Stri
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keygen_register_status_rotate_delete() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Starts the service in-process on the embedded default, on 127.0.0.1:0;
+/// returns its base URL and the token that stops it.
+async fn start_server(dir: &std::path::Path) -> (String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
     let config = push_service::Config::from_toml(&format!(
-        "data_dir = {:?}\nadmin_token = \"cli-test-admin-token\"\npublic_url = \"http://{addr}\"\nlog_level = \"warn\"\n",
-        dir.path().join("data").display().to_string()
+        "data_dir = {:?}\nadmin_token = \"{ADMIN}\"\npublic_url = \"{base}\"\nlog_level = \"warn\"\n",
+        dir.join("data").display().to_string()
     ))
     .expect("config");
     let state = push_service::AppState::new(config).await.expect("state");
     let shutdown = CancellationToken::new();
     tokio::spawn(push_service::serve(state, listener, shutdown.clone()));
-    let base = format!("http://{addr}");
-    let app: Value = reqwest::Client::new()
-        .post(format!("{base}/v1/apps"))
-        .bearer_auth("cli-test-admin-token")
-        .json(&serde_json::json!({"name": "CLI"}))
+    (base, shutdown)
+}
+
+const ADMIN: &str = "cli-test-admin-token";
+
+/// An operator call (POST with a JSON body); returns the JSON answer.
+async fn admin_post(base: &str, path: &str, body: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(ADMIN)
+        .json(&body)
         .send()
         .await
-        .expect("create app")
+        .expect("operator call")
         .json()
         .await
-        .expect("json");
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_register_status_rotate_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (base, shutdown) = start_server(dir.path()).await;
+    let app = admin_post(&base, "/v1/apps", serde_json::json!({"name": "CLI"})).await;
     let app_id = app["id"].as_str().expect("id");
 
     let key = push_client(dir.path(), &["keygen", "--out", "device.pem"])
@@ -183,47 +196,21 @@ async fn keygen_register_status_rotate_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_loop_register_notify_listen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let base = format!("http://{addr}");
-    let config = push_service::Config::from_toml(&format!(
-        "data_dir = {:?}\nadmin_token = \"cli-test-admin-token\"\npublic_url = \"{base}\"\nlog_level = \"warn\"\n",
-        dir.path().join("data").display().to_string()
-    ))
-    .expect("config");
-    let state = push_service::AppState::new(config).await.expect("state");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(push_service::serve(state, listener, shutdown.clone()));
+    let (base, shutdown) = start_server(dir.path()).await;
     let http = reqwest::Client::new();
-    let admin = |path: &str, body: Value| {
-        http.post(format!("{base}{path}"))
-            .bearer_auth("cli-test-admin-token")
-            .json(&body)
-            .send()
-    };
-    let app: Value = admin("/v1/apps", serde_json::json!({"name": "Acme"}))
-        .await
-        .expect("app")
-        .json()
-        .await
-        .expect("json");
+    let app = admin_post(&base, "/v1/apps", serde_json::json!({"name": "Acme"})).await;
     let app_id = app["id"].as_str().expect("id").to_owned();
     let jwks: Value = serde_json::from_str(
         &push_service::tokens::notifier_key(&dir.path().join("notifier.pem"), "k1")
             .expect("notifier key"),
     )
     .expect("jwks");
-    let notifier: Value = admin(
+    let notifier = admin_post(
+        &base,
         &format!("/v1/apps/{app_id}/notifiers"),
         serde_json::json!({"name": "auth-1", "jwks": jwks, "scopes": ["notify"]}),
     )
-    .await
-    .expect("notifier")
-    .json()
-    .await
-    .expect("json");
+    .await;
     let notifier_id = notifier["id"].as_str().expect("id");
 
     push_client(
