@@ -76,6 +76,18 @@ struct RawConfig {
     shutdown_grace_seconds: u64,
     log_format: String,
     log_level: String,
+    tls_cert: String,
+    tls_key: String,
+    tls_reload_seconds: u64,
+    database_ca_file: String,
+    redis_ca_file: String,
+    rate_limit_notifier_requests_per_second: f64,
+    rate_limit_notifier_notifications_per_second: f64,
+    rate_limit_app_notifications_per_second: f64,
+    rate_limit_device_requests_per_minute: f64,
+    rate_limit_address_requests_per_second: f64,
+    rate_limit_burst_seconds: f64,
+    audit_retention_days: u64,
 }
 
 /// Where and how the APNs and FCM clients connect.
@@ -138,6 +150,23 @@ pub struct Config {
     pub log_level: String,
     /// Files created on this start (generated secrets), reported once by the binary.
     pub created_files: Vec<PathBuf>,
+    /// TLS termination: PEM chain and key (none: plain HTTP, e.g. behind an ingress).
+    pub tls: Option<TlsFiles>,
+    /// Trusted root (PEM file) for TLS to PostgreSQL (`sslmode` in the URL).
+    pub database_ca_file: Option<PathBuf>,
+    /// Trusted root (PEM file) for `rediss://`.
+    pub redis_ca_file: Option<PathBuf>,
+    pub limits: crate::limits::LimitSettings,
+    /// Audit entries older than this are deleted by the sweep (0: kept forever).
+    pub audit_retention: std::time::Duration,
+}
+
+/// Where the service's certificate and key are, and how often they are re-read.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub reload_every: std::time::Duration,
 }
 
 impl fmt::Debug for Config {
@@ -333,6 +362,88 @@ impl Config {
             }
         };
 
+        let tls = match (raw.tls_cert.trim(), raw.tls_key.trim()) {
+            ("", "") => None,
+            ("", _) | (_, "") => {
+                return Err(invalid(
+                    "tls_cert",
+                    "set both tls_cert and tls_key, or neither",
+                ))
+            }
+            (cert, key) => {
+                for (k, path) in [("tls_cert", cert), ("tls_key", key)] {
+                    std::fs::metadata(path).map_err(|source| ConfigError::Io {
+                        key: k,
+                        path: PathBuf::from(path),
+                        source,
+                    })?;
+                }
+                if raw.tls_reload_seconds == 0 {
+                    return Err(invalid("tls_reload_seconds", "must be at least 1"));
+                }
+                Some(TlsFiles {
+                    cert: PathBuf::from(cert),
+                    key: PathBuf::from(key),
+                    reload_every: std::time::Duration::from_secs(raw.tls_reload_seconds),
+                })
+            }
+        };
+        let optional_file =
+            |key: &'static str, value: &str| -> Result<Option<PathBuf>, ConfigError> {
+                match value.trim() {
+                    "" => Ok(None),
+                    path => {
+                        std::fs::metadata(path).map_err(|source| ConfigError::Io {
+                            key,
+                            path: PathBuf::from(path),
+                            source,
+                        })?;
+                        Ok(Some(PathBuf::from(path)))
+                    }
+                }
+            };
+        let database_ca_file = optional_file("database_ca_file", &raw.database_ca_file)?;
+        let redis_ca_file = optional_file("redis_ca_file", &raw.redis_ca_file)?;
+        for (key, value) in [
+            (
+                "rate_limit_notifier_requests_per_second",
+                raw.rate_limit_notifier_requests_per_second,
+            ),
+            (
+                "rate_limit_notifier_notifications_per_second",
+                raw.rate_limit_notifier_notifications_per_second,
+            ),
+            (
+                "rate_limit_app_notifications_per_second",
+                raw.rate_limit_app_notifications_per_second,
+            ),
+            (
+                "rate_limit_device_requests_per_minute",
+                raw.rate_limit_device_requests_per_minute,
+            ),
+            (
+                "rate_limit_address_requests_per_second",
+                raw.rate_limit_address_requests_per_second,
+            ),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(invalid(key, "must be a number >= 0 (0: no limit)"));
+            }
+        }
+        if !(raw.rate_limit_burst_seconds.is_finite() && raw.rate_limit_burst_seconds > 0.0) {
+            return Err(invalid("rate_limit_burst_seconds", "must be > 0"));
+        }
+        let limits = crate::limits::LimitSettings {
+            defaults: crate::limits::AppLimits {
+                notifier_requests_per_second: raw.rate_limit_notifier_requests_per_second,
+                notifier_notifications_per_second: raw.rate_limit_notifier_notifications_per_second,
+                app_notifications_per_second: raw.rate_limit_app_notifications_per_second,
+            },
+            device_requests_per_minute: raw.rate_limit_device_requests_per_minute,
+            address_requests_per_second: raw.rate_limit_address_requests_per_second,
+            burst_seconds: raw.rate_limit_burst_seconds,
+        };
+
         let mut created_files = Vec::new();
         let needs_files = raw.admin_token.is_empty() || raw.master_key.is_empty();
         if needs_files {
@@ -407,6 +518,11 @@ impl Config {
             log_format,
             log_level: raw.log_level,
             created_files,
+            tls,
+            database_ca_file,
+            redis_ca_file,
+            limits,
+            audit_retention: std::time::Duration::from_secs(raw.audit_retention_days * 86_400),
         })
     }
 }

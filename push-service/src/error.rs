@@ -56,6 +56,12 @@ pub enum ApiError {
     IdempotencyKeyReused(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Over a rate limit: answered 429 with `Retry-After` and `RateLimit-*`.
+    #[error("{detail}")]
+    RateLimited {
+        detail: String,
+        limit: crate::limits::Verdict,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -123,6 +129,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -195,6 +206,13 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::RateLimited { limit, .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(limit.retry_after_seconds()),
+                );
+                limit.write_headers(headers);
             }
             _ => {}
         }

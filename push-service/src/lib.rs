@@ -4,6 +4,7 @@
 //! what tests call with a `127.0.0.1:0` listener.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod credentials;
@@ -12,15 +13,16 @@ pub mod dispatch;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod limits;
 pub mod notify;
 pub mod providers;
 pub mod registrations;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -44,6 +46,7 @@ pub struct AppState {
     pub providers: providers::Providers,
     pub hub: providers::direct::DirectHub,
     pub circuits: Arc<providers::circuit::Circuits>,
+    pub limiter: limits::Limiter,
     /// Cancelled when the node shuts down: ends streams and background work.
     pub shutdown: CancellationToken,
     /// This node's name (Redis consumer name, logs).
@@ -59,12 +62,20 @@ impl AppState {
             config.database_url.expose(),
             config.database_max_connections,
             config.sqlite_full_sync,
+            config.database_ca_file.as_deref(),
         )
         .await?;
         store.migrate().await?;
-        let redis = match &config.redis_url {
-            Some(url) => Some(redis::Client::open(url.expose().as_str())?),
-            None => None,
+        let redis = match (&config.redis_url, &config.redis_ca_file) {
+            (Some(url), None) => Some(redis::Client::open(url.expose().as_str())?),
+            (Some(url), Some(ca)) => Some(redis::Client::build_with_tls(
+                url.expose().as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca)?),
+                },
+            )?),
+            (None, _) => None,
         };
         let node = format!("node-{}", ids::random_token(6));
         let redis_conn = match &redis {
@@ -91,6 +102,13 @@ impl AppState {
             ),
             _ => Arc::new(dispatch::LocalQueue::default()),
         };
+        let limiter = limits::Limiter::new(
+            config.limits,
+            store.clone(),
+            redis_conn
+                .clone()
+                .map(|conn| (conn, config.redis_key_prefix.clone())),
+        );
         let hub = providers::direct::DirectHub::new(
             redis_conn.map(|conn| (conn, config.redis_key_prefix.clone())),
         );
@@ -132,6 +150,7 @@ impl AppState {
             providers,
             hub,
             circuits: Arc::default(),
+            limiter,
             shutdown: CancellationToken::new(),
             node,
             metrics,
@@ -157,6 +176,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let grace = state.config.shutdown_grace;
+    let tls = match &state.config.tls {
+        Some(files) => {
+            let tls = tls::Tls::load(&files.cert, &files.key)?;
+            tls.spawn_reloader(files.reload_every, state.shutdown.clone());
+            Some(tls)
+        }
+        None => None,
+    };
     if let Some(client) = &state.redis {
         state
             .hub
@@ -165,13 +192,22 @@ pub async fn serve(
     dispatch::spawn(&state, state.shutdown.clone());
     let node_shutdown = state.shutdown.clone();
     let app = api::router(state);
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "listening");
     let drained = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        drained.cancelled().await;
-        tracing::info!("shutting down: no new connections, draining in-flight requests");
-    });
-    let server = tokio::spawn(server.into_future());
+    let server = match tls {
+        None => {
+            let server = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                drained.cancelled().await;
+                tracing::info!("shutting down: no new connections, draining in-flight requests");
+            });
+            tokio::spawn(async move { server.await.map_err(anyhow::Error::from) })
+        }
+        Some(tls) => tokio::spawn(serve_tls(listener, tls, app, drained)),
+    };
     shutdown.cancelled().await;
     // Streams and background work end now; in-flight requests get the grace period.
     node_shutdown.cancel();
@@ -182,5 +218,75 @@ pub async fn serve(
             "drain took too long; exiting"
         ),
     }
+    Ok(())
+}
+
+/// The accept loop with TLS: each connection's address and client certificate
+/// are attached to its requests; HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn serve_tls(
+    listener: TcpListener,
+    tls: tls::Tls,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let peer = stream.get_ref().1.peer_certificates().map(|chain| {
+                tls::ClientCertificate(std::sync::Arc::new(
+                    chain.iter().map(|c| c.clone().into_owned()).collect(),
+                ))
+            });
+            let service = hyper::service::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(remote));
+                    if let Some(peer) = &peer {
+                        request.extensions_mut().insert(peer.clone());
+                    }
+                    tower::ServiceExt::oneshot(app.clone(), request)
+                },
+            );
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(error = %e, %remote, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    drop(listener);
+    graceful.shutdown().await;
     Ok(())
 }

@@ -146,6 +146,7 @@ fn main() -> std::process::ExitCode {
                     config.database_url.expose(),
                     config.database_max_connections,
                     config.sqlite_full_sync,
+                    config.database_ca_file.as_deref(),
                 )
                 .await?;
                 store.migrate().await?;

@@ -317,6 +317,27 @@ pub async fn accept(
     let targets_json =
         serde_json::to_string(&request.targets).map_err(|e| ApiError::Internal(e.into()))?;
     let (targets, content, ttl) = validate(request).map_err(ApiError::invalid)?;
+    let cost = match &targets {
+        TargetSpec::Registrations(ids) => ids.len() as f64,
+        _ => 1.0,
+    };
+    let limits = state.limiter.app_limits(&auth.app_id).await?;
+    let buckets: Vec<_> = [
+        crate::limits::Limiter::bucket(
+            format!("notifier-targets:{}", auth.notifier.id),
+            limits.notifier_notifications_per_second,
+            cost,
+        ),
+        crate::limits::Limiter::bucket(
+            format!("app-targets:{}", auth.app_id),
+            limits.app_notifications_per_second,
+            cost,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    state.limiter.enforce(&buckets, "notification").await?;
     let now = now_millis();
     let id = new_id("ntf");
     let (registrations, accepted, rejected) = match &targets {
@@ -374,9 +395,19 @@ pub async fn accept(
         updated_at: now,
     };
     let redrive_at = now + state.config.redrive_after.as_millis() as i64;
+    let audit = crate::store::AuditEntry {
+        seq: 0,
+        at: now,
+        actor: format!("notifier:{}", auth.notifier.id),
+        action: "notification.create".into(),
+        app_id: Some(auth.app_id.clone()),
+        target: Some(id.clone()),
+        source: auth.source.clone(),
+        details: Some(serde_json::json!({"accepted": accepted}).to_string()),
+    };
     match state
         .store
-        .insert_notification(&row, &registrations, redrive_at)
+        .insert_notification(&row, &registrations, redrive_at, Some(&audit))
         .await
     {
         Ok(()) => {}

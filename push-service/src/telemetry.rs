@@ -47,6 +47,14 @@ pub mod names {
     pub const PROVIDER_TOKENS: &str = "push_provider_tokens_total";
     /// Counter: events written to direct-channel streams.
     pub const DIRECT_EVENTS: &str = "push_direct_events_total";
+    /// Counter: requests refused by a rate limit, by limit.
+    pub const RATE_LIMITED: &str = "push_rate_limited_total";
+    /// Counter: TLS certificates reloaded from disk.
+    pub const TLS_RELOADS: &str = "push_tls_reloads_total";
+    /// Counter: audit entries that could not be written.
+    pub const AUDIT_WRITE_FAILURES: &str = "push_audit_write_failures_total";
+    /// Histogram: writes per group-commit transaction.
+    pub const STORE_BATCH_SIZE: &str = "push_store_batch_size";
 }
 
 /// Publishes unlabelled series at zero from the start, so dashboards and alerts see
@@ -58,6 +66,8 @@ pub fn register_zeroes() {
         names::QUEUE_RECLAIMED,
         names::QUEUE_DEAD_LETTERED,
         names::DIRECT_EVENTS,
+        names::TLS_RELOADS,
+        names::AUDIT_WRITE_FAILURES,
     ] {
         metrics::counter!(counter).increment(0);
     }
@@ -107,6 +117,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                             60.0, 300.0, 900.0,
                         ],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::STORE_BATCH_SIZE.into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
                     )
                 })
                 .expect("bucket lists are not empty")

@@ -162,6 +162,13 @@ impl Service {
                 .env("PUSH_PROVIDER_CA_FILE", &ca)
                 .env("PUSH_LOG_LEVEL", "warn")
                 .env("PUSH_MAX_BODY_BYTES", "1048576")
+                // One notifier and one address drive all the load: the limits
+                // would measure themselves. They stay on when --env sets them.
+                .env("PUSH_RATE_LIMIT_NOTIFIER_REQUESTS_PER_SECOND", "0")
+                .env("PUSH_RATE_LIMIT_NOTIFIER_NOTIFICATIONS_PER_SECOND", "0")
+                .env("PUSH_RATE_LIMIT_APP_NOTIFICATIONS_PER_SECOND", "0")
+                .env("PUSH_RATE_LIMIT_ADDRESS_REQUESTS_PER_SECOND", "0")
+                .env("PUSH_RATE_LIMIT_DEVICE_REQUESTS_PER_MINUTE", "0")
                 .envs(args.env.iter().filter_map(|kv| kv.split_once('=')))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -77,6 +77,16 @@ async fn delete_registration(
     in_app(&state, &auth, &id).await?;
     state.store.delete_registration(&id).await?;
     tracing::info!(notifier = %auth.notifier.id, "registration deleted by the auth server");
+    crate::audit::record(
+        &state,
+        crate::audit::Actor::Notifier(&auth.notifier.id),
+        auth.source.as_deref(),
+        "registration.delete",
+        Some(&auth.app_id),
+        Some(&id),
+        None,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -96,5 +106,15 @@ async fn put_aliases(
     let aliases = validate_aliases(body.aliases).map_err(ApiError::invalid)?;
     let registration = in_app(&state, &auth, &id).await?;
     state.store.set_aliases(&auth.app_id, &id, &aliases).await?;
+    crate::audit::record(
+        &state,
+        crate::audit::Actor::Notifier(&auth.notifier.id),
+        auth.source.as_deref(),
+        "registration.aliases",
+        Some(&auth.app_id),
+        Some(&id),
+        Some(serde_json::json!({"aliases": aliases.len()})),
+    )
+    .await;
     Ok(Json(RegistrationView::new(registration, Some(aliases))))
 }

@@ -74,7 +74,7 @@ pub async fn require_app(store: &dyn Store, app_id: &str) -> Result<App, ApiErro
     responses((status = 201, body = AppView), (status = 401, body = Problem), (status = 422, body = Problem)))]
 #[tracing::instrument(skip_all)]
 async fn create_app(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateApp>,
 ) -> Result<(StatusCode, Json<AppView>), ApiError> {
@@ -89,6 +89,16 @@ async fn create_app(
     };
     state.store.create_app(&app).await?;
     tracing::info!(app = %app.id, "app created");
+    crate::audit::record(
+        &state,
+        crate::audit::Actor::Operator,
+        admin.source.as_deref(),
+        "app.create",
+        Some(&app.id),
+        Some(&app.id),
+        Some(serde_json::json!({"name": app.name})),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(app.into())))
 }
 
@@ -134,12 +144,22 @@ async fn get_app(
     responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
 #[tracing::instrument(skip_all, fields(app = %app_id))]
 async fn delete_app(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(app_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete_app(&app_id).await? {
         tracing::info!("app deleted");
+        crate::audit::record(
+            &state,
+            crate::audit::Actor::Operator,
+            admin.source.as_deref(),
+            "app.delete",
+            Some(&app_id),
+            Some(&app_id),
+            None,
+        )
+        .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(

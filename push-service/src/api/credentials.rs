@@ -36,6 +36,7 @@ pub fn credential_aad(app_id: &str, provider: &str) -> String {
 }
 
 async fn save<T: Serialize>(
+    admin: &AdminAuth,
     state: &AppState,
     app_id: &str,
     provider: &str,
@@ -59,6 +60,16 @@ async fn save<T: Serialize>(
         .circuits
         .reset(app_id, if provider == "apns" { "apns" } else { "fcm" });
     tracing::info!(app = %app_id, provider, "credential stored");
+    crate::audit::record(
+        state,
+        crate::audit::Actor::Operator,
+        admin.source.as_deref(),
+        "credential.put",
+        Some(app_id),
+        Some(provider),
+        serde_json::from_str(&record.metadata).ok(),
+    )
+    .await;
     Ok(())
 }
 
@@ -91,9 +102,24 @@ async fn load<T: DeserializeOwned + WithUpdatedAt>(
     Ok(info)
 }
 
-async fn remove(state: &AppState, app_id: &str, provider: &str) -> Result<StatusCode, ApiError> {
+async fn remove(
+    admin: &AdminAuth,
+    state: &AppState,
+    app_id: &str,
+    provider: &str,
+) -> Result<StatusCode, ApiError> {
     require_app(state.store.as_ref(), app_id).await?;
     if state.store.delete_credential(app_id, provider).await? {
+        crate::audit::record(
+            state,
+            crate::audit::Actor::Operator,
+            admin.source.as_deref(),
+            "credential.delete",
+            Some(app_id),
+            Some(provider),
+            None,
+        )
+        .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
@@ -129,7 +155,7 @@ impl WithUpdatedAt for FcmCredentialInfo {
     responses((status = 200, body = ApnsCredentialInfo), (status = 401, body = Problem),
         (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn put_apns(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     ApiJson(body): ApiJson<ApnsCredentialInput>,
@@ -139,6 +165,7 @@ async fn put_apns(
     let validated = validate_apns(body, now).map_err(|e| ApiError::invalid(e.to_string()))?;
     let secret = serde_json::to_vec(&validated.secret).map_err(|e| ApiError::Internal(e.into()))?;
     save(
+        &admin,
         &state,
         &app_id,
         "apns",
@@ -169,11 +196,11 @@ async fn get_apns(
     security(("admin_token" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn delete_apns(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(app_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    remove(&state, &app_id, "apns").await
+    remove(&admin, &state, &app_id, "apns").await
 }
 
 #[utoipa::path(put, path = "/v1/apps/{app}/credentials/fcm", tag = "credentials",
@@ -182,7 +209,7 @@ async fn delete_apns(
     responses((status = 200, body = FcmCredentialInfo), (status = 401, body = Problem),
         (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn put_fcm(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     ApiJson(body): ApiJson<FcmCredentialInput>,
@@ -191,6 +218,7 @@ async fn put_fcm(
     let validated = validate_fcm(body).map_err(|e| ApiError::invalid(e.to_string()))?;
     let now = now_millis();
     save(
+        &admin,
         &state,
         &app_id,
         "fcm",
@@ -221,9 +249,9 @@ async fn get_fcm(
     security(("admin_token" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn delete_fcm(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(app_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    remove(&state, &app_id, "fcm").await
+    remove(&admin, &state, &app_id, "fcm").await
 }

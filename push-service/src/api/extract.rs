@@ -55,8 +55,10 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for ApiQuery<T> {
     }
 }
 
-/// Proof that the caller holds the operator's admin token.
-pub struct AdminAuth;
+/// Proof that the caller holds the operator's admin token, and where it called from.
+pub struct AdminAuth {
+    pub source: Option<String>,
+}
 
 impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
@@ -70,7 +72,9 @@ impl FromRequestParts<AppState> for AdminAuth {
         })?;
         let expected = state.config.admin_token.expose().as_bytes();
         if bool::from(token.as_bytes().ct_eq(expected)) {
-            Ok(AdminAuth)
+            Ok(AdminAuth {
+                source: crate::audit::source(parts),
+            })
         } else {
             Err(ApiError::Unauthorized(
                 "the admin token is not valid".into(),

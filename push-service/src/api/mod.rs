@@ -2,9 +2,11 @@
 
 pub mod app_registrations;
 pub mod apps;
+pub mod audit;
 pub mod credentials;
 pub mod events;
 pub mod extract;
+pub mod limits;
 pub mod notifications;
 pub mod notifiers;
 pub mod ops;
@@ -43,6 +45,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         app_registrations::delete_registration, app_registrations::put_aliases,
         events::events, notifications::notify, notifications::status,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        limits::get_limits, limits::put_limits, limits::delete_limits, audit::list_audit,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&SecuritySchemes),
@@ -93,7 +96,13 @@ pub fn router(state: AppState) -> Router {
         .merge(notifications::router())
         .merge(events::router())
         .merge(ops::router())
+        .merge(limits::router())
+        .merge(audit::router())
         .route_layer(axum::middleware::from_fn(crate::telemetry::track_http))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::Limiter::address_middleware,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

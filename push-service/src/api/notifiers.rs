@@ -9,6 +9,8 @@ use utoipa::ToSchema;
 
 use super::apps::require_app;
 use super::extract::{AdminAuth, ApiJson};
+use crate::audit::{record, Actor};
+use crate::auth::notifier::CertBinding;
 use crate::error::{ApiError, Problem};
 use crate::ids::{new_id, now_millis, rfc3339};
 use crate::keys::validate_jwks;
@@ -30,6 +32,9 @@ pub struct CreateNotifier {
     pub jwks_url: Option<String>,
     /// Granted scopes: `notify`, `registrations:read`, `registrations:delete`.
     pub scopes: Vec<String>,
+    /// Optional mutual TLS: the notifier's JWTs are then accepted only over a
+    /// connection presenting this client certificate (by key pin or issuing CA).
+    pub client_certificate: Option<CertBinding>,
 }
 
 /// A notifier as the API shows it; `id` is the `iss` of its JWTs.
@@ -42,6 +47,9 @@ pub struct NotifierView {
     pub jwks_url: Option<String>,
     /// Key ids of the static keys.
     pub key_ids: Vec<String>,
+    /// The client-certificate binding, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<CertBinding>,
     pub created_at: String,
 }
 
@@ -59,6 +67,10 @@ impl From<Notifier> for NotifierView {
             scopes: n.scopes.split_whitespace().map(str::to_owned).collect(),
             jwks_url: n.jwks_url,
             key_ids,
+            client_certificate: n
+                .client_cert
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok()),
             created_at: rfc3339(n.created_at),
         }
     }
@@ -116,7 +128,7 @@ fn check_jwks_url(raw: &str) -> Result<String, ApiError> {
         (status = 404, body = Problem), (status = 422, body = Problem)))]
 #[tracing::instrument(skip_all, fields(app = %app_id))]
 async fn create_notifier(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     ApiJson(body): ApiJson<CreateNotifier>,
@@ -147,6 +159,17 @@ async fn create_notifier(
             ))
         }
     };
+    let client_cert = match body.client_certificate {
+        Some(binding) => Some(
+            serde_json::to_string(
+                &binding
+                    .validate()
+                    .map_err(|e| ApiError::invalid(format!("`client_certificate`: {e}")))?,
+            )
+            .map_err(|e| ApiError::Internal(e.into()))?,
+        ),
+        None => None,
+    };
     let mut scopes = body.scopes;
     scopes.sort();
     scopes.dedup();
@@ -158,9 +181,23 @@ async fn create_notifier(
         jwks,
         jwks_url,
         created_at: now_millis(),
+        client_cert,
     };
     state.store.create_notifier(&notifier).await?;
     tracing::info!(notifier = %notifier.id, "notifier created");
+    record(
+        &state,
+        Actor::Operator,
+        admin.source.as_deref(),
+        "notifier.create",
+        Some(&notifier.app_id),
+        Some(&notifier.id),
+        Some(
+            serde_json::json!({"name": notifier.name, "scopes": notifier.scopes,
+            "client_certificate": notifier.client_cert.is_some()}),
+        ),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(notifier.into())))
 }
 
@@ -205,12 +242,22 @@ async fn get_notifier(
     security(("admin_token" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn delete_notifier(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path((app_id, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     require_app(state.store.as_ref(), &app_id).await?;
     if state.store.delete_notifier(&app_id, &id).await? {
+        record(
+            &state,
+            Actor::Operator,
+            admin.source.as_deref(),
+            "notifier.delete",
+            Some(&app_id),
+            Some(&id),
+            None,
+        )
+        .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
@@ -225,7 +272,7 @@ async fn delete_notifier(
     responses((status = 200, body = AttestationView), (status = 401, body = Problem),
         (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn put_attestation(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     ApiJson(body): ApiJson<PutAttestation>,
@@ -240,6 +287,16 @@ async fn put_attestation(
         updated_at: now_millis(),
     };
     state.store.put_attestation(&attestation).await?;
+    record(
+        &state,
+        Actor::Operator,
+        admin.source.as_deref(),
+        "attestation.put",
+        Some(&attestation.app_id),
+        None,
+        Some(serde_json::json!({"key_ids": key_ids, "required": attestation.required})),
+    )
+    .await;
     Ok(Json(AttestationView {
         key_ids,
         required: attestation.required,

@@ -129,6 +129,14 @@ impl FromRequestParts<AppState> for DeviceProof {
         };
         let (proof, jti) =
             verify_proof(proof, &expected).map_err(|e| ApiError::InvalidDpop(e.0))?;
+        let per_minute = state.limiter.settings.device_requests_per_minute;
+        if let Some(bucket) = crate::limits::Limiter::bucket(
+            format!("device:{}", proof.thumbprint),
+            per_minute / 60.0,
+            1.0,
+        ) {
+            state.limiter.enforce(&[bucket], "device").await?;
+        }
         let key = format!("dpop:{}:{jti}", proof.thumbprint);
         let until = (expected.now + 2 * window + 1) * 1000;
         if !state.replay.first_use(&key, until).await? {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
+use base64::Engine;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -16,14 +17,150 @@ use super::{
 use crate::api::extract::bearer_token;
 use crate::error::ApiError;
 use crate::keys::{validate_jwks, ALLOWED_ALGS};
+use crate::limits::Limiter;
 use crate::store::Notifier;
+use crate::tls::ClientCertificate;
 use crate::AppState;
 
 /// An authenticated notifier with its granted scopes.
 pub struct NotifierAuth {
     pub notifier: Notifier,
     pub app_id: String,
+    /// The caller's address, for the audit log.
+    pub source: Option<String>,
     scopes: Vec<String>,
+}
+
+/// A notifier's client-certificate binding: its JWTs are accepted only over a
+/// TLS connection presenting a certificate with this key, or issued by this CA.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertBinding {
+    /// SHA-256 of the client certificate's SubjectPublicKeyInfo, base64 (standard or URL-safe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spki_sha256: Option<String>,
+    /// PEM of the CA(s) that must have issued the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+}
+
+impl CertBinding {
+    /// Checks the binding is usable; returns it normalized (pin as standard base64).
+    pub fn validate(self) -> Result<Self, String> {
+        match (&self.spki_sha256, &self.ca) {
+            (Some(pin), None) => {
+                let bytes = decode_b64(pin)
+                    .filter(|b| b.len() == 32)
+                    .ok_or("`spki_sha256` must be the base64 of a 32-byte SHA-256 digest")?;
+                Ok(CertBinding {
+                    spki_sha256: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                    ca: None,
+                })
+            }
+            (None, Some(pem)) => {
+                ca_roots(pem)?;
+                Ok(self)
+            }
+            _ => Err("give exactly one of `spki_sha256` and `ca`".into()),
+        }
+    }
+
+    /// Whether `peer` satisfies the binding.
+    fn admits(&self, peer: &ClientCertificate) -> Result<(), String> {
+        if let Some(pin) = &self.spki_sha256 {
+            let want = decode_b64(pin).unwrap_or_default();
+            return match peer.spki_sha256() {
+                Some(got) if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &want[..])) => {
+                    Ok(())
+                }
+                _ => {
+                    Err("the client certificate's key is not the one bound to this notifier".into())
+                }
+            };
+        }
+        let pem = self.ca.as_deref().unwrap_or("");
+        let roots = ca_roots(pem)?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider,
+        )
+        .build()
+        .map_err(|e| format!("the bound CA cannot verify: {e}"))?;
+        verifier
+            .verify_client_cert(
+                peer.leaf(),
+                &peer.0[1..],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| format!("the client certificate is not valid under the bound CA: {e}"))
+    }
+}
+
+fn decode_b64(value: &str) -> Option<Vec<u8>> {
+    let value = value.trim().trim_end_matches('=');
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(value)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value))
+        .ok()
+}
+
+fn ca_roots(pem: &str) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("`ca`: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("`ca`: not a usable CA certificate ({e})"))?;
+    }
+    if roots.is_empty() {
+        return Err("`ca` holds no PEM certificate".into());
+    }
+    Ok(roots)
+}
+
+/// Certificate-bound tokens: a notifier bound to a client certificate, or a JWT
+/// with `cnf.x5t#S256` (RFC 8705), needs the matching certificate on the connection.
+fn check_certificate(
+    notifier: &Notifier,
+    claims: &Value,
+    peer: Option<&ClientCertificate>,
+) -> Result<(), ApiError> {
+    let x5t = claims
+        .get("cnf")
+        .and_then(|c| c.get("x5t#S256"))
+        .map(|v| v.as_str().unwrap_or(""));
+    let binding = match notifier.client_cert.as_deref() {
+        Some(json) => Some(
+            serde_json::from_str::<CertBinding>(json).map_err(|e| ApiError::Internal(e.into()))?,
+        ),
+        None => None,
+    };
+    if x5t.is_none() && binding.is_none() {
+        return Ok(());
+    }
+    let peer = peer.ok_or_else(|| {
+        ApiError::Unauthorized(
+            "this notifier's tokens are bound to a client certificate; present it over TLS".into(),
+        )
+    })?;
+    if let Some(x5t) = x5t {
+        let want = decode_b64(x5t).unwrap_or_default();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &peer.thumbprint()[..],
+            &want[..],
+        )) {
+            return Err(ApiError::Unauthorized(
+                "`cnf.x5t#S256` does not match the client certificate".into(),
+            ));
+        }
+    }
+    if let Some(binding) = binding {
+        binding.admits(peer).map_err(ApiError::Unauthorized)?;
+    }
+    Ok(())
 }
 
 impl NotifierAuth {
@@ -56,7 +193,18 @@ impl FromRequestParts<AppState> for NotifierAuth {
         let token = bearer_token(parts).ok_or_else(|| {
             ApiError::Unauthorized("missing `Authorization: Bearer <JWT>`".into())
         })?;
-        authenticate(state, &app_id, token).await
+        let peer = parts.extensions.get::<ClientCertificate>();
+        let mut auth = authenticate(state, &app_id, token, peer).await?;
+        auth.source = crate::audit::source(parts);
+        let limits = state.limiter.app_limits(&app_id).await?;
+        if let Some(bucket) = Limiter::bucket(
+            format!("notifier:{}", auth.notifier.id),
+            limits.notifier_requests_per_second,
+            1.0,
+        ) {
+            state.limiter.enforce(&[bucket], "notifier request").await?;
+        }
+        Ok(auth)
     }
 }
 
@@ -65,6 +213,7 @@ pub async fn authenticate(
     state: &AppState,
     app_id: &str,
     token: &str,
+    peer: Option<&ClientCertificate>,
 ) -> Result<NotifierAuth, ApiError> {
     let unauthorized = |e: AuthError| ApiError::Unauthorized(e.0);
     let jwt = parse_jwt(token).map_err(unauthorized)?;
@@ -89,6 +238,7 @@ pub async fn authenticate(
         .await
         .map_err(unauthorized)?;
     verify_signature(&jwt, alg, &key).map_err(unauthorized)?;
+    check_certificate(&notifier, &jwt.claims, peer)?;
 
     let config = &state.config;
     let now = now_seconds();
@@ -154,6 +304,7 @@ pub async fn authenticate(
     Ok(NotifierAuth {
         app_id: app_id.to_owned(),
         notifier,
+        source: None,
         scopes,
     })
 }

@@ -152,12 +152,12 @@ async fn expand(state: &AppState, id: &str) -> Result<(), StoreError> {
 /// Attempts the queued deliveries of one chunk. Finished ones are skipped, so a
 /// redelivered task is harmless.
 async fn deliver(state: &AppState, id: &str, registrations: &[String]) -> Result<(), StoreError> {
-    let Some(notification) = state.store.get_notification(id).await? else {
+    let Some((notification, pending)) = state.store.task_deliveries(id, registrations).await?
+    else {
         return Ok(());
     };
     let content: Content =
         serde_json::from_str(&notification.content).map_err(|e| StoreError::Other(e.into()))?;
-    let pending = state.store.pending_deliveries(id, registrations).await?;
     for delivery in pending {
         deliver_one(state, &notification, &content, delivery).await?;
     }

@@ -57,6 +57,11 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
         }
     }
     store.delete_expired_direct_events(now).await?;
+    let retention = state.config.audit_retention.as_millis() as i64;
+    // About once a minute is plenty for a retention counted in days.
+    if retention > 0 && rand::random::<u8>() < 16 {
+        store.delete_audit_before(now - retention).await?;
+    }
     let (depth, oldest) = store.queue_stats().await?;
     metrics::gauge!(names::QUEUE_DEPTH).set(depth as f64);
     metrics::gauge!(names::QUEUE_OLDEST_AGE).set(

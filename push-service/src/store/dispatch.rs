@@ -39,6 +39,15 @@ pub struct PendingDelivery {
     pub registration_status: Option<String>,
 }
 
+/// A row of the dispatcher's one read per task: the notification beside each pending delivery.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRow {
+    #[sqlx(flatten)]
+    pub notification: NotificationRow,
+    #[sqlx(flatten)]
+    pub delivery: PendingDelivery,
+}
+
 /// One target's state, for the status API.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeliveryRow {
@@ -63,11 +72,13 @@ pub struct DirectEvent {
 pub trait DispatchStore: Send + Sync {
     /// Stores a notification and a queued delivery per registration, atomically.
     /// An idempotency-key collision is `StoreError::Conflict`.
+    /// `audit`, when given, is written in the same transaction.
     async fn insert_notification(
         &self,
         notification: &NotificationRow,
         registrations: &[String],
         redrive_at: i64,
+        audit: Option<&super::AuditEntry>,
     ) -> Result<(), StoreError>;
     async fn get_notification(&self, id: &str) -> Result<Option<NotificationRow>, StoreError>;
     async fn find_idempotent(
@@ -98,12 +109,13 @@ pub trait DispatchStore: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
     /// Marks a fan-out as fully expanded.
     async fn finish_expansion(&self, id: &str, now: i64) -> Result<(), StoreError>;
-    /// Queued deliveries among `registrations`, joined with their registration.
-    async fn pending_deliveries(
+    /// The notification and its queued deliveries among `registrations`, in one
+    /// read; `None` when none is queued (nothing to do).
+    async fn task_deliveries(
         &self,
         notification_id: &str,
         registrations: &[String],
-    ) -> Result<Vec<PendingDelivery>, StoreError>;
+    ) -> Result<Option<(NotificationRow, Vec<PendingDelivery>)>, StoreError>;
     /// Records the outcome of one attempt (only while the delivery is still queued).
     #[allow(clippy::too_many_arguments)]
     async fn update_delivery(

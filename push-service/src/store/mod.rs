@@ -1,6 +1,7 @@
 //! Persistence behind one trait, with a SQLite and a PostgreSQL implementation.
 
 mod dispatch;
+pub mod group;
 mod postgres;
 mod sql;
 mod sql_dispatch;
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 
 pub use dispatch::{
     placeholders, DeliveryRow, DirectEvent, DispatchStore, NotificationRow, PendingDelivery,
+    TaskRow,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -92,6 +94,36 @@ pub struct Notifier {
     /// JWKS URL, when the keys are fetched.
     pub jwks_url: Option<String>,
     pub created_at: i64,
+    /// Client-certificate binding (JSON, see `auth::notifier::CertBinding`), if any.
+    pub client_cert: Option<String>,
+}
+
+/// One audit-log entry: who (`operator` or `notifier:<id>`), what, when, from where.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditEntry {
+    /// Assigned by the store (ignored on insert).
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    /// E.g. `app.create`, `credential.put`, `notification.create`.
+    pub action: String,
+    pub app_id: Option<String>,
+    /// The id of what was changed.
+    pub target: Option<String>,
+    /// The caller's address.
+    pub source: Option<String>,
+    /// JSON with what else matters (never secrets).
+    pub details: Option<String>,
+}
+
+/// Which audit entries to list (keyset by `seq`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub after: i64,
+    pub app_id: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub limit: i64,
 }
 
 /// Per-app client attestation settings.
@@ -200,6 +232,21 @@ pub trait Store: DispatchStore + Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     async fn list_aliases(&self, id: &str) -> Result<Vec<String>, StoreError>;
 
+    /// The operator's rate limits of an app (JSON), if set.
+    async fn get_app_limits(&self, app_id: &str) -> Result<Option<String>, StoreError>;
+    /// Sets (or, with `None`, clears) an app's rate limits.
+    async fn set_app_limits(
+        &self,
+        app_id: &str,
+        limits: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Appends to the audit log (group-committed with other hot writes).
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Drops audit entries older than `at` (retention); returns how many.
+    async fn delete_audit_before(&self, at: i64) -> Result<u64, StoreError>;
+
     /// Records `key` until `expires_at`; true the first time, false on any reuse before then.
     async fn remember_once(&self, key: &str, expires_at: i64, now: i64)
         -> Result<bool, StoreError>;
@@ -211,6 +258,7 @@ pub async fn connect(
     database_url: &str,
     max_connections: u32,
     sqlite_full_sync: bool,
+    postgres_ca_file: Option<&std::path::Path>,
 ) -> Result<Arc<dyn Store>, StoreError> {
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(
@@ -218,7 +266,7 @@ pub async fn connect(
         ))
     } else {
         Ok(Arc::new(
-            PgStore::connect(database_url, max_connections).await?,
+            PgStore::connect(database_url, max_connections, postgres_ca_file).await?,
         ))
     }
 }

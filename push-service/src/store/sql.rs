@@ -130,8 +130,8 @@ macro_rules! impl_sql_store {
 
             async fn create_notifier(&self, n: &$crate::store::Notifier) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(
-                    "INSERT INTO notifiers (id, app_id, name, scopes, jwks, jwks_url, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO notifiers (id, app_id, name, scopes, jwks, jwks_url, created_at, client_cert) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&n.id)
                 .bind(&n.app_id)
@@ -140,6 +140,7 @@ macro_rules! impl_sql_store {
                 .bind(&n.jwks)
                 .bind(&n.jwks_url)
                 .bind(n.created_at)
+                .bind(&n.client_cert)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -147,7 +148,7 @@ macro_rules! impl_sql_store {
 
             async fn list_notifiers(&self, app_id: &str) -> Result<Vec<$crate::store::Notifier>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT id, app_id, name, scopes, jwks, jwks_url, created_at FROM notifiers \
+                    "SELECT id, app_id, name, scopes, jwks, jwks_url, created_at, client_cert FROM notifiers \
                      WHERE app_id = $1 ORDER BY id",
                 )
                 .bind(app_id)
@@ -161,7 +162,7 @@ macro_rules! impl_sql_store {
                 id: &str,
             ) -> Result<Option<$crate::store::Notifier>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT id, app_id, name, scopes, jwks, jwks_url, created_at FROM notifiers \
+                    "SELECT id, app_id, name, scopes, jwks, jwks_url, created_at, client_cert FROM notifiers \
                      WHERE app_id = $1 AND id = $2",
                 )
                 .bind(app_id)
@@ -337,30 +338,88 @@ macro_rules! impl_sql_store {
                 Ok(rows.into_iter().map(|(alias,)| alias).collect())
             }
 
+            async fn get_app_limits(&self, app_id: &str) -> Result<Option<String>, $crate::store::StoreError> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT limits FROM app_limits WHERE app_id = $1")
+                    .bind(app_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|(limits,)| limits))
+            }
+
+            async fn set_app_limits(
+                &self,
+                app_id: &str,
+                limits: Option<&str>,
+                now: i64,
+            ) -> Result<(), $crate::store::StoreError> {
+                match limits {
+                    Some(limits) => {
+                        sqlx::query(
+                            "INSERT INTO app_limits (app_id, limits, updated_at) VALUES ($1, $2, $3) \
+                             ON CONFLICT (app_id) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at",
+                        )
+                        .bind(app_id)
+                        .bind(limits)
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM app_limits WHERE app_id = $1")
+                            .bind(app_id)
+                            .execute(&self.pool)
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
+
+            async fn list_audit(
+                &self,
+                filter: &$crate::store::AuditFilter,
+            ) -> Result<Vec<$crate::store::AuditEntry>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT seq, at, actor, action, app_id, target, source, details FROM audit_log \
+                     WHERE seq > $1 AND ($2 IS NULL OR app_id = $2) AND ($3 IS NULL OR actor = $3) \
+                     AND ($4 IS NULL OR action = $4) ORDER BY seq LIMIT $5",
+                )
+                .bind(filter.after)
+                .bind(&filter.app_id)
+                .bind(&filter.actor)
+                .bind(&filter.action)
+                .bind(filter.limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn delete_audit_before(&self, at: i64) -> Result<u64, $crate::store::StoreError> {
+                let done = sqlx::query("DELETE FROM audit_log WHERE at < $1")
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn audit(&self, entry: &$crate::store::AuditEntry) -> Result<(), $crate::store::StoreError> {
+                self.writer
+                    .write($crate::store::group::Write::Audit(Box::new(entry.clone())))
+                    .await?;
+                Ok(())
+            }
+
             async fn remember_once(
                 &self,
                 key: &str,
                 expires_at: i64,
                 now: i64,
             ) -> Result<bool, $crate::store::StoreError> {
-                // Expired entries are removed now and then, on about one call in 64.
-                if rand::random::<u8>() < 4 {
-                    sqlx::query("DELETE FROM replay_cache WHERE expires_at < $1")
-                        .bind(now)
-                        .execute(&self.pool)
-                        .await?;
-                }
-                let done = sqlx::query(
-                    "INSERT INTO replay_cache (key, expires_at) VALUES ($1, $2) \
-                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-                     WHERE replay_cache.expires_at < $3",
-                )
-                .bind(key)
-                .bind(expires_at)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-                Ok(done.rows_affected() == 1)
+                self.writer
+                    .write($crate::store::group::Write::RememberOnce {
+                        key: key.to_owned(),
+                        expires_at,
+                        now,
+                    })
+                    .await
             }
         }
     };

@@ -10,31 +10,22 @@ macro_rules! impl_sql_dispatch {
                 n: &$crate::store::NotificationRow,
                 registrations: &[String],
                 redrive_at: i64,
+                audit: Option<&$crate::store::AuditEntry>,
             ) -> Result<(), $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
-                     targets, content, expires_at, state, created_at, response, expand_cursor, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                )
-                .bind(&n.id)
-                .bind(&n.app_id)
-                .bind(&n.notifier_id)
-                .bind(&n.idempotency_key)
-                .bind(&n.request_hash)
-                .bind(&n.targets)
-                .bind(&n.content)
-                .bind(n.expires_at)
-                .bind(&n.state)
-                .bind(n.created_at)
-                .bind(&n.response)
-                .bind(&n.expand_cursor)
-                .bind(n.updated_at)
-                .execute(&mut *tx)
-                .await?;
-                insert_deliveries(&mut tx, &n.id, registrations, redrive_at, n.created_at).await?;
-                tx.commit().await?;
-                Ok(())
+                let inserted = self
+                    .writer
+                    .write($crate::store::group::Write::InsertNotification {
+                        row: Box::new(n.clone()),
+                        registrations: registrations.to_vec(),
+                        redrive_at,
+                        audit: audit.map(|a| Box::new(a.clone())),
+                    })
+                    .await?;
+                if inserted {
+                    Ok(())
+                } else {
+                    Err($crate::store::StoreError::Conflict("notification already exists".into()))
+                }
             }
 
             async fn get_notification(
@@ -172,26 +163,37 @@ macro_rules! impl_sql_dispatch {
                 Ok(())
             }
 
-            async fn pending_deliveries(
+            async fn task_deliveries(
                 &self,
                 notification_id: &str,
                 registrations: &[String],
-            ) -> Result<Vec<$crate::store::PendingDelivery>, $crate::store::StoreError> {
+            ) -> Result<
+                Option<($crate::store::NotificationRow, Vec<$crate::store::PendingDelivery>)>,
+                $crate::store::StoreError,
+            > {
                 if registrations.is_empty() {
-                    return Ok(Vec::new());
+                    return Ok(None);
                 }
                 let sql = format!(
-                    "SELECT d.registration_id, d.attempts, r.provider, r.token, r.environment, \
-                     r.status AS registration_status FROM deliveries d \
+                    "SELECT n.id, n.app_id, n.notifier_id, n.idempotency_key, n.request_hash, n.targets, \
+                     n.content, n.expires_at, n.state, n.created_at, n.response, n.expand_cursor, n.updated_at, \
+                     d.registration_id, d.attempts, r.provider, r.token, r.environment, \
+                     r.status AS registration_status FROM notifications n \
+                     JOIN deliveries d ON d.notification_id = n.id \
                      LEFT JOIN registrations r ON r.id = d.registration_id \
-                     WHERE d.notification_id = $1 AND d.state = 'queued' AND d.registration_id IN ({})",
+                     WHERE n.id = $1 AND d.state = 'queued' AND d.registration_id IN ({})",
                     $crate::store::placeholders(2, registrations.len())
                 );
-                let mut query = sqlx::query_as(&sql).bind(notification_id);
+                let mut query = sqlx::query_as::<_, $crate::store::TaskRow>(&sql).bind(notification_id);
                 for id in registrations {
                     query = query.bind(id);
                 }
-                Ok(query.fetch_all(&self.pool).await?)
+                let rows = query.fetch_all(&self.pool).await?;
+                let mut rows = rows.into_iter();
+                let Some(first) = rows.next() else { return Ok(None) };
+                let mut pending = vec![first.delivery];
+                pending.extend(rows.map(|row| row.delivery));
+                Ok(Some((first.notification, pending)))
             }
 
             async fn update_delivery(
@@ -204,20 +206,17 @@ macro_rules! impl_sql_dispatch {
                 next_attempt_at: Option<i64>,
                 now: i64,
             ) -> Result<(), $crate::store::StoreError> {
-                sqlx::query(
-                    "UPDATE deliveries SET state = $3, reason = $4, attempts = $5, \
-                     next_attempt_at = COALESCE($6, next_attempt_at), updated_at = $7 \
-                     WHERE notification_id = $1 AND registration_id = $2 AND state = 'queued'",
-                )
-                .bind(notification_id)
-                .bind(registration_id)
-                .bind(state)
-                .bind(reason)
-                .bind(attempts)
-                .bind(next_attempt_at)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
+                self.writer
+                    .write($crate::store::group::Write::UpdateDelivery {
+                        notification_id: notification_id.to_owned(),
+                        registration_id: registration_id.to_owned(),
+                        state: state.to_owned(),
+                        reason: reason.map(str::to_owned),
+                        attempts,
+                        next_attempt_at,
+                        now,
+                    })
+                    .await?;
                 Ok(())
             }
 
@@ -411,6 +410,134 @@ macro_rules! impl_sql_dispatch {
                     .await?;
                 Ok(done.rows_affected())
             }
+        }
+
+        /// Runs a group of writes in one transaction (see `store::group`).
+        fn group_executor(
+            pool: sqlx::Pool<<$store as $crate::store::Backend>::Db>,
+        ) -> $crate::store::group::Executor {
+            std::sync::Arc::new(move |writes| {
+                let pool = pool.clone();
+                Box::pin(async move { write_batch(&pool, &writes).await })
+            })
+        }
+
+        async fn write_batch(
+            pool: &sqlx::Pool<<$store as $crate::store::Backend>::Db>,
+            writes: &[$crate::store::group::Write],
+        ) -> Result<Vec<bool>, $crate::store::StoreError> {
+            use $crate::store::group::Write;
+            let mut tx = pool.begin().await?;
+            let mut applied = Vec::with_capacity(writes.len());
+            for write in writes {
+                let done = match write {
+                    Write::RememberOnce { key, expires_at, now } => {
+                        // Expired entries are removed now and then, on about one write in 64.
+                        if rand::random::<u8>() < 4 {
+                            sqlx::query("DELETE FROM replay_cache WHERE expires_at < $1")
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        sqlx::query(
+                            "INSERT INTO replay_cache (key, expires_at) VALUES ($1, $2) \
+                             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+                             WHERE replay_cache.expires_at < $3",
+                        )
+                        .bind(key)
+                        .bind(expires_at)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            == 1
+                    }
+                    Write::InsertNotification { row: n, registrations, redrive_at, audit } => {
+                        let inserted = sqlx::query(
+                            "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
+                             targets, content, expires_at, state, created_at, response, expand_cursor, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&n.id)
+                        .bind(&n.app_id)
+                        .bind(&n.notifier_id)
+                        .bind(&n.idempotency_key)
+                        .bind(&n.request_hash)
+                        .bind(&n.targets)
+                        .bind(&n.content)
+                        .bind(n.expires_at)
+                        .bind(&n.state)
+                        .bind(n.created_at)
+                        .bind(&n.response)
+                        .bind(&n.expand_cursor)
+                        .bind(n.updated_at)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            == 1;
+                        if inserted {
+                            insert_deliveries(&mut tx, &n.id, registrations, *redrive_at, n.created_at)
+                                .await?;
+                            if let Some(entry) = audit {
+                                insert_audit(&mut tx, entry).await?;
+                            }
+                        }
+                        inserted
+                    }
+                    Write::UpdateDelivery {
+                        notification_id,
+                        registration_id,
+                        state,
+                        reason,
+                        attempts,
+                        next_attempt_at,
+                        now,
+                    } => {
+                        sqlx::query(
+                            "UPDATE deliveries SET state = $3, reason = $4, attempts = $5, \
+                             next_attempt_at = COALESCE($6, next_attempt_at), updated_at = $7 \
+                             WHERE notification_id = $1 AND registration_id = $2 AND state = 'queued'",
+                        )
+                        .bind(notification_id)
+                        .bind(registration_id)
+                        .bind(state)
+                        .bind(reason)
+                        .bind(attempts)
+                        .bind(next_attempt_at)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        true
+                    }
+                    Write::Audit(entry) => {
+                        insert_audit(&mut tx, entry).await?;
+                        true
+                    }
+                };
+                applied.push(done);
+            }
+            tx.commit().await?;
+            Ok(applied)
+        }
+
+        async fn insert_audit(
+            tx: &mut sqlx::Transaction<'_, <$store as $crate::store::Backend>::Db>,
+            e: &$crate::store::AuditEntry,
+        ) -> Result<(), $crate::store::StoreError> {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, app_id, target, source, details) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(e.at)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.app_id)
+            .bind(&e.target)
+            .bind(&e.source)
+            .bind(&e.details)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
         }
 
         /// Inserts queued deliveries in multi-row statements (200 rows each).

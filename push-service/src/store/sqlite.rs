@@ -16,6 +16,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: super::group::GroupWriter,
 }
 
 impl SqliteStore {
@@ -44,9 +45,12 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool })
+        // One writer: SQLite has one write lock; batches share its commit (and fsync).
+        let writer = super::group::GroupWriter::spawn(1, group_executor(pool.clone()));
+        Ok(SqliteStore { pool, writer })
     }
 }
 

@@ -143,6 +143,16 @@ pub struct Options {
     pub join: Option<(String, String)>,
     /// Extra configuration lines (e.g. provider endpoints).
     pub extra: String,
+    /// Serve HTTPS with this certificate chain and key (PEM files), trusting `ca_der`.
+    pub tls: Option<TestTls>,
+}
+
+/// The service's own TLS in a test: files it serves, and the root clients trust.
+#[derive(Clone)]
+pub struct TestTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca_der: Vec<u8>,
 }
 
 impl Options {
@@ -153,6 +163,7 @@ impl Options {
             workers: 4,
             join: None,
             extra: String::new(),
+            tls: None,
         }
     }
 }
@@ -178,9 +189,22 @@ pub async fn spawn(options: Options) -> TestApp {
         (Backend::Postgres, Some((url, _))) => (url.clone(), None, redis_url()),
     };
     let admin_token = "test-admin-token-0123456789".to_owned();
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let public_url = options
         .public_url
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
+    let tls_lines = match &options.tls {
+        Some(tls) => format!(
+            "tls_cert = {:?}\ntls_key = {:?}\ntls_reload_seconds = 1\n",
+            tls.cert.display().to_string(),
+            tls.key.display().to_string()
+        ),
+        None => String::new(),
+    };
     let prefix = match &options.join {
         Some((_, prefix)) => prefix.clone(),
         None => format!("pushtest:{}:", rand::random::<u64>()),
@@ -191,7 +215,7 @@ pub async fn spawn(options: Options) -> TestApp {
          redis_key_prefix = {prefix:?}\nnotifier_audience = \"push-test\"\n\
          dispatch_workers = {workers}\nsweep_interval_seconds = 1\nqueue_visibility_seconds = 2\n\
          redrive_after_seconds = 3\nretry_base_ms = 100\nretry_max_ms = 1000\n\
-         provider_timeout_seconds = 1\ndatabase_max_connections = 4\nlog_level = \"warn\"\n{extra}\n",
+         provider_timeout_seconds = 1\ndatabase_max_connections = 4\nlog_level = \"warn\"\n{tls_lines}{extra}\n",
         dir = dir.path().display().to_string(),
         workers = options.workers,
         extra = options.extra,
@@ -204,8 +228,16 @@ pub async fn spawn(options: Options) -> TestApp {
         listener,
         shutdown.clone(),
     ));
+    let mut api = Api::new(&format!("{scheme}://{addr}"), &admin_token);
+    if let Some(tls) = &options.tls {
+        api.client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .add_root_certificate(reqwest::Certificate::from_der(&tls.ca_der).expect("test CA"))
+            .build()
+            .expect("client");
+    }
     TestApp {
-        api: Api::new(&format!("http://{addr}"), &admin_token),
+        api,
         backend: options.backend,
         database_url,
         sqlite_path,

@@ -1,0 +1,281 @@
+//! Rate limits shared by nodes through Redis, per-app overrides, and the audit log.
+
+use std::time::Instant;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::actors::TestNotifier;
+use crate::fixtures::service_account;
+use crate::helpers::{spawn, spawn_app, Backend, Options, TestApp};
+
+/// Sends one notification (to an unknown registration: accepted, nothing to deliver).
+async fn notify(app: &TestApp, app_id: &str, notifier: &TestNotifier) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/v1/apps/{app_id}/notifications")))
+        .bearer_auth(notifier.jwt("notify"))
+        .json(&json!({"targets": {"registrations": ["reg_nobody"]},
+            "notification": {"title": "t"}}))
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn a_notifier_over_its_limit_gets_429_on_every_node_while_another_keeps_service() {
+    let a = spawn_app(Backend::Postgres).await;
+    let mut join = Options::new(Backend::Postgres);
+    join.join = Some((a.database_url.clone(), a.prefix.clone()));
+    let b = spawn(join).await;
+    let app_id = a.create_app("Acme").await;
+
+    // 5 requests/s per notifier; the burst is 10 (the floor).
+    let (status, body) = a
+        .admin(
+            Method::PUT,
+            &format!("/v1/apps/{app_id}/limits"),
+            Some(json!({"notifier_requests_per_second": 5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["notifier_requests_per_second"], json!(5.0));
+    assert_eq!(body["custom"], json!(true));
+    let (_, body) = a
+        .admin(Method::GET, &format!("/v1/apps/{app_id}/limits"), None)
+        .await;
+    assert_eq!(body["notifier_requests_per_second"], json!(5.0));
+    let noisy = TestNotifier::create(&a, &app_id, &["notify"]).await;
+    let quiet = TestNotifier::create(&a, &app_id, &["notify"]).await;
+
+    // The noisy one sends 40 requests alternating between the nodes, the quiet
+    // one 8 (within its own burst) interleaved with them.
+    let start = Instant::now();
+    let mut noisy_ok = 0;
+    let mut refused = Vec::new();
+    let mut refused_on = [0, 0];
+    let mut quiet_statuses = Vec::new();
+    for i in 0..40 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let response = notify(node, &app_id, &noisy).await;
+        match response.status() {
+            StatusCode::ACCEPTED => noisy_ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused_on[i % 2] += 1;
+                refused.push(response);
+            }
+            other => panic!("unexpected {other}"),
+        }
+        if i % 5 == 0 {
+            let node = if i % 2 == 0 { &b } else { &a };
+            quiet_statuses.push(notify(node, &app_id, &quiet).await.status());
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    // Shared across nodes: at most the burst plus what refilled meanwhile
+    // (per-node buckets would have let about twice as many through).
+    let allowed = 10.0 + 5.0 * elapsed + 1.0;
+    assert!(
+        (noisy_ok as f64) <= allowed && noisy_ok >= 10,
+        "noisy got {noisy_ok} through in {elapsed:.2}s (allowed {allowed:.1})"
+    );
+    assert!(
+        refused_on[0] > 0 && refused_on[1] > 0,
+        "both nodes refuse: {refused_on:?}"
+    );
+    assert!(
+        quiet_statuses.iter().all(|s| *s == StatusCode::ACCEPTED),
+        "the other notifier keeps full service: {quiet_statuses:?}"
+    );
+
+    let response = refused.pop().expect("a refusal");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    let retry_after: u64 = header("retry-after").parse().expect("seconds");
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(header("ratelimit-limit"), "10");
+    assert_eq!(header("ratelimit-remaining"), "0");
+    assert_eq!(
+        header("content-type"),
+        "application/problem+json",
+        "a problem document"
+    );
+    let problem: Value = response.json().await.expect("json");
+    assert_eq!(
+        problem["type"],
+        json!("urn:push-service:problem:rate-limited")
+    );
+
+    // After Retry-After, the noisy notifier is served again.
+    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    assert_eq!(
+        notify(&b, &app_id, &noisy).await.status(),
+        StatusCode::ACCEPTED
+    );
+
+    // Back to the defaults.
+    let (status, _) = a
+        .admin(Method::DELETE, &format!("/v1/apps/{app_id}/limits"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, body) = b
+        .admin(Method::GET, &format!("/v1/apps/{app_id}/limits"), None)
+        .await;
+    assert_eq!(body["custom"], json!(false));
+}
+
+#[tokio::test]
+async fn unauthenticated_callers_are_limited_per_address() {
+    let mut options = Options::new(Backend::Sqlite);
+    options.extra = "rate_limit_address_requests_per_second = 2\n".into();
+    let app = spawn(options).await;
+    let app_id = app.create_app("Acme").await;
+    // Failed authentications: charged per address, then refused before verification.
+    let mut statuses = Vec::new();
+    for _ in 0..14 {
+        let response = app
+            .client
+            .post(app.url(&format!("/v1/apps/{app_id}/notifications")))
+            .bearer_auth("not.a.jwt")
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("sent");
+        statuses.push(response.status());
+    }
+    let unauthorized = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(
+        (10..=11).contains(&unauthorized) && limited >= 3,
+        "{statuses:?}"
+    );
+    // While the address is over its allowance, even a valid token from it waits
+    // (checked before any signature work); after Retry-After it is served.
+    let response = app
+        .client
+        .get(app.url("/v1/apps"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    let (status, _) = app.admin(Method::GET, "/v1/apps", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Probes are never limited.
+    for _ in 0..20 {
+        let response = app
+            .client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+crate::both_backends!(
+    audit_log,
+    super::audit_log_names_who_what_when_and_where_without_secrets
+);
+
+async fn audit_log_names_who_what_when_and_where_without_secrets(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let (account, private_key_pem) = service_account("acme-project");
+    let (status, body) = app
+        .admin(
+            Method::PUT,
+            &format!("/v1/apps/{app_id}/credentials/fcm"),
+            Some(json!({"service_account": account})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    assert_eq!(
+        notify(&app, &app_id, &notifier).await.status(),
+        StatusCode::ACCEPTED
+    );
+
+    let (status, page) = app
+        .admin(Method::GET, &format!("/v1/audit?app={app_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let entries = page["entries"].as_array().expect("entries");
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or(""),
+                e["action"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let by_notifier = format!("notifier:{}", notifier.id);
+    assert_eq!(
+        actions,
+        vec![
+            ("operator", "app.create"),
+            ("operator", "credential.put"),
+            ("operator", "notifier.create"),
+            (by_notifier.as_str(), "notification.create"),
+        ]
+    );
+    for entry in entries {
+        assert_eq!(entry["source"], json!("127.0.0.1"), "{entry}");
+        assert!(
+            entry["at"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{entry}"
+        );
+    }
+    let text = page.to_string();
+    let key_body = crate::fixtures::pem_body(&private_key_pem);
+    assert!(
+        !text.contains(&key_body[..40]),
+        "no key material in the audit log"
+    );
+    assert!(!text.contains("BEGIN PRIVATE KEY"));
+
+    // Filters and paging.
+    let (_, page) = app
+        .admin(
+            Method::GET,
+            &format!("/v1/audit?app={app_id}&actor=operator&limit=2"),
+            None,
+        )
+        .await;
+    assert_eq!(page["entries"].as_array().map(Vec::len), Some(2));
+    let next = page["next"].as_i64().expect("next page");
+    let (_, page) = app
+        .admin(
+            Method::GET,
+            &format!("/v1/audit?app={app_id}&actor=operator&after={next}"),
+            None,
+        )
+        .await;
+    assert_eq!(page["entries"][0]["action"], json!("notifier.create"));
+    // Operator only.
+    let response = app
+        .client
+        .get(app.url("/v1/audit"))
+        .bearer_auth(notifier.jwt("notify"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
