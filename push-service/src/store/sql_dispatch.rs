@@ -422,42 +422,70 @@ macro_rules! impl_sql_dispatch {
             })
         }
 
+        /// Writes a batch with as few statements as it can: notifications,
+        /// their deliveries and audit entries as multi-row inserts, delivery
+        /// outcomes as one `UPDATE … FROM (VALUES …)` per chunk.
         async fn write_batch(
             pool: &sqlx::Pool<<$store as $crate::store::Backend>::Db>,
             writes: &[$crate::store::group::Write],
         ) -> Result<Vec<bool>, $crate::store::StoreError> {
             use $crate::store::group::Write;
             let mut tx = pool.begin().await?;
-            let mut applied = Vec::with_capacity(writes.len());
-            for write in writes {
-                let done = match write {
-                    Write::RememberOnce { key, expires_at, now } => {
-                        // Expired entries are removed now and then, on about one write in 64.
-                        if rand::random::<u8>() < 4 {
-                            sqlx::query("DELETE FROM replay_cache WHERE expires_at < $1")
-                                .bind(now)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                        sqlx::query(
-                            "INSERT INTO replay_cache (key, expires_at) VALUES ($1, $2) \
-                             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-                             WHERE replay_cache.expires_at < $3",
-                        )
-                        .bind(key)
-                        .bind(expires_at)
+            let mut applied = vec![true; writes.len()];
+            // Replay-cache entries one by one: the same key twice in a batch must see the first.
+            for (i, write) in writes.iter().enumerate() {
+                let Write::RememberOnce { key, expires_at, now } = write else { continue };
+                // Expired entries are removed now and then, on about one write in 64.
+                if rand::random::<u8>() < 4 {
+                    sqlx::query("DELETE FROM replay_cache WHERE expires_at < $1")
                         .bind(now)
                         .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                            == 1
-                    }
-                    Write::InsertNotification { row: n, registrations, redrive_at, audit } => {
-                        let inserted = sqlx::query(
-                            "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
-                             targets, content, expires_at, state, created_at, response, expand_cursor, updated_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
+                        .await?;
+                }
+                applied[i] = sqlx::query(
+                    "INSERT INTO replay_cache (key, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE replay_cache.expires_at < $3",
+                )
+                .bind(key)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+            }
+
+            // Notifications: an id not returned collided (idempotency key) and gets nothing else.
+            let inserts: Vec<(usize, &$crate::store::NotificationRow)> = writes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| match w {
+                    Write::InsertNotification { row, .. } => Some((i, &**row)),
+                    _ => None,
+                })
+                .collect();
+            let mut inserted = std::collections::HashSet::new();
+            for chunk in inserts.chunks(64) {
+                let values = (0..chunk.len())
+                    .map(|r| {
+                        let b = r * 13;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                            b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7,
+                            b + 8, b + 9, b + 10, b + 11, b + 12, b + 13
                         )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
+                     targets, content, expires_at, state, created_at, response, expand_cursor, updated_at) \
+                     VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
+                );
+                let mut query = sqlx::query_as::<_, (String,)>(&sql);
+                for (_, n) in chunk {
+                    query = query
                         .bind(&n.id)
                         .bind(&n.app_id)
                         .bind(&n.notifier_id)
@@ -470,21 +498,86 @@ macro_rules! impl_sql_dispatch {
                         .bind(n.created_at)
                         .bind(&n.response)
                         .bind(&n.expand_cursor)
-                        .bind(n.updated_at)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                            == 1;
-                        if inserted {
-                            insert_deliveries(&mut tx, &n.id, registrations, *redrive_at, n.created_at)
-                                .await?;
-                            if let Some(entry) = audit {
-                                insert_audit(&mut tx, entry).await?;
-                            }
+                        .bind(n.updated_at);
+                }
+                inserted.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+            }
+            let mut deliveries: Vec<(&str, &str, i64, i64)> = Vec::new();
+            let mut audits: Vec<&$crate::store::AuditEntry> = Vec::new();
+            for (i, write) in writes.iter().enumerate() {
+                match write {
+                    Write::InsertNotification { row, registrations, redrive_at, audit } => {
+                        if !inserted.contains(&row.id) {
+                            applied[i] = false;
+                            continue;
                         }
-                        inserted
+                        deliveries.extend(
+                            registrations
+                                .iter()
+                                .map(|r| (row.id.as_str(), r.as_str(), *redrive_at, row.created_at)),
+                        );
+                        audits.extend(audit.as_deref());
                     }
-                    Write::UpdateDelivery {
+                    Write::Audit(entry) => audits.push(entry),
+                    _ => {}
+                }
+            }
+            insert_delivery_rows(&mut tx, &deliveries).await?;
+            for chunk in audits.chunks(100) {
+                let values = (0..chunk.len())
+                    .map(|r| {
+                        let b = r * 7;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                            b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO audit_log (at, actor, action, app_id, target, source, details) VALUES {values}"
+                );
+                let mut query = sqlx::query(&sql);
+                for e in chunk {
+                    query = query
+                        .bind(e.at)
+                        .bind(&e.actor)
+                        .bind(&e.action)
+                        .bind(&e.app_id)
+                        .bind(&e.target)
+                        .bind(&e.source)
+                        .bind(&e.details);
+                }
+                query.execute(&mut *tx).await?;
+            }
+
+            // Outcomes: applied only to deliveries still queued.
+            let updates: Vec<&Write> = writes
+                .iter()
+                .filter(|w| matches!(w, Write::UpdateDelivery { .. }))
+                .collect();
+            for chunk in updates.chunks(100) {
+                let values = (0..chunk.len())
+                    .map(|r| {
+                        let b = r * 7;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                            b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                // VALUES columns are column1…column7 in both SQLite and PostgreSQL.
+                let sql = format!(
+                    "UPDATE deliveries AS d SET state = v.column3, reason = v.column4, \
+                     attempts = v.column5, next_attempt_at = COALESCE(v.column6, d.next_attempt_at), \
+                     updated_at = v.column7 FROM (VALUES {values}) AS v \
+                     WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
+                     AND d.state = 'queued'"
+                );
+                let mut query = sqlx::query(&sql);
+                for write in chunk {
+                    if let Write::UpdateDelivery {
                         notification_id,
                         registration_id,
                         state,
@@ -492,55 +585,25 @@ macro_rules! impl_sql_dispatch {
                         attempts,
                         next_attempt_at,
                         now,
-                    } => {
-                        sqlx::query(
-                            "UPDATE deliveries SET state = $3, reason = $4, attempts = $5, \
-                             next_attempt_at = COALESCE($6, next_attempt_at), updated_at = $7 \
-                             WHERE notification_id = $1 AND registration_id = $2 AND state = 'queued'",
-                        )
-                        .bind(notification_id)
-                        .bind(registration_id)
-                        .bind(state)
-                        .bind(reason)
-                        .bind(attempts)
-                        .bind(next_attempt_at)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                        true
+                    } = write
+                    {
+                        query = query
+                            .bind(notification_id)
+                            .bind(registration_id)
+                            .bind(state)
+                            .bind(reason)
+                            .bind(attempts)
+                            .bind(next_attempt_at)
+                            .bind(now);
                     }
-                    Write::Audit(entry) => {
-                        insert_audit(&mut tx, entry).await?;
-                        true
-                    }
-                };
-                applied.push(done);
+                }
+                query.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(applied)
         }
 
-        async fn insert_audit(
-            tx: &mut sqlx::Transaction<'_, <$store as $crate::store::Backend>::Db>,
-            e: &$crate::store::AuditEntry,
-        ) -> Result<(), $crate::store::StoreError> {
-            sqlx::query(
-                "INSERT INTO audit_log (at, actor, action, app_id, target, source, details) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(e.at)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.app_id)
-            .bind(&e.target)
-            .bind(&e.source)
-            .bind(&e.details)
-            .execute(&mut **tx)
-            .await?;
-            Ok(())
-        }
-
-        /// Inserts queued deliveries in multi-row statements (200 rows each).
+        /// Inserts queued deliveries of one notification.
         async fn insert_deliveries(
             tx: &mut sqlx::Transaction<'_, <$store as $crate::store::Backend>::Db>,
             notification_id: &str,
@@ -548,18 +611,34 @@ macro_rules! impl_sql_dispatch {
             redrive_at: i64,
             now: i64,
         ) -> Result<(), $crate::store::StoreError> {
-            for chunk in registrations.chunks(200) {
+            let rows: Vec<(&str, &str, i64, i64)> = registrations
+                .iter()
+                .map(|r| (notification_id, r.as_str(), redrive_at, now))
+                .collect();
+            insert_delivery_rows(tx, &rows).await
+        }
+
+        /// Inserts queued deliveries `(notification, registration, redrive_at, now)`
+        /// in multi-row statements (250 rows each).
+        async fn insert_delivery_rows(
+            tx: &mut sqlx::Transaction<'_, <$store as $crate::store::Backend>::Db>,
+            rows: &[(&str, &str, i64, i64)],
+        ) -> Result<(), $crate::store::StoreError> {
+            for chunk in rows.chunks(250) {
                 let values = (0..chunk.len())
-                    .map(|i| format!("($1, ${}, 'queued', 0, $2, $3)", i + 4))
+                    .map(|r| {
+                        let b = r * 4;
+                        format!("(${}, ${}, 'queued', 0, ${}, ${})", b + 1, b + 2, b + 3, b + 4)
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
                 let sql = format!(
                     "INSERT INTO deliveries (notification_id, registration_id, state, attempts, \
                      next_attempt_at, updated_at) VALUES {values} ON CONFLICT DO NOTHING"
                 );
-                let mut query = sqlx::query(&sql).bind(notification_id).bind(redrive_at).bind(now);
-                for id in chunk {
-                    query = query.bind(id);
+                let mut query = sqlx::query(&sql);
+                for (notification, registration, redrive_at, now) in chunk {
+                    query = query.bind(*notification).bind(*registration).bind(*redrive_at).bind(*now);
                 }
                 query.execute(&mut **tx).await?;
             }

@@ -471,3 +471,69 @@ both_backends!(
     bad_notifications_are_refused,
     super::bad_notifications_are_refused
 );
+
+/// Concurrent requests share group-commit batches: each still gets its own
+/// answer, idempotent duplicates inside one batch get the winner's answer, and
+/// every accepted notification is delivered once.
+async fn concurrent_sends_keep_their_answers(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let desktop = device(&app, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let mut listener = desktop.listen(&registration.id);
+    let path = format!("/v1/apps/{app_id}/notifications");
+    let post = |key: Option<&'static str>, title: String| {
+        let request = app
+            .client
+            .post(app.url(&path))
+            .bearer_auth(notifier.jwt("notify"))
+            .json(&json!({"targets": {"registrations": [registration.id]},
+                "notification": {"title": title}}));
+        let request = match key {
+            Some(key) => request.header("idempotency-key", key),
+            None => request,
+        };
+        async move { crate::helpers::read(request.send().await.expect("sent")).await }
+    };
+    let same =
+        futures_util::future::join_all((0..12).map(|_| post(Some("same-key"), "same".to_owned())))
+            .await;
+    let distinct =
+        futures_util::future::join_all((0..30).map(|i| post(None, format!("n{i}")))).await;
+    let mut expected = std::collections::HashSet::new();
+    let first = &same[0].1["id"];
+    for (status, body) in &same {
+        assert_eq!(*status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(&body["id"], first, "one notification for one key");
+    }
+    expected.insert(first.as_str().expect("id").to_owned());
+    for (status, body) in &distinct {
+        assert_eq!(*status, StatusCode::ACCEPTED, "{body}");
+        assert!(
+            expected.insert(body["id"].as_str().expect("id").to_owned()),
+            "ids are distinct"
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < expected.len() {
+        let event = next_within(&mut listener, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("only {} of {} delivered", seen.len(), expected.len()));
+        let id = event.notification["id"].as_str().expect("id").to_owned();
+        assert!(expected.contains(&id), "unexpected {id}");
+        assert!(seen.insert(id), "delivered twice");
+    }
+    assert!(
+        next_within(&mut listener, Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "nothing more"
+    );
+}
+both_backends!(
+    concurrent_sends_keep_their_answers,
+    super::concurrent_sends_keep_their_answers
+);
