@@ -47,6 +47,8 @@ pub mod names {
     pub const PROVIDER_TOKENS: &str = "push_provider_tokens_total";
     /// Counter: events written to direct-channel streams.
     pub const DIRECT_EVENTS: &str = "push_direct_events_total";
+    /// Counter: dispatch tasks that failed (store error) and were put back for later.
+    pub const TASKS_RELEASED: &str = "push_dispatch_tasks_released_total";
     /// Counter: requests refused by a rate limit, by limit.
     pub const RATE_LIMITED: &str = "push_rate_limited_total";
     /// Counter: TLS certificates reloaded from disk.
@@ -68,6 +70,7 @@ pub fn register_zeroes() {
         names::DIRECT_EVENTS,
         names::TLS_RELOADS,
         names::AUDIT_WRITE_FAILURES,
+        names::TASKS_RELEASED,
     ] {
         metrics::counter!(counter).increment(0);
     }

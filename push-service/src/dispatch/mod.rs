@@ -104,6 +104,7 @@ async fn work(state: &AppState, leased: Leased) {
         }
         Err(e) => {
             tracing::warn!(error = %e, "task failed; released for a later try");
+            metrics::counter!(names::TASKS_RELEASED).increment(1);
             let _ = state.queue.release(leased).await;
         }
     }
@@ -158,11 +159,45 @@ async fn deliver(state: &AppState, id: &str, registrations: &[String]) -> Result
     };
     let content: Content =
         serde_json::from_str(&notification.content).map_err(|e| StoreError::Other(e.into()))?;
+    // Per provider, one delivery goes first as a probe: a credential error opens
+    // the circuit before the rest leave, so a broken credential costs one attempt
+    // per task, not one per device. Then the rest go out concurrently (HTTP/2
+    // multiplexes them) and their outcomes share group commits. A store error
+    // releases the task; deliveries already finished are skipped when it runs again.
+    use futures_util::StreamExt;
+    let mut by_provider: std::collections::BTreeMap<Option<String>, Vec<PendingDelivery>> =
+        std::collections::BTreeMap::new();
     for delivery in pending {
-        deliver_one(state, &notification, &content, delivery).await?;
+        by_provider
+            .entry(delivery.provider.clone())
+            .or_default()
+            .push(delivery);
     }
-    Ok(())
+    let (notification, content) = (&notification, &content);
+    let runs = by_provider.into_values().map(|mut group| async move {
+        let rest = group.split_off(1);
+        let mut first_error = None;
+        for probe in group {
+            if let Err(e) = deliver_one(state, notification, content, probe).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        let mut outcomes = futures_util::stream::iter(rest)
+            .map(|delivery| deliver_one(state, notification, content, delivery))
+            .buffer_unordered(CHUNK_CONCURRENCY);
+        while let Some(outcome) = outcomes.next().await {
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error
+    });
+    let errors = futures_util::future::join_all(runs).await;
+    errors.into_iter().flatten().next().map_or(Ok(()), Err)
 }
+
+/// Deliveries of one task in flight at once.
+const CHUNK_CONCURRENCY: usize = 32;
 
 async fn deliver_one(
     state: &AppState,

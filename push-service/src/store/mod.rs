@@ -164,6 +164,11 @@ pub struct Registration {
 /// Ties a store type to its sqlx database, for code shared between backends.
 pub trait Backend {
     type Db: sqlx::Database;
+    /// Starts a transaction that will write. SQLite: `BEGIN IMMEDIATE`, so the
+    /// write lock is taken (waiting per busy_timeout) before the first read; a
+    /// deferred transaction that reads and then writes fails at once with
+    /// SQLITE_BUSY when another writer committed in between.
+    const BEGIN_WRITE: &'static str;
 }
 
 #[async_trait]

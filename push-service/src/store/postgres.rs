@@ -50,6 +50,7 @@ impl_sql_store!(PgStore, "postgres", MIGRATOR);
 
 impl super::Backend for PgStore {
     type Db = sqlx::Postgres;
+    const BEGIN_WRITE: &'static str = "BEGIN";
 }
 
 impl_sql_dispatch!(PgStore);

@@ -208,7 +208,7 @@ macro_rules! impl_sql_store {
                 &self,
                 r: &$crate::store::Registration,
             ) -> Result<Vec<String>, $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with(<$store as $crate::store::Backend>::BEGIN_WRITE).await?;
                 let mut replaced = Vec::new();
                 if let Some(token) = &r.token {
                     let rows: Vec<(String,)> = sqlx::query_as(
@@ -268,7 +268,7 @@ macro_rules! impl_sql_store {
                 token: &str,
                 now: i64,
             ) -> Result<Vec<String>, $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with(<$store as $crate::store::Backend>::BEGIN_WRITE).await?;
                 let rows: Vec<(String,)> = sqlx::query_as(
                     "UPDATE registrations SET status = 'invalid', invalid_reason = 'replaced', \
                      invalidated_at = $3, updated_at = $3 \
@@ -312,7 +312,7 @@ macro_rules! impl_sql_store {
                 id: &str,
                 aliases: &[String],
             ) -> Result<(), $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with(<$store as $crate::store::Backend>::BEGIN_WRITE).await?;
                 sqlx::query("DELETE FROM aliases WHERE registration_id = $1")
                     .bind(id)
                     .execute(&mut *tx)

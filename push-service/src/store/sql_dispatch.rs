@@ -112,7 +112,7 @@ macro_rules! impl_sql_dispatch {
                 redrive_at: i64,
             ) -> Result<Vec<String>, $crate::store::StoreError> {
                 let after = n.expand_cursor.clone().unwrap_or_default();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with(<$store as $crate::store::Backend>::BEGIN_WRITE).await?;
                 let rows: Vec<(String,)> = match aliases {
                     None => {
                         sqlx::query_as(
@@ -430,7 +430,7 @@ macro_rules! impl_sql_dispatch {
             writes: &[$crate::store::group::Write],
         ) -> Result<Vec<bool>, $crate::store::StoreError> {
             use $crate::store::group::Write;
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(<$store as $crate::store::Backend>::BEGIN_WRITE).await?;
             let mut applied = vec![true; writes.len()];
             // Replay-cache entries one by one: the same key twice in a batch must see the first.
             for (i, write) in writes.iter().enumerate() {

@@ -58,6 +58,7 @@ impl_sql_store!(SqliteStore, "sqlite", MIGRATOR);
 
 impl super::Backend for SqliteStore {
     type Db = sqlx::Sqlite;
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 }
 
 impl_sql_dispatch!(SqliteStore);

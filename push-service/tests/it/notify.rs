@@ -537,3 +537,92 @@ both_backends!(
     concurrent_sends_keep_their_answers,
     super::concurrent_sends_keep_their_answers
 );
+
+/// A whole-app send of several expansion chunks (500 registrations each) while
+/// workers write outcomes: every chunk expands at once. (On SQLite a deferred
+/// transaction that read before another writer committed used to fail with
+/// SQLITE_BUSY, and each chunk waited for the task to be retried.)
+async fn multi_chunk_fan_out_expands_without_retries(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let total = 1_100;
+    let clients: Vec<_> = (0..16)
+        .map(|_| device(&app, DeviceKey::generate_p256()))
+        .collect();
+    let per_client = total / clients.len() + 1;
+    futures_util::future::try_join_all(clients.iter().enumerate().map(|(c, client)| {
+        let app_id = app_id.clone();
+        async move {
+            for i in 0..per_client {
+                if c * per_client + i >= total {
+                    break;
+                }
+                client
+                    .register(&app_id, &NewRegistration::direct("linux"))
+                    .await?;
+            }
+            Ok::<_, sdk_client::Error>(())
+        }
+    }))
+    .await
+    .expect("registered");
+    let released = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("push_dispatch_tasks_released_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let metrics = || async {
+        app.client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let before = released(&metrics().await);
+    let answer = send(
+        &app,
+        &notifier,
+        json!({"targets": {"all": true}, "notification": {"title": "everyone"}}),
+    )
+    .await;
+    assert_eq!(answer["accepted"], total);
+    let started = std::time::Instant::now();
+    // Direct devices that are not listening hold the notification: all queued → held.
+    let status = wait_status(&app, &notifier, answer["id"].as_str().expect("id"), |s| {
+        s["expanded"] == true && s["counts"]["queued"] == total
+    })
+    .await;
+    assert_eq!(status["counts"]["failed"], 0);
+    assert_eq!(
+        released(&metrics().await),
+        before,
+        "no task failed and waited for a retry ({:?} to expand and hand over)",
+        started.elapsed()
+    );
+}
+
+/// A node without the device and address limits (16 device keys register 1,100 times).
+async fn unlimited(backend: crate::helpers::Backend) -> TestApp {
+    let mut options = crate::helpers::Options::new(backend);
+    options.extra = "rate_limit_device_requests_per_minute = 0\n\
+                     rate_limit_address_requests_per_second = 0\n"
+        .into();
+    crate::helpers::spawn(options).await
+}
+
+#[tokio::test]
+async fn multi_chunk_fan_out_sqlite() {
+    multi_chunk_fan_out_expands_without_retries(unlimited(crate::helpers::Backend::Sqlite).await)
+        .await;
+}
+
+#[tokio::test]
+async fn multi_chunk_fan_out_postgres() {
+    multi_chunk_fan_out_expands_without_retries(unlimited(crate::helpers::Backend::Postgres).await)
+        .await;
+}
