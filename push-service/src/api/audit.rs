@@ -22,8 +22,10 @@ pub struct AuditQuery {
     /// Only this action (e.g. `credential.put`).
     pub action: Option<String>,
     /// Entries after this cursor (`next` of the previous page).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

@@ -48,11 +48,87 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         limits::get_limits, limits::put_limits, limits::delete_limits, audit::list_audit,
     ),
     components(schemas(crate::error::Problem)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &ProblemResponses),
 )]
 pub struct ApiDoc;
 
 struct SecuritySchemes;
+
+/// Every error body is `application/problem+json`, and every operation lists the
+/// errors any request can get: 429 and 503 everywhere, 400/413/415 where a body
+/// is read, 408 for slow requests.
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let api = path.starts_with("/v1/");
+            for operation in [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let has_body = operation.request_body.is_some();
+                let has_query =
+                    operation.parameters.iter().flatten().any(|p| {
+                        matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)
+                    });
+                let responses = &mut operation.responses.responses;
+                for response in responses.values_mut() {
+                    if let utoipa::openapi::RefOr::T(response) = response {
+                        if let Some(content) = response.content.shift_remove("application/json") {
+                            let is_problem = matches!(&content.schema,
+                                Some(utoipa::openapi::RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"));
+                            let key = if is_problem {
+                                "application/problem+json"
+                            } else {
+                                "application/json"
+                            };
+                            response.content.insert(key.to_owned(), content);
+                        }
+                    }
+                }
+                let mut add = |code: &str, description: &str| {
+                    responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                };
+                if api {
+                    add(
+                        "408",
+                        "The request took longer than request_timeout_seconds",
+                    );
+                    add("429", "Over a rate limit; see Retry-After and RateLimit-*");
+                    add("503", "A backend is unreachable; retry after Retry-After");
+                    if has_query {
+                        add("422", "A query parameter is out of range");
+                    }
+                    if has_body {
+                        add("400", "Malformed JSON");
+                        add("413", "Body larger than max_body_bytes");
+                        add("415", "Not `Content-Type: application/json`");
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

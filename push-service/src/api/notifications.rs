@@ -58,9 +58,12 @@ pub struct NotificationStatus {
 
 /// Paging of targets.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TargetPage {
+    /// Return targets whose registration id sorts after this one.
     pub after: Option<String>,
     /// 1 to 500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
