@@ -79,7 +79,19 @@ impl AppState {
         };
         let node = format!("node-{}", ids::random_token(6));
         let redis_conn = match &redis {
-            Some(client) => Some(redis::aio::ConnectionManager::new(client.clone()).await?),
+            Some(client) => {
+                // One connection first, so a wrong address or an untrusted certificate
+                // stops the start with its reason (the manager would retry forever).
+                let probe = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    client.get_multiplexed_async_connection(),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("redis_url: no connection within 10 s"))?
+                .map_err(|e| anyhow::anyhow!("redis_url: cannot connect: {e}"))?;
+                drop(probe);
+                Some(redis::aio::ConnectionManager::new(client.clone()).await?)
+            }
             None => None,
         };
         let replay = match &redis_conn {

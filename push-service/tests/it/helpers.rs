@@ -145,6 +145,8 @@ pub struct Options {
     pub extra: String,
     /// Serve HTTPS with this certificate chain and key (PEM files), trusting `ca_der`.
     pub tls: Option<TestTls>,
+    /// Redis URL instead of the test Redis (PostgreSQL backend).
+    pub redis_url: Option<String>,
 }
 
 /// The service's own TLS in a test: files it serves, and the root clients trust.
@@ -164,6 +166,7 @@ impl Options {
             join: None,
             extra: String::new(),
             tls: None,
+            redis_url: None,
         }
     }
 }
@@ -185,7 +188,11 @@ pub async fn spawn(options: Options) -> TestApp {
             )
         }
         (Backend::Sqlite, Some((url, _))) => (url.clone(), None, String::new()),
-        (Backend::Postgres, None) => (fresh_postgres_database().await, None, redis_url()),
+        (Backend::Postgres, None) => (
+            fresh_postgres_database().await,
+            None,
+            options.redis_url.clone().unwrap_or_else(redis_url),
+        ),
         (Backend::Postgres, Some((url, _))) => (url.clone(), None, redis_url()),
     };
     let admin_token = "test-admin-token-0123456789".to_owned();

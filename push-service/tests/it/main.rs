@@ -18,4 +18,5 @@ mod process;
 mod providers;
 mod registrations;
 mod scale_out;
+mod security;
 mod tls;

@@ -445,3 +445,111 @@ async fn bound_notifier(
     notifier.id = body["id"].as_str().expect("id").to_owned();
     notifier
 }
+
+/// A throwaway redis-server listening only with TLS, with a certificate from `ca`.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_redis(dir: &Path, ca: &TestCa) -> TlsRedis {
+    let leaf = ca.leaf(&["127.0.0.1"], -1, 30);
+    std::fs::write(dir.join("redis.crt"), leaf.cert.pem()).expect("cert");
+    std::fs::write(dir.join("redis.key"), leaf.signing_key.serialize_pem()).expect("key");
+    std::fs::write(dir.join("ca.crt"), ca.cert.pem()).expect("ca");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--tls-port")
+        .arg(port.to_string())
+        .arg("--tls-cert-file")
+        .arg(dir.join("redis.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.join("redis.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("ca.crt"))
+        .args(["--tls-auth-clients", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (as in CI)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    TlsRedis { child, port }
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("redis CA");
+    let redis = tls_redis(dir.path(), &ca);
+    let mut options = Options::new(Backend::Postgres);
+    options.redis_url = Some(format!("rediss://127.0.0.1:{}", redis.port));
+    options.extra = format!(
+        "redis_ca_file = {:?}\n",
+        dir.path().join("ca.crt").display().to_string()
+    );
+    let app = spawn(options).await;
+    let (status, body) = app.admin(Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "Redis over TLS is ready: {body}");
+    // A notification goes through the Redis queue (over TLS) to a direct device.
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let desktop = crate::actors::device(&app, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let mut listener = desktop.listen(&registration.id);
+    crate::notify::send(
+        &app,
+        &notifier,
+        json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "tls"}}),
+    )
+    .await;
+    let event = crate::notify::next_within(&mut listener, Duration::from_secs(20))
+        .await
+        .expect("delivered through Redis over TLS");
+    assert_eq!(event.notification["title"], "tls");
+
+    // Without the private CA the service does not start against that Redis.
+    let config = push_service::Config::from_toml(&format!(
+        "data_dir = {:?}\ndatabase_url = {:?}\nredis_url = \"rediss://127.0.0.1:{}\"\n\
+         admin_token = \"test-admin-token-0123456789\"\n",
+        dir.path().join("other").display().to_string(),
+        app.database_url,
+        redis.port
+    ))
+    .expect("config");
+    let refused =
+        tokio::time::timeout(Duration::from_secs(20), push_service::AppState::new(config))
+            .await
+            .expect("gives up");
+    let err = refused
+        .err()
+        .expect("an untrusted Redis certificate is refused");
+    assert!(err.to_string().contains("redis_url"), "{err}");
+}
