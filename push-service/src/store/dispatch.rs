@@ -198,10 +198,27 @@ pub trait DispatchStore: Send + Sync {
     async fn delete_expired_direct_events(&self, now: i64) -> Result<u64, StoreError>;
 }
 
+/// `($1, …, $cols), ($cols+1, …), …` for a multi-row `VALUES` of `rows` rows.
+pub fn row_placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(r * cols + 1, cols)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `$start, $start+1, …` placeholders for an IN list of `count` values.
 pub fn placeholders(start: usize, count: usize) -> String {
     (start..start + count)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_number_rows_and_columns_in_order() {
+        assert_eq!(super::placeholders(2, 3), "$2, $3, $4");
+        assert_eq!(super::row_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use dispatch::{
-    placeholders, DeliveryRow, DirectEvent, DispatchStore, NotificationRow, PendingDelivery,
-    TaskRow,
+    placeholders, row_placeholders, DeliveryRow, DirectEvent, DispatchStore, NotificationRow,
+    PendingDelivery, TaskRow,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -467,17 +467,7 @@ macro_rules! impl_sql_dispatch {
                 .collect();
             let mut inserted = std::collections::HashSet::new();
             for chunk in inserts.chunks(64) {
-                let values = (0..chunk.len())
-                    .map(|r| {
-                        let b = r * 13;
-                        format!(
-                            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                            b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7,
-                            b + 8, b + 9, b + 10, b + 11, b + 12, b + 13
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let values = $crate::store::row_placeholders(chunk.len(), 13);
                 let sql = format!(
                     "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
                      targets, content, expires_at, state, created_at, response, expand_cursor, updated_at) \
@@ -524,16 +514,7 @@ macro_rules! impl_sql_dispatch {
             }
             insert_delivery_rows(&mut tx, &deliveries).await?;
             for chunk in audits.chunks(100) {
-                let values = (0..chunk.len())
-                    .map(|r| {
-                        let b = r * 7;
-                        format!(
-                            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                            b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let values = $crate::store::row_placeholders(chunk.len(), 7);
                 let sql = format!(
                     "INSERT INTO audit_log (at, actor, action, app_id, target, source, details) VALUES {values}"
                 );
@@ -557,16 +538,7 @@ macro_rules! impl_sql_dispatch {
                 .filter(|w| matches!(w, Write::UpdateDelivery { .. }))
                 .collect();
             for chunk in updates.chunks(100) {
-                let values = (0..chunk.len())
-                    .map(|r| {
-                        let b = r * 7;
-                        format!(
-                            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                            b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let values = $crate::store::row_placeholders(chunk.len(), 7);
                 // VALUES columns are column1…column7 in both SQLite and PostgreSQL.
                 let sql = format!(
                     "UPDATE deliveries AS d SET state = v.column3, reason = v.column4, \
