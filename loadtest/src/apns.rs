@@ -90,6 +90,7 @@ pub struct ApnsSimulator {
     pub url: String,
     shared: Arc<Mutex<Shared>>,
     shutdown: CancellationToken,
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for ApnsSimulator {
@@ -122,9 +123,11 @@ impl ApnsSimulator {
             shared: shared.clone(),
         };
         let shutdown = CancellationToken::new();
+        let (down, down_rx) = tokio::sync::watch::channel(false);
         let options = ServeOptions {
             http2_only: true,
             max_concurrent_streams: sim.config.max_concurrent_streams,
+            down: down_rx,
         };
         let tls = pki.server_config(&[b"h2"])?;
         let make = move || {
@@ -139,6 +142,7 @@ impl ApnsSimulator {
             url: format!("https://127.0.0.1:{}", addr.port()),
             shared,
             shutdown,
+            down,
         })
     }
 
@@ -164,6 +168,20 @@ impl ApnsSimulator {
     pub fn connection_stats(&self) -> (u64, u64) {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         (shared.connections, shared.token_updates)
+    }
+
+    /// Takes the simulator down (`true`: port closed, connections cut) or back up.
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+
+    /// How many notifications were accepted so far (cheaper than cloning them).
+    pub fn receipt_count(&self) -> usize {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .receipts
+            .len()
     }
 
     pub fn set_faults(&self, faults: ApnsFaults) {

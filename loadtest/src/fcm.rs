@@ -77,6 +77,7 @@ pub struct FcmSimulator {
     pub token_uri: String,
     shared: Arc<Mutex<Shared>>,
     shutdown: CancellationToken,
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for FcmSimulator {
@@ -108,10 +109,12 @@ impl FcmSimulator {
             shared: shared.clone(),
         };
         let shutdown = CancellationToken::new();
+        let (down, down_rx) = tokio::sync::watch::channel(false);
         let tls = pki.server_config(&[b"h2", b"http/1.1"])?;
         let options = ServeOptions {
             http2_only: false,
             max_concurrent_streams: 100,
+            down: down_rx,
         };
         let make = move || router(sim.clone());
         tokio::spawn(serve_tls(listener, tls, options, make, shutdown.clone()));
@@ -120,6 +123,7 @@ impl FcmSimulator {
             token_uri,
             shared,
             shutdown,
+            down,
         })
     }
 
@@ -145,6 +149,20 @@ impl FcmSimulator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .tokens_issued
+    }
+
+    /// Takes the simulator down (`true`: port closed, connections cut) or back up.
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+
+    /// How many notifications were accepted so far (cheaper than cloning them).
+    pub fn receipt_count(&self) -> usize {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .receipts
+            .len()
     }
 
     pub fn set_faults(&self, faults: FcmFaults) {

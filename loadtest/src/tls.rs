@@ -66,11 +66,14 @@ impl TestPki {
 }
 
 /// How a simulator serves.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// HTTP/2 only (APNs) or HTTP/2 and HTTP/1.1 (FCM).
     pub http2_only: bool,
     pub max_concurrent_streams: u32,
+    /// While this holds `true` the simulator is down: its listening socket is closed
+    /// (new connections are refused by the kernel) and open connections are cut.
+    pub down: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Serves `make_router(connection index)` over TLS until `shutdown`; one router per
@@ -84,10 +87,31 @@ pub async fn serve_tls(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let make_router = Arc::new(make_router);
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let mut listener = Some(listener);
+    let mut down = options.down.clone();
     loop {
+        if *down.borrow_and_update() {
+            // Close the socket: connecting now gets ECONNREFUSED, as from a host that is down.
+            listener = None;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = down.changed() => continue,
+            }
+        }
+        let Some(bound) = listener.as_ref() else {
+            match TcpListener::bind(addr).await {
+                Ok(l) => listener = Some(l),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+            continue;
+        };
         let (tcp, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
+            _ = down.changed() => continue,
+            accepted = bound.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(_) => continue,
             },
@@ -96,37 +120,47 @@ pub async fn serve_tls(
         let acceptor = acceptor.clone();
         let make_router = make_router.clone();
         let shutdown = shutdown.clone();
+        let options = options.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let router = make_router();
-            let service = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    use tower::ServiceExt;
-                    router.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
-            let io = TokioIo::new(tls);
-            if options.http2_only {
-                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                builder.max_concurrent_streams(options.max_concurrent_streams);
-                let connection = builder.serve_connection(io, service);
-                tokio::pin!(connection);
-                tokio::select! {
-                    _ = &mut connection => {}
-                    _ = shutdown.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
+            let mut down = options.down.clone();
+            let serve = async {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let router = make_router();
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        use tower::ServiceExt;
+                        router.clone().oneshot(request.map(axum::body::Body::new))
+                    },
+                );
+                let io = TokioIo::new(tls);
+                if options.http2_only {
+                    let mut builder =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    builder.max_concurrent_streams(options.max_concurrent_streams);
+                    let connection = builder.serve_connection(io, service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = &mut connection => {}
+                        _ = shutdown.cancelled() => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
                     }
+                } else {
+                    let mut builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder
+                        .http2()
+                        .max_concurrent_streams(options.max_concurrent_streams);
+                    let _ = builder.serve_connection(io, service).await;
                 }
-            } else {
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http2()
-                    .max_concurrent_streams(options.max_concurrent_streams);
-                let _ = builder.serve_connection(io, service).await;
+            };
+            // Going down cuts the connection where it stands (no GOAWAY).
+            tokio::select! {
+                _ = serve => {}
+                _ = down.wait_for(|d| *d) => {}
             }
         });
     }

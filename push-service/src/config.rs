@@ -55,6 +55,7 @@ struct RawConfig {
     queue_visibility_seconds: u64,
     redrive_after_seconds: u64,
     sweep_interval_seconds: u64,
+    max_queue_depth: u64,
     retry_max_attempts: u32,
     retry_base_ms: u64,
     retry_max_ms: u64,
@@ -138,6 +139,8 @@ pub struct Config {
     /// Time after which the sweep re-drives an unfinished delivery.
     pub redrive_after: std::time::Duration,
     pub sweep_interval: std::time::Duration,
+    /// New notifications are refused (503) while the queue is deeper than this (0: never).
+    pub max_queue_depth: u64,
     pub retry: crate::dispatch::retry::RetryPolicy,
     pub direct_heartbeat: std::time::Duration,
     pub providers: ProviderSettings,
@@ -494,6 +497,7 @@ impl Config {
             queue_visibility: std::time::Duration::from_secs(raw.queue_visibility_seconds),
             redrive_after: std::time::Duration::from_secs(raw.redrive_after_seconds),
             sweep_interval: std::time::Duration::from_secs(raw.sweep_interval_seconds),
+            max_queue_depth: raw.max_queue_depth,
             retry: crate::dispatch::retry::RetryPolicy {
                 max_attempts: raw.retry_max_attempts,
                 base: std::time::Duration::from_millis(raw.retry_base_ms),

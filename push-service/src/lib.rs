@@ -47,6 +47,8 @@ pub struct AppState {
     pub hub: providers::direct::DirectHub,
     pub circuits: Arc<providers::circuit::Circuits>,
     pub limiter: limits::Limiter,
+    /// Queued deliveries as the last sweep counted them (backpressure).
+    pub queue_depth: Arc<std::sync::atomic::AtomicU64>,
     /// Cancelled when the node shuts down: ends streams and background work.
     pub shutdown: CancellationToken,
     /// This node's name (Redis consumer name, logs).
@@ -163,6 +165,7 @@ impl AppState {
             hub,
             circuits: Arc::default(),
             limiter,
+            queue_depth: Arc::default(),
             shutdown: CancellationToken::new(),
             node,
             metrics,

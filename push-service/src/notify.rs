@@ -314,6 +314,14 @@ pub async fn accept(
     }
     let request: NotifyRequest =
         serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let depth = state.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
+    let max_depth = state.config.max_queue_depth;
+    if max_depth > 0 && depth > max_depth {
+        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_SHED).increment(1);
+        return Err(ApiError::Unavailable(format!(
+            "{depth} deliveries are queued (more than max_queue_depth = {max_depth}); retry later"
+        )));
+    }
     let targets_json =
         serde_json::to_string(&request.targets).map_err(|e| ApiError::Internal(e.into()))?;
     let (targets, content, ttl) = validate(request).map_err(ApiError::invalid)?;

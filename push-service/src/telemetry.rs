@@ -55,6 +55,7 @@ pub mod names {
     pub const TLS_RELOADS: &str = "push_tls_reloads_total";
     /// Counter: audit entries that could not be written.
     pub const AUDIT_WRITE_FAILURES: &str = "push_audit_write_failures_total";
+    pub const NOTIFICATIONS_SHED: &str = "push_notifications_shed_total";
     /// Histogram: writes per group-commit transaction.
     pub const STORE_BATCH_SIZE: &str = "push_store_batch_size";
 }
@@ -70,6 +71,7 @@ pub fn register_zeroes() {
         names::DIRECT_EVENTS,
         names::TLS_RELOADS,
         names::AUDIT_WRITE_FAILURES,
+        names::NOTIFICATIONS_SHED,
         names::TASKS_RELEASED,
     ] {
         metrics::counter!(counter).increment(0);

@@ -1,6 +1,7 @@
 //! The load generator behind `push-bench`: a service under test with the simulators
 //! behind it, set up through the real API, driven by scenarios, measured and reported.
 
+pub mod chaos;
 pub mod report;
 pub mod scenarios;
 pub mod service;

@@ -43,16 +43,33 @@ pub struct ServiceArgs {
     /// Extra PUSH_* settings for the nodes, KEY=VALUE (repeatable).
     #[arg(long = "env")]
     pub env: Vec<String>,
+    /// Where the nodes' logs go (none: discarded).
+    #[arg(skip)]
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 /// A running service with its simulators.
 pub struct Service {
     pub nodes: Vec<Node>,
+    /// How each node was started, to start it again (same port, same settings).
+    specs: Vec<NodeSpec>,
+    /// The current process id of each node (for samplers running beside the scenario).
+    pub pids: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    /// The database the nodes share (a fresh one on PostgreSQL).
+    pub database_url: String,
     pub apns: ApnsSimulator,
     pub fcm: FcmSimulator,
     pub p8: String,
     pub service_account: serde_json::Value,
     _dir: tempfile::TempDir,
+}
+
+#[derive(Clone)]
+struct NodeSpec {
+    binary: std::path::PathBuf,
+    url: String,
+    env: Vec<(String, String)>,
+    log: Option<std::path::PathBuf>,
 }
 
 pub struct Node {
@@ -138,66 +155,119 @@ impl Service {
             use base64::Engine;
             base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
         };
-        let mut nodes = Vec::new();
+        let mut specs = Vec::new();
         for i in 0..args.nodes.max(1) {
             let port = free_port()?;
             let url = format!("http://127.0.0.1:{port}");
             let data = dir.path().join(format!("node{i}"));
-            let started = Instant::now();
-            let child = Command::new(&args.binary)
-                .env_clear()
-                .env("PUSH_LISTEN", format!("127.0.0.1:{port}"))
-                .env("PUSH_PUBLIC_URL", &url)
-                .env("PUSH_DATA_DIR", &data)
-                .env("PUSH_DATABASE_URL", &database)
-                .env("PUSH_REDIS_URL", &redis)
-                .env("PUSH_REDIS_KEY_PREFIX", &prefix)
-                .env("PUSH_ADMIN_TOKEN", ADMIN_TOKEN)
+            let mut env: Vec<(String, String)> = [
+                ("PUSH_LISTEN", format!("127.0.0.1:{port}")),
+                ("PUSH_PUBLIC_URL", url.clone()),
+                ("PUSH_DATA_DIR", data.display().to_string()),
+                ("PUSH_DATABASE_URL", database.clone()),
+                ("PUSH_REDIS_URL", redis.clone()),
+                ("PUSH_REDIS_KEY_PREFIX", prefix.clone()),
+                ("PUSH_ADMIN_TOKEN", ADMIN_TOKEN.into()),
                 // Shared by every node: each must decrypt the credentials the others stored.
-                .env("PUSH_MASTER_KEY", &master_key)
-                .env("PUSH_NOTIFIER_AUDIENCE", "push-bench")
-                .env("PUSH_APNS_PRODUCTION_URL", &apns.url)
-                .env("PUSH_APNS_SANDBOX_URL", &apns.url)
-                .env("PUSH_FCM_URL", &fcm.url)
-                .env("PUSH_PROVIDER_CA_FILE", &ca)
-                .env("PUSH_LOG_LEVEL", "warn")
-                .env("PUSH_MAX_BODY_BYTES", "1048576")
+                ("PUSH_MASTER_KEY", master_key.clone()),
+                ("PUSH_NOTIFIER_AUDIENCE", "push-bench".into()),
+                ("PUSH_APNS_PRODUCTION_URL", apns.url.clone()),
+                ("PUSH_APNS_SANDBOX_URL", apns.url.clone()),
+                ("PUSH_FCM_URL", fcm.url.clone()),
+                ("PUSH_PROVIDER_CA_FILE", ca.display().to_string()),
+                ("PUSH_LOG_LEVEL", "warn".into()),
+                ("PUSH_MAX_BODY_BYTES", "1048576".into()),
                 // One notifier and one address drive all the load: the limits
                 // would measure themselves. They stay on when --env sets them.
-                .env("PUSH_RATE_LIMIT_NOTIFIER_REQUESTS_PER_SECOND", "0")
-                .env("PUSH_RATE_LIMIT_NOTIFIER_NOTIFICATIONS_PER_SECOND", "0")
-                .env("PUSH_RATE_LIMIT_APP_NOTIFICATIONS_PER_SECOND", "0")
-                .env("PUSH_RATE_LIMIT_ADDRESS_REQUESTS_PER_SECOND", "0")
-                .env("PUSH_RATE_LIMIT_DEVICE_REQUESTS_PER_MINUTE", "0")
-                .envs(args.env.iter().filter_map(|kv| kv.split_once('=')))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let client = reqwest::Client::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Ok(r) = client.get(format!("{url}/readyz")).send().await {
-                    if r.status().is_success() {
-                        break;
-                    }
-                }
-                anyhow::ensure!(Instant::now() < deadline, "{url} never became ready");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            nodes.push(Node {
+                ("PUSH_RATE_LIMIT_NOTIFIER_REQUESTS_PER_SECOND", "0".into()),
+                (
+                    "PUSH_RATE_LIMIT_NOTIFIER_NOTIFICATIONS_PER_SECOND",
+                    "0".into(),
+                ),
+                ("PUSH_RATE_LIMIT_APP_NOTIFICATIONS_PER_SECOND", "0".into()),
+                ("PUSH_RATE_LIMIT_ADDRESS_REQUESTS_PER_SECOND", "0".into()),
+                ("PUSH_RATE_LIMIT_DEVICE_REQUESTS_PER_MINUTE", "0".into()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            env.extend(
+                args.env
+                    .iter()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
+            specs.push(NodeSpec {
+                binary: args.binary.clone(),
                 url,
-                child,
-                ready_after: started.elapsed(),
+                env,
+                log: args
+                    .log_dir
+                    .as_ref()
+                    .map(|d| d.join(format!("node{i}.log"))),
             });
         }
+        let mut nodes = Vec::new();
+        for spec in &specs {
+            nodes.push(spawn_node(spec).await?);
+        }
+        let pids = std::sync::Arc::new(std::sync::Mutex::new(
+            nodes.iter().map(|n| n.child.id()).collect(),
+        ));
         Ok(Service {
             nodes,
+            specs,
+            pids,
+            database_url: database,
             apns,
             fcm,
             p8,
             service_account,
             _dir: dir,
         })
+    }
+
+    /// `kill -9` of node `i`: no shutdown, no drain.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let child = &mut self.nodes[i].child;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM to node `i`, then waits (at most `limit`) for it to drain and exit.
+    /// Returns how long it took and whether it exited 0.
+    pub async fn terminate(
+        &mut self,
+        i: usize,
+        limit: Duration,
+    ) -> anyhow::Result<(Duration, bool)> {
+        let child = &mut self.nodes[i].child;
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        loop {
+            if let Some(exit) = child.try_wait()? {
+                return Ok((started.elapsed(), exit.success()));
+            }
+            if started.elapsed() > limit {
+                child.kill()?;
+                child.wait()?;
+                return Ok((started.elapsed(), false));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts node `i` again with its first settings (after [`Service::kill`] or
+    /// [`Service::terminate`]); returns once it is ready.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = spawn_node(&self.specs[i]).await?;
+        self.pids.lock().unwrap_or_else(|p| p.into_inner())[i] = node.child.id();
+        self.nodes[i] = node;
+        Ok(())
     }
 
     /// Resident memory of each node, in MiB.
@@ -212,6 +282,60 @@ impl Service {
             .map(|n| cpu_seconds(n.child.id()))
             .collect()
     }
+}
+
+/// Starts a node and waits for `/readyz`.
+async fn spawn_node(spec: &NodeSpec) -> anyhow::Result<Node> {
+    let started = Instant::now();
+    let stderr = match &spec.log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(&spec.binary)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()?;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{}/readyz", spec.url)).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if Instant::now() >= deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("{} never became ready", spec.url);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(Node {
+        url: spec.url.clone(),
+        child,
+        ready_after: started.elapsed(),
+    })
+}
+
+/// Runs `sql` on the database at `url` with psql; returns its unaligned output.
+pub fn psql(url: &str, sql: &str) -> anyhow::Result<String> {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// A fresh database on the server of `admin_url`, via psql.

@@ -83,6 +83,10 @@ enum Scenario {
         #[command(flatten)]
         service: ServiceArgs,
     },
+    /// A fault under load on three nodes (PostgreSQL + Redis): counts what the
+    /// simulators received against what the API accepted (docs/RELIABILITY.md).
+    /// Exits non-zero when anything accepted was lost or a request got a 500.
+    Chaos(loadtest::bench::chaos::ChaosArgs),
 }
 
 fn write(
@@ -139,6 +143,23 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let out = cli.out.clone();
     match cli.scenario {
+        Scenario::Chaos(args) => {
+            let name = format!("chaos-{}", args.fault.name());
+            let figures = loadtest::bench::chaos::run(&args, &out.join(&name)).await?;
+            let mut md = format!("### {name}\n\n{}\n\n", figures.line());
+            for event in &figures.events {
+                md.push_str(&format!("- {event}\n"));
+            }
+            md.push_str(&format!("\nresponses: {:?}\n", figures.responses));
+            write(&out, &name, &serde_json::to_value(&figures)?, &md)?;
+            anyhow::ensure!(
+                figures.passed(),
+                "{name}: lost {}, failed requests {}, 5xx other than 503: {}",
+                figures.lost,
+                figures.failed_requests,
+                figures.server_errors
+            );
+        }
         Scenario::Ceiling {
             requests,
             concurrency,

@@ -31,6 +31,24 @@ const EXPAND_CHUNK: i64 = 500;
 pub fn spawn(state: &AppState, shutdown: CancellationToken) {
     let workers = state.config.dispatch_workers;
     if workers == 0 {
+        // No sweep here, but backpressure still needs the queue's depth.
+        if state.config.max_queue_depth > 0 {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(state.config.sweep_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tick.tick() => {
+                            if let Err(e) = sweep::measure_queue(&state).await {
+                                tracing::warn!(error = %e, "queue depth unknown; next round retries");
+                            }
+                        }
+                    }
+                }
+            });
+        }
         return;
     }
     let (tx, rx) = mpsc::channel::<Leased>(workers * 2);

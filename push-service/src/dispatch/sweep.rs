@@ -62,12 +62,22 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
     if retention > 0 && rand::random::<u8>() < 16 {
         store.delete_audit_before(now - retention).await?;
     }
-    let (depth, oldest) = store.queue_stats().await?;
+    measure_queue(state).await?;
+    Ok(redriven)
+}
+
+/// Counts the queued deliveries: the gauges, and the depth backpressure reads.
+pub async fn measure_queue(state: &AppState) -> Result<(), StoreError> {
+    let now = now_millis();
+    let (depth, oldest) = state.store.queue_stats().await?;
+    state
+        .queue_depth
+        .store(depth.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
     metrics::gauge!(names::QUEUE_DEPTH).set(depth as f64);
     metrics::gauge!(names::QUEUE_OLDEST_AGE).set(
         oldest
             .map(|t| (now - t).max(0) as f64 / 1000.0)
             .unwrap_or(0.0),
     );
-    Ok(redriven)
+    Ok(())
 }

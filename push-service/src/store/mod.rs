@@ -35,13 +35,29 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         use sqlx::Error::*;
         match err {
-            PoolTimedOut | PoolClosed | Io(_) | Tls(_) => StoreError::Unavailable(err),
+            PoolTimedOut | PoolClosed | Io(_) | Tls(_) | Protocol(_) | WorkerCrashed => {
+                StoreError::Unavailable(err)
+            }
             Database(ref db) if db.is_unique_violation() => {
                 StoreError::Conflict(format!("already exists ({})", db.message()))
             }
+            Database(ref db) if transient(db.as_ref()) => StoreError::Unavailable(err),
             other => StoreError::Other(other.into()),
         }
     }
+}
+
+/// Database errors that say "not now" rather than "never": the server is shutting
+/// down, starting, out of connections or resources, or (SQLite) busy or locked.
+fn transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else { return false };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended forms.
+        return code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6));
+    }
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources (too many connections, disk)
+        || matches!(&*code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
 }
 
 /// An app: the unit of isolation for credentials, notifiers and registrations.
