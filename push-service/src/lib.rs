@@ -92,7 +92,13 @@ impl AppState {
                 .map_err(|_| anyhow::anyhow!("redis_url: no connection within 10 s"))?
                 .map_err(|e| anyhow::anyhow!("redis_url: cannot connect: {e}"))?;
                 drop(probe);
-                Some(redis::aio::ConnectionManager::new(client.clone()).await?)
+                Some(
+                    redis::aio::ConnectionManager::new_with_config(
+                        client.clone(),
+                        redis_manager_config(),
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
@@ -172,6 +178,29 @@ impl AppState {
             openapi: Arc::new(api::ApiDoc::openapi().to_json()?),
         })
     }
+}
+
+/// How the shared Redis connection comes back after Redis restarts. redis-rs'
+/// defaults wait 1 s, then about 100 s, between reconnection attempts (its factor
+/// multiplies each delay), and while it waits every command waits: requests hung
+/// for two minutes after a Redis restart in the fault harness. Here: an attempt
+/// times out after 2 s, at most two retries 1 s apart, then commands fail (503)
+/// and the next one starts a new attempt.
+pub fn redis_manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_factor(2)
+        .set_max_delay(1000)
+        .set_number_of_retries(2)
+        .set_connection_timeout(std::time::Duration::from_secs(2))
+        .set_response_timeout(std::time::Duration::from_secs(5))
+}
+
+/// Timeouts for Redis connections made outside the manager (blocking reads,
+/// subscriptions, probes): a dead server is noticed, never waited on.
+pub fn redis_connection_config(response: std::time::Duration) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(std::time::Duration::from_secs(2))
+        .set_response_timeout(response)
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains.

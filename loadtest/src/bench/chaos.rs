@@ -102,6 +102,8 @@ pub struct ChaosFigures {
     pub lost: usize,
     /// Receipts beyond the first for the same pair.
     pub duplicates: usize,
+    /// The same, by provider.
+    pub duplicates_by_provider: BTreeMap<String, usize>,
     /// Receipts for notifications the client never saw accepted.
     pub unacknowledged_deliveries: usize,
     /// Notifications the client gave up on (after retrying for `give_up_seconds`).
@@ -703,6 +705,17 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
                 Some(n) => {
                     figures.delivered += 1;
                     figures.duplicates += n - 1;
+                    if *n > 1 {
+                        let provider = if token.starts_with("seed-") {
+                            "fcm"
+                        } else {
+                            "apns"
+                        };
+                        *figures
+                            .duplicates_by_provider
+                            .entry(provider.into())
+                            .or_default() += n - 1;
+                    }
                 }
                 None => {
                     figures.lost += 1;

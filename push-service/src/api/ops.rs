@@ -47,7 +47,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         None => "not configured",
         Some(client) => {
             let ping = async {
-                let mut conn = client.get_multiplexed_async_connection().await?;
+                let config = crate::redis_connection_config(probe);
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
                 redis::cmd("PING").query_async::<String>(&mut conn).await
             };
             match tokio::time::timeout(probe, ping).await {

@@ -177,6 +177,22 @@ async fn deliver(state: &AppState, id: &str, registrations: &[String]) -> Result
     };
     let content: Content =
         serde_json::from_str(&notification.content).map_err(|e| StoreError::Other(e.into()))?;
+    // Take each delivery before sending it: a task re-driven by the sweep while the
+    // original still waited in the queue finds it taken (or finished) and skips it.
+    let lease = now_millis() + state.config.redrive_after.as_millis() as i64;
+    let claims = pending.iter().map(|d| {
+        state
+            .store
+            .claim_delivery(&notification.id, &d.registration_id, d.attempts, lease)
+    });
+    let taken = futures_util::future::join_all(claims).await;
+    let mut claimed = Vec::with_capacity(pending.len());
+    for (delivery, taken) in pending.into_iter().zip(taken) {
+        if taken? {
+            claimed.push(delivery);
+        }
+    }
+    let pending = claimed;
     // Per provider, one delivery goes first as a probe: a credential error opens
     // the circuit before the rest leave, so a broken credential costs one attempt
     // per task, not one per device. Then the rest go out concurrently (HTTP/2

@@ -174,9 +174,11 @@ impl RedisQueue {
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
+        // Reads block for up to a second; an answer later than this means a dead server.
+        let config = crate::redis_connection_config(std::time::Duration::from_secs(10));
         let conn = self
             .client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(err)?;
         *slot = Some(conn.clone());

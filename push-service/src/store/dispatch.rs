@@ -116,6 +116,17 @@ pub trait DispatchStore: Send + Sync {
         notification_id: &str,
         registrations: &[String],
     ) -> Result<Option<(NotificationRow, Vec<PendingDelivery>)>, StoreError>;
+    /// Takes a queued delivery for one attempt: applied only if it is still queued
+    /// with the attempt count the task read, so of two tasks holding the same
+    /// delivery (a re-drive racing the original) exactly one sends. Counts the
+    /// attempt and moves the re-drive time to `lease`. Returns whether it was taken.
+    async fn claim_delivery(
+        &self,
+        notification_id: &str,
+        registration_id: &str,
+        attempts: i32,
+        lease: i64,
+    ) -> Result<bool, StoreError>;
     /// Records the outcome of one attempt (only while the delivery is still queued).
     #[allow(clippy::too_many_arguments)]
     async fn update_delivery(

@@ -47,6 +47,14 @@ pub enum Write {
         next_attempt_at: Option<i64>,
         now: i64,
     },
+    /// A queued delivery taken for one attempt (applied: it was still queued
+    /// with `attempts` attempts; it now has one more and re-drives at `lease`).
+    ClaimDelivery {
+        notification_id: String,
+        registration_id: String,
+        attempts: i32,
+        lease: i64,
+    },
     /// An audit-log entry (always applied).
     Audit(Box<AuditEntry>),
 }

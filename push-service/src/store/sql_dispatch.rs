@@ -196,6 +196,23 @@ macro_rules! impl_sql_dispatch {
                 Ok(Some((first.notification, pending)))
             }
 
+            async fn claim_delivery(
+                &self,
+                notification_id: &str,
+                registration_id: &str,
+                attempts: i32,
+                lease: i64,
+            ) -> Result<bool, $crate::store::StoreError> {
+                self.writer
+                    .write($crate::store::group::Write::ClaimDelivery {
+                        notification_id: notification_id.to_owned(),
+                        registration_id: registration_id.to_owned(),
+                        attempts,
+                        lease,
+                    })
+                    .await
+            }
+
             async fn update_delivery(
                 &self,
                 notification_id: &str,
@@ -530,6 +547,37 @@ macro_rules! impl_sql_dispatch {
                         .bind(&e.details);
                 }
                 query.execute(&mut *tx).await?;
+            }
+
+            // Claims: applied only where the attempt count is still the one read.
+            let claims: Vec<(usize, &Write)> = writes
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| matches!(w, Write::ClaimDelivery { .. }))
+                .collect();
+            for chunk in claims.chunks(100) {
+                let values = $crate::store::row_placeholders(chunk.len(), 4);
+                let sql = format!(
+                    "UPDATE deliveries AS d SET attempts = d.attempts + 1, next_attempt_at = v.column4 \
+                     FROM (VALUES {values}) AS v \
+                     WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
+                     AND d.attempts = v.column3 AND d.state = 'queued' \
+                     RETURNING notification_id, registration_id"
+                );
+                let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+                for (_, write) in chunk {
+                    if let Write::ClaimDelivery { notification_id, registration_id, attempts, lease } = write {
+                        query = query.bind(notification_id).bind(registration_id).bind(attempts).bind(lease);
+                    }
+                }
+                let taken: std::collections::HashSet<(String, String)> =
+                    query.fetch_all(&mut *tx).await?.into_iter().collect();
+                for (i, write) in chunk {
+                    if let Write::ClaimDelivery { notification_id, registration_id, .. } = write {
+                        applied[*i] =
+                            taken.contains(&(notification_id.clone(), registration_id.clone()));
+                    }
+                }
             }
 
             // Outcomes: applied only to deliveries still queued.

@@ -279,3 +279,87 @@ async fn audit_log_names_who_what_when_and_where_without_secrets(app: TestApp) {
         .expect("sent");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_deep_queue_refuses_new_notifications_with_503_until_it_drains() {
+    // Node A only serves the API, so what it accepts stays queued.
+    let mut api_only = Options::new(Backend::Postgres);
+    api_only.workers = 0;
+    api_only.extra = "max_queue_depth = 2\n".into();
+    let a = spawn(api_only).await;
+    let app_id = a.create_app("Acme").await;
+    let notifier = TestNotifier::create(&a, &app_id, &["notify"]).await;
+    let desktop = sdk_client::Client::builder(&a.base, sdk_client::DeviceKey::generate_p256())
+        .build()
+        .expect("client");
+    let registration = desktop
+        .register(&app_id, &sdk_client::NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let send = |key: String| {
+        a.client
+            .post(a.url(&format!("/v1/apps/{app_id}/notifications")))
+            .bearer_auth(notifier.jwt("notify"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"targets": {"registrations": [registration.id]},
+                "notification": {"title": "queued"}}))
+            .send()
+    };
+
+    // Three queued deliveries are more than 2: once the depth is measured (every
+    // sweep interval, 1 s here), new notifications get 503 + Retry-After.
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..40 {
+        let response = send(format!("k{i}")).await.expect("sent");
+        match response.status() {
+            StatusCode::ACCEPTED => accepted += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused = Some(response);
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("a deep queue refuses within 4 s");
+    assert!(accepted >= 3, "accepted {accepted} before the refusal");
+    assert_eq!(refused.headers()["retry-after"], "5");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = refused.json().await.expect("problem body");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("max_queue_depth = 2"), "{problem}");
+    // A retry of an already accepted notification still gets its answer.
+    let replay = send("k0".into()).await.expect("sent");
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    let metrics = a
+        .client
+        .get(a.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("push_notifications_shed_total ") && !l.ends_with(" 0")),
+        "the refusal is counted"
+    );
+
+    // A node with workers drains the queue; A accepts again by itself.
+    let mut worker = Options::new(Backend::Postgres);
+    worker.join = Some((a.database_url.clone(), a.prefix.clone()));
+    let _b = spawn(worker).await;
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for i in 0..100 {
+        status = send(format!("after{i}")).await.expect("sent").status();
+        if status == StatusCode::ACCEPTED {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, StatusCode::ACCEPTED, "accepting again once drained");
+}
