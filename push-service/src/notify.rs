@@ -440,6 +440,7 @@ pub async fn accept(
             .map(|chunk| Task::Deliver {
                 notification: row.id.clone(),
                 registrations: chunk.to_vec(),
+                due: Some(redrive_at),
             })
             .collect()
     };

@@ -111,7 +111,8 @@ async fn work(state: &AppState, leased: Leased) {
         Task::Deliver {
             notification,
             registrations,
-        } => deliver(state, notification, registrations).await,
+            due,
+        } => deliver(state, notification, registrations, *due).await,
         Task::Expand { notification } => expand(state, notification).await,
     };
     match result {
@@ -150,6 +151,7 @@ async fn expand(state: &AppState, id: &str) -> Result<(), StoreError> {
             .map(|c| Task::Deliver {
                 notification: notification.id.clone(),
                 registrations: c.to_vec(),
+                due: Some(redrive_at),
             })
             .collect();
         if !tasks.is_empty() {
@@ -170,20 +172,26 @@ async fn expand(state: &AppState, id: &str) -> Result<(), StoreError> {
 
 /// Attempts the queued deliveries of one chunk. Finished ones are skipped, so a
 /// redelivered task is harmless.
-async fn deliver(state: &AppState, id: &str, registrations: &[String]) -> Result<(), StoreError> {
+async fn deliver(
+    state: &AppState,
+    id: &str,
+    registrations: &[String],
+    due: Option<i64>,
+) -> Result<(), StoreError> {
     let Some((notification, pending)) = state.store.task_deliveries(id, registrations).await?
     else {
         return Ok(());
     };
     let content: Content =
         serde_json::from_str(&notification.content).map_err(|e| StoreError::Other(e.into()))?;
-    // Take each delivery before sending it: a task re-driven by the sweep while the
-    // original still waited in the queue finds it taken (or finished) and skips it.
+    // Take each delivery before sending it, against the version this task was made
+    // for: when the sweep re-drove a delivery while its first task still waited in
+    // the queue, only one of the two tasks can take it.
     let lease = now_millis() + state.config.redrive_after.as_millis() as i64;
     let claims = pending.iter().map(|d| {
         state
             .store
-            .claim_delivery(&notification.id, &d.registration_id, d.attempts, lease)
+            .claim_delivery(&notification.id, &d.registration_id, d.attempts, due, lease)
     });
     let taken = futures_util::future::join_all(claims).await;
     let mut claimed = Vec::with_capacity(pending.len());
@@ -435,6 +443,7 @@ impl Attempt<'_> {
         let task = Task::Deliver {
             notification: self.notification.id.clone(),
             registrations: vec![self.registration_id.to_owned()],
+            due: Some(redrive),
         };
         if let Err(e) = self.state.queue.push_at(task, at).await {
             tracing::warn!(error = %e, "retry not queued; the sweep will re-drive it");

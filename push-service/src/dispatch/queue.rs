@@ -18,6 +18,11 @@ pub enum Task {
     Deliver {
         notification: String,
         registrations: Vec<String>,
+        /// The re-drive time written with these deliveries when this task was made:
+        /// the version a worker claims against. A copy made later by the sweep has a
+        /// newer one, so of the two only one can take a delivery.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due: Option<i64>,
     },
     /// Expand an alias or whole-app fan-out into deliveries, chunk by chunk.
     #[serde(rename = "expand.v1")]
@@ -136,6 +141,7 @@ mod tests {
         let task = Task::Deliver {
             notification: "ntf_1".into(),
             registrations: vec!["reg_1".into()],
+            due: None,
         };
         let json = serde_json::to_string(&task).expect("serializes");
         assert_eq!(

@@ -38,6 +38,7 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
             tasks.push(Task::Deliver {
                 notification: notification.clone(),
                 registrations: chunk.to_vec(),
+                due: Some(redrive_at),
             });
         }
     }

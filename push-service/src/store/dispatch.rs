@@ -117,14 +117,16 @@ pub trait DispatchStore: Send + Sync {
         registrations: &[String],
     ) -> Result<Option<(NotificationRow, Vec<PendingDelivery>)>, StoreError>;
     /// Takes a queued delivery for one attempt: applied only if it is still queued
-    /// with the attempt count the task read, so of two tasks holding the same
-    /// delivery (a re-drive racing the original) exactly one sends. Counts the
-    /// attempt and moves the re-drive time to `lease`. Returns whether it was taken.
+    /// with the attempt count the task read and (when given) the re-drive time
+    /// `due` the task was made for, so of two tasks holding the same delivery (a
+    /// re-drive racing the original) exactly one sends. Counts the attempt and
+    /// moves the re-drive time to `lease`. Returns whether it was taken.
     async fn claim_delivery(
         &self,
         notification_id: &str,
         registration_id: &str,
         attempts: i32,
+        due: Option<i64>,
         lease: i64,
     ) -> Result<bool, StoreError>;
     /// Records the outcome of one attempt (only while the delivery is still queued).

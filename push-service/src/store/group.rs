@@ -53,6 +53,7 @@ pub enum Write {
         notification_id: String,
         registration_id: String,
         attempts: i32,
+        due: Option<i64>,
         lease: i64,
     },
     /// An audit-log entry (always applied).

@@ -201,6 +201,7 @@ macro_rules! impl_sql_dispatch {
                 notification_id: &str,
                 registration_id: &str,
                 attempts: i32,
+                due: Option<i64>,
                 lease: i64,
             ) -> Result<bool, $crate::store::StoreError> {
                 self.writer
@@ -208,6 +209,7 @@ macro_rules! impl_sql_dispatch {
                         notification_id: notification_id.to_owned(),
                         registration_id: registration_id.to_owned(),
                         attempts,
+                        due,
                         lease,
                     })
                     .await
@@ -556,18 +558,24 @@ macro_rules! impl_sql_dispatch {
                 .filter(|(_, w)| matches!(w, Write::ClaimDelivery { .. }))
                 .collect();
             for chunk in claims.chunks(100) {
-                let values = $crate::store::row_placeholders(chunk.len(), 4);
+                let values = $crate::store::row_placeholders(chunk.len(), 5);
                 let sql = format!(
                     "UPDATE deliveries AS d SET attempts = d.attempts + 1, next_attempt_at = v.column4 \
                      FROM (VALUES {values}) AS v \
                      WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
                      AND d.attempts = v.column3 AND d.state = 'queued' \
+                     AND (v.column5 IS NULL OR d.next_attempt_at = v.column5) \
                      RETURNING notification_id, registration_id"
                 );
                 let mut query = sqlx::query_as::<_, (String, String)>(&sql);
                 for (_, write) in chunk {
-                    if let Write::ClaimDelivery { notification_id, registration_id, attempts, lease } = write {
-                        query = query.bind(notification_id).bind(registration_id).bind(attempts).bind(lease);
+                    if let Write::ClaimDelivery { notification_id, registration_id, attempts, due, lease } = write {
+                        query = query
+                            .bind(notification_id)
+                            .bind(registration_id)
+                            .bind(attempts)
+                            .bind(lease)
+                            .bind(due);
                     }
                 }
                 let taken: std::collections::HashSet<(String, String)> =
