@@ -626,3 +626,68 @@ async fn multi_chunk_fan_out_postgres() {
     multi_chunk_fan_out_expands_without_retries(unlimited(crate::helpers::Backend::Postgres).await)
         .await;
 }
+
+/// Two tasks holding the same delivery (the original, and a copy the sweep made
+/// while it waited): a worker takes a delivery only against the attempt count and
+/// re-drive time it was made for, so exactly one of them sends.
+async fn a_delivery_is_taken_by_one_task(backend: crate::helpers::Backend) {
+    let mut api_only = crate::helpers::Options::new(backend);
+    api_only.workers = 0;
+    let a = crate::helpers::spawn(api_only).await;
+    let app_id = a.create_app("Acme").await;
+    let notifier = TestNotifier::create(&a, &app_id, &["notify"]).await;
+    let desktop = device(&a, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let answer = send(
+        &a,
+        &notifier,
+        json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "once"}}),
+    )
+    .await;
+    let id = answer["id"].as_str().expect("id");
+    let store = push_service::store::connect(&a.database_url, 2, true, None)
+        .await
+        .expect("store");
+    let lease = push_service::ids::now_millis() + 60_000;
+    // A copy made for another re-drive time does not take it.
+    let stale = store
+        .claim_delivery(id, &registration.id, 0, Some(1), lease)
+        .await
+        .expect("claim");
+    assert!(
+        !stale,
+        "a task made for another re-drive time must not take it"
+    );
+    // The first task takes it; the second, holding the same view, does not.
+    let first = store
+        .claim_delivery(id, &registration.id, 0, None, lease)
+        .await
+        .expect("claim");
+    let second = store
+        .claim_delivery(id, &registration.id, 0, None, lease)
+        .await
+        .expect("claim");
+    assert!(first, "the first claim takes the delivery");
+    assert!(!second, "the same delivery is taken once");
+    // Taken means one attempt counted, still queued until its outcome.
+    let (_, pending) = store
+        .task_deliveries(id, std::slice::from_ref(&registration.id))
+        .await
+        .expect("read")
+        .expect("still queued");
+    assert_eq!(pending[0].attempts, 1);
+}
+
+mod a_delivery_is_taken_by_one_task {
+    #[tokio::test]
+    async fn sqlite() {
+        super::a_delivery_is_taken_by_one_task(crate::helpers::Backend::Sqlite).await;
+    }
+    #[tokio::test]
+    async fn postgres() {
+        super::a_delivery_is_taken_by_one_task(crate::helpers::Backend::Postgres).await;
+    }
+}
