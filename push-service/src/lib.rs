@@ -233,7 +233,7 @@ pub async fn serve(
             .hub
             .spawn_listener(client.clone(), state.shutdown.clone());
     }
-    dispatch::spawn(&state, state.shutdown.clone());
+    let workers = dispatch::spawn(&state, state.shutdown.clone());
     let node_shutdown = state.shutdown.clone();
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "listening");
@@ -253,16 +253,32 @@ pub async fn serve(
         Some(tls) => tokio::spawn(serve_tls(listener, tls, app, drained)),
     };
     shutdown.cancelled().await;
-    // Streams and background work end now; in-flight requests get the grace period.
+    // Streams and background work end now; in-flight requests and the tasks the
+    // workers hold share the grace period. What is cut short is not lost: another
+    // node takes the queue entries over, the sweep re-drives claimed deliveries.
+    let deadline = tokio::time::Instant::now() + grace;
     node_shutdown.cancel();
-    match tokio::time::timeout(grace, server).await {
-        Ok(joined) => joined??,
-        Err(_) => tracing::warn!(
-            grace_seconds = grace.as_secs(),
-            "drain took too long; exiting"
-        ),
+    workers.close();
+    let served = match tokio::time::timeout_at(deadline, server).await {
+        Ok(joined) => joined?,
+        Err(_) => {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "drain took too long; exiting"
+            );
+            Ok(())
+        }
+    };
+    if tokio::time::timeout_at(deadline, workers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = workers.len(),
+            "dispatch tasks still running at the end of the grace period; others take them over"
+        );
     }
-    Ok(())
+    served
 }
 
 /// The accept loop with TLS: each connection's address and client certificate

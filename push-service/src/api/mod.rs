@@ -188,21 +188,27 @@ pub fn router(state: AppState) -> Router {
                     header::AUTHORIZATION,
                 ]))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(
-                    |request: &axum::http::Request<axum::body::Body>| {
-                        let request_id = request
-                            .headers()
-                            .get(REQUEST_ID)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("");
-                        tracing::info_span!(
-                            "request",
-                            request_id = %request_id,
-                            method = %request.method(),
-                            path = %request.uri().path(),
+                // 503s under backpressure or an outage are expected answers: WARN,
+                // not ERROR (a real 500 is logged at ERROR where it happens).
+                .layer(
+                    TraceLayer::new_for_http()
+                        .on_failure(
+                            tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN),
                         )
-                    },
-                ))
+                        .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+                            let request_id = request
+                                .headers()
+                                .get(REQUEST_ID)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("");
+                            tracing::info_span!(
+                                "request",
+                                request_id = %request_id,
+                                method = %request.method(),
+                                path = %request.uri().path(),
+                            )
+                        }),
+                )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()

@@ -27,8 +27,11 @@ use retry::RetryDecision;
 const EXPAND_CHUNK: i64 = 500;
 
 /// Starts the reader, the workers and the sweep of this node (none when
-/// `dispatch_workers` is 0). They stop when `shutdown` is cancelled.
-pub fn spawn(state: &AppState, shutdown: CancellationToken) {
+/// `dispatch_workers` is 0). They stop when `shutdown` is cancelled: the reader
+/// takes nothing more, the workers finish what they hold and end. The returned
+/// tracker lets the caller wait for that (bounded by the shutdown grace).
+pub fn spawn(state: &AppState, shutdown: CancellationToken) -> tokio_util::task::TaskTracker {
+    let tracker = tokio_util::task::TaskTracker::new();
     let workers = state.config.dispatch_workers;
     if workers == 0 {
         // No sweep here, but backpressure still needs the queue's depth.
@@ -49,14 +52,14 @@ pub fn spawn(state: &AppState, shutdown: CancellationToken) {
                 }
             });
         }
-        return;
+        return tracker;
     }
     let (tx, rx) = mpsc::channel::<Leased>(workers * 2);
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
     for _ in 0..workers {
         let state = state.clone();
         let rx = rx.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some(leased) = next else { return };
@@ -102,6 +105,7 @@ pub fn spawn(state: &AppState, shutdown: CancellationToken) {
             }
         }
     });
+    tracker
 }
 
 /// Runs one task and acknowledges it; on a store outage the task is released for later.
