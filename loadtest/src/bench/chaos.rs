@@ -112,6 +112,8 @@ pub struct ChaosFigures {
     pub server_errors: usize,
     /// Every answer the client got, by status ("conn" for no answer).
     pub responses: BTreeMap<String, usize>,
+    /// `429`/`503` answers without a usable `Retry-After`: each one breaks the contract.
+    pub missing_retry_after: usize,
     /// Latency of the requests answered 202.
     pub accept_latency: Latency,
     /// Peak resident memory of each node (MiB), sampled every 250 ms across restarts.
@@ -133,8 +135,8 @@ impl ChaosFigures {
     pub fn line(&self) -> String {
         format!(
             "{}: accepted {} · expected {} · delivered {} · lost {} · duplicates {} · \
-             unacknowledged {} · failed requests {} · 5xx (not 503) {} · accept p99 {:.1} ms · \
-             peak RSS MiB {} · {:.1} s",
+             unacknowledged {} · failed requests {} · 5xx (not 503) {} · \
+             429/503 without Retry-After {} · accept p99 {:.1} ms · peak RSS MiB {} · {:.1} s",
             self.fault,
             self.accepted,
             self.expected_deliveries,
@@ -144,6 +146,7 @@ impl ChaosFigures {
             self.unacknowledged_deliveries,
             self.failed_requests,
             self.server_errors,
+            self.missing_retry_after,
             self.accept_latency.p99_ms,
             self.peak_rss_mib
                 .iter()
@@ -154,9 +157,13 @@ impl ChaosFigures {
         )
     }
 
-    /// Whether the run kept the promise: nothing lost, no 500.
+    /// Whether the run kept the promise: nothing lost, no 500, every "retry
+    /// later" saying when.
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.server_errors == 0 && self.failed_requests == 0
+        self.lost == 0
+            && self.server_errors == 0
+            && self.failed_requests == 0
+            && self.missing_retry_after == 0
     }
 }
 
@@ -212,6 +219,7 @@ struct ClientLog {
     /// Notification tag → accepted.
     accepted: HashSet<String>,
     responses: BTreeMap<String, usize>,
+    missing_retry_after: usize,
     latencies: Vec<Duration>,
     failed: usize,
 }
@@ -263,6 +271,9 @@ impl Client {
             {
                 let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
                 *log.responses.entry(status.clone()).or_default() += 1;
+                if matches!(status.as_str(), "429" | "503") && wait.is_none() {
+                    log.missing_retry_after += 1;
+                }
                 match status.as_str() {
                     "202" => {
                         log.latencies.push(elapsed);
@@ -392,12 +403,7 @@ impl PrivateRedis {
         anyhow::bail!("redis-server did not start on port {}", self.port)
     }
 
-    /// Kills it (SIGKILL: nothing kept, as with no persistence) and starts it empty.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop();
-        self.spawn()
-    }
-
+    /// SIGKILL: nothing kept, as with no persistence.
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -409,6 +415,26 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Runs its command when done with, or on drop if nobody did.
+struct Restart(Option<String>);
+
+impl Restart {
+    fn now(mut self) -> anyhow::Result<()> {
+        match self.0.take() {
+            Some(command) => shell(&command),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let Some(command) = self.0.take() {
+            let _ = shell(&command);
+        }
     }
 }
 
@@ -603,10 +629,12 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
                 events.push(format!("{} APNs back", at(start)));
             }
             Fault::PostgresStop => {
+                // Started again even if this run fails half-way.
+                let stopped = Restart(Some(args.pg_start.clone()));
                 shell(&args.pg_stop)?;
                 events.push(format!("{} PostgreSQL stopped", at(start)));
                 tokio::time::sleep(Duration::from_secs_f64(plan.outage)).await;
-                shell(&args.pg_start)?;
+                stopped.now()?;
                 events.push(format!("{} PostgreSQL started", at(start)));
             }
             Fault::RollingRestart => {
@@ -681,6 +709,7 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
         accepted: log.accepted.len(),
         failed_requests: log.failed,
         responses: log.responses.clone(),
+        missing_retry_after: log.missing_retry_after,
         server_errors: log
             .responses
             .iter()

@@ -154,10 +154,12 @@ async fn main() -> anyhow::Result<()> {
             write(&out, &name, &serde_json::to_value(&figures)?, &md)?;
             anyhow::ensure!(
                 figures.passed(),
-                "{name}: lost {}, failed requests {}, 5xx other than 503: {}",
+                "{name}: lost {}, failed requests {}, 5xx other than 503: {}, \
+                 429/503 without Retry-After: {}",
                 figures.lost,
                 figures.failed_requests,
-                figures.server_errors
+                figures.server_errors,
+                figures.missing_retry_after
             );
         }
         Scenario::Ceiling {
