@@ -188,23 +188,6 @@ async fn deliver(
     };
     let content: Content =
         serde_json::from_str(&notification.content).map_err(|e| StoreError::Other(e.into()))?;
-    // Take each delivery before sending it, against the version this task was made
-    // for: when the sweep re-drove a delivery while its first task still waited in
-    // the queue, only one of the two tasks can take it.
-    let lease = now_millis() + state.config.redrive_after.as_millis() as i64;
-    let claims = pending.iter().map(|d| {
-        state
-            .store
-            .claim_delivery(&notification.id, &d.registration_id, d.attempts, due, lease)
-    });
-    let taken = futures_util::future::join_all(claims).await;
-    let mut claimed = Vec::with_capacity(pending.len());
-    for (delivery, taken) in pending.into_iter().zip(taken) {
-        if taken? {
-            claimed.push(delivery);
-        }
-    }
-    let pending = claimed;
     // Per provider, one delivery goes first as a probe: a credential error opens
     // the circuit before the rest leave, so a broken credential costs one attempt
     // per task, not one per device. Then the rest go out concurrently (HTTP/2
@@ -224,12 +207,12 @@ async fn deliver(
         let rest = group.split_off(1);
         let mut first_error = None;
         for probe in group {
-            if let Err(e) = deliver_one(state, notification, content, probe).await {
+            if let Err(e) = deliver_one(state, notification, content, probe, due).await {
                 first_error.get_or_insert(e);
             }
         }
         let mut outcomes = futures_util::stream::iter(rest)
-            .map(|delivery| deliver_one(state, notification, content, delivery))
+            .map(|delivery| deliver_one(state, notification, content, delivery, due))
             .buffer_unordered(CHUNK_CONCURRENCY);
         while let Some(outcome) = outcomes.next().await {
             if let Err(e) = outcome {
@@ -250,7 +233,26 @@ async fn deliver_one(
     notification: &NotificationRow,
     content: &Content,
     pending: PendingDelivery,
+    due: Option<i64>,
 ) -> Result<(), StoreError> {
+    // Take the delivery just before sending it, against the version its task was
+    // made for: when the sweep re-drove a delivery while the first task still
+    // waited in the queue, only one of the two takes it. The lease covers this
+    // one attempt; if the node dies, the sweep re-drives it once the lease is over.
+    let lease = now_millis() + state.config.redrive_after.as_millis() as i64;
+    let taken = state
+        .store
+        .claim_delivery(
+            &notification.id,
+            &pending.registration_id,
+            pending.attempts,
+            due,
+            lease,
+        )
+        .await?;
+    if !taken {
+        return Ok(());
+    }
     let now = now_millis();
     let attempt = Attempt {
         state,
