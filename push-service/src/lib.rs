@@ -195,8 +195,8 @@ pub fn redis_manager_config() -> redis::aio::ConnectionManagerConfig {
         .set_response_timeout(std::time::Duration::from_secs(5))
 }
 
-/// Timeouts for Redis connections made outside the manager (blocking reads,
-/// subscriptions, probes): a dead server is noticed, never waited on.
+/// Timeouts for Redis connections made outside the manager (the queue's blocking
+/// reads, the readiness probe): a dead server is noticed, never waited on.
 pub fn redis_connection_config(response: std::time::Duration) -> redis::AsyncConnectionConfig {
     redis::AsyncConnectionConfig::new()
         .set_connection_timeout(std::time::Duration::from_secs(2))
