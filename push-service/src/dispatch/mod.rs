@@ -36,20 +36,8 @@ pub fn spawn(state: &AppState, shutdown: CancellationToken) -> tokio_util::task:
     if workers == 0 {
         // No sweep here, but backpressure still needs the queue's depth.
         if state.config.max_queue_depth > 0 {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(state.config.sweep_interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tick.tick() => {
-                            if let Err(e) = sweep::measure_queue(&state).await {
-                                tracing::warn!(error = %e, "queue depth unknown; next round retries");
-                            }
-                        }
-                    }
-                }
+            every_sweep_interval(state, shutdown, "queue depth", |state| async move {
+                sweep::measure_queue(&state).await
             });
         }
         return tracker;
@@ -90,22 +78,38 @@ pub fn spawn(state: &AppState, shutdown: CancellationToken) -> tokio_util::task:
             }
         }
     });
-    let sweep_state = state.clone();
+    every_sweep_interval(state, shutdown, "sweep", |state| async move {
+        sweep_once(&state).await.map(|_| ())
+    });
+    tracker
+}
+
+/// Runs `round` every `sweep_interval` until `shutdown`; a failed round is
+/// logged and the next one tries again.
+fn every_sweep_interval<F, Fut>(
+    state: &AppState,
+    shutdown: CancellationToken,
+    what: &'static str,
+    round: F,
+) where
+    F: Fn(AppState) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
+{
+    let state = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(sweep_state.config.sweep_interval);
+        let mut tick = tokio::time::interval(state.config.sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    if let Err(e) = sweep_once(&sweep_state).await {
-                        tracing::warn!(error = %e, "sweep failed; next round will retry");
+                    if let Err(e) = round(state.clone()).await {
+                        tracing::warn!(error = %e, "{what} failed; the next round retries");
                     }
                 }
             }
         }
     });
-    tracker
 }
 
 /// Runs one task and acknowledges it; on a store outage the task is released for later.
