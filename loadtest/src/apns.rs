@@ -30,9 +30,16 @@ pub struct ApnsKey {
 #[derive(Clone)]
 pub struct ApnsConfig {
     pub keys: Vec<ApnsKey>,
-    /// Bundle ids (topics without suffix) the teams may push to.
+    /// Topics the teams may push to, in full: a bundle id (alert, background and the
+    /// other push types without a suffix), and a bundle id with a push type's suffix
+    /// (`com.acme.voip`, `com.acme.complication`, …) for each push type the app is
+    /// entitled to. Anything else is `TopicDisallowed`, as Apple answers.
     pub topics: Vec<String>,
     pub max_concurrent_streams: u32,
+    /// Apple's 20-minute rule for new provider tokens, per signing key across all
+    /// connections (one provider process, as a test node is). Off: per connection,
+    /// so several provider processes sharing a key (a cluster) each keep their own.
+    pub tokens_per_key: bool,
 }
 
 /// One accepted notification, as the device would get it.
@@ -68,6 +75,11 @@ struct Shared {
     faults: ApnsFaults,
     connections: u64,
     token_updates: u64,
+    /// Per signing key: the last new provider token and when it was first seen
+    /// (Apple's 20-minute rule holds per key, across connections).
+    key_tokens: BTreeMap<String, (String, i64)>,
+    /// Scripted answers by device token: (status, reason).
+    script: BTreeMap<String, (u16, String)>,
 }
 
 /// Per-connection state: APNs binds a connection to the first team and key it sees.
@@ -186,6 +198,31 @@ impl ApnsSimulator {
 
     pub fn set_faults(&self, faults: ApnsFaults) {
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).faults = faults;
+    }
+
+    /// Answers `status` with `reason` to every request for `token` (after the
+    /// header and auth checks), so a test can walk every row of Apple's table.
+    pub fn script(&self, token: &str, status: u16, reason: &str) {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .script
+            .insert(token.to_owned(), (status, reason.to_owned()));
+    }
+}
+
+/// The `apns-topic` suffix Apple requires for a push type ("" for none).
+pub fn topic_suffix(push_type: &str) -> &'static str {
+    match push_type {
+        "voip" => ".voip",
+        "complication" => ".complication",
+        "fileprovider" => ".pushkit.fileprovider",
+        "liveactivity" => ".push-type.liveactivity",
+        "location" => ".location-query",
+        "pushtotalk" => ".voip-ptt",
+        "widgets" => ".push-type.widgets",
+        "controls" => ".push-type.controls",
+        _ => "",
     }
 }
 
@@ -309,11 +346,12 @@ fn validate(
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Some((S::BAD_REQUEST, "BadDeviceToken"));
     }
-    let base_topic = topic.strip_suffix(".voip").unwrap_or(topic);
-    if push_type == "voip" && !topic.ends_with(".voip") {
+    // The topic must carry the push type's suffix, and the app must be entitled to it.
+    let suffix = topic_suffix(push_type);
+    if !suffix.is_empty() && !topic.ends_with(suffix) {
         return Some((S::BAD_REQUEST, "BadTopic"));
     }
-    if !sim.config.topics.iter().any(|t| t == base_topic) {
+    if !sim.config.topics.iter().any(|t| t == topic) {
         return Some((S::BAD_REQUEST, "TopicDisallowed"));
     }
     if let Some(reason) = authenticate(sim, connection, header("authorization")) {
@@ -395,19 +433,27 @@ fn authenticate(
         Some(_) => {}
         None => conn.first_kid = Some(kid.to_owned()),
     }
-    match &conn.token {
-        Some((previous, _, _)) if previous == token => {}
-        Some((_, since, _)) if now - since < 20 * 60 => {
+    // A new token within 20 minutes of the last new one is refused: per connection,
+    // or with `tokens_per_key` per key whichever connection it comes on (then a new
+    // connection is no way around the rule).
+    let key_name = format!("{}/{}", key.team_id, key.key_id);
+    let mut shared = sim.shared.lock().unwrap_or_else(|p| p.into_inner());
+    let last = if sim.config.tokens_per_key {
+        shared.key_tokens.get(&key_name).cloned()
+    } else {
+        conn.token.as_ref().map(|(t, since, _)| (t.clone(), *since))
+    };
+    match last {
+        Some((previous, _)) if previous == token => {}
+        Some((_, since)) if now - since < 20 * 60 => {
             return Some((S::TOO_MANY_REQUESTS, "TooManyProviderTokenUpdates"))
         }
         _ => {
-            conn.token = Some((token.to_owned(), now, iat));
-            sim.shared
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .token_updates += 1;
+            shared.key_tokens.insert(key_name, (token.to_owned(), now));
+            shared.token_updates += 1;
         }
     }
+    conn.token = Some((token.to_owned(), now, iat));
     None
 }
 
@@ -472,6 +518,18 @@ async fn push(
     {
         count(&sim, reason);
         return reject(status, reason, &apns_id);
+    }
+    let script = sim
+        .shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .script
+        .get(&token)
+        .cloned();
+    if let Some((status, reason)) = script {
+        count(&sim, &reason);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        return reject(status, &reason, &apns_id);
     }
     let apns_id = if apns_id.is_empty() {
         new_uuid()

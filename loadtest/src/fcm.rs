@@ -61,6 +61,8 @@ struct Shared {
     tokens_issued: u64,
     faults: FcmFaults,
     bucket: Bucket,
+    /// Scripted answers by registration token: (status, canonical status, FcmError code).
+    script: HashMap<String, (u16, String, Option<String>)>,
 }
 
 #[derive(Clone)]
@@ -98,6 +100,7 @@ impl FcmSimulator {
             access_tokens: HashMap::new(),
             tokens_issued: 0,
             faults: FcmFaults::default(),
+            script: HashMap::new(),
             bucket: Bucket {
                 tokens: config.quota_per_minute as f64,
                 at: Instant::now(),
@@ -167,6 +170,29 @@ impl FcmSimulator {
 
     pub fn set_faults(&self, faults: FcmFaults) {
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).faults = faults;
+    }
+
+    /// Revokes every access token issued so far: the next send with one gets `401`.
+    pub fn revoke_access_tokens(&self) {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .access_tokens
+            .clear();
+    }
+
+    /// Answers every send to `token` with `status`, the canonical status and, when
+    /// given, an `FcmError` code (after the auth and message checks), so a test can
+    /// walk every row of the error table.
+    pub fn script(&self, token: &str, status: u16, canonical: &str, code: Option<&str>) {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .script
+            .insert(
+                token.to_owned(),
+                (status, canonical.to_owned(), code.map(str::to_owned)),
+            );
     }
 }
 
@@ -345,6 +371,19 @@ fn check_message(message: &Value) -> Result<String, Response> {
             }
         }
     }
+    if let Some(priority) = message.pointer("/android/priority") {
+        if !matches!(priority.as_str(), Some("NORMAL" | "HIGH")) {
+            return Err(bad_request(
+                "message.android.priority",
+                "Invalid value at 'message.android.priority' (type.googleapis.com/google.firebase.fcm.v1.AndroidMessagePriority)",
+            ));
+        }
+    }
+    if let Some(priority) = message.pointer("/apns/headers/apns-priority") {
+        if !matches!(priority.as_str(), Some("1" | "5" | "10")) {
+            return Err(bad_request("message.apns.headers", "Invalid APNs headers"));
+        }
+    }
     if let Some(ttl) = message.pointer("/android/ttl") {
         let valid = ttl
             .as_str()
@@ -484,6 +523,30 @@ async fn send(
         Ok(token) => token,
         Err(response) => return reject(&sim, "INVALID_ARGUMENT", response),
     };
+    let script = sim
+        .shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .script
+        .get(&token)
+        .cloned();
+    if let Some((status, canonical, code)) = script {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        let name = code.clone().unwrap_or_else(|| canonical.clone());
+        let mut response = fcm_error(
+            status,
+            &canonical,
+            "Scripted answer.",
+            code.as_deref(),
+            vec![],
+        );
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        return reject(&sim, &name, response);
+    }
     let scripted = |prefix: &str| token.starts_with(prefix);
     if scripted("unregistered") {
         return reject(

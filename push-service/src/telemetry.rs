@@ -45,6 +45,8 @@ pub mod names {
     pub const CREDENTIAL_EXPIRY: &str = "push_credential_expiry_seconds";
     /// Counter: provider auth tokens minted (APNs provider JWTs, FCM OAuth tokens).
     pub const PROVIDER_TOKENS: &str = "push_provider_tokens_total";
+    /// Counter: provider outages seen by this node (failures in a row for an app), by provider.
+    pub const PROVIDER_OUTAGES: &str = "push_provider_outages_total";
     /// Counter: events written to direct-channel streams.
     pub const DIRECT_EVENTS: &str = "push_direct_events_total";
     /// Counter: dispatch tasks that failed (store error) and were put back for later.

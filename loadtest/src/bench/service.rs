@@ -117,6 +117,7 @@ impl Service {
                 }],
                 topics: vec![TOPIC.into()],
                 max_concurrent_streams: 1000,
+                tokens_per_key: false,
             },
             &pki,
             0,

@@ -18,7 +18,8 @@ struct Args {
     /// Extra host name for the TLS certificate (e.g. the compose service name).
     #[arg(long)]
     hostname: Vec<String>,
-    /// Allowed bundle id (repeatable).
+    /// Allowed topic in full (repeatable): the bundle id, and the bundle id with a push
+    /// type's suffix (e.g. `com.acme.voip`) for each push type the app is entitled to.
     #[arg(long = "topic", required = true)]
     topics: Vec<String>,
     #[arg(long, default_value_t = 1000)]
@@ -62,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         keys,
         topics: args.topics,
         max_concurrent_streams: args.max_concurrent_streams,
+        tokens_per_key: false,
     };
     let sim = loadtest::apns::ApnsSimulator::start(config, &pki, args.port).await?;
     println!(

@@ -415,6 +415,7 @@ async fn ceiling(
             }],
             topics: vec!["com.acme.bench".into()],
             max_concurrent_streams: 1000,
+            tokens_per_key: false,
         },
         &pki,
         0,

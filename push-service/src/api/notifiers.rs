@@ -174,7 +174,7 @@ async fn create_notifier(
     scopes.sort();
     scopes.dedup();
     let notifier = Notifier {
-        id: new_id("ntf"),
+        id: new_id("nfr"),
         app_id,
         name: name.to_owned(),
         scopes: scopes.join(" "),

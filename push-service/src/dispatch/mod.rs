@@ -258,6 +258,8 @@ async fn deliver_one(
         return Ok(());
     }
     let now = now_millis();
+    // A zero TTL is "now or never": its first attempt goes, nothing after it.
+    let now_or_never = notification.expires_at <= notification.created_at;
     let attempt = Attempt {
         state,
         notification,
@@ -265,7 +267,12 @@ async fn deliver_one(
         provider: pending.provider.clone().unwrap_or_else(|| "unknown".into()),
         attempts: pending.attempts + 1,
     };
-    if now >= notification.expires_at {
+    if now_or_never && pending.attempts > 0 {
+        return attempt
+            .finish("expired", Some("ttl 0: attempted once".into()))
+            .await;
+    }
+    if !now_or_never && now >= notification.expires_at {
         return attempt.finish("expired", Some("ttl".into())).await;
     }
     match pending.registration_status.as_deref() {
@@ -311,10 +318,18 @@ async fn deliver_one(
             let latency = (now_millis() - notification.created_at).max(0) as f64 / 1000.0;
             metrics::histogram!(names::DISPATCH_LATENCY, "provider" => provider_name)
                 .record(latency);
-            if state.circuits.success(app, provider_name, now_millis()) {
+            let recovered = state.circuits.success(app, provider_name, now_millis());
+            if recovered.credential {
                 store
                     .set_credential_error(app, provider_name, None, now_millis())
                     .await?;
+            }
+            if let Some(since) = recovered.outage_since {
+                let state = state.clone();
+                let app = app.to_owned();
+                tokio::spawn(async move {
+                    wake_after_outage(&state, &app, provider_name, since).await;
+                });
             }
             attempt.finish("sent", None).await
         }
@@ -364,31 +379,94 @@ async fn deliver_one(
         }
         Outcome::Failed(reason) => attempt.finish("failed", Some(reason)).await,
         Outcome::Retry { reason, after } => {
-            let decision = state.config.retry.next(
-                attempt.attempts as u32,
-                now,
-                notification.expires_at,
-                after,
-                rand::random::<f64>(),
-            );
-            match decision {
-                RetryDecision::At(at) => {
-                    attempt
-                        .retry_at(attempt.attempts, at, reason, "retry")
-                        .await
+            if state.circuits.provider_failed(app, provider_name, now) {
+                tracing::warn!(
+                    app,
+                    provider = provider_name,
+                    %reason,
+                    "provider not answering; deliveries wait and are retried until their TTL, \
+                     and go out as soon as it answers again"
+                );
+                metrics::counter!(names::PROVIDER_OUTAGES, "provider" => provider_name)
+                    .increment(1);
+            }
+            attempt.retry(now, reason, after, false).await
+        }
+        Outcome::Unknown { reason, after } => attempt.retry(now, reason, after, true).await,
+    }
+}
+
+/// Deliveries woken per store round after an outage.
+const WAKE_BATCH: i64 = 1000;
+
+/// The provider answers again for `app`: its deliveries waiting for a retry go
+/// now, not at the end of their backoff.
+async fn wake_after_outage(state: &AppState, app: &str, provider: &'static str, since: i64) {
+    let mut woken = 0usize;
+    loop {
+        match wake(state, app, provider, WAKE_BATCH).await {
+            Ok(n) => {
+                woken += n;
+                if (n as i64) < WAKE_BATCH {
+                    break;
                 }
-                RetryDecision::Expired => {
-                    attempt
-                        .finish("expired", Some(format!("ttl (last error: {reason})")))
-                        .await
-                }
-                RetryDecision::GiveUp => {
-                    let reason = format!("gave up after {} attempts: {reason}", attempt.attempts);
-                    attempt.finish("failed", Some(reason)).await
-                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, app, provider, "waking waiting deliveries failed; their own retries and the sweep still run");
+                break;
             }
         }
     }
+    tracing::info!(
+        app,
+        provider,
+        outage_seconds = (now_millis() - since) / 1000,
+        woken,
+        "provider answers again; waiting deliveries re-driven"
+    );
+}
+
+/// Brings forward up to `limit` waiting deliveries of one app and provider and
+/// queues them now. The sweep calls it with 1 during an outage: a probe.
+pub(crate) async fn wake(
+    state: &AppState,
+    app: &str,
+    provider: &str,
+    limit: i64,
+) -> Result<usize, StoreError> {
+    let redrive_at = now_millis() + state.config.redrive_after.as_millis() as i64;
+    let woken = state
+        .store
+        .wake_waiting(app, provider, redrive_at, limit)
+        .await?;
+    let count = woken.len();
+    let mut by_notification: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (notification, registration) in woken {
+        by_notification
+            .entry(notification)
+            .or_default()
+            .push(registration);
+    }
+    let tasks: Vec<Task> = by_notification
+        .into_iter()
+        .flat_map(|(notification, registrations)| {
+            registrations
+                .chunks(TASK_CHUNK)
+                .map(|c| Task::Deliver {
+                    notification: notification.clone(),
+                    registrations: c.to_vec(),
+                    due: Some(redrive_at),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if !tasks.is_empty() {
+        if let Err(e) = state.queue.push(tasks).await {
+            tracing::warn!(error = %e, "woken deliveries not queued; the sweep will re-drive them");
+        }
+    }
+    Ok(count)
 }
 
 /// One delivery attempt in progress: records its outcome and counts it.
@@ -426,6 +504,37 @@ impl Attempt<'_> {
                 now_millis(),
             )
             .await
+    }
+
+    /// After a failed attempt: schedules the next per the retry policy, or ends
+    /// the delivery (`expired` past its TTL, `failed` when an undocumented
+    /// answer used up `retry_max_attempts`).
+    async fn retry(
+        &self,
+        now: i64,
+        reason: String,
+        after: Option<std::time::Duration>,
+        bounded: bool,
+    ) -> Result<(), StoreError> {
+        let decision = self.state.config.retry.next(
+            self.attempts as u32,
+            bounded,
+            now,
+            self.notification.expires_at,
+            after,
+            rand::random::<f64>(),
+        );
+        match decision {
+            RetryDecision::At(at) => self.retry_at(self.attempts, at, reason, "retry").await,
+            RetryDecision::Expired => {
+                self.finish("expired", Some(format!("ttl (last error: {reason})")))
+                    .await
+            }
+            RetryDecision::GiveUp => {
+                let reason = format!("gave up after {} attempts: {reason}", self.attempts);
+                self.finish("failed", Some(reason)).await
+            }
+        }
     }
 
     /// Keeps the delivery queued and schedules it at `at` (the sweep covers a lost entry).

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-/// When and how often a failed delivery is tried again.
+/// When and how often a failed delivery is tried again. A provider that is
+/// overloaded or unreachable is retried until the notification's TTL; an answer
+/// nobody documents is retried at most `max_attempts` times in all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Tries in all, the first included; then the delivery fails.
+    /// Tries in all, the first included, for undocumented answers; then the delivery fails.
     pub max_attempts: u32,
     /// Delay ceiling before the first retry; doubles each time.
     pub base: Duration,
@@ -18,7 +20,7 @@ pub struct RetryPolicy {
 pub enum RetryDecision {
     /// Try again at this time (ms since the epoch).
     At(i64),
-    /// No tries left.
+    /// No tries left (undocumented answers only).
     GiveUp,
     /// The next try would land after the notification's TTL.
     Expired,
@@ -26,16 +28,19 @@ pub enum RetryDecision {
 
 impl RetryPolicy {
     /// Decides the next try after attempt number `attempts` (1-based) failed at `now`.
+    /// `bounded`: the answer was not one the providers document, so `max_attempts`
+    /// applies; otherwise only the TTL ends the retries.
     /// `retry_after` from the provider wins over the schedule; `jitter` is in [0, 1).
     pub fn next(
         &self,
         attempts: u32,
+        bounded: bool,
         now: i64,
         expires_at: i64,
         retry_after: Option<Duration>,
         jitter: f64,
     ) -> RetryDecision {
-        if attempts >= self.max_attempts {
+        if bounded && attempts >= self.max_attempts {
             return RetryDecision::GiveUp;
         }
         let delay = match retry_after {
@@ -43,7 +48,7 @@ impl RetryPolicy {
             None => {
                 let ceiling = self
                     .base
-                    .saturating_mul(1u32 << (attempts - 1).min(20))
+                    .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
                     .min(self.max);
                 // Full jitter, but never less than half the ceiling, so retries still back off.
                 ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
@@ -71,37 +76,46 @@ mod tests {
     }
 
     #[test]
-    fn backs_off_exponentially_within_jitter_bounds() {
-        let p = policy();
+    fn the_schedule_as_a_table() {
+        use RetryDecision::*;
         let far = i64::MAX;
-        assert_eq!(p.next(1, 0, far, None, 0.0), RetryDecision::At(500));
-        assert_eq!(p.next(1, 0, far, None, 0.999_999), RetryDecision::At(999));
-        assert_eq!(p.next(2, 0, far, None, 0.0), RetryDecision::At(1000));
-        assert_eq!(p.next(3, 0, far, None, 0.0), RetryDecision::At(2000));
-        // Capped at max.
-        assert_eq!(
-            p.next(4, 0, far, None, 0.999_999),
-            RetryDecision::At(8000 - 1)
-        );
-        let capped = RetryPolicy {
-            max_attempts: 50,
-            ..p.clone()
-        };
-        assert_eq!(capped.next(30, 0, far, None, 0.0), RetryDecision::At(5000));
-    }
-
-    #[test]
-    fn retry_after_wins_attempts_and_ttl_bound() {
+        let s = Some(Duration::from_secs(30));
+        let big = Some(Duration::from_secs(60));
+        // (attempts, bounded, now, expires_at, Retry-After, jitter) → decision
+        let table: &[(u32, bool, i64, i64, Option<Duration>, f64, RetryDecision)] = &[
+            // Exponential within the jitter bounds: [ceiling/2, ceiling).
+            (1, false, 0, far, None, 0.0, At(500)),
+            (1, false, 0, far, None, 0.999_999, At(999)),
+            (2, false, 0, far, None, 0.0, At(1000)),
+            (3, false, 0, far, None, 0.0, At(2000)),
+            (4, false, 0, far, None, 0.999_999, At(8000 - 1)),
+            // Capped at `max`, however many attempts.
+            (30, false, 0, far, None, 0.0, At(5000)),
+            (10_000, false, 0, far, None, 0.999_999, At(10_000 - 1)),
+            // Provider failures are never given up on: only the TTL ends them.
+            (5, false, 0, far, None, 0.0, At(5000)),
+            (500, false, 0, 20_000, None, 0.0, At(5000)),
+            (500, false, 16_000, 20_000, None, 0.0, Expired),
+            // Undocumented answers: at most `max_attempts` tries in all.
+            (4, true, 0, far, None, 0.0, At(4000)),
+            (5, true, 0, far, None, 0.0, GiveUp),
+            (50, true, 0, far, None, 0.0, GiveUp),
+            // Retry-After wins over the schedule.
+            (1, false, 1000, far, s, 0.3, At(31_000)),
+            (1, false, 0, 10_000, big, 0.0, Expired),
+            // TTL bound; a zero TTL (expires at creation) is never retried.
+            (1, false, 0, 400, None, 0.0, Expired),
+            (1, false, 0, 0, None, 0.0, Expired),
+            (1, true, 0, 0, None, 0.0, Expired),
+        ];
         let p = policy();
-        assert_eq!(
-            p.next(1, 1000, i64::MAX, Some(Duration::from_secs(30)), 0.3),
-            RetryDecision::At(31_000)
-        );
-        assert_eq!(p.next(5, 0, i64::MAX, None, 0.0), RetryDecision::GiveUp);
-        assert_eq!(p.next(1, 0, 400, None, 0.0), RetryDecision::Expired);
-        assert_eq!(
-            p.next(1, 0, 10_000, Some(Duration::from_secs(60)), 0.0),
-            RetryDecision::Expired
-        );
+        for (i, (attempts, bounded, now, expires, after, jitter, want)) in table.iter().enumerate()
+        {
+            assert_eq!(
+                p.next(*attempts, *bounded, *now, *expires, *after, *jitter),
+                *want,
+                "row {i}"
+            );
+        }
     }
 }

@@ -57,6 +57,12 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
             tracing::warn!(error = %e, "sweep could not queue; next round retries");
         }
     }
+    // During an outage one waiting delivery per app and provider goes early, as a
+    // probe: when it gets through, the rest are woken at once (dispatch), so they
+    // leave seconds after the provider is back, not at the end of their backoff.
+    for (app, provider) in state.circuits.outages() {
+        super::wake(state, &app, provider, 1).await?;
+    }
     store.delete_expired_direct_events(now).await?;
     let retention = state.config.audit_retention.as_millis() as i64;
     // About once a minute is plenty for a retention counted in days.

@@ -1,10 +1,14 @@
-//! Per app and provider: a circuit that opens on credential errors, and the guard
-//! that stops mass invalidation when most of an app's tokens fail at once.
+//! Per app and provider: a circuit that opens on credential errors, the guard
+//! that stops mass invalidation when most of an app's tokens fail at once, and
+//! the outage tracker that tells when a provider stopped and started answering.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 const WINDOW_MS: i64 = 60_000;
+/// Provider failures in a row (no success between) that make an outage: one
+/// device's 429 among successes is not one.
+pub const OUTAGE_AFTER_FAILURES: u32 = 3;
 /// Share of rejected tokens, among recent attempts, that trips the guard.
 const GUARD_RATIO: f64 = 0.8;
 
@@ -16,6 +20,19 @@ struct State {
     window: VecDeque<(i64, bool)>,
     /// The credential was marked failing and should be cleared on the next success.
     failing: bool,
+    /// Provider failures since the last success.
+    provider_failures: u32,
+    /// When the outage began (its first failure), once declared.
+    outage_since: Option<i64>,
+}
+
+/// What a success ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The credential had been marked failing.
+    pub credential: bool,
+    /// The provider had been out since this time (ms): its waiting deliveries can go now.
+    pub outage_since: Option<i64>,
 }
 
 /// Circuits of one node (each node learns on its own; the credential status is shared in the store).
@@ -71,16 +88,43 @@ impl Circuits {
         });
     }
 
-    /// Records an accepted delivery; true when the credential was failing and is fine again.
-    pub fn success(&self, app: &str, provider: &'static str, now: i64) -> bool {
+    /// Records an accepted delivery, and what it ended.
+    pub fn success(&self, app: &str, provider: &'static str, now: i64) -> Recovered {
         let recovered = self.with(app, provider, |s| {
             push(&mut s.window, now, false);
-            std::mem::take(&mut s.failing)
+            s.provider_failures = 0;
+            Recovered {
+                credential: std::mem::take(&mut s.failing),
+                outage_since: s.outage_since.take(),
+            }
         });
-        if recovered {
+        if recovered.credential {
             metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider).set(0.0);
         }
         recovered
+    }
+
+    /// Records a provider failure (overloaded, unreachable); true when it starts an outage.
+    pub fn provider_failed(&self, app: &str, provider: &'static str, now: i64) -> bool {
+        self.with(app, provider, |s| {
+            s.provider_failures = s.provider_failures.saturating_add(1);
+            if s.outage_since.is_none() && s.provider_failures >= OUTAGE_AFTER_FAILURES {
+                s.outage_since = Some(now);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// The (app, provider) pairs in an outage, for the sweep to probe.
+    pub fn outages(&self) -> Vec<(String, &'static str)> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states
+            .iter()
+            .filter(|(_, s)| s.outage_since.is_some())
+            .map(|((app, provider), _)| (app.clone(), *provider))
+            .collect()
     }
 
     /// Records a rejected token and decides whether to believe it.
@@ -157,9 +201,30 @@ mod tests {
         assert!(circuits.open_until("b", "fcm", 2000).is_none());
         assert!(circuits.open_until("a", "apns", 3).is_none());
         assert!(
-            circuits.success("b", "fcm", 2001),
+            circuits.success("b", "fcm", 2001).credential,
             "recovery is reported once"
         );
-        assert!(!circuits.success("b", "fcm", 2002));
+        assert!(!circuits.success("b", "fcm", 2002).credential);
+    }
+
+    #[test]
+    fn an_outage_is_failures_in_a_row_and_ends_with_a_success() {
+        let c = Circuits::default();
+        // One device's failures between successes: no outage.
+        for t in 0..10 {
+            assert!(!c.provider_failed("a", "apns", t * 10));
+            assert_eq!(c.success("a", "apns", t * 10 + 1).outage_since, None);
+        }
+        assert!(!c.provider_failed("a", "apns", 200));
+        assert!(!c.provider_failed("a", "apns", 201));
+        assert!(c.provider_failed("a", "apns", 202), "the third in a row");
+        assert!(!c.provider_failed("a", "apns", 203), "declared once");
+        assert_eq!(c.outages(), vec![("a".to_owned(), "apns")]);
+        assert!(c.outages().iter().all(|(app, _)| app == "a"));
+        let recovered = c.success("a", "apns", 300);
+        assert_eq!(recovered.outage_since, Some(202));
+        assert!(!recovered.credential);
+        assert!(c.outages().is_empty());
+        assert_eq!(c.success("a", "apns", 301), Recovered::default());
     }
 }

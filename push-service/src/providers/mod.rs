@@ -5,6 +5,7 @@ pub mod circuit;
 pub mod direct;
 pub mod fcm;
 pub mod http;
+pub mod outcome;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,13 @@ pub struct Delivery<'a> {
     pub attempt: u32,
 }
 
+impl Delivery<'_> {
+    /// A zero TTL: delivered now or never (APNs `apns-expiration: 0`, FCM `ttl: "0s"`).
+    pub fn now_or_never(&self) -> bool {
+        self.expires_at <= self.created_at
+    }
+}
+
 /// How an attempt ended, in the dispatcher's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -36,8 +44,14 @@ pub enum Outcome {
     Held,
     /// The token is dead: invalidate the registration with this reason.
     InvalidToken(String),
-    /// Transient (429, 5xx, network): try again, after `after` if the provider said.
+    /// The provider is overloaded or unreachable (429, 5xx, network): try again
+    /// until the TTL, after `after` if the provider said.
     Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// An answer the providers do not document: try again, a bounded number of times.
+    Unknown {
         reason: String,
         after: Option<Duration>,
     },

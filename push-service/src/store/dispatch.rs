@@ -156,6 +156,17 @@ pub trait DispatchStore: Send + Sync {
         redrive_at: i64,
         limit: i64,
     ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Brings forward up to `limit` deliveries of `app_id` through `provider` that
+    /// wait for a later retry (re-drive time after `redrive_at`): their re-drive
+    /// time becomes `redrive_at`, and the caller queues them now. A delivery in
+    /// flight (its lease ends by `redrive_at`) is never taken.
+    async fn wake_waiting(
+        &self,
+        app_id: &str,
+        provider: &str,
+        redrive_at: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Marks queued deliveries whose notification expired as `expired`; returns how many.
     async fn expire_overdue(&self, now: i64) -> Result<u64, StoreError>;
     /// A direct-channel delivery was written to the device's stream: `held` becomes `sent`.

@@ -277,6 +277,30 @@ macro_rules! impl_sql_dispatch {
                 .await?)
             }
 
+            async fn wake_waiting(
+                &self,
+                app_id: &str,
+                provider: &str,
+                redrive_at: i64,
+                limit: i64,
+            ) -> Result<Vec<(String, String)>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "UPDATE deliveries SET next_attempt_at = $3 \
+                     WHERE state = 'queued' AND next_attempt_at > $3 AND (notification_id, registration_id) IN \
+                     (SELECT d.notification_id, d.registration_id FROM deliveries d \
+                      JOIN registrations r ON r.id = d.registration_id \
+                      WHERE d.state = 'queued' AND d.next_attempt_at > $3 AND r.app_id = $1 AND r.provider = $2 \
+                      ORDER BY d.next_attempt_at LIMIT $4) \
+                     RETURNING notification_id, registration_id",
+                )
+                .bind(app_id)
+                .bind(provider)
+                .bind(redrive_at)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn expire_overdue(&self, now: i64) -> Result<u64, $crate::store::StoreError> {
                 let done = sqlx::query(
                     "UPDATE deliveries SET state = 'expired', reason = 'ttl', updated_at = $1 \

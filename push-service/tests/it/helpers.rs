@@ -227,6 +227,17 @@ pub async fn spawn(options: Options) -> TestApp {
         workers = options.workers,
         extra = options.extra,
     );
+    // A key set again later (by `extra`) replaces the default line: the last one stands.
+    let key = |line: &str| line.split_once('=').map(|(k, _)| k.trim().to_owned());
+    let lines: Vec<&str> = toml.lines().collect();
+    let toml: String = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, line)| {
+            key(line).is_none_or(|k| !lines[i + 1..].iter().any(|l| key(l).as_ref() == Some(&k)))
+        })
+        .map(|(_, line)| format!("{line}\n"))
+        .collect();
     let config = Config::from_toml(&toml).expect("test configuration is valid");
     let state = AppState::new(config).await.expect("state builds");
     let shutdown = CancellationToken::new();

@@ -15,6 +15,7 @@ mod notify;
 mod ops;
 mod pinning;
 mod process;
+mod provider_semantics;
 mod providers;
 mod registrations;
 mod scale_out;

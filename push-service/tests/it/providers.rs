@@ -50,6 +50,7 @@ pub async fn rig(backend: Backend, token_lifetime_seconds: i64, extra: &str) -> 
             }],
             topics: vec![BUNDLE.into()],
             max_concurrent_streams: 1000,
+            tokens_per_key: true,
         },
         &pki,
         0,
@@ -272,16 +273,6 @@ async fn outcome_table(app: TestApp) {
             "apns:BadDeviceToken",
         ),
         (
-            NewRegistration::apns(&apns_token("5030"), "ios"),
-            "failed",
-            "gave up after 3 attempts: apns:503",
-        ),
-        (
-            NewRegistration::apns(&apns_token("4290"), "ios"),
-            "failed",
-            "gave up after 3 attempts: apns:429",
-        ),
-        (
             NewRegistration::fcm(&fcm_token("unregistered"), "android"),
             "invalid",
             "fcm:UNREGISTERED",
@@ -291,29 +282,50 @@ async fn outcome_table(app: TestApp) {
             "invalid",
             "fcm:INVALID_ARGUMENT token",
         ),
+    ];
+    // A provider that is overloaded or down is retried until the TTL (3 s here).
+    let transient: Vec<(NewRegistration, &str, &str)> = vec![
+        (
+            NewRegistration::apns(&apns_token("5030"), "ios"),
+            "expired",
+            "ttl",
+        ),
+        (
+            NewRegistration::apns(&apns_token("4290"), "ios"),
+            "expired",
+            "ttl",
+        ),
         (
             NewRegistration::fcm(&fcm_token("internal"), "android"),
-            "failed",
-            "gave up after 3 attempts: fcm:500",
+            "expired",
+            "ttl",
         ),
     ];
     let mut expected = Vec::new();
-    for (registration, state, reason) in cases {
-        expected.push((register(&rig, &app_id, registration).await, state, reason));
+    let mut statuses = Vec::new();
+    for (cases, ttl) in [(cases, 86_400), (transient, 3)] {
+        let mut ids = Vec::new();
+        for (registration, state, reason) in cases {
+            let id = register(&rig, &app_id, registration).await;
+            ids.push(id.clone());
+            expected.push((id, state, reason));
+        }
+        let answer = send(
+            &rig.app,
+            &notifier,
+            json!({"targets": {"registrations": ids}, "notification": {"title": "t"},
+                "ttl_seconds": ttl}),
+        )
+        .await;
+        let id = answer["id"].as_str().expect("id");
+        statuses.push(wait_status(&rig.app, &notifier, id, |s| s["counts"]["queued"] == 0).await);
     }
-    let ids: Vec<&String> = expected.iter().map(|(id, _, _)| id).collect();
-    let answer = send(
-        &rig.app,
-        &notifier,
-        json!({"targets": {"registrations": ids}, "notification": {"title": "t"}}),
-    )
-    .await;
-    let id = answer["id"].as_str().expect("id");
-    let status = wait_status(&rig.app, &notifier, id, |s| s["counts"]["queued"] == 0).await;
+    let targets: Vec<&Value> = statuses
+        .iter()
+        .flat_map(|s| s["targets"].as_array().expect("targets"))
+        .collect();
     for (registration, state, reason) in &expected {
-        let target = status["targets"]
-            .as_array()
-            .expect("targets")
+        let target = targets
             .iter()
             .find(|t| t["registration"] == registration.as_str())
             .expect("target listed");
@@ -362,11 +374,24 @@ async fn outcome_table(app: TestApp) {
     })
     .await;
     assert_eq!(status["targets"][0]["attempts"], 2, "{status}");
+    // FCM refuses this notification (not the token): it fails alone.
+    let refused_token = fcm_token("android");
+    rig.fcm.script(
+        &refused_token,
+        400,
+        "INVALID_ARGUMENT",
+        Some("INVALID_ARGUMENT"),
+    );
+    let refused = register(
+        &rig,
+        &app_id,
+        NewRegistration::fcm(&refused_token, "android"),
+    )
+    .await;
     let bad = send(
         &rig.app,
         &notifier,
-        json!({"targets": {"registrations": [healthy[1]]},
-        "notification": {"title": "x"}, "fcm": {"android": {"ttl": "soon"}}}),
+        json!({"targets": {"registrations": [refused]}, "notification": {"title": "x"}}),
     )
     .await;
     let status = wait_status(&rig.app, &notifier, bad["id"].as_str().expect("id"), |s| {

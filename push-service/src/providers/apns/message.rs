@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::notify::{Content, Priority};
+use crate::providers::outcome::{apns_class, Class};
 use crate::providers::Outcome;
 
 /// The `apns-topic` suffix a push type needs (reference §1.2).
@@ -40,10 +41,11 @@ pub fn apns_id(notification_id: &str, registration_id: &str) -> String {
 }
 
 /// APNs headers of a delivery: topic, push type, priority, expiration, collapse id, id.
+/// `expiration`: seconds since the epoch, or 0 for "now or never" (a zero TTL).
 pub fn headers(
     content: &Content,
     bundle: &str,
-    expires_at_ms: i64,
+    expiration: i64,
     id: &str,
 ) -> Vec<(String, String)> {
     let priority = match (content.push_type.as_str(), content.priority) {
@@ -58,10 +60,7 @@ pub fn headers(
         ),
         ("apns-push-type".to_owned(), content.push_type.clone()),
         ("apns-priority".to_owned(), priority.to_owned()),
-        (
-            "apns-expiration".to_owned(),
-            (expires_at_ms / 1000).to_string(),
-        ),
+        ("apns-expiration".to_owned(), expiration.to_string()),
         ("apns-id".to_owned(), id.to_owned()),
     ];
     if let Some(key) = &content.collapse_key {
@@ -119,23 +118,24 @@ pub fn merge(base: &mut Value, extra: &Value) {
     }
 }
 
-/// What an APNs answer means for the delivery (the outcome table in README).
+/// What an APNs answer means for the delivery (the table in [`crate::providers::outcome`]).
 /// `ExpiredProviderToken` is handled by the client (new token, one retry) before this.
-pub fn outcome(status: u16, reason: &str, retry_after: Option<Duration>) -> Outcome {
-    match (status, reason) {
-        (200, _) => Outcome::Sent,
-        (410, _) | (400, "BadDeviceToken") | (400, "DeviceTokenNotForTopic") => {
-            Outcome::InvalidToken(format!("apns:{reason}"))
-        }
-        (403, _) | (400, "TopicDisallowed") | (400, "BadTopic") | (400, "MissingTopic") => {
-            Outcome::CredentialError(format!("apns:{status} {reason}"))
-        }
-        (429, _) | (500, _) | (503, _) | (400, "IdleTimeout") => Outcome::Retry {
-            reason: format!("apns:{status} {reason}"),
-            after: retry_after,
-        },
-        _ => Outcome::Failed(format!("apns:{status} {reason}")),
+/// `suffixed_topic`: the request's topic carried a push type's suffix.
+pub fn outcome(
+    status: u16,
+    reason: &str,
+    retry_after: Option<Duration>,
+    suffixed_topic: bool,
+) -> Outcome {
+    if status == 200 {
+        return Outcome::Sent;
     }
+    let class = apns_class(status, reason, suffixed_topic);
+    let text = match class {
+        Class::Device => format!("apns:{reason}"),
+        _ => format!("apns:{status} {reason}"),
+    };
+    class.outcome(text, retry_after)
 }
 
 #[cfg(test)]
@@ -169,7 +169,7 @@ mod tests {
             json!({"aps": {"alert": {"title": "Hi", "body": "There"}, "sound": "default"},
             "request_id": "r-1", "extra": 1})
         );
-        let h = headers(&c, "com.acme", 1_700_000_000_000, "id");
+        let h = headers(&c, "com.acme", 1_700_000_000, "id");
         assert!(h.contains(&("apns-priority".into(), "5".into())));
         assert!(h.contains(&("apns-expiration".into(), "1700000000".into())));
         assert!(h.contains(&("apns-collapse-id".into(), "login-1".into())));
@@ -181,6 +181,7 @@ mod tests {
 
     #[test]
     fn outcome_table() {
+        let outcome = |status, reason, after| outcome(status, reason, after, false);
         assert_eq!(outcome(200, "", None), Outcome::Sent);
         assert!(matches!(
             outcome(410, "Unregistered", None),
@@ -213,6 +214,18 @@ mod tests {
         assert!(matches!(
             outcome(400, "BadPriority", None),
             Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            outcome(400, "TopicDisallowed", None),
+            Outcome::CredentialError(_)
+        ));
+        assert!(matches!(
+            super::outcome(400, "TopicDisallowed", None, true),
+            Outcome::Failed(r) if r.contains("TopicDisallowed")
+        ));
+        assert!(matches!(
+            outcome(400, "SomethingNew", None),
+            Outcome::Unknown { .. }
         ));
     }
 }

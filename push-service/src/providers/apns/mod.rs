@@ -4,14 +4,16 @@
 pub mod message;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sha2::{Digest, Sha256};
 
 use super::http::{client, retry_after, CredentialSource};
+use super::outcome::network_cause;
 use super::{Delivery, Outcome, Provider};
 use crate::config::ProviderSettings;
 use crate::credentials::{ApnsCredentialInfo, ApnsSecret};
@@ -24,37 +26,67 @@ pub const TOKEN_MIN_AGE_SECONDS: i64 = 20 * 60;
 /// How often a cached client checks whether its credential changed.
 const RECHECK: Duration = Duration::from_secs(30);
 
-/// Whether a provider JWT issued at `issued_at` must be replaced at `now`.
-pub fn needs_new_token(issued_at: i64, now: i64, expired_by_apns: bool) -> bool {
+/// Whether a provider JWT issued at `issued_at` must be replaced at `now`:
+/// when it is old enough to refresh, when APNs said it expired, or when APNs
+/// refused it (`InvalidProviderToken`) and Apple's 20-minute floor has passed.
+pub fn needs_new_token(issued_at: i64, now: i64, expired_by_apns: bool, refused: bool) -> bool {
     let age = now - issued_at;
-    age >= TOKEN_REFRESH_AFTER_SECONDS || (expired_by_apns && age >= 0)
+    age >= TOKEN_REFRESH_AFTER_SECONDS
+        || (expired_by_apns && age >= 0)
+        || (refused && age >= TOKEN_MIN_AGE_SECONDS)
 }
 
+/// The provider token of one signing key, shared by every client built from it:
+/// rebuilding a client (a replaced credential with the same key) keeps the token.
 struct TokenAuth {
     key: EncodingKey,
     key_id: String,
     team_id: String,
-    current: Mutex<Option<(String, i64)>>,
+    current: Mutex<Option<Minted>>,
+}
+
+struct Minted {
+    token: String,
+    issued_at: i64,
+    /// APNs answered `InvalidProviderToken` to it.
+    refused: bool,
 }
 
 impl TokenAuth {
-    fn jwt(&self, force: bool) -> Result<String, String> {
+    /// The token to send. `expired`: the token APNs just answered
+    /// `ExpiredProviderToken` to; a new one is minted only if that is still the
+    /// current one (of two requests told so at once, one mints).
+    fn jwt(&self, expired: Option<&str>) -> Result<String, String> {
         let now = crate::auth::now_seconds();
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((token, issued)) = current.as_ref() {
-            if !needs_new_token(*issued, now, force) {
-                return Ok(token.clone());
+        if let Some(minted) = current.as_ref() {
+            let told_expired = expired == Some(minted.token.as_str());
+            if !needs_new_token(minted.issued_at, now, told_expired, minted.refused) {
+                return Ok(minted.token.clone());
             }
         }
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.key_id.clone());
         header.typ = None;
         let claims = serde_json::json!({"iss": self.team_id, "iat": now});
-        let token = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| e.to_string())?;
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| format!("apns: signing the provider token: {e}"))?;
         metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "apns")
             .increment(1);
-        *current = Some((token.clone(), now));
+        *current = Some(Minted {
+            token: token.clone(),
+            issued_at: now,
+            refused: false,
+        });
         Ok(token)
+    }
+
+    /// APNs refused `token` (`InvalidProviderToken`): replace it once the 20-minute floor allows.
+    fn refused(&self, token: &str) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(minted) = current.as_mut().filter(|m| m.token == token) {
+            minted.refused = true;
+        }
     }
 }
 
@@ -63,9 +95,11 @@ struct ApnsClient {
     connections: Vec<reqwest::Client>,
     next: AtomicUsize,
     bundle: String,
-    auth: Option<TokenAuth>,
+    auth: Option<Arc<TokenAuth>>,
     updated_at: i64,
     checked: Mutex<Instant>,
+    /// A credential error was answered: look at the stored credential on the next use.
+    stale: AtomicBool,
 }
 
 /// The APNs provider of a node.
@@ -73,6 +107,8 @@ pub struct ApnsProvider {
     settings: ProviderSettings,
     source: CredentialSource,
     clients: tokio::sync::Mutex<HashMap<String, Arc<ApnsClient>>>,
+    /// Provider tokens by signing key (team, key id and key), outliving clients.
+    tokens: Mutex<HashMap<String, Arc<TokenAuth>>>,
 }
 
 impl ApnsProvider {
@@ -81,6 +117,7 @@ impl ApnsProvider {
             settings,
             source,
             clients: tokio::sync::Mutex::default(),
+            tokens: Mutex::default(),
         }
     }
 
@@ -90,7 +127,7 @@ impl ApnsProvider {
         if let Some(existing) = clients.get(app_id) {
             let fresh = {
                 let mut checked = existing.checked.lock().unwrap_or_else(|p| p.into_inner());
-                if checked.elapsed() < RECHECK {
+                if checked.elapsed() < RECHECK && !existing.stale.load(Ordering::Relaxed) {
                     true
                 } else {
                     *checked = Instant::now();
@@ -110,6 +147,7 @@ impl ApnsProvider {
         };
         if let Some(existing) = clients.get(app_id) {
             if existing.updated_at == record.updated_at {
+                existing.stale.store(false, Ordering::Relaxed);
                 return Ok(existing.clone());
             }
         }
@@ -129,16 +167,29 @@ impl ApnsProvider {
         let info: ApnsCredentialInfo = serde_json::from_str(metadata).map_err(|e| e.to_string())?;
         let secret: ApnsSecret = serde_json::from_slice(secret).map_err(|e| e.to_string())?;
         let (auth, identity) = match secret {
-            ApnsSecret::Token { private_key_pem } => (
-                Some(TokenAuth {
-                    key: EncodingKey::from_ec_pem(private_key_pem.as_bytes())
-                        .map_err(|e| format!("apns: .p8 unusable: {e}"))?,
-                    key_id: info.key_id.clone().unwrap_or_default(),
-                    team_id: info.team_id.clone().unwrap_or_default(),
-                    current: Mutex::new(None),
-                }),
-                None,
-            ),
+            ApnsSecret::Token { private_key_pem } => {
+                let key_id = info.key_id.clone().unwrap_or_default();
+                let team_id = info.team_id.clone().unwrap_or_default();
+                let fingerprint = hex::encode(Sha256::digest(
+                    format!("{team_id}\n{key_id}\n{private_key_pem}").as_bytes(),
+                ));
+                let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                let auth = match tokens.get(&fingerprint) {
+                    Some(auth) => auth.clone(),
+                    None => {
+                        let auth = Arc::new(TokenAuth {
+                            key: EncodingKey::from_ec_pem(private_key_pem.as_bytes())
+                                .map_err(|e| format!("apns: .p8 unusable: {e}"))?,
+                            key_id,
+                            team_id,
+                            current: Mutex::new(None),
+                        });
+                        tokens.insert(fingerprint, auth.clone());
+                        auth
+                    }
+                };
+                (Some(auth), None)
+            }
             ApnsSecret::Certificate { p12_der, password } => {
                 (None, Some(identity(&p12_der, &password)?))
             }
@@ -153,15 +204,17 @@ impl ApnsProvider {
             auth,
             updated_at,
             checked: Mutex::new(Instant::now()),
+            stale: AtomicBool::new(false),
         })
     }
 
+    /// One request. Answers (status, reason, Retry-After, the provider token used).
     async fn post(
         &self,
         client: &ApnsClient,
         delivery: &Delivery<'_>,
-        force_new_token: bool,
-    ) -> Result<(u16, String, Option<Duration>), Outcome> {
+        expired: Option<&str>,
+    ) -> Result<Answer, Outcome> {
         let base = match delivery.environment {
             Some("sandbox") => &self.settings.apns_sandbox_url,
             _ => &self.settings.apns_production_url,
@@ -170,34 +223,55 @@ impl ApnsProvider {
         let id = message::apns_id(delivery.notification_id, delivery.registration_id);
         let connection = &client.connections
             [client.next.fetch_add(1, Ordering::Relaxed) % client.connections.len()];
+        let expiration = if delivery.now_or_never() {
+            0
+        } else {
+            delivery.expires_at / 1000
+        };
         let mut request = connection
             .post(format!("{base}/3/device/{token}"))
             .header("content-type", "application/json")
             .body(message::payload(delivery.content).to_string());
-        for (name, value) in
-            message::headers(delivery.content, &client.bundle, delivery.expires_at, &id)
-        {
+        for (name, value) in message::headers(delivery.content, &client.bundle, expiration, &id) {
             request = request.header(name, value);
         }
+        let mut jwt = None;
         if let Some(auth) = &client.auth {
-            let jwt = auth
-                .jwt(force_new_token)
-                .map_err(Outcome::CredentialError)?;
-            request = request.header("authorization", format!("bearer {jwt}"));
+            let token = auth.jwt(expired).map_err(Outcome::CredentialError)?;
+            request = request.header("authorization", format!("bearer {token}"));
+            jwt = Some(token);
         }
         let response = request.send().await.map_err(|e| Outcome::Retry {
-            reason: format!("apns: network: {e}"),
+            reason: format!("apns: network: {}", network_cause(&e)),
             after: None,
         })?;
         let status = response.status().as_u16();
         let after = retry_after(response.headers());
         if status == 200 {
-            return Ok((200, String::new(), None));
+            return Ok(Answer {
+                status,
+                reason: String::new(),
+                after: None,
+                jwt,
+            });
         }
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         let reason = body["reason"].as_str().unwrap_or("Unknown").to_owned();
-        Ok((status, reason, after))
+        Ok(Answer {
+            status,
+            reason,
+            after,
+            jwt,
+        })
     }
+}
+
+/// An APNs answer, and the provider token the request carried.
+struct Answer {
+    status: u16,
+    reason: String,
+    after: Option<Duration>,
+    jwt: Option<String>,
 }
 
 /// A TLS client identity from a `.p12`: its key and certificate chain as PEM.
@@ -243,23 +317,29 @@ impl Provider for ApnsProvider {
             Ok(client) => client,
             Err(outcome) => return outcome,
         };
-        let first = match self.post(&client, delivery, false).await {
+        let mut answer = match self.post(&client, delivery, None).await {
             Ok(answer) => answer,
             Err(outcome) => return outcome,
         };
-        let (status, reason, after) = if first.0 == 403 && first.1 == "ExpiredProviderToken" {
+        if answer.status == 403 && answer.reason == "ExpiredProviderToken" {
             // Apple says the token is too old: mint a new one and try once more.
-            match self.post(&client, delivery, true).await {
+            answer = match self.post(&client, delivery, answer.jwt.as_deref()).await {
                 Ok(answer) => answer,
                 Err(outcome) => return outcome,
+            };
+        }
+        if answer.reason == "InvalidProviderToken" {
+            if let (Some(auth), Some(jwt)) = (&client.auth, &answer.jwt) {
+                auth.refused(jwt);
             }
-        } else {
-            first
-        };
-        let outcome = message::outcome(status, &reason, after);
+        }
+        let suffixed =
+            message::topic_for(&client.bundle, &delivery.content.push_type) != client.bundle;
+        let outcome = message::outcome(answer.status, &answer.reason, answer.after, suffixed);
         if let Outcome::CredentialError(_) = outcome {
-            // Reload the credential on the next try: the operator may have replaced it.
-            self.clients.lock().await.remove(delivery.app_id);
+            // Look at the stored credential on the next try: the operator may have
+            // replaced it. The client (and its provider token) stays if it did not change.
+            client.stale.store(true, Ordering::Relaxed);
         }
         outcome
     }
@@ -271,18 +351,29 @@ mod tests {
 
     #[test]
     fn provider_tokens_live_between_20_and_60_minutes() {
-        assert!(!needs_new_token(0, 19 * 60, false));
-        assert!(!needs_new_token(0, 49 * 60, false));
-        assert!(needs_new_token(0, 50 * 60, false));
+        // (age in seconds, APNs said expired, APNs refused it) → mint a new one?
+        let table = [
+            (0, false, false, false),
+            (19 * 60, false, false, false),
+            (49 * 60, false, false, false),
+            (50 * 60, false, false, true),
+            (60, true, false, true),
+            (60, false, true, false),
+            (19 * 60 + 59, false, true, false),
+            (20 * 60, false, true, true),
+        ];
+        for (age, expired, refused, mint) in table {
+            assert_eq!(
+                needs_new_token(0, age, expired, refused),
+                mint,
+                "{age} {expired} {refused}"
+            );
+        }
         const {
             assert!(
                 TOKEN_REFRESH_AFTER_SECONDS >= TOKEN_MIN_AGE_SECONDS
                     && TOKEN_REFRESH_AFTER_SECONDS < 3600
             )
         };
-        assert!(
-            needs_new_token(0, 60, true),
-            "APNs said expired: replace it"
-        );
     }
 }

@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::notify::{Content, Priority};
 use crate::providers::apns::message::merge;
+use crate::providers::outcome::{fcm_class, Class};
 use crate::providers::Outcome;
 
 /// The `message` of `messages:send` for one registration token.
@@ -35,6 +36,8 @@ pub fn message(content: &Content, token: &str, ttl_seconds: i64) -> Value {
         }),
     );
     android.insert("ttl".into(), json!(format!("{}s", ttl_seconds.max(0))));
+    // iOS through FCM: a zero TTL is APNs' "now or never".
+    let zero_ttl = ttl_seconds <= 0;
     if let Some(key) = &content.collapse_key {
         android.insert("collapse_key".into(), json!(key));
     }
@@ -47,6 +50,9 @@ pub fn message(content: &Content, token: &str, ttl_seconds: i64) -> Value {
         "5"
     };
     let mut apns_headers = json!({"apns-priority": apns_priority});
+    if zero_ttl {
+        apns_headers["apns-expiration"] = json!("0");
+    }
     if let Some(key) = &content.collapse_key {
         apns_headers["apns-collapse-id"] = json!(key);
     }
@@ -66,8 +72,8 @@ pub fn message(content: &Content, token: &str, ttl_seconds: i64) -> Value {
     message
 }
 
-/// What an FCM answer means for the delivery (the outcome table in README).
-/// A 401 without an FcmError (our OAuth token refused) is handled by the client first.
+/// What an FCM answer means for the delivery (the table in [`crate::providers::outcome`]).
+/// A 401 without an FcmError (our OAuth token refused) is retried by the client first.
 pub fn outcome(status: u16, body: &Value, retry_after: Option<Duration>) -> Outcome {
     if status == 200 {
         return Outcome::Sent;
@@ -90,37 +96,36 @@ pub fn outcome(status: u16, body: &Value, retry_after: Option<Duration>) -> Outc
             .as_array()
             .is_some_and(|v| v.iter().any(|f| f["field"] == "message.token"))
     }) || message.contains("registration token");
-    let reason = format!(
-        "fcm:{status} {}",
-        if code.is_empty() {
-            error["status"].as_str().unwrap_or("")
-        } else {
-            &code
+    let name = if code.is_empty() {
+        error["status"].as_str().unwrap_or("")
+    } else {
+        &code
+    };
+    let class = fcm_class(status, &code, on_token);
+    let reason = match class {
+        Class::Device if code == "INVALID_ARGUMENT" || code.is_empty() => {
+            "fcm:INVALID_ARGUMENT token".to_owned()
         }
-    );
-    match (status, code.as_str()) {
-        (_, "UNREGISTERED") | (_, "SENDER_ID_MISMATCH") => {
-            Outcome::InvalidToken(format!("fcm:{code}"))
-        }
-        (400, "INVALID_ARGUMENT") if on_token => {
-            Outcome::InvalidToken("fcm:INVALID_ARGUMENT token".into())
-        }
-        (429, _) => Outcome::Retry {
-            reason,
-            // Quota: at least a minute before trying again (reference §2.4).
-            after: Some(
-                retry_after
-                    .unwrap_or(Duration::from_secs(60))
-                    .max(Duration::from_secs(60)),
-            ),
-        },
-        (500, _) | (502, _) | (503, _) | (504, _) => Outcome::Retry {
-            reason,
-            after: retry_after,
-        },
-        (401, _) | (403, _) => Outcome::CredentialError(format!("{reason}: {message}")),
-        _ => Outcome::Failed(format!("{reason}: {message}")),
-    }
+        Class::Device => format!("fcm:{code}"),
+        Class::Provider => format!("fcm:{status} {name}"),
+        // FCM's message names the refused field; it never holds the token.
+        _ => format!("fcm:{status} {name}: {}", clip(message, 200)),
+    };
+    let after = match (class, status) {
+        // Quota: at least a minute before trying again (reference §2.4).
+        (Class::Provider, 429) => Some(
+            retry_after
+                .unwrap_or(Duration::from_secs(60))
+                .max(Duration::from_secs(60)),
+        ),
+        _ => retry_after,
+    };
+    class.outcome(reason, after)
+}
+
+/// At most `max` characters of `text`.
+fn clip(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 
 use super::http::{client, retry_after, CredentialSource};
+use super::outcome::network_cause;
 use super::{Delivery, Outcome, Provider};
 use crate::config::ProviderSettings;
 
@@ -43,6 +44,8 @@ struct FcmClient {
     token: tokio::sync::Mutex<Option<(String, i64)>>,
     updated_at: i64,
     checked: std::sync::Mutex<Instant>,
+    /// A credential error was answered: look at the stored credential on the next use.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 /// The FCM provider of a node.
@@ -64,8 +67,9 @@ impl FcmProvider {
     async fn client(&self, app_id: &str) -> Result<Arc<FcmClient>, Outcome> {
         let mut clients = self.clients.lock().await;
         if let Some(existing) = clients.get(app_id) {
+            let stale = existing.stale.load(std::sync::atomic::Ordering::Relaxed);
             let mut checked = existing.checked.lock().unwrap_or_else(|p| p.into_inner());
-            if checked.elapsed() < RECHECK {
+            if checked.elapsed() < RECHECK && !stale {
                 return Ok(existing.clone());
             }
             *checked = Instant::now();
@@ -79,6 +83,9 @@ impl FcmProvider {
         };
         if let Some(existing) = clients.get(app_id) {
             if existing.updated_at == record.updated_at {
+                existing
+                    .stale
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 return Ok(existing.clone());
             }
         }
@@ -93,17 +100,25 @@ impl FcmProvider {
             token: tokio::sync::Mutex::new(None),
             updated_at: record.updated_at,
             checked: std::sync::Mutex::new(Instant::now()),
+            stale: std::sync::atomic::AtomicBool::new(false),
         });
         clients.insert(app_id.to_owned(), built.clone());
         Ok(built)
     }
 
     /// A valid access token: the cached one, or a new one from the token endpoint.
-    async fn access_token(&self, client: &FcmClient, force: bool) -> Result<String, Outcome> {
+    /// `refused`: the token FCM just answered `401` to. It is replaced only if it is
+    /// still the cached one, so sends refused at the same moment cause one grant
+    /// (the lock makes the others wait for it, then they take the new token).
+    async fn access_token(
+        &self,
+        client: &FcmClient,
+        refused: Option<&str>,
+    ) -> Result<String, Outcome> {
         let mut cached = client.token.lock().await;
         let now = crate::auth::now_seconds();
         if let Some((token, expires_at)) = cached.as_ref() {
-            if !force && !needs_new_access_token(*expires_at, now) {
+            if refused != Some(token.as_str()) && !needs_new_access_token(*expires_at, now) {
                 return Ok(token.clone());
             }
         }
@@ -126,7 +141,7 @@ impl FcmProvider {
             .send()
             .await
             .map_err(|e| Outcome::Retry {
-                reason: format!("fcm: token endpoint: {e}"),
+                reason: format!("fcm: token endpoint: network: {}", network_cause(&e)),
                 after: None,
             })?;
         let status = response.status();
@@ -153,14 +168,19 @@ impl FcmProvider {
         Ok(token.to_owned())
     }
 
+    /// One send. Answers (status, body, Retry-After, the access token used).
     async fn post(
         &self,
         client: &FcmClient,
         delivery: &Delivery<'_>,
-        force_token: bool,
-    ) -> Result<(u16, serde_json::Value, Option<Duration>), Outcome> {
-        let access = self.access_token(client, force_token).await?;
-        let ttl = (delivery.expires_at - crate::ids::now_millis()) / 1000;
+        refused: Option<&str>,
+    ) -> Result<(u16, serde_json::Value, Option<Duration>, String), Outcome> {
+        let access = self.access_token(client, refused).await?;
+        let ttl = if delivery.now_or_never() {
+            0
+        } else {
+            ((delivery.expires_at - crate::ids::now_millis()) / 1000).max(1)
+        };
         let body = serde_json::json!({
             "message": message::message(delivery.content, delivery.token.unwrap_or_default(), ttl)
         });
@@ -171,18 +191,18 @@ impl FcmProvider {
         let response = client
             .http
             .post(url)
-            .bearer_auth(access)
+            .bearer_auth(&access)
             .json(&body)
             .send()
             .await
             .map_err(|e| Outcome::Retry {
-                reason: format!("fcm: network: {e}"),
+                reason: format!("fcm: network: {}", network_cause(&e)),
                 after: None,
             })?;
         let status = response.status().as_u16();
         let after = retry_after(response.headers());
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        Ok((status, body, after))
+        Ok((status, body, after, access))
     }
 }
 
@@ -197,7 +217,7 @@ impl Provider for FcmProvider {
             Ok(client) => client,
             Err(outcome) => return outcome,
         };
-        let mut answer = match self.post(&client, delivery, false).await {
+        let mut answer = match self.post(&client, delivery, None).await {
             Ok(answer) => answer,
             Err(outcome) => return outcome,
         };
@@ -207,15 +227,19 @@ impl Provider for FcmProvider {
                 .is_none_or(|d| d.is_empty());
         if our_token_refused {
             // The access token was refused: get a new one, once.
-            answer = match self.post(&client, delivery, true).await {
+            let refused = answer.3.clone();
+            answer = match self.post(&client, delivery, Some(&refused)).await {
                 Ok(answer) => answer,
                 Err(outcome) => return outcome,
             };
         }
         let outcome = message::outcome(answer.0, &answer.1, answer.2);
         if let Outcome::CredentialError(_) = outcome {
-            // Reload the credential on the next try: the operator may have replaced it.
-            self.clients.lock().await.remove(delivery.app_id);
+            // Look at the stored credential on the next try: the operator may have
+            // replaced it. The client stays if it did not change.
+            client
+                .stale
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         outcome
     }
