@@ -34,7 +34,13 @@ pub enum Fault {
     RollingRestart,
     /// f. Both providers answer after 500 ms, load above what that allows.
     SlowProvider,
+    /// g. APNs unreachable (connections refused) for 10 minutes under a steady
+    /// load, then back: every delivery must arrive, the last within 10 s of the return.
+    ApnsUnreachable,
 }
+
+/// Scenario g's bound: the last delivery within this long after APNs is back.
+pub const RETURN_BOUND_SECONDS: f64 = 10.0;
 
 impl Fault {
     /// The name on the command line (`kill-node`, …).
@@ -128,6 +134,8 @@ pub struct ChaosFigures {
     pub lost_sample: Vec<(String, String)>,
     /// The database of the run (left in place for inspection).
     pub database: String,
+    /// Scenario g: seconds from the provider's return to the last delivery.
+    pub last_delivery_after_return_s: Option<f64>,
 }
 
 impl ChaosFigures {
@@ -136,7 +144,7 @@ impl ChaosFigures {
         format!(
             "{}: accepted {} · expected {} · delivered {} · lost {} · duplicates {} · \
              unacknowledged {} · failed requests {} · 5xx (not 503) {} · \
-             429/503 without Retry-After {} · accept p99 {:.1} ms · peak RSS MiB {} · {:.1} s",
+             429/503 without Retry-After {} · accept p99 {:.1} ms · peak RSS MiB {} · {:.1} s{}",
             self.fault,
             self.accepted,
             self.expected_deliveries,
@@ -153,7 +161,10 @@ impl ChaosFigures {
                 .map(|r| format!("{r:.0}"))
                 .collect::<Vec<_>>()
                 .join("/"),
-            self.seconds
+            self.seconds,
+            self.last_delivery_after_return_s
+                .map(|s| format!(" · last delivery {s:.1} s after APNs was back"))
+                .unwrap_or_default()
         )
     }
 
@@ -164,6 +175,9 @@ impl ChaosFigures {
             && self.server_errors == 0
             && self.failed_requests == 0
             && self.missing_retry_after == 0
+            && self
+                .last_delivery_after_return_s
+                .is_none_or(|s| s <= RETURN_BOUND_SECONDS)
     }
 }
 
@@ -218,6 +232,8 @@ fn active_tokens(service: &Service, app: &str) -> anyhow::Result<Vec<String>> {
 struct ClientLog {
     /// Notification tag → accepted.
     accepted: HashSet<String>,
+    /// When each tag was accepted (ms since the epoch).
+    accepted_at: HashMap<String, u128>,
     responses: BTreeMap<String, usize>,
     missing_retry_after: usize,
     latencies: Vec<Duration>,
@@ -277,6 +293,7 @@ impl Client {
                 match status.as_str() {
                     "202" => {
                         log.latencies.push(elapsed);
+                        log.accepted_at.insert(tag.clone(), super::now_ms());
                         log.accepted.insert(tag);
                         return;
                     }
@@ -490,6 +507,9 @@ fn plan(args: &ChaosArgs) -> Plan {
         (Fault::RollingRestart, true) => (100, 40.0, 12.0, 0.0, 2.0),
         (Fault::SlowProvider, false) => (1_000, 300.0, 40.0, 0.0, 0.0),
         (Fault::SlowProvider, true) => (100, 150.0, 8.0, 0.0, 0.0),
+        // Load from before the outage to 20 s after it.
+        (Fault::ApnsUnreachable, false) => (1_000, 20.0, 630.0, 600.0, 10.0),
+        (Fault::ApnsUnreachable, true) => (100, 20.0, 30.0, 20.0, 3.0),
     };
     if args.fault == Fault::SlowProvider {
         settings.push(format!(
@@ -555,6 +575,7 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
     let sampler = sample_rss(service.pids.clone(), stop_sampling.clone());
     let start = Instant::now();
     let mut events = Vec::new();
+    let mut apns_back_ms = None;
     let at = |start: Instant| format!("{:>6.1} s", start.elapsed().as_secs_f64());
     if args.fault == Fault::SlowProvider {
         slow_providers(&service, 500);
@@ -652,6 +673,18 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
                 }
             }
             Fault::SlowProvider => {}
+            Fault::ApnsUnreachable => {
+                service.apns.set_down(true);
+                events.push(format!(
+                    "{} APNs refuses connections for {} s",
+                    at(start),
+                    plan.outage
+                ));
+                tokio::time::sleep(Duration::from_secs_f64(plan.outage)).await;
+                service.apns.set_down(false);
+                apns_back_ms = Some(super::now_ms());
+                events.push(format!("{} APNs back", at(start)));
+            }
         }
         load.await?;
         events.push(format!("{} load finished", at(start)));
@@ -754,6 +787,24 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
                 }
             }
         }
+    }
+    if let Some(back) = apns_back_ms {
+        // The backlog: APNs deliveries of notifications accepted before the return.
+        let backlog_done = service
+            .apns
+            .receipts()
+            .iter()
+            .filter(|r| {
+                r.payload["n"]
+                    .as_str()
+                    .and_then(|tag| log.accepted_at.get(tag))
+                    .is_some_and(|accepted| *accepted < back)
+            })
+            .map(|r| r.at)
+            .max()
+            .unwrap_or(back);
+        figures.last_delivery_after_return_s =
+            Some(backlog_done.saturating_sub(back) as f64 / 1000.0);
     }
     figures.unacknowledged_deliveries = seen
         .keys()

@@ -155,11 +155,14 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(
                 figures.passed(),
                 "{name}: lost {}, failed requests {}, 5xx other than 503: {}, \
-                 429/503 without Retry-After: {}",
+                 429/503 without Retry-After: {}, last delivery after the provider's return: {:?} s \
+                 (bound {} s)",
                 figures.lost,
                 figures.failed_requests,
                 figures.server_errors,
-                figures.missing_retry_after
+                figures.missing_retry_after,
+                figures.last_delivery_after_return_s,
+                loadtest::bench::chaos::RETURN_BOUND_SECONDS
             );
         }
         Scenario::Ceiling {

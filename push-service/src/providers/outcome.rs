@@ -189,13 +189,6 @@ pub fn network_cause(error: &reqwest::Error) -> String {
     })
 }
 
-/// A short, stable fingerprint of a device token for reasons and logs (the token
-/// itself is the registration's secret).
-pub fn token_fingerprint(token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(&Sha256::digest(token.as_bytes())[..4])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,10 +256,35 @@ mod tests {
         }
     }
 
+    /// docs/providers.md shows exactly these tables, row for row.
     #[test]
-    fn fingerprints_are_short_and_stable() {
-        assert_eq!(token_fingerprint("abc"), token_fingerprint("abc"));
-        assert_ne!(token_fingerprint("abc"), token_fingerprint("abd"));
-        assert_eq!(token_fingerprint("abc").len(), 8);
+    fn the_docs_show_this_table() {
+        let doc = include_str!("../../../docs/providers.md");
+        let section = |title: &str| {
+            let start = doc.find(title).expect("section");
+            let rest = &doc[start + title.len()..];
+            let end = rest.find("\n## ").unwrap_or(rest.len());
+            rest[..end]
+                .lines()
+                .filter_map(|l| {
+                    let cells: Vec<&str> = l
+                        .trim()
+                        .trim_matches('|')
+                        .split('|')
+                        .map(str::trim)
+                        .collect();
+                    let status = cells.first()?.parse::<u16>().ok()?;
+                    Some((status, cells[1].replace("(none)", ""), cells[2].to_owned()))
+                })
+                .collect::<Vec<_>>()
+        };
+        let code = |table: &[(u16, &str, Class)]| {
+            table
+                .iter()
+                .map(|(s, r, c)| (*s, r.to_string(), c.name().to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(section("## APNs"), code(APNS));
+        assert_eq!(section("## FCM"), code(FCM));
     }
 }
