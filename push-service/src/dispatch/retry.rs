@@ -82,7 +82,8 @@ mod tests {
         let s = Some(Duration::from_secs(30));
         let big = Some(Duration::from_secs(60));
         // (attempts, bounded, now, expires_at, Retry-After, jitter) → decision
-        let table: &[(u32, bool, i64, i64, Option<Duration>, f64, RetryDecision)] = &[
+        type Row = (u32, bool, i64, i64, Option<Duration>, f64, RetryDecision);
+        let table: &[Row] = &[
             // Exponential within the jitter bounds: [ceiling/2, ceiling).
             (1, false, 0, far, None, 0.0, At(500)),
             (1, false, 0, far, None, 0.999_999, At(999)),
