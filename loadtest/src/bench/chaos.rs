@@ -647,6 +647,7 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
                 ));
                 tokio::time::sleep(Duration::from_secs_f64(half)).await;
                 service.apns.set_down(false);
+                apns_back_ms = Some(super::now_ms());
                 events.push(format!("{} APNs back", at(start)));
             }
             Fault::PostgresStop => {

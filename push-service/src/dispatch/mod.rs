@@ -398,25 +398,17 @@ async fn deliver_one(
 
 /// Deliveries woken per store round after an outage.
 const WAKE_BATCH: i64 = 1000;
+/// Rounds of one wake-up (a million deliveries); the sweep's recovery window catches the rest.
+const MAX_WAKE_ROUNDS: usize = 1000;
+/// Only deliveries waiting at least this much longer than a fresh lease are
+/// woken: leases are never mistaken for waits (a claim racing the wake, clocks
+/// a few seconds apart across nodes). A retry due sooner goes by itself anyway.
+const WAKE_MARGIN_MS: i64 = 5_000;
 
 /// The provider answers again for `app`: its deliveries waiting for a retry go
 /// now, not at the end of their backoff.
 async fn wake_after_outage(state: &AppState, app: &str, provider: &'static str, since: i64) {
-    let mut woken = 0usize;
-    loop {
-        match wake(state, app, provider, WAKE_BATCH).await {
-            Ok(n) => {
-                woken += n;
-                if (n as i64) < WAKE_BATCH {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, app, provider, "waking waiting deliveries failed; their own retries and the sweep still run");
-                break;
-            }
-        }
-    }
+    let woken = wake_all(state, app, provider).await;
     tracing::info!(
         app,
         provider,
@@ -424,6 +416,25 @@ async fn wake_after_outage(state: &AppState, app: &str, provider: &'static str, 
         woken,
         "provider answers again; waiting deliveries re-driven"
     );
+}
+
+/// Wakes every waiting delivery of one app and provider, batch by batch, until
+/// none is left. A batch can come back short (or empty) while it waited on rows
+/// another node was waking, with more behind it: the sweep's recovery window
+/// runs this again for a while.
+pub(crate) async fn wake_all(state: &AppState, app: &str, provider: &str) -> usize {
+    let mut woken = 0usize;
+    for _ in 0..MAX_WAKE_ROUNDS {
+        match wake(state, app, provider, WAKE_BATCH).await {
+            Ok(0) => break,
+            Ok(n) => woken += n,
+            Err(e) => {
+                tracing::warn!(error = %e, app, provider, "waking waiting deliveries failed; their own retries and the sweep still run");
+                break;
+            }
+        }
+    }
+    woken
 }
 
 /// Brings forward up to `limit` waiting deliveries of one app and provider and
@@ -435,9 +446,12 @@ pub(crate) async fn wake(
     limit: i64,
 ) -> Result<usize, StoreError> {
     let redrive_at = now_millis() + state.config.redrive_after.as_millis() as i64;
+    // Beyond every lease: one taken a moment after `now` here, or by a node whose
+    // clock runs a little ahead, still ends before this.
+    let waiting_after = redrive_at + WAKE_MARGIN_MS;
     let woken = state
         .store
-        .wake_waiting(app, provider, redrive_at, limit)
+        .wake_waiting(app, provider, waiting_after, redrive_at, limit)
         .await?;
     let count = woken.len();
     let mut by_notification: std::collections::BTreeMap<String, Vec<String>> =

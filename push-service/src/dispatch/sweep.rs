@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::Task;
 use crate::ids::now_millis;
 use crate::notify::TASK_CHUNK;
+use crate::providers::circuit::Probe;
 use crate::store::StoreError;
 use crate::telemetry::names;
 use crate::AppState;
@@ -60,8 +61,17 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
     // During an outage one waiting delivery per app and provider goes early, as a
     // probe: when it gets through, the rest are woken at once (dispatch), so they
     // leave seconds after the provider is back, not at the end of their backoff.
-    for (app, provider) in state.circuits.outages() {
-        super::wake(state, &app, provider, 1).await?;
+    // For a while after, every round wakes what still waits (attempts that were
+    // in flight at the return, then failed and went back to a long backoff).
+    for (app, provider, probe) in state.circuits.probes(now) {
+        match probe {
+            Probe::One => {
+                super::wake(state, &app, provider, 1).await?;
+            }
+            Probe::All => {
+                super::wake_all(state, &app, provider).await;
+            }
+        }
     }
     store.delete_expired_direct_events(now).await?;
     let retention = state.config.audit_retention.as_millis() as i64;

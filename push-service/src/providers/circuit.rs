@@ -24,6 +24,22 @@ struct State {
     provider_failures: u32,
     /// When the outage began (its first failure), once declared.
     outage_since: Option<i64>,
+    /// When the last outage ended.
+    recovered_at: Option<i64>,
+}
+
+/// For how long after an outage ends the sweep keeps bringing waiting deliveries
+/// forward: an attempt in flight at the return that failed after the wake went
+/// back to a long backoff, and is caught here.
+pub const RECOVERY_WINDOW_MS: i64 = 30_000;
+
+/// What the sweep does for an app and provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// In an outage: send one waiting delivery early.
+    One,
+    /// Just recovered: bring every waiting delivery forward.
+    All,
 }
 
 /// What a success ended.
@@ -93,9 +109,13 @@ impl Circuits {
         let recovered = self.with(app, provider, |s| {
             push(&mut s.window, now, false);
             s.provider_failures = 0;
+            let outage_since = s.outage_since.take();
+            if outage_since.is_some() {
+                s.recovered_at = Some(now);
+            }
             Recovered {
                 credential: std::mem::take(&mut s.failing),
-                outage_since: s.outage_since.take(),
+                outage_since,
             }
         });
         if recovered.credential {
@@ -117,13 +137,24 @@ impl Circuits {
         })
     }
 
-    /// The (app, provider) pairs in an outage, for the sweep to probe.
-    pub fn outages(&self) -> Vec<(String, &'static str)> {
+    /// The (app, provider) pairs in an outage or just out of one, for the sweep.
+    pub fn probes(&self, now: i64) -> Vec<(String, &'static str, Probe)> {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states
             .iter()
-            .filter(|(_, s)| s.outage_since.is_some())
-            .map(|((app, provider), _)| (app.clone(), *provider))
+            .filter_map(|((app, provider), s)| {
+                let probe = if s.outage_since.is_some() {
+                    Probe::One
+                } else if s
+                    .recovered_at
+                    .is_some_and(|at| now - at < RECOVERY_WINDOW_MS)
+                {
+                    Probe::All
+                } else {
+                    return None;
+                };
+                Some((app.clone(), *provider, probe))
+            })
             .collect()
     }
 
@@ -219,12 +250,17 @@ mod tests {
         assert!(!c.provider_failed("a", "apns", 201));
         assert!(c.provider_failed("a", "apns", 202), "the third in a row");
         assert!(!c.provider_failed("a", "apns", 203), "declared once");
-        assert_eq!(c.outages(), vec![("a".to_owned(), "apns")]);
-        assert!(c.outages().iter().all(|(app, _)| app == "a"));
+        assert_eq!(c.probes(250), vec![("a".to_owned(), "apns", Probe::One)]);
         let recovered = c.success("a", "apns", 300);
         assert_eq!(recovered.outage_since, Some(202));
         assert!(!recovered.credential);
-        assert!(c.outages().is_empty());
         assert_eq!(c.success("a", "apns", 301), Recovered::default());
+        // For a while after, the sweep brings every waiting delivery forward.
+        assert_eq!(c.probes(301), vec![("a".to_owned(), "apns", Probe::All)]);
+        assert_eq!(
+            c.probes(300 + RECOVERY_WINDOW_MS - 1),
+            vec![("a".to_owned(), "apns", Probe::All)]
+        );
+        assert!(c.probes(300 + RECOVERY_WINDOW_MS).is_empty());
     }
 }

@@ -160,6 +160,9 @@ pub fn event_payload(delivery: &Delivery<'_>) -> String {
     .to_string()
 }
 
+/// How long a zero-TTL event waits for an open stream to write it.
+const NOW_OR_NEVER_MS: i64 = 5_000;
+
 #[async_trait]
 impl Provider for DirectProvider {
     fn name(&self) -> &'static str {
@@ -167,14 +170,22 @@ impl Provider for DirectProvider {
     }
 
     async fn send(&self, delivery: &Delivery<'_>) -> Outcome {
+        let now = crate::ids::now_millis();
+        // A zero TTL reaches a stream open now: the event lives just long enough
+        // for the wake-up to write it, and is never replayed to a later connection.
+        let expires_at = if delivery.now_or_never() {
+            now + NOW_OR_NEVER_MS
+        } else {
+            delivery.expires_at
+        };
         let held = self
             .store
             .insert_direct_event(
                 delivery.registration_id,
                 delivery.notification_id,
                 &event_payload(delivery),
-                delivery.expires_at,
-                crate::ids::now_millis(),
+                expires_at,
+                now,
             )
             .await;
         match held {

@@ -157,13 +157,15 @@ pub trait DispatchStore: Send + Sync {
         limit: i64,
     ) -> Result<Vec<(String, String)>, StoreError>;
     /// Brings forward up to `limit` deliveries of `app_id` through `provider` that
-    /// wait for a later retry (re-drive time after `redrive_at`): their re-drive
-    /// time becomes `redrive_at`, and the caller queues them now. A delivery in
-    /// flight (its lease ends by `redrive_at`) is never taken.
+    /// wait for a later retry (re-drive time after `waiting_after`): their re-drive
+    /// time becomes `redrive_at`, and the caller queues them now. `waiting_after`
+    /// lies beyond every lease a worker could have taken (a lease ends
+    /// `redrive_after` after its claim), so a delivery in flight is never taken.
     async fn wake_waiting(
         &self,
         app_id: &str,
         provider: &str,
+        waiting_after: i64,
         redrive_at: i64,
         limit: i64,
     ) -> Result<Vec<(String, String)>, StoreError>;

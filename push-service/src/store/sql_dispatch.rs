@@ -281,20 +281,22 @@ macro_rules! impl_sql_dispatch {
                 &self,
                 app_id: &str,
                 provider: &str,
+                waiting_after: i64,
                 redrive_at: i64,
                 limit: i64,
             ) -> Result<Vec<(String, String)>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "UPDATE deliveries SET next_attempt_at = $3 \
+                    "UPDATE deliveries SET next_attempt_at = $4 \
                      WHERE state = 'queued' AND next_attempt_at > $3 AND (notification_id, registration_id) IN \
                      (SELECT d.notification_id, d.registration_id FROM deliveries d \
                       JOIN registrations r ON r.id = d.registration_id \
                       WHERE d.state = 'queued' AND d.next_attempt_at > $3 AND r.app_id = $1 AND r.provider = $2 \
-                      ORDER BY d.next_attempt_at LIMIT $4) \
+                      ORDER BY d.next_attempt_at LIMIT $5) \
                      RETURNING notification_id, registration_id",
                 )
                 .bind(app_id)
                 .bind(provider)
+                .bind(waiting_after)
                 .bind(redrive_at)
                 .bind(limit)
                 .fetch_all(&self.pool)
