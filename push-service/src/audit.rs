@@ -14,6 +14,9 @@ use crate::AppState;
 
 /// The caller's address as the connection shows it (a proxy's, behind one).
 pub fn source(parts: &Parts) -> Option<String> {
+    if let Some(crate::api::client_addr::ClientAddr(ip)) = parts.extensions.get() {
+        return Some(ip.to_string());
+    }
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()

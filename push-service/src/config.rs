@@ -89,6 +89,7 @@ struct RawConfig {
     rate_limit_address_requests_per_second: f64,
     rate_limit_burst_seconds: f64,
     audit_retention_days: u64,
+    trusted_proxies: String,
 }
 
 /// Where and how the APNs and FCM clients connect.
@@ -162,6 +163,8 @@ pub struct Config {
     pub limits: crate::limits::LimitSettings,
     /// Audit entries older than this are deleted by the sweep (0: kept forever).
     pub audit_retention: std::time::Duration,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` name the client address.
+    pub trusted_proxies: Vec<crate::api::client_addr::Cidr>,
 }
 
 /// Where the service's certificate and key are, and how often they are re-read.
@@ -436,6 +439,13 @@ impl Config {
         if !(raw.rate_limit_burst_seconds.is_finite() && raw.rate_limit_burst_seconds > 0.0) {
             return Err(invalid("rate_limit_burst_seconds", "must be > 0"));
         }
+        let trusted_proxies = raw
+            .trusted_proxies
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(crate::api::client_addr::Cidr::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("trusted_proxies", e))?;
         let limits = crate::limits::LimitSettings {
             defaults: crate::limits::AppLimits {
                 notifier_requests_per_second: raw.rate_limit_notifier_requests_per_second,
@@ -527,6 +537,7 @@ impl Config {
             redis_ca_file,
             limits,
             audit_retention: std::time::Duration::from_secs(raw.audit_retention_days * 86_400),
+            trusted_proxies,
         })
     }
 }

@@ -301,9 +301,13 @@ impl Limiter {
         Ok(limits)
     }
 
-    /// Per source address: unauthenticated requests are charged before they run;
-    /// bearer requests are refused while the address has used up its allowance
-    /// of failed authentications, and charged when they fail (401).
+    /// Per source address (the client address, see `trusted_proxies`): requests
+    /// without credentials are charged before they run; requests with credentials
+    /// (a bearer token, a DPoP proof) always run, so a valid credential is never
+    /// refused here — their callers are limited per principal (notifier, device
+    /// key). A failed authentication is charged after the fact, and once the
+    /// address has used up its allowance the failure is answered `429` instead
+    /// of `401`.
     pub async fn address_middleware(
         axum::extract::State(state): axum::extract::State<crate::AppState>,
         request: axum::extract::Request,
@@ -314,44 +318,57 @@ impl Limiter {
         let per_second = limiter.settings.address_requests_per_second;
         let ip = request
             .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
+            .get::<crate::api::client_addr::ClientAddr>()
+            .map(|c| c.0)
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip())
+            });
         let probe = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
         let Some(ip) = ip.filter(|_| per_second > 0.0 && !probe) else {
             return next.run(request).await;
         };
-        let bearer = request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .is_some_and(|v| {
-                v.as_bytes().len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ")
-            });
-        let key = if bearer {
-            format!("authfail:{ip}")
-        } else {
-            format!("addr:{ip}")
-        };
-        let cost = if bearer { 0.0 } else { 1.0 };
-        let bucket = Bucket {
-            key,
-            per_second,
-            cost,
-        };
-        if let Err(e) = limiter
-            .enforce(std::slice::from_ref(&bucket), "address")
-            .await
-        {
-            return e.into_response();
-        }
-        let response = next.run(request).await;
-        if bearer && response.status() == axum::http::StatusCode::UNAUTHORIZED {
-            let charge = Bucket {
+        let headers = request.headers();
+        let credentialed =
+            headers.contains_key(axum::http::header::AUTHORIZATION) || headers.contains_key("dpop");
+        if !credentialed {
+            let bucket = Bucket {
+                key: format!("addr:{ip}"),
+                per_second,
                 cost: 1.0,
-                ..bucket
             };
-            let _ = limiter.check(&[charge]).await;
+            if let Err(e) = limiter
+                .enforce(std::slice::from_ref(&bucket), "address")
+                .await
+            {
+                tracing::info!(client = %ip, "anonymous request over the address limit: 429");
+                return e.into_response();
+            }
+            return next.run(request).await;
         }
-        response
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let response = next.run(request).await;
+        if response.status() != axum::http::StatusCode::UNAUTHORIZED {
+            return response;
+        }
+        let charge = Bucket {
+            key: format!("authfail:{ip}"),
+            per_second,
+            cost: 1.0,
+        };
+        match limiter.enforce(&[charge], "failed authentication").await {
+            Ok(_) => {
+                log_failure(ip, &method, &path);
+                response
+            }
+            Err(e) => {
+                log_failure(ip, &method, &path);
+                e.into_response()
+            }
+        }
     }
 
     /// Forgets a cached app's limits (after the operator changed them on this node).
@@ -360,6 +377,26 @@ impl Limiter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(app_id);
+    }
+}
+
+/// One line per failed authentication, at most one per second per node for all
+/// clients together (an attack must not flood the log).
+fn log_failure(ip: std::net::IpAddr, method: &axum::http::Method, path: &str) {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = crate::ids::now_millis();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 1000
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(client = %ip, %method, path, suppressed, "authentication failed");
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
     }
 }
 

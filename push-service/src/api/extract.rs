@@ -17,9 +17,78 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_some_and(|v| {
+                v.strip_prefix("application/")
+                    .is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
+            });
+        if !json_type {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected a body with `Content-Type: application/json`".into(),
+            ));
+        }
+        let limit = state.config.max_body_bytes;
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(limit)
+                } else {
+                    ApiError::MalformedJson(rejection.body_text())
+                }
+            })?;
+        // PostgreSQL cannot store a NUL in text: refused here, on every backend.
+        if contains_escaped_nul(&bytes) {
+            return Err(ApiError::invalid(
+                "a string holds a NUL character (\\u0000), which cannot be stored",
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection, state.config.max_body_bytes)),
+            Err(rejection) => Err(json_rejection(rejection, limit)),
+        }
+    }
+}
+
+/// Whether a JSON text holds the escape of a NUL character (`\u0000`), not
+/// counting an escaped backslash before it (`\\u0000` is the text `\u0000`).
+fn contains_escaped_nul(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json.len() >= i + 6 && json[i + 1] == b'u' && &json[i + 2..i + 6] == b"0000" {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escaped_nul_is_found_and_escaped_backslashes_are_not() {
+        for (json, found) in [
+            (r#"{"a": "x\u0000y"}"#, true),
+            (r#"{"a\u0000": 1}"#, true),
+            (r#"{"a": "x\\u0000y"}"#, false),
+            (r#"{"a": "x\\\u0000"}"#, true),
+            (r#"{"a": "\u00001"}"#, true),
+            (r#"{"a": "\u0001"}"#, false),
+        ] {
+            assert_eq!(
+                super::contains_escaped_nul(json.as_bytes()),
+                found,
+                "{json}"
+            );
         }
     }
 }

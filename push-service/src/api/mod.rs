@@ -3,6 +3,7 @@
 pub mod app_registrations;
 pub mod apps;
 pub mod audit;
+pub mod client_addr;
 pub mod credentials;
 pub mod events;
 pub mod extract;
@@ -179,8 +180,13 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::limits::Limiter::address_middleware,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client_addr::middleware,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(refuse_control_characters))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             ServiceBuilder::new()
@@ -219,6 +225,56 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .with_state(state)
+}
+
+/// Ids and parameters reach the store as text, and PostgreSQL cannot store a NUL:
+/// a URL with a percent-encoded control character is answered before any query
+/// (`404` for a path, no resource has such an id; `422` for a parameter), the
+/// same on every backend.
+async fn refuse_control_characters(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = request.uri();
+    if encodes_control(uri.path()) {
+        return ApiError::not_found("no resource has an id with a control character")
+            .into_response();
+    }
+    if uri.query().is_some_and(encodes_control) {
+        return ApiError::invalid("a query parameter holds a control character").into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether `text` percent-encodes a control character (`%00`–`%1F`, `%7F`).
+fn encodes_control(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && std::str::from_utf8(&w[1..])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .is_some_and(|b| b < 0x20 || b == 0x7f)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encoded_control_characters_are_found() {
+        for (text, found) in [
+            ("/v1/apps/app_1", false),
+            ("/v1/apps/app%00x", true),
+            ("/v1/apps/%0a", true),
+            ("/v1/apps/%7F", true),
+            ("/v1/apps/%20x", false),
+            ("/v1/apps/%e2%82%ac", false),
+            ("after=a%1fb", true),
+            ("%", false),
+        ] {
+            assert_eq!(super::encodes_control(text), found, "{text}");
+        }
+    }
 }
 
 async fn not_found() -> Response {

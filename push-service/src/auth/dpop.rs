@@ -73,8 +73,8 @@ pub fn verify_proof(
         ));
     }
     let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
-    if jti.is_empty() || jti.len() > 256 {
-        return fail("the proof needs a `jti` of 1 to 256 characters");
+    if jti.is_empty() || jti.len() > 256 || !crate::auth::storable_text(jti) {
+        return fail("the proof needs a `jti` of 1 to 256 characters, no control characters");
     }
     let thumbprint = jwk_thumbprint(&jwk)?;
     Ok((DeviceProof { jwk, thumbprint }, jti.to_owned()))

@@ -154,11 +154,44 @@ pub fn numeric_claim(claims: &Value, name: &str) -> Option<i64> {
     claims
         .get(name)
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+        // A caller's number near i64::MAX must not overflow the time checks:
+        // ±10^12 s (about 31,700 years) keeps every comparison's meaning.
+        .map(|t| t.clamp(-CLAIM_TIME_BOUND, CLAIM_TIME_BOUND))
+}
+
+/// Largest magnitude a time claim is taken at.
+const CLAIM_TIME_BOUND: i64 = 1_000_000_000_000;
+
+/// Whether a caller's string can be stored and compared by every backend: no NUL
+/// (PostgreSQL refuses it in text) and no other control character.
+pub fn storable_text(value: &str) -> bool {
+    !value.chars().any(char::is_control)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_claims_are_bounded_and_text_is_storable() {
+        let claims = serde_json::json!({"a": i64::MAX, "b": i64::MIN, "c": 1e300, "d": 5});
+        assert_eq!(numeric_claim(&claims, "a"), Some(CLAIM_TIME_BOUND));
+        assert_eq!(numeric_claim(&claims, "b"), Some(-CLAIM_TIME_BOUND));
+        assert_eq!(numeric_claim(&claims, "c"), Some(CLAIM_TIME_BOUND));
+        assert_eq!(numeric_claim(&claims, "d"), Some(5));
+        // The checks that use them cannot overflow.
+        let now = 1_800_000_000i64;
+        let exp = numeric_claim(&claims, "a").unwrap_or_default();
+        assert!(exp - now > 300 && exp + 30 > now);
+        for (text, ok) in [
+            ("nfr_abc", true),
+            ("a\0b", false),
+            ("a\nb", false),
+            ("é", true),
+        ] {
+            assert_eq!(storable_text(text), ok, "{text:?}");
+        }
+    }
 
     #[test]
     fn thumbprint_matches_rfc7638_example() {

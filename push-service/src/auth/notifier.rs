@@ -224,6 +224,11 @@ pub async fn authenticate(
             "the JWT has no `iss` (the notifier id)".into(),
         ));
     }
+    if iss.len() > 128 || !crate::auth::storable_text(iss) {
+        return Err(ApiError::Unauthorized(
+            "`iss` is not a notifier id (at most 128 characters, no control characters)".into(),
+        ));
+    }
     let notifier = state
         .store
         .get_notifier(app_id, iss)
@@ -274,9 +279,9 @@ pub async fn authenticate(
         return Err(ApiError::Unauthorized("`iat` is in the future".into()));
     }
     let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
-    if jti.is_empty() || jti.len() > 256 {
+    if jti.is_empty() || jti.len() > 256 || !crate::auth::storable_text(jti) {
         return Err(ApiError::Unauthorized(
-            "the JWT needs a `jti` of 1 to 256 characters".into(),
+            "the JWT needs a `jti` of 1 to 256 characters, no control characters".into(),
         ));
     }
     let token_scopes: Vec<&str> = claims

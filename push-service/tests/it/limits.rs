@@ -129,15 +129,41 @@ async fn a_notifier_over_its_limit_gets_429_on_every_node_while_another_keeps_se
     assert_eq!(body["custom"], json!(false));
 }
 
-#[tokio::test]
-async fn unauthenticated_callers_are_limited_per_address() {
-    let mut options = Options::new(Backend::Sqlite);
-    options.extra = "rate_limit_address_requests_per_second = 2\n".into();
+/// Anonymous requests from the test's address until one is refused; how many passed.
+async fn anonymous_until_refused(app: &TestApp, forwarded_for: Option<&str>) -> usize {
+    for i in 0..100 {
+        let mut request = app.client.get(app.url("/openapi.json"));
+        if let Some(hop) = forwarded_for {
+            request = request.header("x-forwarded-for", hop);
+        }
+        let response = request.send().await.expect("sent");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(response.headers().contains_key("retry-after"));
+            return i;
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    100
+}
+
+async fn no_lock_out(backend: Backend) {
+    let mut options = Options::new(backend);
+    options.extra = "rate_limit_address_requests_per_second = 2
+"
+    .into();
     let app = spawn(options).await;
     let app_id = app.create_app("Acme").await;
-    // Failed authentications: charged per address, then refused before verification.
-    let mut statuses = Vec::new();
-    for _ in 0..14 {
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let device = crate::actors::device(&app, sdk_client::DeviceKey::generate_p256());
+    let registration = device
+        .register(&app_id, &sdk_client::NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    // 1,000 failed authentications from this address: charged per address, and
+    // answered 429 once its allowance is used up.
+    let mut unauthorized = 0;
+    let mut limited = 0;
+    for _ in 0..1000 {
         let response = app
             .client
             .post(app.url(&format!("/v1/apps/{app_id}/notifications")))
@@ -146,38 +172,28 @@ async fn unauthenticated_callers_are_limited_per_address() {
             .send()
             .await
             .expect("sent");
-        statuses.push(response.status());
+        match response.status() {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("{other}"),
+        }
     }
-    let unauthorized = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::UNAUTHORIZED)
-        .count();
-    let limited = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
-        .count();
     assert!(
-        (10..=11).contains(&unauthorized) && limited >= 3,
-        "{statuses:?}"
+        unauthorized <= 40 && limited >= 950,
+        "{unauthorized} / {limited}"
     );
-    // While the address is over its allowance, even a valid token from it waits
-    // (checked before any signature work); after Retry-After it is served.
-    let response = app
-        .client
-        .get(app.url("/v1/apps"))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After");
-    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    // Valid credentials from the same address are served at once: the address
+    // bucket never refuses them.
     let (status, _) = app.admin(Method::GET, "/v1/apps", None).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        notify(&app, &app_id, &notifier).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let own = device.status(&registration.id).await.expect("device call");
+    assert_eq!(own.id, registration.id);
+    // Anonymous requests are still limited per address.
+    assert!(anonymous_until_refused(&app, None).await < 30);
     // Probes are never limited.
     for _ in 0..20 {
         let response = app
@@ -188,6 +204,71 @@ async fn unauthenticated_callers_are_limited_per_address() {
             .expect("sent");
         assert_eq!(response.status(), StatusCode::OK);
     }
+}
+
+#[tokio::test]
+async fn failed_authentications_never_lock_out_valid_credentials_sqlite() {
+    no_lock_out(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn failed_authentications_never_lock_out_valid_credentials_postgres() {
+    no_lock_out(Backend::Postgres).await;
+}
+
+async fn behind_a_proxy(backend: Backend) {
+    // Behind a trusted proxy (the test's own address plays it): two clients are
+    // counted apart.
+    let mut options = Options::new(backend);
+    options.extra = "rate_limit_address_requests_per_second = 2
+trusted_proxies = \"127.0.0.0/8\"\n"
+        .into();
+    let app = spawn(options).await;
+    let first = anonymous_until_refused(&app, Some("198.51.100.1")).await;
+    assert!((5..30).contains(&first), "{first}");
+    let second = anonymous_until_refused(&app, Some("198.51.100.2")).await;
+    assert!(
+        (5..30).contains(&second),
+        "another client has its own allowance: {second}"
+    );
+    // A client cannot pick its address: what it sends on the left of the list is
+    // not the hop the proxy saw.
+    let spoofed = anonymous_until_refused(&app, Some("203.0.113.77, 198.51.100.1")).await;
+    assert_eq!(spoofed, 0, "still counted as 198.51.100.1");
+
+    // Without trusted proxies the header is ignored: every request counts
+    // against the peer, whatever it claims.
+    let mut options = Options::new(backend);
+    options.extra = "rate_limit_address_requests_per_second = 2\n".into();
+    let app = spawn(options).await;
+    let mut passed = 0;
+    for i in 0..100 {
+        let response = app
+            .client
+            .get(app.url("/openapi.json"))
+            .header("x-forwarded-for", format!("198.51.100.{}", i % 250))
+            .send()
+            .await
+            .expect("sent");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        passed += 1;
+    }
+    assert!(
+        passed < 30,
+        "X-Forwarded-For from an untrusted peer was believed: {passed}"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_clients_are_counted_apart_sqlite() {
+    behind_a_proxy(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_clients_are_counted_apart_postgres() {
+    behind_a_proxy(Backend::Postgres).await;
 }
 
 crate::both_backends!(

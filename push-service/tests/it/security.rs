@@ -267,3 +267,74 @@ async fn a_slow_body_gets_408_without_holding_up_others() {
         started.elapsed()
     );
 }
+
+/// NUL (and other control characters) in ids, claims and bodies: a 4xx before
+/// any query, the same on both backends (PostgreSQL cannot store a NUL in text).
+async fn control_characters(app: crate::helpers::TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify", "registrations:read"]).await;
+    // In a path id, unauthenticated and authenticated.
+    for path in [
+        format!("/v1/apps/{app_id}%00/notifications/x"),
+        format!("/v1/apps/{app_id}/notifications/ntf_%00"),
+        format!("/v1/apps/{app_id}/registrations/reg%00x"),
+        format!("/v1/registrations/reg_%00"),
+        format!("/v1/apps/app%00"),
+    ] {
+        for token in [None, Some(notifier.jwt("registrations:read"))] {
+            let mut request = app.client.get(app.url(&path));
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            let (status, body) = read(request.send().await.expect("sent")).await;
+            assert!(status.is_client_error(), "{path}: {status} {body}");
+        }
+    }
+    let (status, _) = app
+        .admin(Method::GET, &format!("/v1/apps/app%00x"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // In a query parameter.
+    let (status, _) = app.admin(Method::GET, "/v1/apps?after=a%00b", None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // In a JWT's `iss` and `jti`.
+    for (claim, value) in [("iss", "nfr_\u{0}x"), ("jti", "a\u{0}b")] {
+        let (header, mut claims) = notifier.parts("notify");
+        claims[claim] = json!(value);
+        let token = notifier.key.sign_jws(&header, &claims);
+        let (status, body) = read(
+            app.client
+                .post(app.url(&format!("/v1/apps/{app_id}/notifications")))
+                .bearer_auth(token)
+                .json(&json!({"targets": {"registrations": ["reg_x"]}, "notification": {"title": "t"}}))
+                .send()
+                .await
+                .expect("sent"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{claim}: {body}");
+    }
+    // In a body.
+    let (status, body) = app
+        .admin(Method::POST, "/v1/apps", Some(json!({"name": "a\u{0}b"})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = read(
+        app.client
+            .post(app.url(&format!("/v1/apps/{app_id}/notifications")))
+            .bearer_auth(notifier.jwt("notify"))
+            .json(&json!({"targets": {"registrations": ["reg_\u{0}"]}, "notification": {"title": "t"}}))
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // The service still serves.
+    let (status, _) = app.admin(Method::GET, "/v1/apps", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+crate::both_backends!(
+    control_characters_in_ids_claims_and_bodies_are_4xx,
+    super::control_characters
+);
