@@ -72,27 +72,6 @@ fn contains_escaped_nul(json: &[u8]) -> bool {
     false
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn escaped_nul_is_found_and_escaped_backslashes_are_not() {
-        for (json, found) in [
-            (r#"{"a": "x\u0000y"}"#, true),
-            (r#"{"a\u0000": 1}"#, true),
-            (r#"{"a": "x\\u0000y"}"#, false),
-            (r#"{"a": "x\\\u0000"}"#, true),
-            (r#"{"a": "\u00001"}"#, true),
-            (r#"{"a": "\u0001"}"#, false),
-        ] {
-            assert_eq!(
-                super::contains_escaped_nul(json.as_bytes()),
-                found,
-                "{json}"
-            );
-        }
-    }
-}
-
 fn json_rejection(rejection: JsonRejection, limit: usize) -> ApiError {
     match rejection {
         JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
@@ -160,4 +139,25 @@ pub fn bearer_token(parts: &Parts) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escaped_nul_is_found_and_escaped_backslashes_are_not() {
+        for (json, found) in [
+            (r#"{"a": "x\u0000y"}"#, true),
+            (r#"{"a\u0000": 1}"#, true),
+            (r#"{"a": "x\\u0000y"}"#, false),
+            (r#"{"a": "x\\\u0000"}"#, true),
+            (r#"{"a": "\u00001"}"#, true),
+            (r#"{"a": "\u0001"}"#, false),
+        ] {
+            assert_eq!(
+                super::contains_escaped_nul(json.as_bytes()),
+                found,
+                "{json}"
+            );
+        }
+    }
 }

@@ -258,6 +258,14 @@ fn encodes_control(text: &str) -> bool {
     })
 }
 
+async fn not_found() -> Response {
+    ApiError::not_found("no such endpoint").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::MethodNotAllowed("this endpoint does not accept that method".into()).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -275,12 +283,4 @@ mod tests {
             assert_eq!(super::encodes_control(text), found, "{text}");
         }
     }
-}
-
-async fn not_found() -> Response {
-    ApiError::not_found("no such endpoint").into_response()
-}
-
-async fn method_not_allowed() -> Response {
-    ApiError::MethodNotAllowed("this endpoint does not accept that method".into()).into_response()
 }
