@@ -278,8 +278,8 @@ async fn control_characters(app: crate::helpers::TestApp) {
         format!("/v1/apps/{app_id}%00/notifications/x"),
         format!("/v1/apps/{app_id}/notifications/ntf_%00"),
         format!("/v1/apps/{app_id}/registrations/reg%00x"),
-        format!("/v1/registrations/reg_%00"),
-        format!("/v1/apps/app%00"),
+        "/v1/registrations/reg_%00".to_string(),
+        "/v1/apps/app%00".to_string(),
     ] {
         for token in [None, Some(notifier.jwt("registrations:read"))] {
             let mut request = app.client.get(app.url(&path));
@@ -290,9 +290,7 @@ async fn control_characters(app: crate::helpers::TestApp) {
             assert!(status.is_client_error(), "{path}: {status} {body}");
         }
     }
-    let (status, _) = app
-        .admin(Method::GET, &format!("/v1/apps/app%00x"), None)
-        .await;
+    let (status, _) = app.admin(Method::GET, "/v1/apps/app%00x", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // In a query parameter.
     let (status, _) = app.admin(Method::GET, "/v1/apps?after=a%00b", None).await;
