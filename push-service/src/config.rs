@@ -90,6 +90,9 @@ struct RawConfig {
     rate_limit_burst_seconds: f64,
     audit_retention_days: u64,
     trusted_proxies: String,
+    allow_private_fetch: bool,
+    fcm_token_uri_allow: String,
+    max_registrations_per_key: u32,
 }
 
 /// Where and how the APNs and FCM clients connect.
@@ -104,6 +107,8 @@ pub struct ProviderSettings {
     pub timeout: std::time::Duration,
     pub circuit_open: std::time::Duration,
     pub invalidation_guard_min: usize,
+    /// Where a service account's `token_uri` may point.
+    pub fetch: crate::outbound::FetchPolicy,
 }
 
 /// Output format of the logs.
@@ -165,6 +170,10 @@ pub struct Config {
     pub audit_retention: std::time::Duration,
     /// Peers whose `Forwarded` / `X-Forwarded-For` name the client address.
     pub trusted_proxies: Vec<crate::api::client_addr::Cidr>,
+    /// What outbound fetches named by others (JWKS URLs, `token_uri`) may reach.
+    pub fetch: crate::outbound::FetchPolicy,
+    /// Active registrations one device key may hold (0: no limit).
+    pub max_registrations_per_key: u32,
 }
 
 /// Where the service's certificate and key are, and how often they are re-read.
@@ -446,6 +455,23 @@ impl Config {
             .map(crate::api::client_addr::Cidr::parse)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("trusted_proxies", e))?;
+        let token_uri_allow: Vec<String> = raw
+            .fcm_token_uri_allow
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if token_uri_allow.is_empty() {
+            return Err(invalid(
+                "fcm_token_uri_allow",
+                "name at least one token endpoint (Google's by default)",
+            ));
+        }
+        let fetch = crate::outbound::FetchPolicy {
+            allow_private: raw.allow_private_fetch,
+            token_uri_allow,
+        };
         let limits = crate::limits::LimitSettings {
             defaults: crate::limits::AppLimits {
                 notifier_requests_per_second: raw.rate_limit_notifier_requests_per_second,
@@ -520,6 +546,7 @@ impl Config {
                 fcm_url: raw.fcm_url.trim_end_matches('/').to_owned(),
                 ca_pem,
                 apns_connections: raw.apns_connections,
+                fetch: fetch.clone(),
                 timeout: std::time::Duration::from_secs(raw.provider_timeout_seconds),
                 circuit_open: std::time::Duration::from_secs(raw.circuit_open_seconds),
                 invalidation_guard_min: raw.invalidation_guard_min,
@@ -538,6 +565,8 @@ impl Config {
             limits,
             audit_retention: std::time::Duration::from_secs(raw.audit_retention_days * 86_400),
             trusted_proxies,
+            fetch,
+            max_registrations_per_key: raw.max_registrations_per_key,
         })
     }
 }

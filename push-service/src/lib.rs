@@ -15,6 +15,7 @@ pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod notify;
+pub mod outbound;
 pub mod providers;
 pub mod registrations;
 pub mod secret;
@@ -48,7 +49,10 @@ pub struct AppState {
     pub circuits: Arc<providers::circuit::Circuits>,
     pub limiter: limits::Limiter,
     /// Queued deliveries as the last sweep counted them (backpressure).
+    /// Queued deliveries ready to go (not waiting for a retry or a circuit), as last counted.
     pub queue_depth: Arc<std::sync::atomic::AtomicU64>,
+    /// Queued deliveries per app (waiting ones included), as last counted.
+    pub app_queue_depths: Arc<std::sync::RwLock<std::collections::HashMap<String, u64>>>,
     /// Cancelled when the node shuts down: ends streams and background work.
     pub shutdown: CancellationToken,
     /// This node's name (Redis consumer name, logs).
@@ -159,19 +163,21 @@ impl AppState {
             "store" => store.backend()
         )
         .set(1.0);
+        let jwks = auth::notifier::JwksCache::new(&config.fetch);
         Ok(AppState {
             sealer,
             config: Arc::new(config),
             store,
             redis,
             replay,
-            jwks: auth::notifier::JwksCache::default(),
+            jwks,
             queue,
             providers,
             hub,
             circuits: Arc::default(),
             limiter,
             queue_depth: Arc::default(),
+            app_queue_depths: Arc::default(),
             shutdown: CancellationToken::new(),
             node,
             metrics,

@@ -501,14 +501,7 @@ pub async fn accept(
     }
     let request: NotifyRequest =
         serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let depth = state.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
-    let max_depth = state.config.max_queue_depth;
-    if max_depth > 0 && depth > max_depth {
-        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_SHED).increment(1);
-        return Err(ApiError::Unavailable(format!(
-            "{depth} deliveries are queued (more than max_queue_depth = {max_depth}); retry later"
-        )));
-    }
+    shed_when_behind(state, &auth.app_id)?;
     let targets_json =
         serde_json::to_string(&request.targets).map_err(|e| ApiError::Internal(e.into()))?;
     let (targets, content, ttl) = validate(request).map_err(ApiError::invalid)?;
@@ -638,6 +631,39 @@ pub async fn accept(
         }
     }
     Ok(answer)
+}
+
+/// Backpressure: refuses a new notification (503 + Retry-After) while the
+/// dispatcher is behind — more deliveries ready to go than `max_queue_depth` —
+/// or while this app alone has more than that queued (its own deliveries
+/// waiting for a retry or an open circuit included: they are its backlog, and
+/// never another app's).
+fn shed_when_behind(state: &AppState, app_id: &str) -> Result<(), ApiError> {
+    let max_depth = state.config.max_queue_depth;
+    if max_depth == 0 {
+        return Ok(());
+    }
+    let ready = state.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
+    let app_depth = state
+        .app_queue_depths
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(app_id)
+        .copied()
+        .unwrap_or(0);
+    let detail = if app_depth > max_depth {
+        format!(
+            "this app has {app_depth} deliveries queued (more than max_queue_depth = {max_depth}); retry later"
+        )
+    } else if ready > max_depth {
+        format!(
+            "{ready} deliveries are waiting for the dispatcher (more than max_queue_depth = {max_depth}); retry later"
+        )
+    } else {
+        return Ok(());
+    };
+    metrics::counter!(crate::telemetry::names::NOTIFICATIONS_SHED).increment(1);
+    Err(ApiError::Unavailable(detail))
 }
 
 async fn replay(

@@ -176,6 +176,9 @@ impl Service {
                 ("PUSH_APNS_SANDBOX_URL", apns.url.clone()),
                 ("PUSH_FCM_URL", fcm.url.clone()),
                 ("PUSH_PROVIDER_CA_FILE", ca.display().to_string()),
+                // The FCM simulator's token endpoint is on loopback.
+                ("PUSH_ALLOW_PRIVATE_FETCH", "true".into()),
+                ("PUSH_FCM_TOKEN_URI_ALLOW", "https://127.0.0.1:".into()),
                 ("PUSH_LOG_LEVEL", "warn".into()),
                 ("PUSH_MAX_BODY_BYTES", "1048576".into()),
                 // One notifier and one address drive all the load: the limits

@@ -111,14 +111,15 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-fn check_jwks_url(raw: &str) -> Result<String, ApiError> {
-    let url = url::Url::parse(raw).map_err(|e| ApiError::invalid(format!("`jwks_url`: {e}")))?;
-    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-    if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
-        Ok(url.to_string())
-    } else {
-        Err(ApiError::invalid("`jwks_url` must be an https:// URL"))
-    }
+/// A JWKS URL the service may fetch: https, and (resolved now) outside the network.
+async fn check_jwks_url(state: &AppState, raw: &str) -> Result<String, ApiError> {
+    state
+        .config
+        .fetch
+        .check_resolved(raw)
+        .await
+        .map(|url| url.to_string())
+        .map_err(|e| ApiError::invalid(format!("`jwks_url`: {e}")))
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app}/notifiers", tag = "notifiers",
@@ -152,7 +153,7 @@ async fn create_notifier(
             validate_jwks(&jwks).map_err(|e| ApiError::invalid(format!("`jwks`: {e}")))?;
             (Some(jwks.to_string()), None)
         }
-        (None, Some(url)) => (None, Some(check_jwks_url(&url)?)),
+        (None, Some(url)) => (None, Some(check_jwks_url(&state, &url).await?)),
         _ => {
             return Err(ApiError::invalid(
                 "give exactly one of `jwks` and `jwks_url`",

@@ -82,7 +82,7 @@ async fn owned(state: &AppState, id: &str, proof: &DeviceProof) -> Result<Regist
     params(("app" = String, Path, description = "App id")), request_body = CreateRegistration,
     security(("dpop" = [])),
     responses((status = 201, body = RegistrationView), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem)))]
+        (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[tracing::instrument(skip_all, fields(app = %app_id))]
 async fn create_registration(
     State(state): State<AppState>,
@@ -94,6 +94,19 @@ async fn create_registration(
     let new = validate(body).map_err(ApiError::invalid)?;
     require_app(state.store.as_ref(), &app_id).await?;
     check_attestation(&state, &app_id, &headers, &proof).await?;
+    let max = state.config.max_registrations_per_key;
+    if max > 0 {
+        let held = state
+            .store
+            .count_registrations_by_key(&proof.thumbprint)
+            .await?;
+        if held >= max as i64 {
+            return Err(ApiError::Conflict(format!(
+                "this device key already holds {held} active registrations \
+                 (max_registrations_per_key = {max}); delete one first"
+            )));
+        }
+    }
     let now = now_millis();
     let registration = Registration {
         id: new_id("reg"),

@@ -315,40 +315,45 @@ pub async fn authenticate(
 }
 
 /// Notifier keys: static JWKS from the store, or JWKS URLs fetched and cached.
+/// A URL is fetched at most once per [`JWKS_MIN_REFRESH`], whatever the outcome
+/// (a failure is remembered for that long too), one fetch at a time; the body is
+/// read in chunks and dropped past [`JWKS_MAX_BYTES`]; the fetch follows the
+/// outbound policy (https, nothing inside the network).
 #[derive(Clone)]
 pub struct JwksCache {
-    http: reqwest::Client,
-    fetched: Arc<Mutex<HashMap<String, CachedJwks>>>,
+    http: Option<reqwest::Client>,
+    policy: crate::outbound::FetchPolicy,
+    fetched: Arc<Mutex<HashMap<String, Arc<Mutex<UrlState>>>>>,
 }
 
-/// A fetched JWKS: when, what, and when an unknown kid last forced a refetch.
-#[derive(Clone)]
-struct CachedJwks {
-    at: Instant,
-    jwks: Value,
-    forced: Option<Instant>,
+/// What is known of one JWKS URL.
+#[derive(Default)]
+struct UrlState {
+    /// The last good JWKS and when it was fetched.
+    good: Option<(Instant, Value)>,
+    /// The last fetch, good or failed.
+    attempted: Option<Instant>,
+    /// Why the last fetch failed (for the log), when it did.
+    failed: Option<String>,
 }
 
 /// How long a fetched JWKS is used before it is fetched again.
 const JWKS_TTL: Duration = Duration::from_secs(300);
-/// An unknown `kid` refetches, but not more often than this.
+/// A URL is fetched at most this often (an unknown `kid`, a failure).
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
 const JWKS_MAX_BYTES: usize = 64 * 1024;
+/// What a caller is told when the keys cannot be had: never what the remote said.
+const UNAVAILABLE: &str = "the notifier's keys (jwks_url) cannot be fetched";
 
-impl Default for JwksCache {
-    fn default() -> Self {
+impl JwksCache {
+    pub fn new(policy: &crate::outbound::FetchPolicy) -> Self {
         JwksCache {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("an HTTP client can be built"),
+            http: policy.client(Duration::from_secs(5)).ok(),
+            policy: policy.clone(),
             fetched: Arc::default(),
         }
     }
-}
 
-impl JwksCache {
     /// The notifier's key named `kid` (or its only key when `kid` is absent).
     pub async fn key_for(
         &self,
@@ -364,52 +369,79 @@ impl JwksCache {
             .jwks_url
             .as_deref()
             .ok_or_else(|| AuthError("the notifier has no keys".into()))?;
-        let cached = self.fetched.lock().await.get(url).cloned();
-        let mut forced = None;
-        if let Some(cached) = &cached {
-            match pick(&cached.jwks, kid) {
-                Ok(key) if cached.at.elapsed() < JWKS_TTL => return Ok(key),
+        let entry = {
+            let mut fetched = self.fetched.lock().await;
+            if fetched.len() > 10_000 {
+                fetched.clear();
+            }
+            fetched.entry(url.to_owned()).or_default().clone()
+        };
+        // One fetch per URL at a time: the others wait for it and use its result.
+        let mut known = entry.lock().await;
+        let recent = known
+            .attempted
+            .is_some_and(|at| at.elapsed() < JWKS_MIN_REFRESH);
+        if let Some((at, jwks)) = &known.good {
+            match pick(jwks, kid) {
+                Ok(key) if at.elapsed() < JWKS_TTL => return Ok(key),
                 // An unknown kid refetches (key rotation), at most once per JWKS_MIN_REFRESH.
-                Err(e)
-                    if cached
-                        .forced
-                        .is_some_and(|f| f.elapsed() < JWKS_MIN_REFRESH) =>
-                {
-                    return Err(e)
-                }
-                Err(_) => forced = Some(Instant::now()),
-                Ok(_) => {}
+                Err(e) if recent => return Err(e),
+                _ => {}
             }
         }
-        let jwks = self.fetch(url).await?;
-        self.fetched.lock().await.insert(
-            url.to_owned(),
-            CachedJwks {
-                at: Instant::now(),
-                jwks: jwks.clone(),
-                forced: forced.or(cached.and_then(|c| c.forced)),
-            },
-        );
-        pick(&jwks, kid)
+        if recent {
+            return Err(AuthError(UNAVAILABLE.into()));
+        }
+        known.attempted = Some(Instant::now());
+        match self.fetch(url).await {
+            Ok(jwks) => {
+                known.good = Some((Instant::now(), jwks.clone()));
+                known.failed = None;
+                pick(&jwks, kid)
+            }
+            Err(why) => {
+                tracing::warn!(notifier = %notifier.id, reason = %why, "JWKS fetch failed; not tried again for 10 s");
+                known.failed = Some(why);
+                // A JWKS fetched before still serves until its TTL is long past.
+                match &known.good {
+                    Some((at, jwks)) if at.elapsed() < JWKS_TTL * 12 => pick(jwks, kid),
+                    _ => Err(AuthError(UNAVAILABLE.into())),
+                }
+            }
+        }
     }
 
-    async fn fetch(&self, url: &str) -> Result<Value, AuthError> {
-        let unreachable = |_| AuthError("the notifier's JWKS URL cannot be fetched".into());
-        let response = self.http.get(url).send().await.map_err(unreachable)?;
+    /// Fetches and checks a JWKS; the error is for the log only.
+    async fn fetch(&self, url: &str) -> Result<Value, String> {
+        self.policy.check_url(url)?;
+        let http = self.http.as_ref().ok_or("no HTTP client")?;
+        let mut response =
+            http.get(url).send().await.map_err(|e| {
+                format!("network: {}", crate::providers::outcome::network_cause(&e))
+            })?;
         if !response.status().is_success() {
-            return fail(format!(
-                "the notifier's JWKS URL answered {}",
-                response.status()
-            ));
+            return Err(format!("answered {}", response.status()));
         }
-        let body = response.bytes().await.map_err(unreachable)?;
-        if body.len() > JWKS_MAX_BYTES {
-            return fail("the notifier's JWKS is too large");
+        if response
+            .content_length()
+            .is_some_and(|n| n > JWKS_MAX_BYTES as u64)
+        {
+            return Err(format!("larger than {JWKS_MAX_BYTES} bytes"));
         }
-        let jwks: Value = serde_json::from_slice(&body)
-            .map_err(|_| AuthError("the notifier's JWKS is not JSON".into()))?;
-        validate_jwks(&jwks)
-            .map_err(|e| AuthError(format!("the notifier's JWKS is not valid: {e}")))?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            format!(
+                "reading the body: {}",
+                crate::providers::outcome::network_cause(&e)
+            )
+        })? {
+            if body.len() + chunk.len() > JWKS_MAX_BYTES {
+                return Err(format!("larger than {JWKS_MAX_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let jwks: Value = serde_json::from_slice(&body).map_err(|_| "not JSON".to_owned())?;
+        validate_jwks(&jwks).map_err(|e| format!("not a valid JWKS: {e}"))?;
         Ok(jwks)
     }
 }

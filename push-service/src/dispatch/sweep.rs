@@ -83,14 +83,29 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
     Ok(redriven)
 }
 
-/// Counts the queued deliveries: the gauges, and the depth backpressure reads.
+/// Counts the queued deliveries: the gauges, and the depths backpressure reads
+/// (per app, and of the deliveries ready to go — not those waiting for a retry
+/// or an open circuit, which are no work for the dispatcher now).
 pub async fn measure_queue(state: &AppState) -> Result<(), StoreError> {
     let now = now_millis();
-    let (depth, oldest) = state.store.queue_stats().await?;
+    let waiting_after = now + state.config.redrive_after.as_millis() as i64;
+    let (apps, oldest) = state.store.queue_stats(waiting_after).await?;
+    let total: i64 = apps.iter().map(|(_, queued, _)| queued).sum();
+    let ready: i64 = apps
+        .iter()
+        .map(|(_, queued, waiting)| queued - waiting)
+        .sum();
     state
         .queue_depth
-        .store(depth.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
-    metrics::gauge!(names::QUEUE_DEPTH).set(depth as f64);
+        .store(ready.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+    *state
+        .app_queue_depths
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = apps
+        .into_iter()
+        .map(|(app, queued, _)| (app, queued.max(0) as u64))
+        .collect();
+    metrics::gauge!(names::QUEUE_DEPTH).set(total as f64);
     metrics::gauge!(names::QUEUE_OLDEST_AGE).set(
         oldest
             .map(|t| (now - t).max(0) as f64 / 1000.0)

@@ -197,8 +197,13 @@ pub trait DispatchStore: Send + Sync {
         limit: i64,
         skip_sent: bool,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
-    /// Number of queued deliveries, and the creation time of the oldest.
-    async fn queue_stats(&self) -> Result<(i64, Option<i64>), StoreError>;
+    /// Queued deliveries per app: (app, queued, of those waiting — for a retry
+    /// or an open circuit, re-drive time after `waiting_after`), and the oldest
+    /// queued delivery's last update.
+    async fn queue_stats(
+        &self,
+        waiting_after: i64,
+    ) -> Result<(Vec<(String, i64, i64)>, Option<i64>), StoreError>;
 
     /// Holds a notification on a direct channel; `None` when it was already there.
     async fn insert_direct_event(

@@ -227,6 +227,9 @@ pub trait Store: DispatchStore + Send + Sync + 'static {
     async fn put_attestation(&self, attestation: &Attestation) -> Result<(), StoreError>;
     async fn get_attestation(&self, app_id: &str) -> Result<Option<Attestation>, StoreError>;
 
+    /// Active registrations bound to one device key (all apps).
+    async fn count_registrations_by_key(&self, key_thumbprint: &str) -> Result<i64, StoreError>;
+
     /// Inserts a registration. An active registration of the same app, provider and
     /// token is marked invalid (`replaced`) in the same transaction; its id is returned.
     async fn create_registration(

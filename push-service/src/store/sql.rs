@@ -248,6 +248,19 @@ macro_rules! impl_sql_store {
                 Ok(replaced)
             }
 
+            async fn count_registrations_by_key(
+                &self,
+                key_thumbprint: &str,
+            ) -> Result<i64, $crate::store::StoreError> {
+                let (count,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM registrations WHERE key_thumbprint = $1 AND status = 'active'",
+                )
+                .bind(key_thumbprint)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(count)
+            }
+
             async fn get_registration(
                 &self,
                 id: &str,

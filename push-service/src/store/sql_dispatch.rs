@@ -381,12 +381,22 @@ macro_rules! impl_sql_dispatch {
                 .await?)
             }
 
-            async fn queue_stats(&self) -> Result<(i64, Option<i64>), $crate::store::StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT COUNT(*), MIN(updated_at) FROM deliveries WHERE state = 'queued'",
+            async fn queue_stats(
+                &self,
+                waiting_after: i64,
+            ) -> Result<(Vec<(String, i64, i64)>, Option<i64>), $crate::store::StoreError> {
+                let rows: Vec<(String, i64, i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT n.app_id, COUNT(*), \
+                     COALESCE(SUM(CASE WHEN d.next_attempt_at > $1 THEN 1 ELSE 0 END), 0), \
+                     MIN(d.updated_at) \
+                     FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
+                     WHERE d.state = 'queued' GROUP BY n.app_id",
                 )
-                .fetch_one(&self.pool)
-                .await?)
+                .bind(waiting_after)
+                .fetch_all(&self.pool)
+                .await?;
+                let oldest = rows.iter().filter_map(|r| r.3).min();
+                Ok((rows.into_iter().map(|(a, q, w, _)| (a, q, w)).collect(), oldest))
             }
 
             async fn insert_direct_event(

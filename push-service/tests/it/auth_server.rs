@@ -289,6 +289,12 @@ async fn notifier_attack_matrix(app: TestApp) {
 both_backends!(notifier_attack_matrix, super::notifier_attack_matrix);
 
 async fn notifier_keys_from_a_jwks_url(app: TestApp) {
+    // The JWKS server is on loopback: a node that allows private fetches.
+    let backend = app.backend;
+    drop(app);
+    let mut options = crate::helpers::Options::new(backend);
+    options.extra = "allow_private_fetch = true\n".into();
+    let app = crate::helpers::spawn(options).await;
     // The auth server publishes its keys; the service fetches, caches, and refetches on an unknown kid.
     let first = DeviceKey::generate_p256();
     let second = DeviceKey::generate_p256();
@@ -361,8 +367,17 @@ async fn notifier_keys_from_a_jwks_url(app: TestApp) {
         1,
         "fetched once, then cached"
     );
-    // Key rotation: a new kid is fetched when first seen.
+    // Key rotation: a new kid is fetched when first seen, once 10 s have passed
+    // since the last fetch (at most one fetch per 10 s, whatever asks for it).
     published.lock().expect("lock").push(("k2", second.clone()));
+    let (status, _) = with_jwt(&app, Method::GET, &path, &token(&second, "k2"), None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "within 10 s: not fetched again"
+    );
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(10_200)).await;
     let (status, _) = with_jwt(&app, Method::GET, &path, &token(&second, "k2"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);

@@ -73,7 +73,7 @@ pub struct TestApp {
     pub sqlite_path: Option<std::path::PathBuf>,
     /// Redis key prefix of this node's deployment.
     pub prefix: String,
-    shutdown: CancellationToken,
+    pub shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
 

@@ -13,6 +13,7 @@ mod limits;
 mod notifiers;
 mod notify;
 mod ops;
+mod outbound;
 mod pinning;
 mod process;
 mod provider_semantics;

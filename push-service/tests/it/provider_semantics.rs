@@ -595,3 +595,88 @@ both_backends!(
     after_an_outage_waiting_deliveries_go_at_once,
     super::outage_then_prompt_return
 );
+
+async fn per_app_backpressure(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let rig = rig(
+        backend,
+        3599,
+        "max_queue_depth = 5\ncircuit_open_seconds = 60\n",
+    )
+    .await;
+    // App X's APNs credential is broken: its deliveries wait behind the open circuit.
+    let (unknown_key, _) = crate::providers::p8();
+    let (x, x_notifier) = rig.tenant(&unknown_key).await;
+    let (y, y_notifier) = rig.tenant(&rig.p8).await;
+    let mut x_devices = Vec::new();
+    for _ in 0..20 {
+        x_devices.push(register(&rig, &x, NewRegistration::apns(&apns_token(""), "ios")).await);
+    }
+    let y_device = register(&rig, &y, NewRegistration::apns(&apns_token(""), "ios")).await;
+    let backlog = send(
+        &rig.app,
+        &x_notifier,
+        json!({"targets": {"registrations": x_devices}, "notification": {"title": "x"}}),
+    )
+    .await;
+    wait_status(
+        &rig.app,
+        &x_notifier,
+        backlog["id"].as_str().expect("id"),
+        |s| {
+            s["counts"]["queued"] == 20
+                && s["targets"].as_array().is_some_and(|t| {
+                    t.iter().all(|t| {
+                        t["reason"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .contains("circuit open")
+                    })
+                })
+        },
+    )
+    .await;
+    // The depth is counted every sweep interval (1 s here).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // App Y is not held back by X's backlog.
+    let answer = send(
+        &rig.app,
+        &y_notifier,
+        json!({"targets": {"registrations": [y_device]}, "notification": {"title": "y"}}),
+    )
+    .await;
+    wait_status(
+        &rig.app,
+        &y_notifier,
+        answer["id"].as_str().expect("id"),
+        |s| s["counts"]["sent"] == 1,
+    )
+    .await;
+    // App X, over its share, is refused alone, with Retry-After.
+    let response = rig
+        .app
+        .client
+        .post(rig.app.url(&format!("/v1/apps/{x}/notifications")))
+        .bearer_auth(x_notifier.jwt("notify"))
+        .json(
+            &json!({"targets": {"registrations": [x_devices[0]]}, "notification": {"title": "x"}}),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let problem: Value = response.json().await.expect("problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("this app has 20 deliveries queued"),
+        "{problem}"
+    );
+}
+both_backends!(
+    one_app_backlog_never_refuses_another_app,
+    super::per_app_backpressure
+);

@@ -83,7 +83,8 @@ pub async fn rig(backend: Backend, token_lifetime_seconds: i64, extra: &str) -> 
     let mut options = Options::new(backend);
     options.extra = format!(
         "apns_production_url = {:?}\napns_sandbox_url = {:?}\nfcm_url = {:?}\nprovider_ca_file = {:?}\n\
-         circuit_open_seconds = 2\ninvalidation_guard_min = 5\nretry_max_attempts = 3\n{extra}",
+         circuit_open_seconds = 2\ninvalidation_guard_min = 5\nretry_max_attempts = 3\n\
+         allow_private_fetch = true\nfcm_token_uri_allow = \"https://127.0.0.1:\"\n{extra}",
         apns.url,
         apns.url,
         fcm.url,
@@ -101,6 +102,11 @@ pub async fn rig(backend: Backend, token_lifetime_seconds: i64, extra: &str) -> 
 }
 
 impl Rig {
+    /// The simulators' CA file.
+    pub fn ca_path(&self) -> String {
+        self._ca.path().display().to_string()
+    }
+
     /// An app with both credentials and a notifier.
     pub async fn tenant(&self, p8: &str) -> (String, TestNotifier) {
         let app_id = self.app.create_app("Acme").await;

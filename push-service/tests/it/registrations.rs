@@ -402,3 +402,48 @@ both_backends!(
     a_token_moves_to_its_newest_registration,
     super::a_token_moves_to_its_newest_registration
 );
+
+async fn registrations_per_key(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let mut options = crate::helpers::Options::new(backend);
+    options.extra = "max_registrations_per_key = 3\n".into();
+    let app = crate::helpers::spawn(options).await;
+    let first_app = app.create_app("One").await;
+    let second_app = app.create_app("Two").await;
+    let phone = device(&app, DeviceKey::generate_p256());
+    let mut ids = Vec::new();
+    for app_id in [&first_app, &second_app, &first_app] {
+        ids.push(
+            phone
+                .register(app_id, &NewRegistration::apns(&apns_token(), "ios"))
+                .await
+                .expect("under the cap")
+                .id,
+        );
+    }
+    // The fourth, in either app, is refused and says which limit.
+    let refused = phone
+        .register(&second_app, &NewRegistration::fcm(&fcm_token(), "android"))
+        .await
+        .expect_err("over the cap");
+    let text = refused.to_string();
+    assert!(
+        text.contains("409") && text.contains("max_registrations_per_key"),
+        "{text}"
+    );
+    // Another key is not affected; deleting one makes room again.
+    device(&app, DeviceKey::generate_p256())
+        .register(&first_app, &NewRegistration::direct("linux"))
+        .await
+        .expect("another key");
+    phone.delete(&ids[0]).await.expect("delete");
+    phone
+        .register(&second_app, &NewRegistration::direct("macos"))
+        .await
+        .expect("room again");
+}
+both_backends!(
+    a_device_key_holds_a_bounded_number_of_registrations,
+    super::registrations_per_key
+);

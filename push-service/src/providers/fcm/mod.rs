@@ -21,6 +21,16 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// An access token is replaced when less than this remains (google-auth uses 3 min 45 s).
 pub const REFRESH_MARGIN_SECONDS: i64 = 300;
 const RECHECK: Duration = Duration::from_secs(30);
+/// OAuth 2.0 token error codes (RFC 6749 §5.2), the only words of a token
+/// endpoint's answer repeated in a reason.
+const OAUTH_ERRORS: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+];
 
 /// Whether an access token expiring at `expires_at` must be replaced at `now`.
 pub fn needs_new_access_token(expires_at: i64, now: i64) -> bool {
@@ -122,6 +132,15 @@ impl FcmProvider {
                 return Ok(token.clone());
             }
         }
+        // The token endpoint is the service account's: Google's, or one the
+        // operator allowed, and never an address inside the network.
+        let fetch = &self.settings.fetch;
+        if let Err(e) = fetch.check_token_uri(&client.account.token_uri) {
+            return Err(Outcome::CredentialError(format!("fcm: token_uri {e}")));
+        }
+        if let Err(e) = fetch.check_resolved(&client.account.token_uri).await {
+            return Err(Outcome::CredentialError(format!("fcm: token_uri {e}")));
+        }
         let mut header = Header::new(Algorithm::RS256);
         header.kid = client.account.private_key_id.clone();
         let claims = serde_json::json!({
@@ -156,10 +175,14 @@ impl FcmProvider {
         let (Some(token), Some(expires_in)) =
             (body["access_token"].as_str(), body["expires_in"].as_i64())
         else {
+            // What the endpoint wrote is not repeated: only its status and, when it
+            // is one of OAuth's own codes (RFC 6749 §5.2), the code.
+            let code = body["error"]
+                .as_str()
+                .filter(|c| OAUTH_ERRORS.contains(c))
+                .unwrap_or("no OAuth error code");
             return Err(Outcome::CredentialError(format!(
-                "fcm: token endpoint refused the service account: {} {}",
-                body["error"].as_str().unwrap_or(""),
-                body["error_description"].as_str().unwrap_or("")
+                "fcm: the token endpoint refused the service account ({status}, {code})"
             )));
         };
         metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "fcm")
