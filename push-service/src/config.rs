@@ -93,6 +93,9 @@ struct RawConfig {
     allow_private_fetch: bool,
     fcm_token_uri_allow: String,
     max_registrations_per_key: u32,
+    header_read_timeout_seconds: u64,
+    max_connections: usize,
+    max_streams_per_key: usize,
 }
 
 /// Where and how the APNs and FCM clients connect.
@@ -174,6 +177,12 @@ pub struct Config {
     pub fetch: crate::outbound::FetchPolicy,
     /// Active registrations one device key may hold (0: no limit).
     pub max_registrations_per_key: u32,
+    /// Time to send a request's headers (and to start the next on an idle connection).
+    pub header_read_timeout: std::time::Duration,
+    /// Open connections per node.
+    pub max_connections: usize,
+    /// Open direct-channel streams per device key and node (0: no limit).
+    pub max_streams_per_key: usize,
 }
 
 /// Where the service's certificate and key are, and how often they are re-read.
@@ -365,6 +374,12 @@ impl Config {
         }
         if raw.request_timeout_seconds == 0 {
             return Err(invalid("request_timeout_seconds", "must be at least 1"));
+        }
+        if raw.header_read_timeout_seconds == 0 {
+            return Err(invalid("header_read_timeout_seconds", "must be at least 1"));
+        }
+        if raw.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
         }
         let log_format = match raw.log_format.as_str() {
             "json" => LogFormat::Json,
@@ -567,6 +582,9 @@ impl Config {
             trusted_proxies,
             fetch,
             max_registrations_per_key: raw.max_registrations_per_key,
+            header_read_timeout: std::time::Duration::from_secs(raw.header_read_timeout_seconds),
+            max_connections: raw.max_connections,
+            max_streams_per_key: raw.max_streams_per_key,
         })
     }
 }

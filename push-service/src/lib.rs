@@ -53,6 +53,10 @@ pub struct AppState {
     pub queue_depth: Arc<std::sync::atomic::AtomicU64>,
     /// Queued deliveries per app (waiting ones included), as last counted.
     pub app_queue_depths: Arc<std::sync::RwLock<std::collections::HashMap<String, u64>>>,
+    /// Open direct-channel streams per device key on this node.
+    pub open_streams: api::events::OpenStreams,
+    /// `/readyz`'s cached verdict and pooled Redis connection.
+    pub readiness: Arc<api::ops::ReadinessProbe>,
     /// Cancelled when the node shuts down: ends streams and background work.
     pub shutdown: CancellationToken,
     /// This node's name (Redis consumer name, logs).
@@ -178,6 +182,8 @@ impl AppState {
             limiter,
             queue_depth: Arc::default(),
             app_queue_depths: Arc::default(),
+            readiness: Arc::default(),
+            open_streams: Arc::default(),
             shutdown: CancellationToken::new(),
             node,
             metrics,
@@ -241,23 +247,14 @@ pub async fn serve(
     }
     let workers = dispatch::spawn(&state, state.shutdown.clone());
     let node_shutdown = state.shutdown.clone();
+    let limits = ConnectionLimits {
+        header_read_timeout: state.config.header_read_timeout,
+        max_connections: state.config.max_connections,
+    };
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "listening");
     let drained = shutdown.clone();
-    let server = match tls {
-        None => {
-            let server = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                drained.cancelled().await;
-                tracing::info!("shutting down: no new connections, draining in-flight requests");
-            });
-            tokio::spawn(async move { server.await.map_err(anyhow::Error::from) })
-        }
-        Some(tls) => tokio::spawn(serve_tls(listener, tls, app, drained)),
-    };
+    let server = tokio::spawn(serve_connections(listener, tls, app, drained, limits));
     shutdown.cancelled().await;
     // Streams and background work end now; in-flight requests and the tasks the
     // workers hold share the grace period. What is cut short is not lost: another
@@ -287,18 +284,42 @@ pub async fn serve(
     served
 }
 
-/// The accept loop with TLS: each connection's address and client certificate
-/// are attached to its requests; HTTP/2 or HTTP/1.1 as ALPN chose.
-async fn serve_tls(
+/// Bounds on what one connection may hold.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// Time to send a request's headers, and to start the next request on an
+    /// idle keep-alive connection: a slow or silent client is closed after it.
+    header_read_timeout: std::time::Duration,
+    /// Open connections per node; past it, new ones are answered `503` at once.
+    max_connections: usize,
+}
+
+/// The accept loop: plain HTTP or TLS (HTTP/2 or HTTP/1.1 as ALPN chose); each
+/// connection's address and client certificate are attached to its requests.
+/// Slow headers and idle keep-alive connections are closed after the header
+/// timeout; past `max_connections` a new connection gets a `503` and is closed.
+async fn serve_connections(
     listener: TcpListener,
-    tls: tls::Tls,
+    tls: Option<tls::Tls>,
     app: axum::Router,
     shutdown: CancellationToken,
+    limits: ConnectionLimits,
 ) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let acceptor = tls
+        .as_ref()
+        .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -312,42 +333,83 @@ async fn serve_tls(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refuse_connection(tcp, remote, acceptor.is_none());
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-            let stream = match handshake.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
+            let _slot = slot;
+            let make_service = |peer: Option<tls::ClientCertificate>| {
+                hyper::service::service_fn(
+                    move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(remote));
+                        if let Some(peer) = &peer {
+                            request.extensions_mut().insert(peer.clone());
+                        }
+                        tower::ServiceExt::oneshot(app.clone(), request)
+                    },
+                )
             };
-            let peer = stream.get_ref().1.peer_certificates().map(|chain| {
-                tls::ClientCertificate(std::sync::Arc::new(
-                    chain.iter().map(|c| c.clone().into_owned()).collect(),
-                ))
-            });
-            let service = hyper::service::service_fn(
-                move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(axum::extract::ConnectInfo(remote));
-                    if let Some(peer) = &peer {
-                        request.extensions_mut().insert(peer.clone());
+            let served = match acceptor {
+                None => {
+                    // A client that connects and sends nothing: the HTTP/1 header
+                    // timeout only starts once the protocol is known, so wait for
+                    // the first byte here.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(limits.header_read_timeout, tcp.peek(&mut first))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return,
+                        Err(_) => {
+                            log_closed(remote, "nothing sent in time (idle client)");
+                            return;
+                        }
                     }
-                    tower::ServiceExt::oneshot(app.clone(), request)
-                },
-            );
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(error = %e, %remote, "connection ended with an error");
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), make_service(None))
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            log_closed(remote, "TLS handshake not finished in time");
+                            return;
+                        }
+                    };
+                    let peer = stream.get_ref().1.peer_certificates().map(|chain| {
+                        tls::ClientCertificate(std::sync::Arc::new(
+                            chain.iter().map(|c| c.clone().into_owned()).collect(),
+                        ))
+                    });
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer))
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+            };
+            if let Err(e) = served {
+                let text = e.to_string();
+                if text.contains("timeout") {
+                    log_closed(remote, "headers not received in time (slow or idle client)");
+                } else {
+                    tracing::debug!(error = %e, %remote, "connection ended with an error");
+                }
             }
         });
     }
@@ -355,4 +417,61 @@ async fn serve_tls(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// A node at `max_connections`: a plain connection gets a `503` with
+/// `Retry-After` and is closed, a TLS one is closed; nothing waits.
+fn refuse_connection(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, plain: bool) {
+    log_closed(remote, "max_connections reached: connection refused");
+    if plain {
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tcp;
+            // Read the request head first (briefly), so the client sees an
+            // answer to its request rather than a message before it.
+            let mut head = Vec::new();
+            let mut buf = [0u8; 2048];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            let body = r#"{"type":"urn:push-service:problem:unavailable","title":"Service unavailable","status":503,"detail":"this node holds max_connections connections; retry"}"#;
+            let answer = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+                 retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tcp.write_all(answer.as_bytes()),
+            )
+            .await;
+        });
+    }
+}
+
+/// One line per closed connection, at most one a second per node (with a count
+/// of those not logged): an attack must not flood the log.
+fn log_closed(remote: std::net::SocketAddr, why: &'static str) {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    metrics::counter!(telemetry::names::CONNECTIONS_CLOSED, "reason" => why).increment(1);
+    let now = ids::now_millis();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 1000
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(client = %remote.ip(), suppressed, "{why}");
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    }
 }

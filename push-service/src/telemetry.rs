@@ -47,6 +47,10 @@ pub mod names {
     pub const PROVIDER_TOKENS: &str = "push_provider_tokens_total";
     /// Counter: provider outages seen by this node (failures in a row for an app), by provider.
     pub const PROVIDER_OUTAGES: &str = "push_provider_outages_total";
+    /// Counter: Redis connections the readiness probe opened (one, unless Redis went away).
+    pub const READINESS_CONNECTIONS: &str = "push_readiness_redis_connections_total";
+    /// Counter: connections the node closed itself (slow headers, idle, over max_connections), by reason.
+    pub const CONNECTIONS_CLOSED: &str = "push_connections_closed_total";
     /// Counter: events written to direct-channel streams.
     pub const DIRECT_EVENTS: &str = "push_direct_events_total";
     /// Counter: dispatch tasks that failed (store error) and were put back for later.
@@ -75,6 +79,7 @@ pub fn register_zeroes() {
         names::AUDIT_WRITE_FAILURES,
         names::NOTIFICATIONS_SHED,
         names::TASKS_RELEASED,
+        names::READINESS_CONNECTIONS,
     ] {
         metrics::counter!(counter).increment(0);
     }

@@ -179,6 +179,10 @@ impl Service {
                 // The FCM simulator's token endpoint is on loopback.
                 ("PUSH_ALLOW_PRIVATE_FETCH", "true".into()),
                 ("PUSH_FCM_TOKEN_URI_ALLOW", "https://127.0.0.1:".into()),
+                // A load tool registers many devices and opens many streams per key.
+                ("PUSH_MAX_REGISTRATIONS_PER_KEY", "0".into()),
+                ("PUSH_MAX_STREAMS_PER_KEY", "0".into()),
+                ("PUSH_MAX_CONNECTIONS", "100000".into()),
                 ("PUSH_LOG_LEVEL", "warn".into()),
                 ("PUSH_MAX_BODY_BYTES", "1048576".into()),
                 // One notifier and one address drive all the load: the limits

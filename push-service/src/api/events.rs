@@ -35,19 +35,43 @@ struct StreamState {
     _gauge: StreamGauge,
 }
 
-/// Counts open streams while it lives.
-struct StreamGauge;
+/// Counts open streams while it lives: the node's gauge, and the device key's
+/// share of `max_streams_per_key`.
+struct StreamGauge {
+    open: OpenStreams,
+    key: String,
+}
+
+/// Open streams of this node per device key.
+pub type OpenStreams = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
 
 impl StreamGauge {
-    fn new() -> Self {
+    /// Takes a stream slot for `key`, unless it already holds `max` (0: no limit).
+    fn take(open: &OpenStreams, key: &str, max: usize) -> Option<Self> {
+        let mut counts = open.lock().unwrap_or_else(|p| p.into_inner());
+        let held = counts.entry(key.to_owned()).or_default();
+        if max > 0 && *held >= max {
+            return None;
+        }
+        *held += 1;
         metrics::gauge!(names::DIRECT_STREAMS).increment(1.0);
-        StreamGauge
+        Some(StreamGauge {
+            open: open.clone(),
+            key: key.to_owned(),
+        })
     }
 }
 
 impl Drop for StreamGauge {
     fn drop(&mut self) {
         metrics::gauge!(names::DIRECT_STREAMS).decrement(1.0);
+        let mut counts = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = counts.get_mut(&self.key) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -57,7 +81,7 @@ impl Drop for StreamGauge {
     security(("dpop" = [])),
     responses((status = 200, description = "`text/event-stream` of `notification` events", content_type = "text/event-stream"),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-        (status = 422, body = Problem)))]
+        (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -89,6 +113,23 @@ async fn events(
             })?,
         None => state.store.direct_cursor(&id).await?,
     };
+    let max = state.config.max_streams_per_key;
+    let gauge =
+        StreamGauge::take(&state.open_streams, &proof.thumbprint, max).ok_or_else(|| {
+            ApiError::RateLimited {
+                detail: format!(
+                    "this device key already holds {max} open streams on this node \
+                 (max_streams_per_key); close one first"
+                ),
+                limit: crate::limits::Verdict {
+                    allowed: false,
+                    limit: max as u64,
+                    remaining: 0,
+                    reset_seconds: 5,
+                    retry_after_ms: 5000,
+                },
+            }
+        })?;
     let subscription = state.hub.subscribe(&id);
     let heartbeat = state.config.direct_heartbeat;
     let initial = StreamState {
@@ -96,7 +137,7 @@ async fn events(
         last,
         subscription,
         buffer: VecDeque::new(),
-        _gauge: StreamGauge::new(),
+        _gauge: gauge,
         state,
     };
     let stream = futures_util::stream::unfold(initial, next_event);

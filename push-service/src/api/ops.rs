@@ -35,31 +35,37 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// The readiness verdict, cached for a second, and the Redis connection the
+/// probe reuses: `/readyz` called in a loop costs one probe a second and no new
+/// connection (a broken connection is replaced on the next probe).
+#[derive(Default)]
+pub struct ReadinessProbe {
+    state: tokio::sync::Mutex<ProbeState>,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    verdict: Option<(std::time::Instant, bool, &'static str, &'static str)>,
+    redis: Option<redis::aio::MultiplexedConnection>,
+}
+
+/// How long a verdict is answered again without probing.
+const VERDICT_TTL: Duration = Duration::from_secs(1);
+
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let probe = Duration::from_secs(2);
-    let store_ok = matches!(
-        tokio::time::timeout(probe, state.store.ping()).await,
-        Ok(Ok(()))
-    );
-    let redis = match &state.redis {
-        None => "not configured",
-        Some(client) => {
-            let ping = async {
-                let config = crate::redis_connection_config(probe);
-                let mut conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                redis::cmd("PING").query_async::<String>(&mut conn).await
-            };
-            match tokio::time::timeout(probe, ping).await {
-                Ok(Ok(_)) => "ok",
-                _ => "down",
-            }
+    // One probe at a time; the others wait for it and answer its verdict.
+    let mut probe_state = state.readiness.state.lock().await;
+    let (ready, store, redis) = match probe_state.verdict {
+        Some((at, ready, store, redis)) if at.elapsed() < VERDICT_TTL => (ready, store, redis),
+        _ => {
+            let (ready, store, redis) = probe(&state, &mut probe_state).await;
+            probe_state.verdict = Some((std::time::Instant::now(), ready, store, redis));
+            (ready, store, redis)
         }
     };
-    let ready = store_ok && redis != "down";
+    drop(probe_state);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -67,10 +73,49 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let body = Readiness {
         status: if ready { "ok" } else { "unavailable" },
-        store: if store_ok { "ok" } else { "down" },
+        store,
         redis,
     };
     (status, Json(body))
+}
+
+async fn probe(
+    state: &AppState,
+    probe_state: &mut ProbeState,
+) -> (bool, &'static str, &'static str) {
+    let limit = Duration::from_secs(2);
+    let store_ok = matches!(
+        tokio::time::timeout(limit, state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let redis = match &state.redis {
+        None => "not configured",
+        Some(client) => {
+            let ping = async {
+                if probe_state.redis.is_none() {
+                    let config = crate::redis_connection_config(limit);
+                    let conn = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    metrics::counter!(crate::telemetry::names::READINESS_CONNECTIONS).increment(1);
+                    probe_state.redis = Some(conn);
+                }
+                match probe_state.redis.as_mut() {
+                    Some(conn) => redis::cmd("PING").query_async::<String>(conn).await,
+                    None => Ok(String::new()),
+                }
+            };
+            match tokio::time::timeout(limit, ping).await {
+                Ok(Ok(_)) => "ok",
+                _ => {
+                    probe_state.redis = None;
+                    "down"
+                }
+            }
+        }
+    };
+    let ready = store_ok && redis != "down";
+    (ready, if store_ok { "ok" } else { "down" }, redis)
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops",

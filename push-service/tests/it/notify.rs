@@ -546,7 +546,8 @@ async fn multi_chunk_fan_out_expands_without_retries(app: TestApp) {
     let app_id = app.create_app("Acme").await;
     let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
     let total = 1_100;
-    let clients: Vec<_> = (0..16)
+    // 64 device keys: one key holds at most max_registrations_per_key (20).
+    let clients: Vec<_> = (0..64)
         .map(|_| device(&app, DeviceKey::generate_p256()))
         .collect();
     let per_client = total / clients.len() + 1;
