@@ -96,6 +96,7 @@ struct RawConfig {
     header_read_timeout_seconds: u64,
     max_connections: usize,
     max_streams_per_key: usize,
+    admin_listen: String,
 }
 
 /// Where and how the APNs and FCM clients connect.
@@ -183,6 +184,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Open direct-channel streams per device key and node (0: no limit).
     pub max_streams_per_key: usize,
+    /// A second address for `/healthz`, `/readyz` and `/metrics` (then off the public one).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Where the service's certificate and key are, and how often they are re-read.
@@ -374,6 +377,15 @@ impl Config {
         }
         if raw.request_timeout_seconds == 0 {
             return Err(invalid("request_timeout_seconds", "must be at least 1"));
+        }
+        let admin_listen = match raw.admin_listen.trim() {
+            "" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|e| {
+                invalid("admin_listen", format!("`{text}` is not host:port ({e})"))
+            })?),
+        };
+        if admin_listen.is_some_and(|a| a == listen) {
+            return Err(invalid("admin_listen", "must differ from listen"));
         }
         if raw.header_read_timeout_seconds == 0 {
             return Err(invalid("header_read_timeout_seconds", "must be at least 1"));
@@ -585,6 +597,7 @@ impl Config {
             header_read_timeout: std::time::Duration::from_secs(raw.header_read_timeout_seconds),
             max_connections: raw.max_connections,
             max_streams_per_key: raw.max_streams_per_key,
+            admin_listen,
         })
     }
 }

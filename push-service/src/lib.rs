@@ -251,6 +251,22 @@ pub async fn serve(
         header_read_timeout: state.config.header_read_timeout,
         max_connections: state.config.max_connections,
     };
+    let admin = match state.config.admin_listen {
+        Some(addr) => {
+            let admin_listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("configuration key `admin_listen`: {addr}: {e}"))?;
+            tracing::info!(%addr, "ops endpoints (/healthz, /readyz, /metrics) on admin_listen");
+            Some(tokio::spawn(serve_connections(
+                admin_listener,
+                None,
+                api::ops::admin_router(state.clone()),
+                shutdown.clone(),
+                limits,
+            )))
+        }
+        None => None,
+    };
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "listening");
     let drained = shutdown.clone();
@@ -272,6 +288,9 @@ pub async fn serve(
             Ok(())
         }
     };
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout_at(deadline, admin).await;
+    }
     if tokio::time::timeout_at(deadline, workers.wait())
         .await
         .is_err()

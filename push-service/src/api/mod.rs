@@ -172,7 +172,7 @@ pub fn router(state: AppState) -> Router {
         .merge(app_registrations::router())
         .merge(notifications::router())
         .merge(events::router())
-        .merge(ops::router())
+        .merge(ops::router(state.config.admin_listen.is_none()))
         .merge(limits::router())
         .merge(audit::router())
         .route_layer(axum::middleware::from_fn(crate::telemetry::track_http))

@@ -12,12 +12,29 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
+/// The ops routes of the public listener: all of them, or — when `admin_listen`
+/// serves the probes and metrics apart — only `/healthz` and `/openapi.json`
+/// (`/metrics` names every app; `/readyz` costs a probe).
+pub fn router(probes: bool) -> Router<AppState> {
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi));
+    if probes {
+        router
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+    } else {
+        router
+    }
+}
+
+/// What `admin_listen` serves: liveness, readiness, metrics.
+pub fn admin_router(state: AppState) -> axum::Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+        .with_state(state)
 }
 
 /// Health of one dependency.

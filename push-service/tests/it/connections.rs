@@ -194,3 +194,37 @@ async fn open_streams_per_device_key_are_bounded_sqlite() {
 async fn open_streams_per_device_key_are_bounded_postgres() {
     streams_per_key(Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn admin_listen_keeps_metrics_and_readiness_off_the_public_listener() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let mut options = Options::new(Backend::Sqlite);
+    options.extra = format!("admin_listen = \"127.0.0.1:{port}\"\n");
+    let app = spawn(options).await;
+    let client = reqwest::Client::new();
+    let get = |url: String| client.get(url).send();
+    for path in ["/metrics", "/readyz"] {
+        let public = get(app.url(path)).await.expect("public");
+        assert_eq!(
+            public.status(),
+            StatusCode::NOT_FOUND,
+            "{path} on the public listener"
+        );
+        let admin = get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .expect("admin");
+        assert_eq!(admin.status(), StatusCode::OK, "{path} on admin_listen");
+    }
+    // Liveness stays on both; the API is not on the admin listener.
+    assert_eq!(
+        get(app.url("/healthz")).await.expect("healthz").status(),
+        StatusCode::OK
+    );
+    let api = get(format!("http://127.0.0.1:{port}/v1/apps"))
+        .await
+        .expect("admin");
+    assert_eq!(api.status(), StatusCode::NOT_FOUND);
+}
