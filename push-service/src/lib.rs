@@ -474,23 +474,8 @@ fn refuse_connection(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, p
     }
 }
 
-/// One line per closed connection, at most one a second per node (with a count
-/// of those not logged): an attack must not flood the log.
+/// A connection the node closed itself: counted, and logged (sampled).
 fn log_closed(remote: std::net::SocketAddr, why: &'static str) {
-    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
     metrics::counter!(telemetry::names::CONNECTIONS_CLOSED, "reason" => why).increment(1);
-    let now = ids::now_millis();
-    let last = LAST.load(Ordering::Relaxed);
-    if now - last >= 1000
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
-        tracing::warn!(client = %remote.ip(), suppressed, "{why}");
-    } else {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-    }
+    telemetry::warn_sampled(why, remote.ip(), "connection closed");
 }

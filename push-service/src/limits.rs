@@ -343,7 +343,8 @@ impl Limiter {
                 .enforce(std::slice::from_ref(&bucket), "address")
                 .await
             {
-                tracing::info!(client = %ip, "anonymous request over the address limit: 429");
+                let path = request.uri().path().to_owned();
+                crate::telemetry::warn_sampled("rate limited (429)", ip, &path);
                 return e.into_response();
             }
             return next.run(request).await;
@@ -351,6 +352,10 @@ impl Limiter {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let response = next.run(request).await;
+        if response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
+            // A notifier or device over its own limit.
+            crate::telemetry::warn_sampled("rate limited (429)", ip, &path);
+        }
         if response.status() != axum::http::StatusCode::UNAUTHORIZED {
             return response;
         }
@@ -359,15 +364,14 @@ impl Limiter {
             per_second,
             cost: 1.0,
         };
+        crate::telemetry::warn_sampled(
+            "authentication failed (401)",
+            ip,
+            &format!("{method} {path}"),
+        );
         match limiter.enforce(&[charge], "failed authentication").await {
-            Ok(_) => {
-                log_failure(ip, &method, &path);
-                response
-            }
-            Err(e) => {
-                log_failure(ip, &method, &path);
-                e.into_response()
-            }
+            Ok(_) => response,
+            Err(e) => e.into_response(),
         }
     }
 
@@ -377,26 +381,6 @@ impl Limiter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(app_id);
-    }
-}
-
-/// One line per failed authentication, at most one per second per node for all
-/// clients together (an attack must not flood the log).
-fn log_failure(ip: std::net::IpAddr, method: &axum::http::Method, path: &str) {
-    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    let now = crate::ids::now_millis();
-    let last = LAST.load(Ordering::Relaxed);
-    if now - last >= 1000
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
-        tracing::warn!(client = %ip, %method, path, suppressed, "authentication failed");
-    } else {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
     }
 }
 

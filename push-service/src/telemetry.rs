@@ -66,6 +66,29 @@ pub mod names {
     pub const STORE_BATCH_SIZE: &str = "push_store_batch_size";
 }
 
+/// Logs `what` at WARN with the client address and request path, at most once a
+/// second per kind of event on this node; the line counts the ones left out.
+/// An attack must leave a trace, not flood the log.
+pub fn warn_sampled(what: &'static str, client: std::net::IpAddr, detail: &str) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static SEEN: OnceLock<Mutex<HashMap<&'static str, (i64, u64)>>> = OnceLock::new();
+    let now = crate::ids::now_millis();
+    let mut seen = SEEN
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let (last, suppressed) = seen.entry(what).or_insert((0, 0));
+    if now - *last >= 1000 {
+        let left_out = std::mem::take(suppressed);
+        *last = now;
+        drop(seen);
+        tracing::warn!(client = %client, detail, suppressed = left_out, "{what}");
+    } else {
+        *suppressed += 1;
+    }
+}
+
 /// Publishes unlabelled series at zero from the start, so dashboards and alerts see
 /// them before the first event (an absent series is not a zero).
 pub fn register_zeroes() {
