@@ -97,6 +97,7 @@ struct RawConfig {
     max_connections: usize,
     max_streams_per_key: usize,
     admin_listen: String,
+    max_unattested_registrations_per_app: u64,
 }
 
 /// Where and how the APNs and FCM clients connect.
@@ -186,6 +187,8 @@ pub struct Config {
     pub max_streams_per_key: usize,
     /// A second address for `/healthz`, `/readyz` and `/metrics` (then off the public one).
     pub admin_listen: Option<SocketAddr>,
+    /// Active registrations an app may hold without a client attestation (0: no limit).
+    pub max_unattested_registrations_per_app: u64,
 }
 
 /// Where the service's certificate and key are, and how often they are re-read.
@@ -598,6 +601,7 @@ impl Config {
             max_connections: raw.max_connections,
             max_streams_per_key: raw.max_streams_per_key,
             admin_listen,
+            max_unattested_registrations_per_app: raw.max_unattested_registrations_per_app,
         })
     }
 }

@@ -35,15 +35,16 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// Checks the app's client attestation policy for a registering device.
+/// Checks the app's client attestation policy for a registering device; true
+/// when the device presented a valid attestation.
 async fn check_attestation(
     state: &AppState,
     app_id: &str,
     headers: &HeaderMap,
     proof: &DeviceProof,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let Some(settings) = state.store.get_attestation(app_id).await? else {
-        return Ok(());
+        return Ok(false);
     };
     let token = headers
         .get(ATTESTATION_HEADER)
@@ -52,12 +53,13 @@ async fn check_attestation(
         None if settings.required => Err(ApiError::InvalidAttestation(
             "this app requires a client attestation in the `Push-Client-Attestation` header".into(),
         )),
-        None => Ok(()),
+        None => Ok(false),
         Some(token) => {
             let jwks: serde_json::Value =
                 serde_json::from_str(&settings.jwks).map_err(|e| ApiError::Internal(e.into()))?;
             let skew = state.config.clock_skew.as_secs() as i64;
             verify_attestation(token, &jwks, &proof.thumbprint, now_seconds(), skew)
+                .map(|()| true)
                 .map_err(|e| ApiError::InvalidAttestation(e.0))
         }
     }
@@ -93,7 +95,17 @@ async fn create_registration(
 ) -> Result<(StatusCode, Json<RegistrationView>), ApiError> {
     let new = validate(body).map_err(ApiError::invalid)?;
     require_app(state.store.as_ref(), &app_id).await?;
-    check_attestation(&state, &app_id, &headers, &proof).await?;
+    let attested = check_attestation(&state, &app_id, &headers, &proof).await?;
+    let app_cap = state.config.max_unattested_registrations_per_app;
+    if !attested && app_cap > 0 {
+        let held = state.store.count_unattested_registrations(&app_id).await?;
+        if held >= app_cap as i64 {
+            return Err(ApiError::Conflict(format!(
+                "this app already holds {held} active registrations without a client attestation \
+                 (max_unattested_registrations_per_app = {app_cap}); register with an attestation"
+            )));
+        }
+    }
     let max = state.config.max_registrations_per_key;
     if max > 0 {
         let held = state
@@ -122,6 +134,7 @@ async fn create_registration(
         invalidated_at: None,
         created_at: now,
         updated_at: now,
+        attested,
     };
     let replaced = state.store.create_registration(&registration).await?;
     tracing::info!(registration = %registration.id, replaced = replaced.len(), "registration created");

@@ -174,6 +174,9 @@ pub struct Registration {
     pub invalidated_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// It came with a verified client attestation (read only where counted).
+    #[sqlx(default)]
+    pub attested: bool,
 }
 
 /// The persistence operations the service needs. One implementation per backend.
@@ -229,6 +232,8 @@ pub trait Store: DispatchStore + Send + Sync + 'static {
 
     /// Active registrations bound to one device key (all apps).
     async fn count_registrations_by_key(&self, key_thumbprint: &str) -> Result<i64, StoreError>;
+    /// Active registrations of an app made without a client attestation.
+    async fn count_unattested_registrations(&self, app_id: &str) -> Result<i64, StoreError>;
 
     /// Inserts a registration. An active registration of the same app, provider and
     /// token is marked invalid (`replaced`) in the same transaction; its id is returned.

@@ -226,8 +226,9 @@ macro_rules! impl_sql_store {
                 }
                 sqlx::query(
                     "INSERT INTO registrations (id, app_id, provider, token, environment, platform, \
-                     key_thumbprint, encryption_jwk, status, invalid_reason, invalidated_at, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                     key_thumbprint, encryption_jwk, status, invalid_reason, invalidated_at, created_at, updated_at, \
+                     attested) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(&r.id)
                 .bind(&r.app_id)
@@ -242,10 +243,25 @@ macro_rules! impl_sql_store {
                 .bind(r.invalidated_at)
                 .bind(r.created_at)
                 .bind(r.updated_at)
+                .bind(r.attested)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
                 Ok(replaced)
+            }
+
+            async fn count_unattested_registrations(
+                &self,
+                app_id: &str,
+            ) -> Result<i64, $crate::store::StoreError> {
+                let (count,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM registrations WHERE app_id = $1 AND status = 'active' AND attested = $2",
+                )
+                .bind(app_id)
+                .bind(false)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(count)
             }
 
             async fn count_registrations_by_key(

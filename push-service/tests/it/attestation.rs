@@ -119,3 +119,62 @@ async fn attestation_is_enforced(app: TestApp) {
     assert_eq!(err.problem_kind(), Some("invalid-attestation"));
 }
 both_backends!(attestation_is_enforced, super::attestation_is_enforced);
+
+async fn unattested_cap(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let mut options = crate::helpers::Options::new(backend);
+    options.extra = "max_unattested_registrations_per_app = 2\n".into();
+    let app = crate::helpers::spawn(options).await;
+    let app_id = app.create_app("Open").await;
+    let other_app = app.create_app("Other").await;
+    // Attestation offered but not required: devices may come with or without.
+    let implementer = DeviceKey::generate_p256();
+    let mut jwk = implementer.public_jwk();
+    jwk["kid"] = json!("build-2026");
+    let (status, body) = app
+        .admin(
+            Method::PUT,
+            &format!("/v1/apps/{app_id}/attestation"),
+            Some(json!({"jwks": {"keys": [jwk]}, "required": false})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for _ in 0..2 {
+        device(&app, DeviceKey::generate_p256())
+            .register(&app_id, &NewRegistration::direct("linux"))
+            .await
+            .expect("under the cap");
+    }
+    let refused = device(&app, DeviceKey::generate_p256())
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect_err("over the cap");
+    let text = refused.to_string();
+    assert!(
+        text.contains("409") && text.contains("max_unattested_registrations_per_app"),
+        "{text}"
+    );
+    // With an attestation the device still registers; another app is not affected.
+    let key = DeviceKey::generate_p256();
+    device(&app, key.clone())
+        .register(
+            &app_id,
+            &NewRegistration::direct("macos").attestation(&attestation(
+                &implementer,
+                "build-2026",
+                &key,
+                unix_now() + 300,
+            )),
+        )
+        .await
+        .expect("attested");
+    device(&app, DeviceKey::generate_p256())
+        .register(&other_app, &NewRegistration::direct("linux"))
+        .await
+        .expect("another app");
+}
+both_backends!(
+    registrations_without_attestation_are_capped_per_app,
+    super::unattested_cap
+);
