@@ -97,6 +97,7 @@ struct RawConfig {
     max_connections: usize,
     max_streams_per_key: usize,
     admin_listen: String,
+    operator_api_on_admin_listen: bool,
     max_unattested_registrations_per_app: u64,
 }
 
@@ -187,6 +188,8 @@ pub struct Config {
     pub max_streams_per_key: usize,
     /// A second address for `/healthz`, `/readyz` and `/metrics` (then off the public one).
     pub admin_listen: Option<SocketAddr>,
+    /// The operator API only on `admin_listen`.
+    pub operator_api_on_admin_listen: bool,
     /// Active registrations an app may hold without a client attestation (0: no limit).
     pub max_unattested_registrations_per_app: u64,
 }
@@ -387,6 +390,12 @@ impl Config {
                 invalid("admin_listen", format!("`{text}` is not host:port ({e})"))
             })?),
         };
+        if raw.operator_api_on_admin_listen && admin_listen.is_none() {
+            return Err(invalid(
+                "operator_api_on_admin_listen",
+                "needs admin_listen (the address to serve it on)",
+            ));
+        }
         if admin_listen.is_some_and(|a| a == listen) {
             return Err(invalid("admin_listen", "must differ from listen"));
         }
@@ -601,6 +610,7 @@ impl Config {
             max_connections: raw.max_connections,
             max_streams_per_key: raw.max_streams_per_key,
             admin_listen,
+            operator_api_on_admin_listen: raw.operator_api_on_admin_listen,
             max_unattested_registrations_per_app: raw.max_unattested_registrations_per_app,
         })
     }

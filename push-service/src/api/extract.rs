@@ -115,6 +115,16 @@ impl FromRequestParts<AppState> for AdminAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if state.config.operator_api_on_admin_listen
+            && parts
+                .extensions
+                .get::<super::ops::OnAdminListener>()
+                .is_none()
+        {
+            return Err(ApiError::not_found(
+                "the operator API is served on admin_listen only",
+            ));
+        }
         let token = bearer_token(parts).ok_or_else(|| {
             ApiError::Unauthorized("missing `Authorization: Bearer <admin token>`".into())
         })?;

@@ -28,13 +28,31 @@ pub fn router(probes: bool) -> Router<AppState> {
     }
 }
 
-/// What `admin_listen` serves: liveness, readiness, metrics.
+/// Marks a request that came in on `admin_listen`.
+#[derive(Debug, Clone, Copy)]
+pub struct OnAdminListener;
+
+/// What `admin_listen` serves: liveness, readiness, metrics — and, with
+/// `operator_api_on_admin_listen`, the whole API, of which the operator's part
+/// is then answered only here.
 pub fn admin_router(state: AppState) -> axum::Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    let ops = Router::new()
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+        .route("/metrics", get(metrics));
+    if state.config.operator_api_on_admin_listen {
+        // The API router brings /healthz (and /openapi.json) with it.
+        let api = super::router(state.clone());
+        ops.with_state(state)
+            .merge(api)
+            .layer(axum::middleware::from_fn(
+                |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
+                    request.extensions_mut().insert(OnAdminListener);
+                    next.run(request).await
+                },
+            ))
+    } else {
+        ops.route("/healthz", get(healthz)).with_state(state)
+    }
 }
 
 /// Health of one dependency.

@@ -228,3 +228,35 @@ async fn admin_listen_keeps_metrics_and_readiness_off_the_public_listener() {
         .expect("admin");
     assert_eq!(api.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_operator_api_can_live_on_admin_listen_only() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let mut options = Options::new(Backend::Sqlite);
+    options.extra =
+        format!("admin_listen = \"127.0.0.1:{port}\"\noperator_api_on_admin_listen = true\n");
+    let app = spawn(options).await;
+    let (status, body) = app.admin(reqwest::Method::GET, "/v1/apps", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let admin = crate::helpers::Api::new(&format!("http://127.0.0.1:{port}"), &app.admin_token);
+    let (status, body) = admin
+        .admin(
+            reqwest::Method::POST,
+            "/v1/apps",
+            Some(serde_json::json!({"name": "Acme"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = admin.admin(reqwest::Method::GET, "/v1/apps", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // The probes are there too.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .expect("admin");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}
