@@ -356,16 +356,29 @@ impl Config {
                 return Err(invalid(key, format!("`{value}` is not an http(s) URL")));
             }
         }
-        let ca_pem = match raw.provider_ca_file.trim() {
-            "" => None,
-            path => Some(
-                std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-                    key: "provider_ca_file",
-                    path: PathBuf::from(path),
-                    source,
-                })?,
-            ),
-        };
+        // One file or several (comma-separated), each one or more PEM certificates.
+        let mut ca_pem = None::<String>;
+        for path in raw
+            .provider_ca_file
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let pem = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                key: "provider_ca_file",
+                path: PathBuf::from(path),
+                source,
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(invalid(
+                    "provider_ca_file",
+                    format!("{path} holds no PEM certificate"),
+                ));
+            }
+            let all = ca_pem.get_or_insert_with(String::new);
+            all.push_str(&pem);
+            all.push('\n');
+        }
         if raw.apns_connections == 0 || raw.apns_connections > 64 {
             return Err(invalid("apns_connections", "must be between 1 and 64"));
         }

@@ -27,9 +27,11 @@ pub fn client(
         builder = builder.http2_prior_knowledge();
     }
     if let Some(ca) = &settings.ca_pem {
-        let root = reqwest::Certificate::from_pem(ca.as_bytes())
+        let roots = reqwest::Certificate::from_pem_bundle(ca.as_bytes())
             .map_err(|e| format!("provider_ca_file: {e}"))?;
-        builder = builder.add_root_certificate(root);
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
     }
     if let Some(identity) = identity {
         builder = builder.identity(identity);
