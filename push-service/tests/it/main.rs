@@ -10,6 +10,7 @@ mod auth_server;
 mod connections;
 mod credentials;
 mod dashboards;
+mod docs;
 mod limits;
 mod notifiers;
 mod notify;
