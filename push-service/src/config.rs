@@ -254,6 +254,17 @@ impl Config {
             .listen
             .parse()
             .map_err(|e| invalid("listen", format!("`{}` is not host:port ({e})", raw.listen)))?;
+        if raw.public_url.trim().is_empty() && listen.ip().is_unspecified() {
+            // `http://0.0.0.0:8080` is no URL a client can use: every DPoP proof and
+            // every notifier JWT would be refused. Say so at the start instead.
+            return Err(invalid(
+                "public_url",
+                format!(
+                    "set it (PUSH_PUBLIC_URL) to the URL clients use: the service listens on \
+                     the wildcard address {listen}, which is no URL a client can name"
+                ),
+            ));
+        }
         let public_url = if raw.public_url.trim().is_empty() {
             format!("http://{listen}")
         } else {
@@ -713,6 +724,32 @@ mod tests {
         assert!(err.to_string().contains("`database_url`"), "{err}");
         let err = Config::from_toml(&format!("{base}master_key = \"c2hvcnQ=\"")).unwrap_err();
         assert!(err.to_string().contains("`master_key`"), "{err}");
+        // (key, value) → the error names the key.
+        let cases = [
+            ("listen = \"0.0.0.0:8080\"", "`public_url`"),
+            ("listen = \"[::]:8080\"", "`public_url`"),
+            ("trusted_proxies = \"10.0.0.0/33\"", "`trusted_proxies`"),
+            ("admin_listen = \"127.0.0.1:8080\"", "`admin_listen`"),
+            (
+                "operator_api_on_admin_listen = true",
+                "`operator_api_on_admin_listen`",
+            ),
+            ("fcm_token_uri_allow = \" , \"", "`fcm_token_uri_allow`"),
+            (
+                "header_read_timeout_seconds = 0",
+                "`header_read_timeout_seconds`",
+            ),
+            ("max_connections = 0", "`max_connections`"),
+        ];
+        for (line, key) in cases {
+            let err = Config::from_toml(&format!("{base}{line}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{line}: {err}");
+        }
+        // A wildcard address with the URL clients use is fine.
+        Config::from_toml(&format!(
+            "{base}listen = \"0.0.0.0:8080\"\npublic_url = \"https://push.example.com\"\n"
+        ))
+        .expect("valid");
     }
 
     #[test]

@@ -27,10 +27,13 @@ enum Command {
     Migrate,
     /// Print the built-in default configuration, with comments.
     DefaultConfig,
-    /// Exit 0 when the service at --url answers /healthz (for container HEALTHCHECK).
+    /// Exit 0 when the service answers /healthz (for a container HEALTHCHECK). Without
+    /// --url, the address comes from the configuration: `admin_listen` if set, else
+    /// `listen`, over https when the service terminates TLS; a wildcard address is
+    /// asked on loopback.
     Health {
-        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
-        url: String,
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Generate a notifier signing key (P-256); prints the JWKS to register with the notifier.
     NotifierKey {
@@ -63,6 +66,38 @@ enum Command {
     },
 }
 
+/// Where the running service answers `/healthz`, from the same layers `serve` reads.
+fn health_url(cli: &Cli) -> String {
+    use figment::providers::{Env, Format, Toml};
+    let mut figment = figment::Figment::from(Toml::string(push_service::config::DEFAULT_CONFIG));
+    if let Some(file) = &cli.config {
+        figment = figment.merge(Toml::file(file));
+    }
+    let figment = figment.merge(Env::prefixed("PUSH_").split("__"));
+    let text = |key: &str| figment.extract_inner::<String>(key).unwrap_or_default();
+    let loopback = |addr: std::net::SocketAddr| match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    };
+    let admin = text("admin_listen");
+    let (address, tls) = if admin.trim().is_empty() {
+        (text("listen"), !text("tls_cert").trim().is_empty())
+    } else {
+        (admin, false)
+    };
+    let addr = address
+        .trim()
+        .parse::<std::net::SocketAddr>()
+        .map(loopback)
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+    format!("{}://{addr}/healthz", if tls { "https" } else { "http" })
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match &cli.command {
@@ -75,12 +110,16 @@ fn main() -> std::process::ExitCode {
                 .enable_all()
                 .build()
                 .expect("a Tokio runtime can be built");
+            let url = url.clone().unwrap_or_else(|| health_url(&cli));
             let healthy = runtime.block_on(async {
+                // Loopback to this very process: the certificate names the public
+                // host, not 127.0.0.1, so it is not checked here.
                 let client = reqwest::Client::builder()
                     .timeout(std::time::Duration::from_secs(3))
+                    .danger_accept_invalid_certs(true)
                     .build()
                     .ok()?;
-                Some(client.get(url).send().await.ok()?.status().is_success())
+                Some(client.get(&url).send().await.ok()?.status().is_success())
             });
             return if healthy == Some(true) {
                 std::process::ExitCode::SUCCESS
@@ -127,7 +166,16 @@ fn main() -> std::process::ExitCode {
     };
     push_service::telemetry::init_logging(&config);
     for path in &config.created_files {
-        tracing::warn!(path = %path.display(), "generated a new secret file (mode 0600); keep it safe");
+        let what = match path.file_name().and_then(|n| n.to_str()) {
+            Some(name) if name.contains("admin") => {
+                "generated the admin token (the operator API's bearer token) in this file, mode 0600"
+            }
+            Some(name) if name.contains("master") => {
+                "generated the master key (it seals the stored APNs/FCM credentials: back it up) in this file, mode 0600"
+            }
+            _ => "generated a new secret file (mode 0600); keep it safe",
+        };
+        tracing::warn!(path = %path.display(), "{what}");
         if path.ends_with("master.key") && !config.database_url.expose().starts_with("sqlite:") {
             tracing::warn!(
                 "a shared database with a node-local generated master key: other nodes cannot decrypt \

@@ -171,3 +171,52 @@ fn bad_configuration_names_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`database_url`"), "{stderr}");
 }
+
+#[tokio::test]
+async fn health_follows_the_configured_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, admin) = (free_port(), free_port());
+    let envs = [("PUSH_ADMIN_LISTEN", format!("0.0.0.0:{admin}"))];
+    let _server = start(dir.path(), port, &envs);
+    wait_ready(
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        Duration::from_secs(20),
+    )
+    .await;
+    let health = |envs: &[(&str, String)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_push-service"));
+        command.current_dir(dir.path()).env_clear().arg("health");
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        command.status().expect("runs").success()
+    };
+    // The same environment the service has: admin_listen (a wildcard, asked on loopback).
+    let mut same = envs.to_vec();
+    same.push(("PUSH_LISTEN", format!("127.0.0.1:{port}")));
+    assert!(health(&same), "healthy through admin_listen");
+    // Without admin_listen, the listen address.
+    assert!(health(&[("PUSH_LISTEN", format!("127.0.0.1:{port}"))]));
+    // Nothing there: unhealthy.
+    assert!(!health(&[(
+        "PUSH_LISTEN",
+        format!("127.0.0.1:{}", free_port())
+    )]));
+}
+
+#[test]
+fn a_wildcard_address_without_a_public_url_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_push-service"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PUSH_LISTEN", "0.0.0.0:0")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`public_url`") && stderr.contains("PUSH_PUBLIC_URL"),
+        "{stderr}"
+    );
+}
