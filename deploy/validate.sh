@@ -23,14 +23,47 @@ helm="$tools/helm"
 chart="$root/helm/push-service"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# No values at all (the try-out mode), the CI defaults, the scaled-out shape.
+"$helm" lint "$chart"
+"$helm" template push "$chart" > "$out/none.yaml"
 for values in default scaled; do
   "$helm" lint "$chart" -f "$chart/ci/$values-values.yaml"
   "$helm" template push "$chart" -f "$chart/ci/$values-values.yaml" > "$out/$values.yaml"
 done
 "$tools/kubectl" kustomize "$root/deploy/k8s" > "$out/kustomize.yaml"
 for version in 1.30.0 1.37.0; do
-  kubernetes-validate --strict --quiet -k "$version" "$out/default.yaml" "$out/scaled.yaml" "$out/kustomize.yaml"
+  kubernetes-validate --strict --quiet -k "$version" "$out/none.yaml" "$out/default.yaml" "$out/scaled.yaml" "$out/kustomize.yaml"
 done
+# What the renders must hold: the try-out mode is one replica on a volume with
+# generated secrets; the scaled one an External-metric HPA, the ServiceMonitor on
+# the admin port, an Ingress routing only /v1; no migration pod matches the
+# Deployment's selector.
+python3 - "$out" <<'PY'
+import sys, yaml
+out = sys.argv[1]
+def docs(name):
+    return [d for d in yaml.safe_load_all(open(f"{out}/{name}.yaml")) if d]
+def kind(ds, k):
+    return [d for d in ds if d["kind"] == k]
+none = docs("none")
+dep = kind(none, "Deployment")[0]
+assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate", dep["spec"]
+assert kind(none, "PersistentVolumeClaim") and kind(none, "Secret"), "try-out: volume and secret"
+assert not kind(none, "Job"), "try-out: the service migrates at start"
+scaled = docs("scaled")
+hpa = kind(scaled, "HorizontalPodAutoscaler")[0]
+assert any(m["type"] == "External" for m in hpa["spec"]["metrics"]), hpa
+monitor = kind(scaled, "ServiceMonitor")[0]
+assert monitor["spec"]["endpoints"][0]["port"] == "admin", monitor
+paths = [p["path"] for r in kind(scaled, "Ingress")[0]["spec"]["rules"] for p in r["http"]["paths"]]
+assert paths == ["/v1"], paths
+policy = kind(scaled, "NetworkPolicy")
+selector = kind(scaled, "Deployment")[0]["spec"]["selector"]["matchLabels"]
+for job in kind(scaled, "Job"):
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert not all(labels.get(k) == v for k, v in selector.items()), labels
+print("chart renders hold their promises")
+PY
 echo "rendered manifests valid against Kubernetes 1.30 and 1.37 (ServiceMonitor is a CRD: no schema)"
 check-jsonschema --builtin-schema vendor.compose-spec "$root/deploy/compose.yaml"
 check-jsonschema --schemafile "$chart/values.schema.json" "$chart/values.yaml"

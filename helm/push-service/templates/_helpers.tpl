@@ -35,8 +35,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/* The secret-backed environment, shared by the pods and the migration job. */}}
+{{/* Try-out mode: no existingSecret. One replica on SQLite with a persistent
+     volume, and an admin token and master key the chart generates once. */}}
+{{- define "push-service.tryOut" -}}
+{{- if .Values.existingSecret -}}{{- else -}}true{{- end -}}
+{{- end -}}
+
+{{- define "push-service.generatedSecret" -}}
+{{- printf "%s-generated" (include "push-service.fullname" .) -}}
+{{- end -}}
+
+{{/* The secret-backed environment, shared by the pods and the migration job. */}}
 {{- define "push-service.secretEnv" -}}
-{{- $secret := required "existingSecret is required: a Secret with the database URL, Redis URL, master key and admin token" .Values.existingSecret -}}
+{{- if include "push-service.tryOut" . -}}
+- name: PUSH_MASTER_KEY
+  valueFrom: {secretKeyRef: {name: {{ include "push-service.generatedSecret" . }}, key: master-key}}
+- name: PUSH_ADMIN_TOKEN
+  valueFrom: {secretKeyRef: {name: {{ include "push-service.generatedSecret" . }}, key: admin-token}}
+{{- else -}}
+{{- $secret := .Values.existingSecret -}}
 - name: PUSH_DATABASE_URL
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secretKeys.databaseUrl }}}}
 - name: PUSH_REDIS_URL
@@ -45,4 +62,5 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secretKeys.masterKey }}}}
 - name: PUSH_ADMIN_TOKEN
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secretKeys.adminToken }}}}
+{{- end -}}
 {{- end -}}
