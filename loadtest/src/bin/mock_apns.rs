@@ -71,6 +71,6 @@ async fn main() -> anyhow::Result<()> {
         sim.url,
         args.ca_out.display()
     );
-    tokio::signal::ctrl_c().await?;
+    loadtest::until_stopped().await?;
     Ok(())
 }

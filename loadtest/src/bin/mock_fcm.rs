@@ -74,6 +74,6 @@ async fn main() -> anyhow::Result<()> {
         sim.token_uri,
         args.ca_out.display()
     );
-    tokio::signal::ctrl_c().await?;
+    loadtest::until_stopped().await?;
     Ok(())
 }
