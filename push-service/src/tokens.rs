@@ -9,12 +9,27 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 
 /// Writes a new P-256 key (mode 0600) and returns the public JWKS to register.
+/// An existing key file is kept and its JWKS printed again, so running the same
+/// command twice gives the same key (never an overwritten one).
 pub fn notifier_key(out: &Path, kid: &str) -> anyhow::Result<String> {
-    let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let pem = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .context("encoding the key")?;
-    write_private(out, pem.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
+    let key = if out.exists() {
+        use p256::pkcs8::DecodePrivateKey;
+        let pem =
+            std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
+        p256::SecretKey::from_pkcs8_pem(&pem).with_context(|| {
+            format!(
+                "{} exists and is not a P-256 key; remove it or choose another --out",
+                out.display()
+            )
+        })?
+    } else {
+        let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .context("encoding the key")?;
+        write_private(out, pem.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
+        key
+    };
     let point =
         p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key.public_key(), false);
     let jwk = serde_json::json!({

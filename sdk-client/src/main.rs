@@ -155,6 +155,21 @@ fn print<T: serde::Serialize>(value: &T) {
 
 async fn run(command: Command) -> Result<(), String> {
     match command {
+        Command::Keygen { out, kind } if out.exists() => {
+            // Kept, never overwritten: the same command twice gives the same key.
+            let pem = std::fs::read_to_string(&out)
+                .map_err(|e| format!("cannot read {}: {e}", out.display()))?;
+            let key = DeviceKey::from_pkcs8_pem(&pem).map_err(|e| {
+                format!(
+                    "{} exists and is not a device key ({e}); remove it or choose another --out",
+                    out.display()
+                )
+            })?;
+            let _ = kind;
+            print(
+                &serde_json::json!({"key": out, "alg": key.alg(), "thumbprint": key.thumbprint(), "existing": true}),
+            );
+        }
         Command::Keygen { out, kind } => {
             let key = match kind.as_str() {
                 "rsa2048" => DeviceKey::generate_rsa(2048),

@@ -286,3 +286,28 @@ async fn readme_loop_register_notify_listen() {
     assert_eq!(line["notification"]["title"], "Sign-in request");
     shutdown.cancel();
 }
+
+/// README's commands run twice in the same folder: the second keeps the first's
+/// keys (never "file exists", never an overwritten key).
+#[tokio::test]
+async fn key_commands_are_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = push_client(
+        dir.path(),
+        &["keygen", "--out", "desktop.pem", "--kind", "p256"],
+    )
+    .await
+    .expect("keygen");
+    let second = push_client(
+        dir.path(),
+        &["keygen", "--out", "desktop.pem", "--kind", "p256"],
+    )
+    .await
+    .expect("keygen again");
+    assert_eq!(first["thumbprint"], second["thumbprint"]);
+    assert_eq!(second["existing"], true);
+    let out = dir.path().join("notifier.pem");
+    let jwks = push_service::tokens::notifier_key(&out, "k1").expect("notifier key");
+    let again = push_service::tokens::notifier_key(&out, "k1").expect("notifier key again");
+    assert_eq!(jwks, again);
+}
