@@ -1,5 +1,5 @@
 //! APNs simulator: `POST /3/device/<token>` over HTTP/2 + TLS, validating like Apple
-//! (reference §1.2–1.7), with token auth rules, scripted outcomes, faults and receipts.
+//! (docs/providers.md), with token auth rules, scripted outcomes, faults and receipts.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

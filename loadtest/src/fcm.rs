@@ -1,5 +1,5 @@
 //! FCM simulator: the OAuth token endpoint (JWT-bearer grant, RS256) and
-//! `POST /v1/projects/{p}/messages:send`, answering like FCM (reference §2.1–2.7).
+//! `POST /v1/projects/{p}/messages:send`, answering like FCM (docs/providers.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -30,7 +30,7 @@ pub fn parse(token: &str) -> Option<Jws> {
     })
 }
 
-/// Verifies an ES256 signature, accepting raw R‖S and DER (as APNs does, see reference §6).
+/// Verifies an ES256 signature, accepting raw R‖S and DER (as APNs does).
 pub fn verify_es256(jws: &Jws, key: &p256::ecdsa::VerifyingKey) -> bool {
     use p256::ecdsa::signature::Verifier;
     let signature = p256::ecdsa::Signature::from_slice(&jws.signature)

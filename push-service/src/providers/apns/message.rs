@@ -9,7 +9,7 @@ use crate::notify::{Content, Priority};
 use crate::providers::outcome::{apns_class, Class};
 use crate::providers::Outcome;
 
-/// The `apns-topic` suffix a push type needs (reference §1.2).
+/// The `apns-topic` suffix a push type needs (docs/providers.md, "Requests").
 pub fn topic_for(bundle: &str, push_type: &str) -> String {
     let suffix = match push_type {
         "voip" => ".voip",

@@ -42,7 +42,7 @@ pub fn message(content: &Content, token: &str, ttl_seconds: i64) -> Value {
         android.insert("collapse_key".into(), json!(key));
     }
     message.insert("android".into(), Value::Object(android));
-    // iOS through FCM: data-only messages must use priority 5 (reference §2.2).
+    // iOS through FCM: data-only messages must use priority 5 (docs/providers.md).
     let alert = content.title.is_some() || content.body.is_some();
     let apns_priority = if alert && content.priority == Priority::High {
         "10"
@@ -112,7 +112,7 @@ pub fn outcome(status: u16, body: &Value, retry_after: Option<Duration>) -> Outc
         _ => format!("fcm:{status} {name}: {}", clip(message, 200)),
     };
     let after = match (class, status) {
-        // Quota: at least a minute before trying again (reference §2.4).
+        // Quota: at least a minute before trying again (docs/providers.md).
         (Class::Provider, 429) => Some(
             retry_after
                 .unwrap_or(Duration::from_secs(60))
