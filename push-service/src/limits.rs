@@ -349,12 +349,13 @@ impl Limiter {
             }
             return next.run(request).await;
         }
+        // Cheap copies (the URI is reference-counted); text only when logged.
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        let uri = request.uri().clone();
         let response = next.run(request).await;
         if response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
             // A notifier or device over its own limit.
-            crate::telemetry::warn_sampled("rate limited (429)", ip, &path);
+            crate::telemetry::warn_sampled("rate limited (429)", ip, uri.path());
         }
         if response.status() != axum::http::StatusCode::UNAUTHORIZED {
             return response;
@@ -367,7 +368,7 @@ impl Limiter {
         crate::telemetry::warn_sampled(
             "authentication failed (401)",
             ip,
-            &format!("{method} {path}"),
+            &format!("{method} {}", uri.path()),
         );
         match limiter.enforce(&[charge], "failed authentication").await {
             Ok(_) => response,

@@ -19,6 +19,12 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 pub const MAX_TTL_SECONDS: u64 = 2_419_200;
 /// TTL when the request gives none.
 pub const DEFAULT_TTL_SECONDS: u64 = 86_400;
+
+/// A zero TTL, stored as expiring at creation: "now or never" — one attempt at
+/// once (APNs `apns-expiration: 0`, FCM `ttl: "0s"`), never retried.
+pub fn now_or_never(created_at: i64, expires_at: i64) -> bool {
+    expires_at <= created_at
+}
 const MAX_REGISTRATION_TARGETS: usize = 1000;
 const MAX_ALIAS_TARGETS: usize = 100;
 /// APNs headers a request may set through `apns.headers`.

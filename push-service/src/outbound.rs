@@ -82,9 +82,9 @@ impl FetchPolicy {
         Ok(())
     }
 
-    /// A service account's `token_uri`: one of the allowed prefixes, and an
-    /// address outside the network.
-    pub fn check_token_uri(&self, raw: &str) -> Result<url::Url, String> {
+    /// A service account's `token_uri`: one of the allowed prefixes, and (resolved
+    /// now) an address outside the network.
+    pub async fn check_token_uri(&self, raw: &str) -> Result<url::Url, String> {
         if !self
             .token_uri_allow
             .iter()
@@ -95,7 +95,7 @@ impl FetchPolicy {
                 self.token_uri_allow.join(", ")
             ));
         }
-        self.check_url(raw)
+        self.check_resolved(raw).await
     }
 
     /// An HTTP client for such fetches: our resolver, no redirects, bounded time.
@@ -249,8 +249,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn urls_are_checked_before_any_connection() {
+    #[tokio::test]
+    async fn urls_are_checked_before_any_connection() {
         let strict = FetchPolicy {
             allow_private: false,
             token_uri_allow: GOOGLE_TOKEN_URIS.iter().map(|s| s.to_string()).collect(),
@@ -275,17 +275,25 @@ mod tests {
         }
         assert!(strict
             .check_token_uri("https://oauth2.googleapis.com/token")
+            .await
             .is_ok());
         assert!(strict
             .check_token_uri("https://evil.example.com/token")
+            .await
             .is_err());
-        assert!(strict.check_token_uri("http://10.0.0.1/token").is_err());
+        assert!(strict
+            .check_token_uri("http://10.0.0.1/token")
+            .await
+            .is_err());
         let open = FetchPolicy {
             allow_private: true,
             token_uri_allow: vec!["https://127.0.0.1:".into()],
         };
         assert!(open.check_url("http://127.0.0.1:8080/jwks").is_ok());
-        assert!(open.check_token_uri("https://127.0.0.1:4443/token").is_ok());
+        assert!(open
+            .check_token_uri("https://127.0.0.1:4443/token")
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

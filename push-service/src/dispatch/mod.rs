@@ -259,7 +259,8 @@ async fn deliver_one(
     }
     let now = now_millis();
     // A zero TTL is "now or never": its first attempt goes, nothing after it.
-    let now_or_never = notification.expires_at <= notification.created_at;
+    let now_or_never =
+        crate::notify::now_or_never(notification.created_at, notification.expires_at);
     let attempt = Attempt {
         state,
         notification,
@@ -454,33 +455,37 @@ pub(crate) async fn wake(
         .wake_waiting(app, provider, waiting_after, redrive_at, limit)
         .await?;
     let count = woken.len();
-    let mut by_notification: std::collections::BTreeMap<String, Vec<String>> =
-        std::collections::BTreeMap::new();
-    for (notification, registration) in woken {
-        by_notification
-            .entry(notification)
-            .or_default()
-            .push(registration);
-    }
-    let tasks: Vec<Task> = by_notification
-        .into_iter()
-        .flat_map(|(notification, registrations)| {
-            registrations
-                .chunks(TASK_CHUNK)
-                .map(|c| Task::Deliver {
-                    notification: notification.clone(),
-                    registrations: c.to_vec(),
-                    due: Some(redrive_at),
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let tasks = deliver_tasks(woken, redrive_at);
     if !tasks.is_empty() {
         if let Err(e) = state.queue.push(tasks).await {
             tracing::warn!(error = %e, "woken deliveries not queued; the sweep will re-drive them");
         }
     }
     Ok(count)
+}
+
+/// Deliver tasks for (notification, registration) pairs: grouped by notification,
+/// `TASK_CHUNK` registrations a task, made for the re-drive time `due`.
+pub(crate) fn deliver_tasks(pairs: Vec<(String, String)>, due: i64) -> Vec<Task> {
+    let mut by_notification: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (notification, registration) in pairs {
+        by_notification
+            .entry(notification)
+            .or_default()
+            .push(registration);
+    }
+    let mut tasks = Vec::new();
+    for (notification, registrations) in by_notification {
+        for chunk in registrations.chunks(TASK_CHUNK) {
+            tasks.push(Task::Deliver {
+                notification: notification.clone(),
+                registrations: chunk.to_vec(),
+                due: Some(due),
+            });
+        }
+    }
+    tasks
 }
 
 /// One delivery attempt in progress: records its outcome and counts it.

@@ -1,11 +1,8 @@
 //! The sweep: the store is the source of truth. Deliveries still queued after their
 //! re-drive time (a lost queue entry, a dead node) are queued again; expired ones are closed.
 
-use std::collections::BTreeMap;
-
 use super::Task;
 use crate::ids::now_millis;
-use crate::notify::TASK_CHUNK;
 use crate::providers::circuit::Probe;
 use crate::store::StoreError;
 use crate::telemetry::names;
@@ -24,25 +21,8 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
         metrics::counter!(names::DELIVERIES_EXPIRED_BY_SWEEP).increment(expired);
     }
     let overdue = store.claim_overdue(now, redrive_at, SWEEP_BATCH).await?;
-    let mut by_notification: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (notification, registration) in overdue {
-        by_notification
-            .entry(notification)
-            .or_default()
-            .push(registration);
-    }
-    let mut tasks = Vec::new();
-    let mut redriven = 0;
-    for (notification, registrations) in by_notification {
-        redriven += registrations.len();
-        for chunk in registrations.chunks(TASK_CHUNK) {
-            tasks.push(Task::Deliver {
-                notification: notification.clone(),
-                registrations: chunk.to_vec(),
-                due: Some(redrive_at),
-            });
-        }
-    }
+    let redriven = overdue.len();
+    let mut tasks = super::deliver_tasks(overdue, redrive_at);
     let stalled_before = now - state.config.redrive_after.as_millis() as i64;
     for notification in store.claim_stalled_expansions(stalled_before, now).await? {
         tasks.push(Task::Expand { notification });

@@ -31,7 +31,7 @@ pub struct Delivery<'a> {
 impl Delivery<'_> {
     /// A zero TTL: delivered now or never (APNs `apns-expiration: 0`, FCM `ttl: "0s"`).
     pub fn now_or_never(&self) -> bool {
-        self.expires_at <= self.created_at
+        crate::notify::now_or_never(self.created_at, self.expires_at)
     }
 }
 

@@ -25,6 +25,19 @@ fn stranger_jwt(id: &str) -> String {
     )
 }
 
+/// A notification sent with a JWT naming notifier `id` that the service never saw
+/// sign: the service must look the notifier's keys up (its `jwks_url`).
+async fn notify_as_stranger(app: &TestApp, app_id: &str, id: &str) -> (StatusCode, Value) {
+    with_jwt(
+        app,
+        Method::POST,
+        &format!("/v1/apps/{app_id}/notifications"),
+        &stranger_jwt(id),
+        Some(json!({"targets": {"all": true}, "data": {"k": "v"}})),
+    )
+    .await
+}
+
 /// A loopback HTTP server that counts connections and answers `/jwks.json`
 /// with `body_mib` MiB of JSON-ish bytes, streamed; returns its URL, the
 /// connection count and how many chunks it produced.
@@ -130,14 +143,7 @@ async fn inside_addresses(backend: Backend) {
     let (status, body) = create_notifier(&permissive, &app_id, &url).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["id"].as_str().expect("id").to_owned();
-    let (status, body) = with_jwt(
-        &app,
-        Method::POST,
-        &format!("/v1/apps/{app_id}/notifications"),
-        &stranger_jwt(&id),
-        Some(json!({"targets": {"all": true}, "data": {"k": "v"}})),
-    )
-    .await;
+    let (status, body) = notify_as_stranger(&app, &app_id, &id).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     let detail = body["detail"].as_str().unwrap_or_default();
     assert!(
@@ -173,17 +179,7 @@ async fn huge_jwks(backend: Backend) {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["id"].as_str().expect("id").to_owned();
     // 20 anonymous callers name that notifier at once.
-    let tokens: Vec<String> = (0..20).map(|_| stranger_jwt(&id)).collect();
-    let path = format!("/v1/apps/{app_id}/notifications");
-    let calls = tokens.iter().map(|token| {
-        with_jwt(
-            &app,
-            Method::POST,
-            &path,
-            token,
-            Some(json!({"targets": {"all": true}, "data": {"k": "v"}})),
-        )
-    });
+    let calls = (0..20).map(|_| notify_as_stranger(&app, &app_id, &id));
     for (status, body) in futures_util::future::join_all(calls).await {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
         let detail = body["detail"].as_str().unwrap_or_default();
@@ -199,14 +195,7 @@ async fn huge_jwks(backend: Backend) {
     let produced = chunks.load(Ordering::SeqCst);
     assert!(produced < 30, "{produced} MiB produced");
     // Within 10 s, a failure is remembered: no new fetch.
-    let (status, _) = with_jwt(
-        &app,
-        Method::POST,
-        &format!("/v1/apps/{app_id}/notifications"),
-        &stranger_jwt(&id),
-        Some(json!({"targets": {"all": true}, "data": {"k": "v"}})),
-    )
-    .await;
+    let (status, _) = notify_as_stranger(&app, &app_id, &id).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }

@@ -134,11 +134,12 @@ impl FcmProvider {
         }
         // The token endpoint is the service account's: Google's, or one the
         // operator allowed, and never an address inside the network.
-        let fetch = &self.settings.fetch;
-        if let Err(e) = fetch.check_token_uri(&client.account.token_uri) {
-            return Err(Outcome::CredentialError(format!("fcm: token_uri {e}")));
-        }
-        if let Err(e) = fetch.check_resolved(&client.account.token_uri).await {
+        let allowed = self
+            .settings
+            .fetch
+            .check_token_uri(&client.account.token_uri)
+            .await;
+        if let Err(e) = allowed {
             return Err(Outcome::CredentialError(format!("fcm: token_uri {e}")));
         }
         let mut header = Header::new(Algorithm::RS256);
