@@ -36,7 +36,7 @@ for version in 1.30.0 1.37.0; do
 done
 # What the renders must hold: the try-out mode is one replica on a volume with
 # generated secrets; the scaled one an External-metric HPA, the ServiceMonitor on
-# the admin port, an Ingress routing only /v1; no migration pod matches the
+# the admin port over https (serverTls), an Ingress routing only /v1; no migration pod matches the
 # Deployment's selector.
 python3 - "$out" <<'PY'
 import sys, yaml
@@ -54,10 +54,17 @@ scaled = docs("scaled")
 hpa = kind(scaled, "HorizontalPodAutoscaler")[0]
 assert any(m["type"] == "External" for m in hpa["spec"]["metrics"]), hpa
 monitor = kind(scaled, "ServiceMonitor")[0]
-assert monitor["spec"]["endpoints"][0]["port"] == "admin", monitor
+endpoint = monitor["spec"]["endpoints"][0]
+assert endpoint["port"] == "admin" and endpoint["scheme"] == "https", monitor
+env = kind(scaled, "ConfigMap")[0]["data"]
+assert env.get("PUSH_ADMIN_TLS") == "true", "serverTls: the admin port speaks TLS"
+container = kind(scaled, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS", container["readinessProbe"]
+policy = kind(scaled, "NetworkPolicy")
+admin_rules = [r for p in policy for r in p["spec"]["ingress"] if r["ports"][0]["port"] == 9090]
+assert admin_rules and all(f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "monitoring" for r in admin_rules for f in r["from"]), admin_rules
 paths = [p["path"] for r in kind(scaled, "Ingress")[0]["spec"]["rules"] for p in r["http"]["paths"]]
 assert paths == ["/v1"], paths
-policy = kind(scaled, "NetworkPolicy")
 selector = kind(scaled, "Deployment")[0]["spec"]["selector"]["matchLabels"]
 for job in kind(scaled, "Job"):
     labels = job["spec"]["template"]["metadata"]["labels"]

@@ -98,6 +98,7 @@ struct RawConfig {
     max_streams_per_key: usize,
     admin_listen: String,
     operator_api_on_admin_listen: bool,
+    admin_tls: bool,
     max_unattested_registrations_per_app: u64,
 }
 
@@ -190,6 +191,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// The operator API only on `admin_listen`.
     pub operator_api_on_admin_listen: bool,
+    /// `admin_listen` speaks TLS with the service's certificate (`tls_cert`).
+    pub admin_tls: bool,
     /// Active registrations an app may hold without a client attestation (0: no limit).
     pub max_unattested_registrations_per_app: u64,
 }
@@ -466,6 +469,12 @@ impl Config {
                 })
             }
         };
+        if raw.admin_tls && (admin_listen.is_none() || tls.is_none()) {
+            return Err(invalid(
+                "admin_tls",
+                "needs admin_listen and the service's own TLS (tls_cert, tls_key)",
+            ));
+        }
         let optional_file =
             |key: &'static str, value: &str| -> Result<Option<PathBuf>, ConfigError> {
                 match value.trim() {
@@ -635,6 +644,7 @@ impl Config {
             max_streams_per_key: raw.max_streams_per_key,
             admin_listen,
             operator_api_on_admin_listen: raw.operator_api_on_admin_listen,
+            admin_tls: raw.admin_tls,
             max_unattested_registrations_per_app: raw.max_unattested_registrations_per_app,
         })
     }
@@ -740,6 +750,10 @@ mod tests {
                 "`header_read_timeout_seconds`",
             ),
             ("max_connections = 0", "`max_connections`"),
+            (
+                "admin_listen = \"127.0.0.1:9090\"\nadmin_tls = true",
+                "`admin_tls`",
+            ),
         ];
         for (line, key) in cases {
             let err = Config::from_toml(&format!("{base}{line}\n")).unwrap_err();

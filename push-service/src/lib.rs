@@ -256,10 +256,15 @@ pub async fn serve(
             let admin_listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("configuration key `admin_listen`: {addr}: {e}"))?;
-            tracing::info!(%addr, "ops endpoints (/healthz, /readyz, /metrics) on admin_listen");
+            tracing::info!(
+                %addr,
+                tls = state.config.admin_tls,
+                "ops endpoints (/healthz, /readyz, /metrics) on admin_listen"
+            );
+            let admin_tls = tls.clone().filter(|_| state.config.admin_tls);
             Some(tokio::spawn(serve_connections(
                 admin_listener,
-                None,
+                admin_tls,
                 api::ops::admin_router(state.clone()),
                 shutdown.clone(),
                 limits,

@@ -88,7 +88,8 @@ fn health_url(cli: &Cli) -> String {
     let (address, tls) = if admin.trim().is_empty() {
         (text("listen"), !text("tls_cert").trim().is_empty())
     } else {
-        (admin, false)
+        let tls = figment.extract_inner::<bool>("admin_tls").unwrap_or(false);
+        (admin, tls)
     };
     let addr = address
         .trim()

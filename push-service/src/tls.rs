@@ -138,6 +138,8 @@ impl ClientCertVerifier for OptionalClientCert {
 }
 
 /// The server's TLS: files, the live certificate and the rustls configuration.
+/// Clones share the certificate, so a reload reaches every listener.
+#[derive(Clone)]
 pub struct Tls {
     pub config: Arc<rustls::ServerConfig>,
     cert: Arc<ReloadingCert>,

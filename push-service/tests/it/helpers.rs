@@ -254,6 +254,21 @@ pub async fn spawn(options: Options) -> TestApp {
             .build()
             .expect("client");
     }
+    // The public listener answers once `serve` has loaded TLS and bound admin_listen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !api
+        .client
+        .get(format!("{}/healthz", api.base))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     TestApp {
         api,
         backend: options.backend,

@@ -553,3 +553,51 @@ async fn redis_over_tls_with_a_private_ca() {
         .expect("an untrusted Redis certificate is refused");
     assert!(err.to_string().contains("redis_url"), "{err}");
 }
+
+/// With `admin_tls`, /metrics and /readyz on the admin port are served over TLS with
+/// the service's certificate (what a ServiceMonitor with `scheme: https` scrapes),
+/// and plain HTTP there gets no answer.
+#[tokio::test]
+async fn admin_listen_speaks_tls_when_asked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = TestCa::new("admin-ca");
+    install(dir.path(), &ca.leaf(&["127.0.0.1"], -1, 30), &ca);
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let mut options = Options::new(Backend::Sqlite);
+    options.tls = Some(TestTls {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+        ca_der: ca.cert.der().to_vec(),
+    });
+    options.extra = format!("admin_listen = \"127.0.0.1:{port}\"\nadmin_tls = true\n");
+    let _app = spawn(options).await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_der(ca.cert.der()).expect("ca certificate"),
+        )
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    for path in ["/metrics", "/readyz"] {
+        let response = client
+            .get(format!("https://127.0.0.1:{port}{path}"))
+            .send()
+            .await
+            .expect("https on the admin port");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await;
+    assert!(
+        plain.map(|r| r.status() != StatusCode::OK).unwrap_or(true),
+        "plain HTTP must not be served on a TLS admin port"
+    );
+}
