@@ -11,10 +11,16 @@ struct Args {
     /// Provider key: KEY_ID:TEAM_ID:path/to/public.pem (repeatable).
     #[arg(long = "key")]
     keys: Vec<String>,
-    /// Without --key: generate a key (KEY1234567 of team TEAM123456) and write
-    /// its .p8 here, for the operator to upload.
+    /// Generate a key and write its .p8 here (as Apple issues it: PEM PKCS#8
+    /// P-256), for the operator to upload with --key-id and --team-id.
     #[arg(long)]
     generate_key: Option<std::path::PathBuf>,
+    /// The generated key's id (10 characters, as Apple's).
+    #[arg(long, default_value = "KEY1234567")]
+    key_id: String,
+    /// The generated key's team (10 characters, as Apple's).
+    #[arg(long, default_value = "TEAM123456")]
+    team_id: String,
     /// Extra host name for the TLS certificate (e.g. the compose service name).
     #[arg(long)]
     hostname: Vec<String>,
@@ -51,8 +57,8 @@ async fn main() -> anyhow::Result<()> {
         let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
         std::fs::write(path, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
         keys.push(loadtest::apns::ApnsKey {
-            key_id: "KEY1234567".into(),
-            team_id: "TEAM123456".into(),
+            key_id: args.key_id.clone(),
+            team_id: args.team_id.clone(),
             public: p256::ecdsa::VerifyingKey::from(key.public_key()),
         });
     }

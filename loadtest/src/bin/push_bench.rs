@@ -138,9 +138,36 @@ fn delivery_markdown(title: &str, f: &scenarios::DeliveryFigures, service_line: 
     )
 }
 
+/// `PUSH_BENCH_SMOKE=1`: the same scenarios at seconds-long sizes (counts capped,
+/// chaos in its `--short` form). CI runs README's benchmark commands this way: it
+/// checks that the commands work, not a speed.
+fn smoke(mut cli: Cli) -> Cli {
+    if std::env::var_os("PUSH_BENCH_SMOKE").is_none_or(|v| v.is_empty()) {
+        return cli;
+    }
+    let cap = |n: &mut usize, max: usize| *n = (*n).min(max);
+    match &mut cli.scenario {
+        Scenario::Ceiling { requests, .. } => cap(requests, 500),
+        Scenario::Unicast {
+            notifications,
+            registrations,
+            ..
+        } => {
+            cap(notifications, 200);
+            cap(registrations, 50);
+        }
+        Scenario::Broadcast { registrations, .. } => cap(registrations, 200),
+        Scenario::Register { registrations, .. } => cap(registrations, 100),
+        Scenario::Direct { connections, .. } => cap(connections, 100),
+        Scenario::Idle { .. } => {}
+        Scenario::Chaos(args) => args.short = true,
+    }
+    cli
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = smoke(Cli::parse());
     let out = cli.out.clone();
     match cli.scenario {
         Scenario::Chaos(args) => {
