@@ -170,6 +170,30 @@ def self_signed(name, subject, sans):
             "-addext", f"subjectAltName={sans}")
 
 
+STAND_INS = {"push.p12", "p12.crt", "p12.key", "tls.crt", "tls.key", "auth.crt", "auth.key"}
+
+
+def unignored_leftovers():
+    """What the blocks wrote into the folder that .gitignore does not cover: run
+    in a checkout, it would show up in `git status`."""
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, text=True,
+                                 capture_output=True).stdout.splitlines())
+    written = []
+    for path in TREE.rglob("*"):
+        relative = path.relative_to(TREE).as_posix()
+        top = relative.split("/")[0]
+        if relative in ("target", "fuzz/target") or relative.startswith(("target/", "fuzz/target/")):
+            continue
+        if path.is_file() and not path.is_symlink() and relative not in tracked \
+                and top not in STAND_INS:
+            written.append(relative)
+    if not written:
+        return []
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT,
+                             input="\n".join(written), text=True, capture_output=True).stdout
+    return sorted(set(written) - set(ignored.splitlines()))
+
+
 def make_files(unit, env):
     """Stand-ins for what a reader brings (Apple's .p12, a TLS certificate, an
     auth server's client certificate); made once, kept for the second run."""
@@ -321,6 +345,9 @@ def main():
                 print(f"==== FAILED: {error}", flush=True)
                 failed.append(str(error))
                 break
+    leftovers = unignored_leftovers()
+    if leftovers:
+        failed.append("written by README commands but not in .gitignore: " + ", ".join(leftovers))
     if failed:
         sys.exit("README blocks failed:\n  " + "\n  ".join(failed))
     print(f"\nREADME: {len(chosen)} units ({sum(len(u.blocks) for u in chosen)} blocks), "
