@@ -154,7 +154,7 @@ pub struct Config {
     pub sweep_interval: std::time::Duration,
     /// New notifications are refused (503) while the queue is deeper than this (0: never).
     pub max_queue_depth: u64,
-    pub retry: crate::dispatch::retry::RetryPolicy,
+    pub retry: crate::delivery::retry::RetryPolicy,
     pub direct_heartbeat: std::time::Duration,
     pub providers: ProviderSettings,
     pub admin_token: Secret<String>,
@@ -606,7 +606,7 @@ impl Config {
             redrive_after: std::time::Duration::from_secs(raw.redrive_after_seconds),
             sweep_interval: std::time::Duration::from_secs(raw.sweep_interval_seconds),
             max_queue_depth: raw.max_queue_depth,
-            retry: crate::dispatch::retry::RetryPolicy {
+            retry: crate::delivery::retry::RetryPolicy {
                 max_attempts: raw.retry_max_attempts,
                 base: std::time::Duration::from_millis(raw.retry_base_ms),
                 max: std::time::Duration::from_millis(raw.retry_max_ms),

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod crypto;
+pub mod delivery;
 pub mod dispatch;
 pub mod error;
 pub mod ids;

@@ -1,5 +1,6 @@
 //! `/v1/apps/{app}/notifications`: notify (auth server) and read per-target state.
 
+use crate::delivery::DeliveryState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -67,13 +68,11 @@ pub struct TargetPage {
     pub limit: Option<i64>,
 }
 
-/// `held` (on the direct channel, waiting for the device) is reported as queued.
+/// A stored state as an auth server sees it: `held` (on the direct channel,
+/// waiting for the device) is reported as queued. An unknown name (a newer
+/// node's) is shown as it is stored.
 fn public_state(state: &str) -> &str {
-    if state == "held" {
-        "queued"
-    } else {
-        state
-    }
+    DeliveryState::parse(state).map_or(state, |s| s.public().as_str())
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app}/notifications", tag = "notifications",
@@ -135,13 +134,15 @@ async fn status(
     let whole_app = matches!(parse_targets(&notification.targets), Ok(TargetSpec::All));
     let mut counts = Counts::default();
     for (state_name, n) in state.store.delivery_counts(&id).await? {
-        match public_state(&state_name) {
-            "queued" => counts.queued += n,
-            "sent" => counts.sent += n,
-            "failed" => counts.failed += n,
-            "expired" => counts.expired += n,
-            "invalid" => counts.invalid += n,
-            _ => {}
+        let Some(stored) = DeliveryState::parse(&state_name) else {
+            continue;
+        };
+        match stored.public() {
+            DeliveryState::Queued | DeliveryState::Held => counts.queued += n,
+            DeliveryState::Sent => counts.sent += n,
+            DeliveryState::Failed => counts.failed += n,
+            DeliveryState::Expired => counts.expired += n,
+            DeliveryState::Invalid => counts.invalid += n,
         }
     }
     let rows = state
@@ -155,7 +156,7 @@ async fn status(
         .into_iter()
         .map(|row| TargetState {
             state: public_state(&row.state).to_owned(),
-            reason: if row.state == "held" {
+            reason: if DeliveryState::parse(&row.state) == Some(DeliveryState::Held) {
                 Some("held on the direct channel until the device connects".into())
             } else {
                 row.reason

@@ -3,7 +3,6 @@
 
 pub mod queue;
 pub mod redis_queue;
-pub mod retry;
 mod sweep;
 
 use std::time::Duration;
@@ -14,14 +13,15 @@ use tokio_util::sync::CancellationToken;
 pub use queue::{Leased, LocalQueue, Queue, QueueError, Task};
 pub use sweep::sweep_once;
 
+use crate::delivery::transition::Registration;
+use crate::delivery::{after_answer, before_send, Answer, Attempted, DeliveryState, Transition};
 use crate::ids::now_millis;
 use crate::notify::{parse_targets, Content, TASK_CHUNK};
 use crate::providers::circuit::TokenVerdict;
 use crate::providers::{Delivery, Outcome};
-use crate::store::{NotificationRow, PendingDelivery, StoreError};
+use crate::store::{DeliveryUpdate, NotificationRow, PendingDelivery, StoreError};
 use crate::telemetry::names;
 use crate::AppState;
-use retry::RetryDecision;
 
 /// Registrations per fan-out expansion chunk.
 const EXPAND_CHUNK: i64 = 500;
@@ -258,48 +258,42 @@ async fn deliver_one(
         return Ok(());
     }
     let now = now_millis();
-    // A zero TTL is "now or never": its first attempt goes, nothing after it.
-    let now_or_never =
-        crate::notify::now_or_never(notification.created_at, notification.expires_at);
+    let at = Attempted {
+        now,
+        expires_at: notification.expires_at,
+        // A zero TTL is "now or never": its first attempt goes, nothing after it.
+        now_or_never: crate::notify::now_or_never(notification.created_at, notification.expires_at),
+        attempts_before: pending.attempts.max(0) as u32,
+    };
     let attempt = Attempt {
         state,
         notification,
         registration_id: &pending.registration_id,
         provider: pending.provider.clone().unwrap_or_else(|| "unknown".into()),
-        attempts: pending.attempts + 1,
     };
-    if now_or_never && pending.attempts > 0 {
-        return attempt
-            .finish("expired", Some("ttl 0: attempted once".into()))
-            .await;
+    let registration = match pending.registration_status.as_deref() {
+        Some("active") => Registration::Active,
+        Some(_) => Registration::Invalid,
+        None => Registration::Deleted,
+    };
+    let app = notification.app_id.as_str();
+    let provider = state.providers.get(&attempt.provider);
+    let circuit = provider.and_then(|p| state.circuits.open_until(app, p.name(), now));
+    let circuit = circuit.as_ref().map(|(until, why)| (*until, why.as_str()));
+    if let Some(instead) = before_send(&at, registration, circuit) {
+        return attempt.apply(instead).await;
     }
-    if !now_or_never && now >= notification.expires_at {
-        return attempt.finish("expired", Some("ttl".into())).await;
-    }
-    match pending.registration_status.as_deref() {
-        Some("active") => {}
-        Some(_) => {
-            return attempt
-                .finish("invalid", Some("registration-invalid".into()))
-                .await
-        }
-        None => {
-            return attempt
-                .finish("invalid", Some("registration-deleted".into()))
-                .await
-        }
-    }
-    let Some(provider) = state.providers.get(&attempt.provider) else {
+    let Some(provider) = provider else {
         let reason = format!("unknown provider `{}`", attempt.provider);
-        return attempt.finish("failed", Some(reason)).await;
+        return attempt
+            .apply(Transition::Finish {
+                state: DeliveryState::Failed,
+                reason: Some(reason),
+                attempts: at.number(),
+            })
+            .await;
     };
     let provider_name = provider.name();
-    let app = notification.app_id.as_str();
-    if let Some((until, reason)) = state.circuits.open_until(app, provider_name, now) {
-        return attempt
-            .defer(pending.attempts, until, format!("circuit open: {reason}"))
-            .await;
-    }
     let open_ms = state.config.providers.circuit_open.as_millis() as i64;
     let delivery = Delivery {
         app_id: app,
@@ -310,11 +304,13 @@ async fn deliver_one(
         registration_id: &pending.registration_id,
         token: pending.token.as_deref(),
         environment: pending.environment.as_deref(),
-        attempt: attempt.attempts as u32,
+        attempt: at.number(),
     };
     let outcome = provider.send(&delivery).await;
+    // The answer's effects beyond this delivery (circuits, credential status,
+    // token hygiene, waking others), then its class for the state machine.
     let store = &state.store;
-    match outcome {
+    let answer = match outcome {
         Outcome::Sent => {
             let latency = (now_millis() - notification.created_at).max(0) as f64 / 1000.0;
             metrics::histogram!(names::DISPATCH_LATENCY, "provider" => provider_name)
@@ -332,9 +328,9 @@ async fn deliver_one(
                     wake_after_outage(&state, &app, provider_name, since).await;
                 });
             }
-            attempt.finish("sent", None).await
+            Answer::Sent
         }
-        Outcome::Held => attempt.finish("held", None).await,
+        Outcome::Held => Answer::Held,
         Outcome::InvalidToken(reason) => {
             let guard_min = state.config.providers.invalidation_guard_min;
             match state
@@ -345,20 +341,14 @@ async fn deliver_one(
                     store
                         .invalidate_registration(&pending.registration_id, &reason, now)
                         .await?;
-                    attempt.finish("invalid", Some(reason)).await
+                    Answer::TokenDead(reason)
                 }
                 TokenVerdict::Suspicious(guard) => {
                     tracing::warn!(app, provider = provider_name, "{guard}");
                     store
                         .set_credential_error(app, provider_name, Some(&guard), now)
                         .await?;
-                    attempt
-                        .defer(
-                            pending.attempts,
-                            now + open_ms,
-                            format!("{guard} (last: {reason})"),
-                        )
-                        .await
+                    Answer::TokenSuspicious { guard, reason }
                 }
             }
         }
@@ -370,15 +360,9 @@ async fn deliver_one(
             store
                 .set_credential_error(app, provider_name, Some(&reason), now)
                 .await?;
-            attempt
-                .defer(
-                    pending.attempts,
-                    now + open_ms,
-                    format!("circuit open: {reason}"),
-                )
-                .await
+            Answer::Credential(reason)
         }
-        Outcome::Failed(reason) => attempt.finish("failed", Some(reason)).await,
+        Outcome::Failed(reason) => Answer::Refused(reason),
         Outcome::Retry { reason, after } => {
             if state.circuits.provider_failed(app, provider_name, now) {
                 tracing::warn!(
@@ -391,10 +375,18 @@ async fn deliver_one(
                 metrics::counter!(names::PROVIDER_OUTAGES, "provider" => provider_name)
                     .increment(1);
             }
-            attempt.retry(now, reason, after, false).await
+            Answer::Overloaded { reason, after }
         }
-        Outcome::Unknown { reason, after } => attempt.retry(now, reason, after, true).await,
-    }
+        Outcome::Unknown { reason, after } => Answer::Undocumented { reason, after },
+    };
+    let next = after_answer(
+        answer,
+        &at,
+        &state.config.retry,
+        open_ms,
+        rand::random::<f64>(),
+    );
+    attempt.apply(next).await
 }
 
 /// Deliveries woken per store round after an outage.
@@ -488,13 +480,12 @@ pub(crate) fn deliver_tasks(pairs: Vec<(String, String)>, due: i64) -> Vec<Task>
     tasks
 }
 
-/// One delivery attempt in progress: records its outcome and counts it.
+/// One delivery attempt in progress: writes what the state machine decided and counts it.
 struct Attempt<'a> {
     state: &'a AppState,
     notification: &'a NotificationRow,
     registration_id: &'a str,
     provider: String,
-    attempts: i32,
 }
 
 impl Attempt<'_> {
@@ -504,105 +495,57 @@ impl Attempt<'_> {
         .increment(1);
     }
 
-    /// Records a final (or held) state.
-    async fn finish(
-        &self,
-        state_name: &'static str,
-        reason: Option<String>,
-    ) -> Result<(), StoreError> {
-        self.count(state_name);
-        self.state
-            .store
-            .update_delivery(
-                &self.notification.id,
-                self.registration_id,
-                state_name,
-                reason.as_deref(),
-                self.attempts,
-                None,
-                now_millis(),
-            )
-            .await
-    }
-
-    /// After a failed attempt: schedules the next per the retry policy, or ends
-    /// the delivery (`expired` past its TTL, `failed` when an undocumented
-    /// answer used up `retry_max_attempts`).
-    async fn retry(
-        &self,
-        now: i64,
-        reason: String,
-        after: Option<std::time::Duration>,
-        bounded: bool,
-    ) -> Result<(), StoreError> {
-        let decision = self.state.config.retry.next(
-            self.attempts as u32,
-            bounded,
-            now,
-            self.notification.expires_at,
-            after,
-            rand::random::<f64>(),
-        );
-        match decision {
-            RetryDecision::At(at) => self.retry_at(self.attempts, at, reason, "retry").await,
-            RetryDecision::Expired => {
-                self.finish("expired", Some(format!("ttl (last error: {reason})")))
-                    .await
-            }
-            RetryDecision::GiveUp => {
-                let reason = format!("gave up after {} attempts: {reason}", self.attempts);
-                self.finish("failed", Some(reason)).await
-            }
-        }
-    }
-
-    /// Keeps the delivery queued and schedules it at `at` (the sweep covers a lost entry).
-    async fn retry_at(
-        &self,
-        attempts: i32,
-        at: i64,
-        reason: String,
-        counted_as: &'static str,
-    ) -> Result<(), StoreError> {
-        self.count(counted_as);
-        let redrive = at + self.state.config.redrive_after.as_millis() as i64;
-        self.state
-            .store
-            .update_delivery(
-                &self.notification.id,
-                self.registration_id,
-                "queued",
-                Some(&reason),
+    /// Writes the transition: a final (or held) state, or queued again with its
+    /// next try scheduled (the sweep covers a lost queue entry).
+    async fn apply(&self, transition: Transition) -> Result<(), StoreError> {
+        let (state, reason, attempts, next_at, again) = match transition {
+            Transition::Finish {
+                state,
+                reason,
                 attempts,
-                Some(redrive),
-                now_millis(),
-            )
-            .await?;
-        let task = Task::Deliver {
-            notification: self.notification.id.clone(),
-            registrations: vec![self.registration_id.to_owned()],
-            due: Some(redrive),
+            } => {
+                self.count(state.as_str());
+                (state, reason, attempts, None, None)
+            }
+            Transition::Again {
+                at,
+                reason,
+                attempts,
+                waiting,
+            } => {
+                self.count(waiting.as_str());
+                let redrive = at + self.state.config.redrive_after.as_millis() as i64;
+                (
+                    DeliveryState::Queued,
+                    Some(reason),
+                    attempts,
+                    Some(redrive),
+                    Some(at),
+                )
+            }
         };
-        if let Err(e) = self.state.queue.push_at(task, at).await {
-            tracing::warn!(error = %e, "retry not queued; the sweep will re-drive it");
+        self.state
+            .store
+            .update_delivery(DeliveryUpdate {
+                notification_id: self.notification.id.clone(),
+                registration_id: self.registration_id.to_owned(),
+                state,
+                reason,
+                attempts: attempts as i32,
+                next_attempt_at: next_at,
+                now: now_millis(),
+            })
+            .await?;
+        if let (Some(at), Some(redrive)) = (again, next_at) {
+            let task = Task::Deliver {
+                notification: self.notification.id.clone(),
+                registrations: vec![self.registration_id.to_owned()],
+                due: Some(redrive),
+            };
+            if let Err(e) = self.state.queue.push_at(task, at).await {
+                tracing::warn!(error = %e, "retry not queued; the sweep will re-drive it");
+            }
         }
         Ok(())
-    }
-
-    /// Waits for an open circuit without spending an attempt; expires if it cannot wait that long.
-    async fn defer(&self, attempts: i32, until: i64, reason: String) -> Result<(), StoreError> {
-        if until >= self.notification.expires_at {
-            let expired = Attempt {
-                state: self.state,
-                notification: self.notification,
-                registration_id: self.registration_id,
-                provider: self.provider.clone(),
-                attempts,
-            };
-            return expired
-                .finish("expired", Some(format!("ttl (waiting: {reason})")))
-                .await;
-        }
-        self.retry_at(attempts, until, reason, "deferred").await
     }
 }

@@ -67,6 +67,21 @@ pub struct DirectEvent {
     pub created_at: i64,
 }
 
+/// What one attempt leaves on its delivery: the state the state machine chose
+/// (crate::delivery), the reason, the attempt count and, while queued, when
+/// the sweep re-drives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryUpdate {
+    pub notification_id: String,
+    pub registration_id: String,
+    pub state: crate::delivery::DeliveryState,
+    pub reason: Option<String>,
+    pub attempts: i32,
+    /// Kept as it is when `None`.
+    pub next_attempt_at: Option<i64>,
+    pub now: i64,
+}
+
 /// Persistence of notifications, deliveries and direct-channel events.
 #[async_trait]
 pub trait DispatchStore: Send + Sync {
@@ -130,17 +145,7 @@ pub trait DispatchStore: Send + Sync {
         lease: i64,
     ) -> Result<bool, StoreError>;
     /// Records the outcome of one attempt (only while the delivery is still queued).
-    #[allow(clippy::too_many_arguments)]
-    async fn update_delivery(
-        &self,
-        notification_id: &str,
-        registration_id: &str,
-        state: &str,
-        reason: Option<&str>,
-        attempts: i32,
-        next_attempt_at: Option<i64>,
-        now: i64,
-    ) -> Result<(), StoreError>;
+    async fn update_delivery(&self, update: DeliveryUpdate) -> Result<(), StoreError>;
     /// Marks a registration invalid with a reason (token hygiene).
     async fn invalidate_registration(
         &self,

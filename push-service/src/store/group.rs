@@ -38,15 +38,7 @@ pub enum Write {
         audit: Option<Box<AuditEntry>>,
     },
     /// Outcome of one delivery attempt (applied only while still queued).
-    UpdateDelivery {
-        notification_id: String,
-        registration_id: String,
-        state: String,
-        reason: Option<String>,
-        attempts: i32,
-        next_attempt_at: Option<i64>,
-        now: i64,
-    },
+    UpdateDelivery(crate::store::DeliveryUpdate),
     /// A queued delivery taken for one attempt (applied: it was still queued
     /// with `attempts` attempts; it now has one more and re-drives at `lease`).
     ClaimDelivery {

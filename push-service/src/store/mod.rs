@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use dispatch::{
-    placeholders, row_placeholders, DeliveryRow, DirectEvent, DispatchStore, NotificationRow,
-    PendingDelivery, TaskRow,
+    placeholders, row_placeholders, DeliveryRow, DeliveryUpdate, DirectEvent, DispatchStore,
+    NotificationRow, PendingDelivery, TaskRow,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

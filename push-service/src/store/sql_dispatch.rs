@@ -217,24 +217,10 @@ macro_rules! impl_sql_dispatch {
 
             async fn update_delivery(
                 &self,
-                notification_id: &str,
-                registration_id: &str,
-                state: &str,
-                reason: Option<&str>,
-                attempts: i32,
-                next_attempt_at: Option<i64>,
-                now: i64,
+                update: $crate::store::DeliveryUpdate,
             ) -> Result<(), $crate::store::StoreError> {
                 self.writer
-                    .write($crate::store::group::Write::UpdateDelivery {
-                        notification_id: notification_id.to_owned(),
-                        registration_id: registration_id.to_owned(),
-                        state: state.to_owned(),
-                        reason: reason.map(str::to_owned),
-                        attempts,
-                        next_attempt_at,
-                        now,
-                    })
+                    .write($crate::store::group::Write::UpdateDelivery(update))
                     .await?;
                 Ok(())
             }
@@ -627,7 +613,7 @@ macro_rules! impl_sql_dispatch {
             // Outcomes: applied only to deliveries still queued.
             let updates: Vec<&Write> = writes
                 .iter()
-                .filter(|w| matches!(w, Write::UpdateDelivery { .. }))
+                .filter(|w| matches!(w, Write::UpdateDelivery(_)))
                 .collect();
             for chunk in updates.chunks(100) {
                 let values = $crate::store::row_placeholders(chunk.len(), 7);
@@ -641,24 +627,15 @@ macro_rules! impl_sql_dispatch {
                 );
                 let mut query = sqlx::query(&sql);
                 for write in chunk {
-                    if let Write::UpdateDelivery {
-                        notification_id,
-                        registration_id,
-                        state,
-                        reason,
-                        attempts,
-                        next_attempt_at,
-                        now,
-                    } = write
-                    {
+                    if let Write::UpdateDelivery(update) = write {
                         query = query
-                            .bind(notification_id)
-                            .bind(registration_id)
-                            .bind(state)
-                            .bind(reason)
-                            .bind(attempts)
-                            .bind(next_attempt_at)
-                            .bind(now);
+                            .bind(&update.notification_id)
+                            .bind(&update.registration_id)
+                            .bind(update.state.as_str())
+                            .bind(&update.reason)
+                            .bind(update.attempts)
+                            .bind(update.next_attempt_at)
+                            .bind(update.now);
                     }
                 }
                 query.execute(&mut *tx).await?;
