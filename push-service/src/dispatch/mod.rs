@@ -1,9 +1,11 @@
 //! The dispatcher: takes tasks from the queue, drives deliveries to providers,
 //! retries per policy, and sweeps the store for work no queue finished.
 
+mod attempt;
 pub mod queue;
 pub mod redis_queue;
 mod sweep;
+mod wake;
 
 use std::time::Duration;
 
@@ -12,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use queue::{Leased, LocalQueue, Queue, QueueError, Task};
 pub use sweep::sweep_once;
+pub(crate) use wake::{deliver_tasks, wake, wake_all};
+
+use attempt::Attempt;
+use wake::wake_after_outage;
 
 use crate::delivery::transition::Registration;
 use crate::delivery::{after_answer, before_send, Answer, Attempted, DeliveryState, Transition};
@@ -19,7 +25,7 @@ use crate::ids::now_millis;
 use crate::notify::{parse_targets, Content, TASK_CHUNK};
 use crate::providers::circuit::TokenVerdict;
 use crate::providers::{Delivery, Outcome};
-use crate::store::{DeliveryUpdate, NotificationRow, PendingDelivery, StoreError};
+use crate::store::{NotificationRow, PendingDelivery, StoreError};
 use crate::telemetry::names;
 use crate::AppState;
 
@@ -387,165 +393,4 @@ async fn deliver_one(
         rand::random::<f64>(),
     );
     attempt.apply(next).await
-}
-
-/// Deliveries woken per store round after an outage.
-const WAKE_BATCH: i64 = 1000;
-/// Rounds of one wake-up (a million deliveries); the sweep's recovery window catches the rest.
-const MAX_WAKE_ROUNDS: usize = 1000;
-/// Only deliveries waiting at least this much longer than a fresh lease are
-/// woken: leases are never mistaken for waits (a claim racing the wake, clocks
-/// a few seconds apart across nodes). A retry due sooner goes by itself anyway.
-const WAKE_MARGIN_MS: i64 = 5_000;
-
-/// The provider answers again for `app`: its deliveries waiting for a retry go
-/// now, not at the end of their backoff.
-async fn wake_after_outage(state: &AppState, app: &str, provider: &'static str, since: i64) {
-    let woken = wake_all(state, app, provider).await;
-    tracing::info!(
-        app,
-        provider,
-        outage_seconds = (now_millis() - since) / 1000,
-        woken,
-        "provider answers again; waiting deliveries re-driven"
-    );
-}
-
-/// Wakes every waiting delivery of one app and provider, batch by batch, until
-/// none is left. A batch can come back short (or empty) while it waited on rows
-/// another node was waking, with more behind it: the sweep's recovery window
-/// runs this again for a while.
-pub(crate) async fn wake_all(state: &AppState, app: &str, provider: &str) -> usize {
-    let mut woken = 0usize;
-    for _ in 0..MAX_WAKE_ROUNDS {
-        match wake(state, app, provider, WAKE_BATCH).await {
-            Ok(0) => break,
-            Ok(n) => woken += n,
-            Err(e) => {
-                tracing::warn!(error = %e, app, provider, "waking waiting deliveries failed; their own retries and the sweep still run");
-                break;
-            }
-        }
-    }
-    woken
-}
-
-/// Brings forward up to `limit` waiting deliveries of one app and provider and
-/// queues them now. The sweep calls it with 1 during an outage: a probe.
-pub(crate) async fn wake(
-    state: &AppState,
-    app: &str,
-    provider: &str,
-    limit: i64,
-) -> Result<usize, StoreError> {
-    let redrive_at = now_millis() + state.config.redrive_after.as_millis() as i64;
-    // Beyond every lease: one taken a moment after `now` here, or by a node whose
-    // clock runs a little ahead, still ends before this.
-    let waiting_after = redrive_at + WAKE_MARGIN_MS;
-    let woken = state
-        .store
-        .wake_waiting(app, provider, waiting_after, redrive_at, limit)
-        .await?;
-    let count = woken.len();
-    let tasks = deliver_tasks(woken, redrive_at);
-    if !tasks.is_empty() {
-        if let Err(e) = state.queue.push(tasks).await {
-            tracing::warn!(error = %e, "woken deliveries not queued; the sweep will re-drive them");
-        }
-    }
-    Ok(count)
-}
-
-/// Deliver tasks for (notification, registration) pairs: grouped by notification,
-/// `TASK_CHUNK` registrations a task, made for the re-drive time `due`.
-pub(crate) fn deliver_tasks(pairs: Vec<(String, String)>, due: i64) -> Vec<Task> {
-    let mut by_notification: std::collections::BTreeMap<String, Vec<String>> =
-        std::collections::BTreeMap::new();
-    for (notification, registration) in pairs {
-        by_notification
-            .entry(notification)
-            .or_default()
-            .push(registration);
-    }
-    let mut tasks = Vec::new();
-    for (notification, registrations) in by_notification {
-        for chunk in registrations.chunks(TASK_CHUNK) {
-            tasks.push(Task::Deliver {
-                notification: notification.clone(),
-                registrations: chunk.to_vec(),
-                due: Some(due),
-            });
-        }
-    }
-    tasks
-}
-
-/// One delivery attempt in progress: writes what the state machine decided and counts it.
-struct Attempt<'a> {
-    state: &'a AppState,
-    notification: &'a NotificationRow,
-    registration_id: &'a str,
-    provider: String,
-}
-
-impl Attempt<'_> {
-    fn count(&self, outcome: &'static str) {
-        metrics::counter!(names::DELIVERIES, "app" => self.notification.app_id.clone(),
-            "provider" => self.provider.clone(), "outcome" => outcome)
-        .increment(1);
-    }
-
-    /// Writes the transition: a final (or held) state, or queued again with its
-    /// next try scheduled (the sweep covers a lost queue entry).
-    async fn apply(&self, transition: Transition) -> Result<(), StoreError> {
-        let (state, reason, attempts, next_at, again) = match transition {
-            Transition::Finish {
-                state,
-                reason,
-                attempts,
-            } => {
-                self.count(state.as_str());
-                (state, reason, attempts, None, None)
-            }
-            Transition::Again {
-                at,
-                reason,
-                attempts,
-                waiting,
-            } => {
-                self.count(waiting.as_str());
-                let redrive = at + self.state.config.redrive_after.as_millis() as i64;
-                (
-                    DeliveryState::Queued,
-                    Some(reason),
-                    attempts,
-                    Some(redrive),
-                    Some(at),
-                )
-            }
-        };
-        self.state
-            .store
-            .update_delivery(DeliveryUpdate {
-                notification_id: self.notification.id.clone(),
-                registration_id: self.registration_id.to_owned(),
-                state,
-                reason,
-                attempts: attempts as i32,
-                next_attempt_at: next_at,
-                now: now_millis(),
-            })
-            .await?;
-        if let (Some(at), Some(redrive)) = (again, next_at) {
-            let task = Task::Deliver {
-                notification: self.notification.id.clone(),
-                registrations: vec![self.registration_id.to_owned()],
-                due: Some(redrive),
-            };
-            if let Err(e) = self.state.queue.push_at(task, at).await {
-                tracing::warn!(error = %e, "retry not queued; the sweep will re-drive it");
-            }
-        }
-        Ok(())
-    }
 }

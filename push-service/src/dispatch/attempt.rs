@@ -1,0 +1,78 @@
+//! Writing what the state machine decided for one delivery, and counting it.
+
+use super::Task;
+use crate::delivery::{DeliveryState, Transition};
+use crate::ids::now_millis;
+use crate::store::{DeliveryUpdate, NotificationRow, StoreError};
+use crate::telemetry::names;
+use crate::AppState;
+
+/// One delivery attempt in progress: writes what the state machine decided and counts it.
+pub(super) struct Attempt<'a> {
+    pub(super) state: &'a AppState,
+    pub(super) notification: &'a NotificationRow,
+    pub(super) registration_id: &'a str,
+    pub(super) provider: String,
+}
+
+impl Attempt<'_> {
+    fn count(&self, outcome: &'static str) {
+        metrics::counter!(names::DELIVERIES, "app" => self.notification.app_id.clone(),
+            "provider" => self.provider.clone(), "outcome" => outcome)
+        .increment(1);
+    }
+
+    /// Writes the transition: a final (or held) state, or queued again with its
+    /// next try scheduled (the sweep covers a lost queue entry).
+    pub(super) async fn apply(&self, transition: Transition) -> Result<(), StoreError> {
+        let (state, reason, attempts, next_at, again) = match transition {
+            Transition::Finish {
+                state,
+                reason,
+                attempts,
+            } => {
+                self.count(state.as_str());
+                (state, reason, attempts, None, None)
+            }
+            Transition::Again {
+                at,
+                reason,
+                attempts,
+                waiting,
+            } => {
+                self.count(waiting.as_str());
+                let redrive = at + self.state.config.redrive_after.as_millis() as i64;
+                (
+                    DeliveryState::Queued,
+                    Some(reason),
+                    attempts,
+                    Some(redrive),
+                    Some(at),
+                )
+            }
+        };
+        self.state
+            .store
+            .update_delivery(DeliveryUpdate {
+                notification_id: self.notification.id.clone(),
+                registration_id: self.registration_id.to_owned(),
+                state,
+                reason,
+                attempts: attempts as i32,
+                next_attempt_at: next_at,
+                now: now_millis(),
+            })
+            .await?;
+        if let (Some(at), Some(redrive)) = (again, next_at) {
+            let task = Task::Deliver {
+                notification: self.notification.id.clone(),
+                registrations: vec![self.registration_id.to_owned()],
+                due: Some(redrive),
+            };
+            if let Err(e) = self.state.queue.push_at(task, at).await {
+                tracing::warn!(error = %e, "retry not queued; the sweep will re-drive it");
+            }
+        }
+        Ok(())
+    }
+}
