@@ -1,0 +1,372 @@
+//! The notify request: validation against provider limits, and durable acceptance.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::auth::notifier::NotifierAuth;
+use crate::dispatch::Task;
+use crate::error::ApiError;
+use crate::ids::{new_id, now_millis};
+use crate::store::{NotificationRow, StoreError};
+use crate::AppState;
+
+mod validate;
+pub use validate::{parse_targets, validate};
+
+/// Largest payload (title, body, data and overrides, as JSON) accepted: the APNs and FCM limit.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+/// Longest TTL: FCM's 28 days.
+pub const MAX_TTL_SECONDS: u64 = 2_419_200;
+/// TTL when the request gives none.
+pub const DEFAULT_TTL_SECONDS: u64 = 86_400;
+
+/// A zero TTL, stored as expiring at creation: "now or never" — one attempt at
+/// once (APNs `apns-expiration: 0`, FCM `ttl: "0s"`), never retried.
+pub fn now_or_never(created_at: i64, expires_at: i64) -> bool {
+    expires_at <= created_at
+}
+/// Who receives a notification: exactly one of the three forms.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// Registration ids (at most 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registrations: Option<Vec<String>>,
+    /// Identity aliases (at most 100); every active registration bound to one of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aliases: Option<Vec<String>>,
+    /// The whole app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
+/// Visible part of a notification.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    pub title: Option<String>,
+    pub body: Option<String>,
+}
+
+/// Raw APNs additions: allowed headers and payload keys merged into the generated payload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsOverride {
+    /// Only `apns-priority` (`1`, `5` or `10`; not `10` for a background push),
+    /// `apns-expiration` (seconds since the epoch as digits, `0` for now or never),
+    /// `apns-collapse-id` (at most 64 bytes) and `apns-push-type` (one of the push
+    /// types, equal to `push_type` when both are given).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Merged into the generated payload; `aps`, when given, is an object.
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// Delivery priority.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    High,
+    Normal,
+}
+
+/// Body of `POST /v1/apps/{app}/notifications`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyRequest {
+    pub targets: Targets,
+    pub notification: Option<Alert>,
+    /// String key/value pairs delivered to the app. Keys `aps` (APNs' own
+    /// dictionary), `from`, `message_type`, `google*` and `gcm*` (FCM's) are refused.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    pub priority: Option<Priority>,
+    /// Seconds the notification stays deliverable (default 86400, at most 2419200).
+    /// `0` means now or never: one attempt at once (APNs `apns-expiration: 0`, FCM
+    /// `ttl: "0s"`), no retry.
+    pub ttl_seconds: Option<u64>,
+    /// Replaces an undelivered notification with the same key (APNs collapse id, FCM collapse key).
+    pub collapse_key: Option<String>,
+    /// APNs push type; `alert` when there is a title or body, else `background`.
+    /// `alert` needs a title, a body or `apns.payload.aps` alert, badge or sound;
+    /// `background` takes none of them.
+    pub push_type: Option<String>,
+    pub apns: Option<ApnsOverride>,
+    /// Raw FCM `message` fields (e.g. `{"android": {...}}`) merged into the message.
+    /// The target is the registration's: `token`, `topic`, `condition`, `fid` and
+    /// `name` are refused. `android.priority` is `NORMAL` or `HIGH`, `android.ttl`
+    /// a duration such as `"3600s"` (at most 28 days), `apns.headers` follow the
+    /// rules of `apns.headers`, `data` values are strings.
+    #[schema(value_type = Option<Object>)]
+    pub fcm: Option<serde_json::Value>,
+}
+
+/// What providers deliver; stored with the notification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Content {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+    pub push_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apns: Option<ApnsOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fcm: Option<serde_json::Value>,
+}
+
+/// A registration refused at acceptance.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Rejected {
+    pub registration: String,
+    /// `unknown` (no such registration in this app) or `invalid`.
+    pub reason: String,
+}
+
+/// The `202` answer: the notification is durable.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub id: String,
+    /// Targets that will be attempted.
+    pub accepted: i64,
+    pub rejected: Vec<Rejected>,
+}
+
+/// The target form after validation.
+#[derive(Debug, Clone)]
+pub enum TargetSpec {
+    Registrations(Vec<String>),
+    Aliases(Vec<String>),
+    All,
+}
+
+impl TargetSpec {
+    /// Aliases of an alias fan-out, `None` for the whole app.
+    pub fn fanout_aliases(&self) -> Option<&[String]> {
+        match self {
+            TargetSpec::Aliases(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// Deliveries per queue task.
+pub const TASK_CHUNK: usize = 100;
+
+/// Validates, stores (idempotently) and enqueues a notification; answers only once it is durable.
+pub async fn accept(
+    state: &AppState,
+    auth: &NotifierAuth,
+    idempotency_key: Option<&str>,
+    body: serde_json::Value,
+) -> Result<Accepted, ApiError> {
+    let request_hash = hex::encode(Sha256::digest(
+        serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.into()))?,
+    ));
+    if let Some(key) = idempotency_key {
+        if let Some(previous) = replay(state, auth, key, &request_hash).await? {
+            return Ok(previous);
+        }
+    }
+    let request: NotifyRequest =
+        serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+    shed_when_behind(state, &auth.app_id)?;
+    let targets_json =
+        serde_json::to_string(&request.targets).map_err(|e| ApiError::Internal(e.into()))?;
+    let (targets, content, ttl) = validate(request).map_err(ApiError::invalid)?;
+    let cost = match &targets {
+        TargetSpec::Registrations(ids) => ids.len() as f64,
+        _ => 1.0,
+    };
+    let limits = state.limiter.app_limits(&auth.app_id).await?;
+    let buckets: Vec<_> = [
+        crate::limits::Limiter::bucket(
+            format!("notifier-targets:{}", auth.notifier.id),
+            limits.notifier_notifications_per_second,
+            cost,
+        ),
+        crate::limits::Limiter::bucket(
+            format!("app-targets:{}", auth.app_id),
+            limits.app_notifications_per_second,
+            cost,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    state.limiter.enforce(&buckets, "notification").await?;
+    let now = now_millis();
+    let id = new_id("ntf");
+    let (registrations, accepted, rejected) = match &targets {
+        TargetSpec::Registrations(ids) => {
+            let found = state.store.registration_states(ids).await?;
+            let mut ok = Vec::with_capacity(ids.len());
+            let mut rejected = Vec::new();
+            for id in ids {
+                match found.iter().find(|(rid, _, _)| rid == id) {
+                    Some((_, app, status)) if app == &auth.app_id && status == "active" => {
+                        ok.push(id.clone())
+                    }
+                    Some((_, app, _)) if app == &auth.app_id => rejected.push(Rejected {
+                        registration: id.clone(),
+                        reason: "invalid".into(),
+                    }),
+                    _ => rejected.push(Rejected {
+                        registration: id.clone(),
+                        reason: "unknown".into(),
+                    }),
+                }
+            }
+            let count = ok.len() as i64;
+            (ok, count, rejected)
+        }
+        other => {
+            let count = state
+                .store
+                .count_targets(&auth.app_id, other.fanout_aliases())
+                .await?;
+            (Vec::new(), count, Vec::new())
+        }
+    };
+    let answer = Accepted {
+        id: id.clone(),
+        accepted,
+        rejected,
+    };
+    let row = NotificationRow {
+        id: id.clone(),
+        app_id: auth.app_id.clone(),
+        notifier_id: auth.notifier.id.clone(),
+        idempotency_key: idempotency_key.map(str::to_owned),
+        request_hash: request_hash.clone(),
+        targets: targets_json,
+        content: serde_json::to_string(&content).map_err(|e| ApiError::Internal(e.into()))?,
+        expires_at: now + (ttl as i64) * 1000,
+        state: match targets {
+            TargetSpec::Registrations(_) => "dispatching".into(),
+            _ => "expanding".into(),
+        },
+        created_at: now,
+        response: Some(serde_json::to_string(&answer).map_err(|e| ApiError::Internal(e.into()))?),
+        expand_cursor: None,
+        updated_at: now,
+    };
+    let redrive_at = now + state.config.redrive_after.as_millis() as i64;
+    let audit = crate::store::AuditEntry {
+        seq: 0,
+        at: now,
+        actor: format!("notifier:{}", auth.notifier.id),
+        action: "notification.create".into(),
+        app_id: Some(auth.app_id.clone()),
+        target: Some(id.clone()),
+        source: auth.source.clone(),
+        details: Some(serde_json::json!({"accepted": accepted}).to_string()),
+    };
+    match state
+        .store
+        .insert_notification(&row, &registrations, redrive_at, Some(&audit))
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) if idempotency_key.is_some() => {
+            // A concurrent request with the same key won the race.
+            let key = idempotency_key.unwrap_or_default();
+            return replay(state, auth, key, &request_hash)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::Conflict("a request with this Idempotency-Key is in progress".into())
+                });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => auth.app_id.clone())
+        .increment(1);
+    let tasks: Vec<Task> = if row.state == "expanding" {
+        vec![Task::Expand { notification: id }]
+    } else {
+        registrations
+            .chunks(TASK_CHUNK)
+            .map(|chunk| Task::Deliver {
+                notification: row.id.clone(),
+                registrations: chunk.to_vec(),
+                due: Some(redrive_at),
+            })
+            .collect()
+    };
+    if !tasks.is_empty() {
+        if let Err(e) = state.queue.push(tasks).await {
+            // Durable already: the sweep re-drives it after `redrive_after`.
+            tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive this notification");
+        }
+    }
+    Ok(answer)
+}
+
+/// Backpressure: refuses a new notification (503 + Retry-After) while the
+/// dispatcher is behind — more deliveries ready to go than `max_queue_depth` —
+/// or while this app alone has more than that queued (its own deliveries
+/// waiting for a retry or an open circuit included: they are its backlog, and
+/// never another app's).
+fn shed_when_behind(state: &AppState, app_id: &str) -> Result<(), ApiError> {
+    let max_depth = state.config.max_queue_depth;
+    if max_depth == 0 {
+        return Ok(());
+    }
+    let ready = state.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
+    let app_depth = state
+        .app_queue_depths
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(app_id)
+        .copied()
+        .unwrap_or(0);
+    let detail = if app_depth > max_depth {
+        format!(
+            "this app has {app_depth} deliveries queued (more than max_queue_depth = {max_depth}); retry later"
+        )
+    } else if ready > max_depth {
+        format!(
+            "{ready} deliveries are waiting for the dispatcher (more than max_queue_depth = {max_depth}); retry later"
+        )
+    } else {
+        return Ok(());
+    };
+    metrics::counter!(crate::telemetry::names::NOTIFICATIONS_SHED).increment(1);
+    Err(ApiError::Unavailable(detail))
+}
+
+async fn replay(
+    state: &AppState,
+    auth: &NotifierAuth,
+    key: &str,
+    request_hash: &str,
+) -> Result<Option<Accepted>, ApiError> {
+    let Some(previous) = state
+        .store
+        .find_idempotent(&auth.app_id, &auth.notifier.id, key)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if previous.request_hash != request_hash {
+        return Err(ApiError::IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different request body".into(),
+        ));
+    }
+    let answer = previous
+        .response
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored response unreadable")))?;
+    Ok(Some(answer))
+}
