@@ -11,6 +11,7 @@ mod connections;
 mod credentials;
 mod dashboards;
 mod docs;
+mod layers;
 mod limits;
 mod notifiers;
 mod notify;
