@@ -3,45 +3,29 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::delivery::ProviderKind;
 use crate::ids::rfc3339;
 use crate::store::Registration;
 
-/// Push channel of a registration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Apns,
-    Fcm,
-    Direct,
-}
-
-impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Apns => "apns",
-            Provider::Fcm => "fcm",
-            Provider::Direct => "direct",
-        }
-    }
-
+impl ProviderKind {
     /// Platforms this provider can reach.
     fn platforms(self) -> &'static [&'static str] {
         match self {
-            Provider::Apns => &["ios", "ipados", "macos", "watchos", "tvos", "visionos"],
-            Provider::Fcm => &["android", "ios", "web"],
-            Provider::Direct => &["macos", "windows", "linux", "ios", "android", "web"],
+            ProviderKind::Apns => &["ios", "ipados", "macos", "watchos", "tvos", "visionos"],
+            ProviderKind::Fcm => &["android", "ios", "web"],
+            ProviderKind::Direct => &["macos", "windows", "linux", "ios", "android", "web"],
         }
     }
 
     /// Checks a provider token's shape; `direct` takes none.
     pub fn check_token(self, token: Option<&str>) -> Result<Option<String>, String> {
         match (self, token) {
-            (Provider::Direct, None) => Ok(None),
-            (Provider::Direct, Some(_)) => {
+            (ProviderKind::Direct, None) => Ok(None),
+            (ProviderKind::Direct, Some(_)) => {
                 Err("`token`: a `direct` registration has no token".into())
             }
             (_, None) => Err(format!("`token` is required for `{}`", self.as_str())),
-            (Provider::Apns, Some(token)) => {
+            (ProviderKind::Apns, Some(token)) => {
                 // Apple: "don't make assumptions about device token size"; it is hex bytes.
                 let ok = (32..=400).contains(&token.len())
                     && token.len() % 2 == 0
@@ -55,7 +39,7 @@ impl Provider {
                     )
                 }
             }
-            (Provider::Fcm, Some(token)) => {
+            (ProviderKind::Fcm, Some(token)) => {
                 let ok = (32..=4096).contains(&token.len())
                     && token.bytes().all(|b| {
                         b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.')
@@ -74,8 +58,8 @@ impl Provider {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRegistration {
-    pub provider: Provider,
-    /// Provider token (APNs hex device token, FCM registration token); none for `direct`.
+    pub provider: ProviderKind,
+    /// ProviderKind token (APNs hex device token, FCM registration token); none for `direct`.
     pub token: Option<String>,
     /// APNs: `production` (default) or `sandbox`.
     pub environment: Option<String>,
@@ -88,7 +72,7 @@ pub struct CreateRegistration {
 
 /// A validated registration request.
 pub struct NewRegistration {
-    pub provider: Provider,
+    pub provider: ProviderKind,
     pub token: Option<String>,
     pub environment: Option<String>,
     pub platform: String,
@@ -108,9 +92,9 @@ pub fn validate(body: CreateRegistration) -> Result<NewRegistration, String> {
         ));
     }
     let environment = match (body.provider, body.environment.as_deref()) {
-        (Provider::Apns, None | Some("production")) => Some("production".to_owned()),
-        (Provider::Apns, Some("sandbox" | "development")) => Some("sandbox".to_owned()),
-        (Provider::Apns, Some(other)) => {
+        (ProviderKind::Apns, None | Some("production")) => Some("production".to_owned()),
+        (ProviderKind::Apns, Some("sandbox" | "development")) => Some("sandbox".to_owned()),
+        (ProviderKind::Apns, Some(other)) => {
             return Err(format!(
                 "`environment`: `{other}` is not production or sandbox"
             ))

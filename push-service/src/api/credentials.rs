@@ -1,5 +1,6 @@
 //! `/v1/apps/{app}/credentials/{apns,fcm}`: upload (validated, sealed), read metadata, delete.
 
+use crate::delivery::ProviderKind;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::put;
@@ -39,11 +40,12 @@ async fn save<T: Serialize>(
     admin: &AdminAuth,
     state: &AppState,
     app_id: &str,
-    provider: &str,
+    kind: ProviderKind,
     info: &T,
     secret: &[u8],
     expires_at: Option<i64>,
 ) -> Result<(), ApiError> {
+    let provider = kind.as_str();
     let record = CredentialRecord {
         app_id: app_id.to_owned(),
         provider: provider.to_owned(),
@@ -56,9 +58,7 @@ async fn save<T: Serialize>(
     };
     state.store.put_credential(&record).await?;
     // A new credential deserves a try now, on this node at least.
-    state
-        .circuits
-        .reset(app_id, if provider == "apns" { "apns" } else { "fcm" });
+    state.circuits.reset(app_id, kind.as_str());
     tracing::info!(app = %app_id, provider, "credential stored");
     crate::audit::record(
         state,
@@ -168,7 +168,7 @@ async fn put_apns(
         &admin,
         &state,
         &app_id,
-        "apns",
+        ProviderKind::Apns,
         &validated.info,
         &secret,
         validated.expires_at,
@@ -227,7 +227,7 @@ async fn put_fcm(
         &admin,
         &state,
         &app_id,
-        "fcm",
+        ProviderKind::Fcm,
         &validated.info,
         validated.service_account_json.as_bytes(),
         None,

@@ -14,7 +14,7 @@ use crate::auth::dpop::DeviceProof;
 use crate::auth::now_seconds;
 use crate::error::{ApiError, Problem};
 use crate::ids::{new_id, now_millis};
-use crate::registrations::{validate, CreateRegistration, Provider, RegistrationView};
+use crate::registrations::{validate, CreateRegistration, ProviderKind, RegistrationView};
 use crate::store::Registration;
 use crate::AppState;
 
@@ -173,8 +173,12 @@ async fn rotate_token(
     ApiJson(body): ApiJson<RotateToken>,
 ) -> Result<Json<RegistrationView>, ApiError> {
     let registration = owned(&state, &id, &proof).await?;
-    let provider: Provider = serde_json::from_value(serde_json::json!(registration.provider))
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let provider = ProviderKind::parse(&registration.provider).ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "stored provider `{}` is not one this node knows",
+            registration.provider
+        ))
+    })?;
     let token = provider
         .check_token(Some(&body.token))
         .map_err(ApiError::invalid)?

@@ -20,7 +20,9 @@ use attempt::Attempt;
 use wake::wake_after_outage;
 
 use crate::delivery::transition::Registration;
-use crate::delivery::{after_answer, before_send, Answer, Attempted, DeliveryState, Transition};
+use crate::delivery::{
+    after_answer, before_send, Answer, Attempted, DeliveryState, ProviderKind, Transition,
+};
 use crate::ids::now_millis;
 use crate::notify::{parse_targets, Content, TASK_CHUNK};
 use crate::providers::circuit::TokenVerdict;
@@ -283,7 +285,7 @@ async fn deliver_one(
         None => Registration::Deleted,
     };
     let app = notification.app_id.as_str();
-    let provider = state.providers.get(&attempt.provider);
+    let provider = ProviderKind::parse(&attempt.provider).map(|kind| state.providers.get(kind));
     let circuit = provider.and_then(|p| state.circuits.open_until(app, p.name(), now));
     let circuit = circuit.as_ref().map(|(until, why)| (*until, why.as_str()));
     if let Some(instead) = before_send(&at, registration, circuit) {

@@ -7,6 +7,7 @@ pub mod fcm;
 pub mod http;
 pub mod outcome;
 
+use crate::delivery::ProviderKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,12 +79,11 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
-        match name {
-            "apns" => Some(&self.apns),
-            "fcm" => Some(&self.fcm),
-            "direct" => Some(&self.direct),
-            _ => None,
+    pub fn get(&self, kind: ProviderKind) -> &Arc<dyn Provider> {
+        match kind {
+            ProviderKind::Apns => &self.apns,
+            ProviderKind::Fcm => &self.fcm,
+            ProviderKind::Direct => &self.direct,
         }
     }
 }
