@@ -24,23 +24,45 @@ pub const GOOGLE_TOKEN_URIS: &[&str] = &[
     "https://www.googleapis.com/oauth2/v4/token",
 ];
 
+/// Why a URL someone else named is not fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefused {
+    #[error("not a URL ({0})")]
+    NotAUrl(String),
+    #[error("must be an https:// URL")]
+    NotHttps,
+    #[error("must not carry credentials")]
+    Credentials,
+    #[error("has no host")]
+    NoHost,
+    #[error("{0} is an address inside the network")]
+    InsideAddress(IpAddr),
+    #[error("`{0}` is an address inside the network")]
+    InsideName(String),
+    /// The name resolved to an address inside the network.
+    #[error("{0}")]
+    ResolvesInside(String),
+    #[error("must be Google's token endpoint ({0}); `fcm_token_uri_allow` names others")]
+    NotAnAllowedTokenUri(String),
+}
+
 /// Host names that always mean the cloud's metadata service.
 const METADATA_NAMES: &[&str] = &["metadata.google.internal", "metadata", "instance-data"];
 
 impl FetchPolicy {
     /// Checks a URL's form and, for an IP literal, its address (no resolution).
-    pub fn check_url(&self, raw: &str) -> Result<url::Url, String> {
-        let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e})"))?;
+    pub fn check_url(&self, raw: &str) -> Result<url::Url, UrlRefused> {
+        let url = url::Url::parse(raw).map_err(|e| UrlRefused::NotAUrl(e.to_string()))?;
         match url.scheme() {
             "https" => {}
             "http" if self.allow_private => {}
-            _ => return Err("must be an https:// URL".into()),
+            _ => return Err(UrlRefused::NotHttps),
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err("must not carry credentials".into());
+            return Err(UrlRefused::Credentials);
         }
         match url.host() {
-            None => Err("has no host".into()),
+            None => Err(UrlRefused::NoHost),
             Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)).map(|_| url.clone()),
             Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)).map(|_| url.clone()),
             Some(url::Host::Domain(name)) => {
@@ -52,7 +74,7 @@ impl FetchPolicy {
                         || name.ends_with(".internal")
                         || name.ends_with(".local"))
                 {
-                    return Err(format!("`{name}` is an address inside the network"));
+                    return Err(UrlRefused::InsideName(name));
                 }
                 Ok(url.clone())
             }
@@ -63,43 +85,42 @@ impl FetchPolicy {
     /// inside the network, without connecting (what registration does: refuse
     /// now, not at the first fetch). A name that does not resolve (yet) passes:
     /// every fetch resolves it again through the same check.
-    pub async fn check_resolved(&self, raw: &str) -> Result<url::Url, String> {
+    pub async fn check_resolved(&self, raw: &str) -> Result<url::Url, UrlRefused> {
         let url = self.check_url(raw)?;
         if let Some(url::Host::Domain(name)) = url.host() {
             let port = url.port_or_known_default().unwrap_or(443);
             match resolve(name, port, self.allow_private).await {
                 Ok(_) | Err(Refused::Unresolved(_)) => {}
-                Err(Refused::Inside(why)) => return Err(why),
+                Err(Refused::Inside(why)) => return Err(UrlRefused::ResolvesInside(why)),
             }
         }
         Ok(url)
     }
 
-    fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
+    fn check_ip(&self, ip: IpAddr) -> Result<(), UrlRefused> {
         if !self.allow_private && is_inside(ip) {
-            return Err(format!("{ip} is an address inside the network"));
+            return Err(UrlRefused::InsideAddress(ip));
         }
         Ok(())
     }
 
     /// A service account's `token_uri`: one of the allowed prefixes, and (resolved
     /// now) an address outside the network.
-    pub async fn check_token_uri(&self, raw: &str) -> Result<url::Url, String> {
+    pub async fn check_token_uri(&self, raw: &str) -> Result<url::Url, UrlRefused> {
         if !self
             .token_uri_allow
             .iter()
             .any(|p| raw.starts_with(p.as_str()))
         {
-            return Err(format!(
-                "must be Google's token endpoint ({}); `fcm_token_uri_allow` names others",
-                self.token_uri_allow.join(", ")
+            return Err(UrlRefused::NotAnAllowedTokenUri(
+                self.token_uri_allow.join(", "),
             ));
         }
         self.check_resolved(raw).await
     }
 
     /// An HTTP client for such fetches: our resolver, no redirects, bounded time.
-    pub fn client(&self, timeout: std::time::Duration) -> Result<reqwest::Client, String> {
+    pub fn client(&self, timeout: std::time::Duration) -> reqwest::Result<reqwest::Client> {
         reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -108,7 +129,6 @@ impl FetchPolicy {
                 allow_private: self.allow_private,
             }))
             .build()
-            .map_err(|e| e.to_string())
     }
 }
 

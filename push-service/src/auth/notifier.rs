@@ -413,7 +413,7 @@ impl JwksCache {
 
     /// Fetches and checks a JWKS; the error is for the log only.
     async fn fetch(&self, url: &str) -> Result<Value, String> {
-        self.policy.check_url(url)?;
+        self.policy.check_url(url).map_err(|e| e.to_string())?;
         let http = self.http.as_ref().ok_or("no HTTP client")?;
         let mut response =
             http.get(url).send().await.map_err(|e| {
