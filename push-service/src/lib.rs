@@ -15,6 +15,7 @@ pub mod error;
 pub mod ids;
 pub mod keys;
 pub mod limits;
+pub mod notification;
 pub mod notify;
 pub mod outbound;
 pub mod providers;

@@ -12,7 +12,8 @@ use super::extract::{ApiJson, ApiQuery};
 use crate::auth::notifier::NotifierAuth;
 use crate::error::{ApiError, Problem};
 use crate::ids::rfc3339;
-use crate::notify::{accept, parse_targets, Accepted, NotifyRequest, TargetSpec};
+use crate::notification::{parse_targets, TargetSpec};
+use crate::notify::{accept, Accepted, NotifyRequest};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {

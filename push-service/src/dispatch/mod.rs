@@ -24,12 +24,13 @@ use crate::delivery::{
     after_answer, before_send, Answer, Attempted, DeliveryState, ProviderKind, Transition,
 };
 use crate::ids::now_millis;
-use crate::notify::{parse_targets, Content, TASK_CHUNK};
+use crate::notification::{parse_targets, Content};
 use crate::providers::circuit::TokenVerdict;
 use crate::providers::{Delivery, Outcome};
 use crate::store::{NotificationRow, PendingDelivery, StoreError};
 use crate::telemetry::names;
 use crate::AppState;
+use queue::TASK_CHUNK;
 
 /// Registrations per fan-out expansion chunk.
 const EXPAND_CHUNK: i64 = 500;
@@ -270,7 +271,10 @@ async fn deliver_one(
         now,
         expires_at: notification.expires_at,
         // A zero TTL is "now or never": its first attempt goes, nothing after it.
-        now_or_never: crate::notify::now_or_never(notification.created_at, notification.expires_at),
+        now_or_never: crate::notification::now_or_never(
+            notification.created_at,
+            notification.expires_at,
+        ),
         attempts_before: pending.attempts.max(0) as u32,
     };
     let attempt = Attempt {

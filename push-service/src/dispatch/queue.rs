@@ -8,6 +8,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+/// Deliveries per queue task.
+pub const TASK_CHUNK: usize = 100;
+
 /// A unit of dispatch work. Tagged and versioned, so nodes of a rolling upgrade
 /// can read each other's tasks; add new versions, never change old ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,9 +1,9 @@
 //! Waking waiting deliveries when a provider answers again, and turning
 //! (notification, registration) pairs into deliver tasks.
 
+use super::queue::TASK_CHUNK;
 use super::Task;
 use crate::ids::now_millis;
-use crate::notify::TASK_CHUNK;
 use crate::store::StoreError;
 use crate::AppState;
 

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::auth::notifier::NotifierAuth;
+use crate::dispatch::queue::TASK_CHUNK;
 use crate::dispatch::Task;
 use crate::error::ApiError;
 use crate::ids::{new_id, now_millis};
@@ -14,7 +15,8 @@ use crate::store::{NotificationRow, StoreError};
 use crate::AppState;
 
 mod validate;
-pub use validate::{parse_targets, validate};
+use crate::notification::{Alert, ApnsOverride, Content, Priority, TargetSpec, Targets};
+pub use validate::validate;
 
 /// Largest payload (title, body, data and overrides, as JSON) accepted: the APNs and FCM limit.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
@@ -22,58 +24,6 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 pub const MAX_TTL_SECONDS: u64 = 2_419_200;
 /// TTL when the request gives none.
 pub const DEFAULT_TTL_SECONDS: u64 = 86_400;
-
-/// A zero TTL, stored as expiring at creation: "now or never" — one attempt at
-/// once (APNs `apns-expiration: 0`, FCM `ttl: "0s"`), never retried.
-pub fn now_or_never(created_at: i64, expires_at: i64) -> bool {
-    expires_at <= created_at
-}
-/// Who receives a notification: exactly one of the three forms.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Targets {
-    /// Registration ids (at most 1000).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub registrations: Option<Vec<String>>,
-    /// Identity aliases (at most 100); every active registration bound to one of them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aliases: Option<Vec<String>>,
-    /// The whole app.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub all: Option<bool>,
-}
-
-/// Visible part of a notification.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Alert {
-    pub title: Option<String>,
-    pub body: Option<String>,
-}
-
-/// Raw APNs additions: allowed headers and payload keys merged into the generated payload.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApnsOverride {
-    /// Only `apns-priority` (`1`, `5` or `10`; not `10` for a background push),
-    /// `apns-expiration` (seconds since the epoch as digits, `0` for now or never),
-    /// `apns-collapse-id` (at most 64 bytes) and `apns-push-type` (one of the push
-    /// types, equal to `push_type` when both are given).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Merged into the generated payload; `aps`, when given, is an object.
-    #[schema(value_type = Option<Object>)]
-    pub payload: Option<serde_json::Value>,
-}
-
-/// Delivery priority.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    #[default]
-    High,
-    Normal,
-}
 
 /// Body of `POST /v1/apps/{app}/notifications`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -106,25 +56,6 @@ pub struct NotifyRequest {
     pub fcm: Option<serde_json::Value>,
 }
 
-/// What providers deliver; stored with the notification.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Content {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    #[serde(default)]
-    pub data: BTreeMap<String, String>,
-    pub priority: Priority,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub collapse_key: Option<String>,
-    pub push_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub apns: Option<ApnsOverride>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fcm: Option<serde_json::Value>,
-}
-
 /// A registration refused at acceptance.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Rejected {
@@ -141,27 +72,6 @@ pub struct Accepted {
     pub accepted: i64,
     pub rejected: Vec<Rejected>,
 }
-
-/// The target form after validation.
-#[derive(Debug, Clone)]
-pub enum TargetSpec {
-    Registrations(Vec<String>),
-    Aliases(Vec<String>),
-    All,
-}
-
-impl TargetSpec {
-    /// Aliases of an alias fan-out, `None` for the whole app.
-    pub fn fanout_aliases(&self) -> Option<&[String]> {
-        match self {
-            TargetSpec::Aliases(a) => Some(a),
-            _ => None,
-        }
-    }
-}
-
-/// Deliveries per queue task.
-pub const TASK_CHUNK: usize = 100;
 
 /// Validates, stores (idempotently) and enqueues a notification; answers only once it is durable.
 pub async fn accept(

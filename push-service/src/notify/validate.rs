@@ -3,13 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{
-    Content, NotifyRequest, TargetSpec, Targets, DEFAULT_TTL_SECONDS, MAX_PAYLOAD_BYTES,
-    MAX_TTL_SECONDS,
-};
+use super::{Content, NotifyRequest, DEFAULT_TTL_SECONDS, MAX_PAYLOAD_BYTES, MAX_TTL_SECONDS};
+use crate::notification::{check_targets, TargetSpec};
 
-const MAX_REGISTRATION_TARGETS: usize = 1000;
-const MAX_ALIAS_TARGETS: usize = 100;
 /// APNs headers a request may set through `apns.headers`.
 const APNS_HEADERS: &[&str] = &[
     "apns-priority",
@@ -30,43 +26,6 @@ const PUSH_TYPES: &[&str] = &[
     "widgets",
     "controls",
 ];
-
-/// Parses a stored target spec.
-pub fn parse_targets(json: &str) -> Result<TargetSpec, String> {
-    let targets: Targets = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    check_targets(targets)
-}
-
-fn check_targets(targets: Targets) -> Result<TargetSpec, String> {
-    match (targets.registrations, targets.aliases, targets.all) {
-        (Some(mut ids), None, None) => {
-            if ids.is_empty() || ids.len() > MAX_REGISTRATION_TARGETS {
-                return Err(format!(
-                    "`targets.registrations`: 1 to {MAX_REGISTRATION_TARGETS} ids"
-                ));
-            }
-            if ids.iter().any(|id| id.is_empty() || id.len() > 128) {
-                return Err("`targets.registrations`: ids are 1 to 128 characters".into());
-            }
-            ids.sort();
-            ids.dedup();
-            Ok(TargetSpec::Registrations(ids))
-        }
-        (None, Some(aliases), None) => {
-            if aliases.is_empty() || aliases.len() > MAX_ALIAS_TARGETS {
-                return Err(format!(
-                    "`targets.aliases`: 1 to {MAX_ALIAS_TARGETS} aliases"
-                ));
-            }
-            let aliases = crate::registrations::validate_aliases_unbounded(aliases)
-                .map_err(|e| format!("`targets.{}", e.trim_start_matches('`')))?;
-            Ok(TargetSpec::Aliases(aliases))
-        }
-        (None, None, Some(true)) => Ok(TargetSpec::All),
-        (None, None, Some(false)) => Err("`targets.all` must be true when given".into()),
-        _ => Err("`targets`: give exactly one of `registrations`, `aliases` and `all`".into()),
-    }
-}
 
 fn header_safe(value: &str) -> bool {
     !value.is_empty() && value.len() <= 256 && value.bytes().all(|b| (0x20..0x7f).contains(&b))

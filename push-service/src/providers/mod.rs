@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::notify::Content;
+use crate::notification::Content;
 
 /// One delivery attempt: a notification to one registration.
 pub struct Delivery<'a> {
@@ -32,7 +32,7 @@ pub struct Delivery<'a> {
 impl Delivery<'_> {
     /// A zero TTL: delivered now or never (APNs `apns-expiration: 0`, FCM `ttl: "0s"`).
     pub fn now_or_never(&self) -> bool {
-        crate::notify::now_or_never(self.created_at, self.expires_at)
+        crate::notification::now_or_never(self.created_at, self.expires_at)
     }
 }
 

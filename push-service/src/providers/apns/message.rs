@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::notify::{Content, Priority};
+use crate::notification::{Content, Priority};
 use crate::providers::outcome::{apns_class, Class};
 use crate::providers::Outcome;
 
@@ -141,7 +141,7 @@ pub fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::ApnsOverride;
+    use crate::notification::ApnsOverride;
 
     fn content() -> Content {
         Content {

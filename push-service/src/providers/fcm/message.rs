@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::notify::{Content, Priority};
+use crate::notification::{Content, Priority};
 use crate::providers::apns::message::merge;
 use crate::providers::outcome::{fcm_class, Class};
 use crate::providers::Outcome;
