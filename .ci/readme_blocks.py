@@ -16,6 +16,10 @@ before a block says how it runs (README.md, "The README runs as written"):
   tools=cluster-dry-run       kubectl create → --dry-run=client, helm install →
                               helm template checked by kubernetes-validate
 
+The copy shares `target/`, so what cargo built in the checkout is reused (same
+sources, same fingerprints); after editing the checkout, the copy is made again
+at the next run.
+
 A block without a comment runs as is. Every run must exit 0; a server must
 become ready. Fails when a block fails, or on a shell fence not marked `sh`.
 """
