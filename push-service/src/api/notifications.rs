@@ -167,11 +167,12 @@ async fn status(
             updated_at: rfc3339(row.updated_at),
         })
         .collect();
+    let expanded = !notification.is_expanding();
     Ok(Json(NotificationStatus {
         id: notification.id,
         created_at: rfc3339(notification.created_at),
         expires_at: rfc3339(notification.expires_at),
-        expanded: notification.state != "expanding",
+        expanded,
         counts,
         targets,
         next,

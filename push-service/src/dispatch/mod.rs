@@ -151,7 +151,7 @@ async fn expand(state: &AppState, id: &str) -> Result<(), StoreError> {
     let Some(mut notification) = state.store.get_notification(id).await? else {
         return Ok(());
     };
-    if notification.state != "expanding" {
+    if !notification.is_expanding() {
         return Ok(());
     }
     let targets =

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::auth::notifier::NotifierAuth;
+use crate::delivery::NotificationPhase;
 use crate::dispatch::queue::TASK_CHUNK;
 use crate::dispatch::Task;
 use crate::error::ApiError;
@@ -163,9 +164,11 @@ pub async fn accept(
         content: serde_json::to_string(&content).map_err(|e| ApiError::Internal(e.into()))?,
         expires_at: now + (ttl as i64) * 1000,
         state: match targets {
-            TargetSpec::Registrations(_) => "dispatching".into(),
-            _ => "expanding".into(),
-        },
+            TargetSpec::Registrations(_) => NotificationPhase::Dispatching,
+            _ => NotificationPhase::Expanding,
+        }
+        .as_str()
+        .into(),
         created_at: now,
         response: Some(serde_json::to_string(&answer).map_err(|e| ApiError::Internal(e.into()))?),
         expand_cursor: None,
@@ -201,7 +204,7 @@ pub async fn accept(
     }
     metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => auth.app_id.clone())
         .increment(1);
-    let tasks: Vec<Task> = if row.state == "expanding" {
+    let tasks: Vec<Task> = if row.is_expanding() {
         vec![Task::Expand { notification: id }]
     } else {
         registrations

@@ -28,6 +28,18 @@ pub struct NotificationRow {
     pub updated_at: i64,
 }
 
+impl NotificationRow {
+    /// The fan-out phase its `state` names (`None`: a name this node does not know).
+    pub fn phase(&self) -> Option<crate::delivery::NotificationPhase> {
+        crate::delivery::NotificationPhase::parse(&self.state)
+    }
+
+    /// Still finding its registrations.
+    pub fn is_expanding(&self) -> bool {
+        self.phase() == Some(crate::delivery::NotificationPhase::Expanding)
+    }
+}
+
 /// A queued delivery with what the dispatcher needs of its registration.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingDelivery {
