@@ -374,8 +374,9 @@ both_backends!(
     super::token_floor
 );
 
-/// What the dispatcher must end with for an answer of `class` (TTL 3 s, 3 attempts
-/// at most for unknown answers): (delivery states, registration status, reason part).
+/// What the dispatcher must end with for an answer of `class` (TTL 3 s for provider
+/// answers, 60 s for the others; 3 attempts at most for unknown answers): (delivery
+/// states, registration status, reason part).
 /// A credential error keeps the delivery waiting (no attempt spent) until the TTL.
 fn expected(class: Class) -> (&'static [&'static str], &'static str, &'static str) {
     match class {
@@ -399,11 +400,15 @@ async fn walk(rig: &Rig, rows: Vec<(String, NewRegistration, Class, String)>) {
     for (token, registration, class, name) in rows {
         let (app_id, notifier) = rig.tenant(&rig.p8).await;
         let id = register(rig, &app_id, registration).await;
+        // Provider-class rows retry until the TTL ends them: a short one. The
+        // others end at their first answer; a longer TTL keeps a loaded machine
+        // (first attempt seconds late) from expiring them before they are tried.
+        let ttl = if class == Class::Provider { 3 } else { 60 };
         let answer = send(
             &rig.app,
             &notifier,
             json!({"targets": {"registrations": [id]}, "notification": {"title": "row"},
-                "ttl_seconds": 3}),
+                "ttl_seconds": ttl}),
         )
         .await;
         sent.push((
