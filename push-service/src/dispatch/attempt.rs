@@ -25,14 +25,15 @@ impl Attempt<'_> {
     /// Writes the transition: a final (or held) state, or queued again with its
     /// next try scheduled (the sweep covers a lost queue entry).
     pub(super) async fn apply(&self, transition: Transition) -> Result<(), StoreError> {
-        let (state, reason, attempts, next_at, again) = match transition {
+        // `retry`: when the next try goes, and when the sweep re-drives it if that is lost.
+        let (state, reason, attempts, retry) = match transition {
             Transition::Finish {
                 state,
                 reason,
                 attempts,
             } => {
                 self.count(state.as_str());
-                (state, reason, attempts, None, None)
+                (state, reason, attempts, None)
             }
             Transition::Again {
                 at,
@@ -46,8 +47,7 @@ impl Attempt<'_> {
                     DeliveryState::Queued,
                     Some(reason),
                     attempts,
-                    Some(redrive),
-                    Some(at),
+                    Some((at, redrive)),
                 )
             }
         };
@@ -59,11 +59,11 @@ impl Attempt<'_> {
                 state,
                 reason,
                 attempts: attempts as i32,
-                next_attempt_at: next_at,
+                next_attempt_at: retry.map(|(_, redrive)| redrive),
                 now: now_millis(),
             })
             .await?;
-        if let (Some(at), Some(redrive)) = (again, next_at) {
+        if let Some((at, redrive)) = retry {
             let task = Task::Deliver {
                 notification: self.notification.id.clone(),
                 registrations: vec![self.registration_id.to_owned()],

@@ -198,10 +198,7 @@ async fn open_streams_per_device_key_are_bounded_postgres() {
 
 #[tokio::test]
 async fn admin_listen_keeps_metrics_and_readiness_off_the_public_listener() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        probe.local_addr().expect("addr").port()
-    };
+    let port = crate::process::free_port();
     let mut options = Options::new(Backend::Sqlite);
     options.extra = format!("admin_listen = \"127.0.0.1:{port}\"\n");
     let app = spawn(options).await;
@@ -232,10 +229,7 @@ async fn admin_listen_keeps_metrics_and_readiness_off_the_public_listener() {
 
 #[tokio::test]
 async fn the_operator_api_can_live_on_admin_listen_only() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        probe.local_addr().expect("addr").port()
-    };
+    let port = crate::process::free_port();
     let mut options = Options::new(Backend::Sqlite);
     options.extra =
         format!("admin_listen = \"127.0.0.1:{port}\"\noperator_api_on_admin_listen = true\n");

@@ -562,10 +562,7 @@ async fn admin_listen_speaks_tls_when_asked() {
     let dir = tempfile::tempdir().expect("dir");
     let ca = TestCa::new("admin-ca");
     install(dir.path(), &ca.leaf(&["127.0.0.1"], -1, 30), &ca);
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        probe.local_addr().expect("addr").port()
-    };
+    let port = crate::process::free_port();
     let mut options = Options::new(Backend::Sqlite);
     options.tls = Some(TestTls {
         cert: dir.path().join("cert.pem"),
