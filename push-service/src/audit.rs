@@ -2,26 +2,11 @@
 //! who, what, when and from where. Entries name ids and public metadata only,
 //! never keys, tokens or payloads.
 
-use std::net::SocketAddr;
-
-use axum::extract::ConnectInfo;
-use axum::http::request::Parts;
 use serde_json::Value;
 
 use crate::ids::now_millis;
 use crate::store::AuditEntry;
-use crate::AppState;
-
-/// The caller's address as the connection shows it (a proxy's, behind one).
-pub fn source(parts: &Parts) -> Option<String> {
-    if let Some(crate::api::client_addr::ClientAddr(ip)) = parts.extensions.get() {
-        return Some(ip.to_string());
-    }
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
-}
+use crate::store::Store;
 
 /// Who did it: the operator or one notifier.
 pub enum Actor<'a> {
@@ -41,7 +26,7 @@ impl Actor<'_> {
 /// Appends an entry. The action itself has already committed, so a failed
 /// audit write is logged loudly rather than turned into an error for the caller.
 pub async fn record(
-    state: &AppState,
+    store: &dyn Store,
     actor: Actor<'_>,
     source: Option<&str>,
     action: &str,
@@ -59,7 +44,7 @@ pub async fn record(
         source: source.map(str::to_owned),
         details: details.map(|d| d.to_string()),
     };
-    if let Err(e) = state.store.audit(&entry).await {
+    if let Err(e) = store.audit(&entry).await {
         metrics::counter!(crate::telemetry::names::AUDIT_WRITE_FAILURES).increment(1);
         tracing::error!(error = %e, action, "audit entry not written");
     }

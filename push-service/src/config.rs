@@ -10,6 +10,7 @@ use figment::Figment;
 use serde::Deserialize;
 
 use crate::secret::Secret;
+pub use crate::telemetry::LogFormat;
 
 /// The commented default configuration, embedded in the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -118,13 +119,6 @@ pub struct ProviderSettings {
     pub fetch: crate::outbound::FetchPolicy,
 }
 
-/// Output format of the logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
-
 /// Validated configuration. Secrets are wrapped so they never print.
 #[derive(Clone)]
 pub struct Config {
@@ -176,7 +170,7 @@ pub struct Config {
     /// Audit entries older than this are deleted by the sweep (0: kept forever).
     pub audit_retention: std::time::Duration,
     /// Peers whose `Forwarded` / `X-Forwarded-For` name the client address.
-    pub trusted_proxies: Vec<crate::api::client_addr::Cidr>,
+    pub trusted_proxies: Vec<crate::net::Cidr>,
     /// What outbound fetches named by others (JWKS URLs, `token_uri`) may reach.
     pub fetch: crate::outbound::FetchPolicy,
     /// Active registrations one device key may hold (0: no limit).
@@ -524,9 +518,9 @@ impl Config {
             .trusted_proxies
             .split(',')
             .filter(|s| !s.trim().is_empty())
-            .map(crate::api::client_addr::Cidr::parse)
+            .map(crate::net::Cidr::parse)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("trusted_proxies", e))?;
+            .map_err(|e| invalid("trusted_proxies", e.to_string()))?;
         let token_uri_allow: Vec<String> = raw
             .fcm_token_uri_allow
             .split(',')

@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::crypto::fingerprint;
+use crate::delivery::ProviderKind;
+
+/// Associated data binding a sealed credential to its row (app and provider).
+pub fn credential_aad(app_id: &str, provider: ProviderKind) -> String {
+    format!("{app_id}/{}", provider.as_str())
+}
 
 /// Why an uploaded credential was refused. Messages never quote secret material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -22,6 +22,11 @@ pub fn now_millis() -> i64 {
     (now.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// Seconds since the Unix epoch (JWT claims).
+pub fn now_seconds() -> i64 {
+    now_millis() / 1000
+}
+
 /// RFC 3339 rendering of a store timestamp, for API bodies: UTC, always three
 /// fraction digits, so that timestamps compare as strings in time order
 /// (`…:00.500Z` after `…:00.000Z`, which a trimmed `…:00Z` would not be).

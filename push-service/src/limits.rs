@@ -10,12 +10,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// A limit refused the request, or could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// Over a limit: answered 429 with `Retry-After` and `RateLimit-*`.
+    #[error("{detail}")]
+    Exceeded { detail: String, verdict: Verdict },
+    #[error("the rate limiter is unreachable; retry later")]
+    Unreachable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Limits of one app (requests or notifications per second; 0 = unlimited).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -68,10 +78,12 @@ impl Verdict {
     }
 
     /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (IETF httpapi draft).
-    pub fn write_headers(&self, headers: &mut HeaderMap) {
-        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("ratelimit-reset", HeaderValue::from(self.reset_seconds));
+    pub fn headers(&self) -> [(&'static str, u64); 3] {
+        [
+            ("ratelimit-limit", self.limit),
+            ("ratelimit-remaining", self.remaining),
+            ("ratelimit-reset", self.reset_seconds),
+        ]
     }
 }
 
@@ -178,7 +190,7 @@ impl Limiter {
     }
 
     /// Checks (and, when all have room, charges) `buckets`.
-    pub async fn check(&self, buckets: &[Bucket]) -> Result<Verdict, ApiError> {
+    pub async fn check(&self, buckets: &[Bucket]) -> Result<Verdict, LimitError> {
         if buckets.is_empty() {
             return Ok(Verdict {
                 allowed: true,
@@ -246,7 +258,7 @@ impl Limiter {
                 let (allowed, retry, limit, remaining, reset): (i64, i64, i64, i64, i64) =
                     invocation.invoke_async(&mut conn).await.map_err(|e| {
                         tracing::warn!(error = %e, "redis unavailable for rate limits");
-                        ApiError::Unavailable("the rate limiter is unreachable; retry later".into())
+                        LimitError::Unreachable
                     })?;
                 Ok(Verdict {
                     allowed: allowed == 1,
@@ -260,25 +272,25 @@ impl Limiter {
     }
 
     /// Checks `buckets` and turns a refusal into a 429 naming `what`.
-    pub async fn enforce(&self, buckets: &[Bucket], what: &str) -> Result<Verdict, ApiError> {
+    pub async fn enforce(&self, buckets: &[Bucket], what: &str) -> Result<Verdict, LimitError> {
         let verdict = self.check(buckets).await?;
         if verdict.allowed {
             Ok(verdict)
         } else {
             metrics::counter!(crate::telemetry::names::RATE_LIMITED, "limit" => what.to_owned())
                 .increment(1);
-            Err(ApiError::RateLimited {
+            Err(LimitError::Exceeded {
                 detail: format!(
                     "{what} rate limit exceeded; retry in {} s",
                     verdict.retry_after_seconds()
                 ),
-                limit: verdict,
+                verdict,
             })
         }
     }
 
     /// The limits of `app_id`: the operator's override, or the defaults.
-    pub async fn app_limits(&self, app_id: &str) -> Result<AppLimits, ApiError> {
+    pub async fn app_limits(&self, app_id: &str) -> Result<AppLimits, LimitError> {
         if let Some((at, limits)) = self
             .app_limits
             .lock()
@@ -301,108 +313,11 @@ impl Limiter {
         Ok(limits)
     }
 
-    /// Per source address (the client address, see `trusted_proxies`): requests
-    /// without credentials are charged before they run; requests with credentials
-    /// (a bearer token, a DPoP proof) always run, so a valid credential is never
-    /// refused here — their callers are limited per principal (notifier, device
-    /// key). A failed authentication is charged after the fact, and once the
-    /// address has used up its allowance the failure is answered `429` instead
-    /// of `401`.
-    pub async fn address_middleware(
-        axum::extract::State(state): axum::extract::State<crate::AppState>,
-        request: axum::extract::Request,
-        next: axum::middleware::Next,
-    ) -> axum::response::Response {
-        use axum::response::IntoResponse;
-        let limiter = &state.limiter;
-        let per_second = limiter.settings.address_requests_per_second;
-        let ip = request
-            .extensions()
-            .get::<crate::api::client_addr::ClientAddr>()
-            .map(|c| c.0)
-            .or_else(|| {
-                request
-                    .extensions()
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map(|c| c.0.ip())
-            });
-        let probe = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
-        let Some(ip) = ip.filter(|_| per_second > 0.0 && !probe) else {
-            return next.run(request).await;
-        };
-        let headers = request.headers();
-        let credentialed =
-            headers.contains_key(axum::http::header::AUTHORIZATION) || headers.contains_key("dpop");
-        if !credentialed {
-            let bucket = Bucket {
-                key: format!("addr:{ip}"),
-                per_second,
-                cost: 1.0,
-            };
-            if let Err(e) = limiter
-                .enforce(std::slice::from_ref(&bucket), "address")
-                .await
-            {
-                let path = request.uri().path().to_owned();
-                crate::telemetry::warn_sampled("rate limited (429)", ip, &path);
-                return e.into_response();
-            }
-            return next.run(request).await;
-        }
-        // Cheap copies (the URI is reference-counted); text only when logged.
-        let method = request.method().clone();
-        let uri = request.uri().clone();
-        let response = next.run(request).await;
-        if response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
-            // A notifier or device over its own limit.
-            crate::telemetry::warn_sampled("rate limited (429)", ip, uri.path());
-        }
-        if response.status() != axum::http::StatusCode::UNAUTHORIZED {
-            return response;
-        }
-        let charge = Bucket {
-            key: format!("authfail:{ip}"),
-            per_second,
-            cost: 1.0,
-        };
-        crate::telemetry::warn_sampled(
-            "authentication failed (401)",
-            ip,
-            &format!("{method} {}", uri.path()),
-        );
-        match limiter.enforce(&[charge], "failed authentication").await {
-            Ok(_) => response,
-            Err(e) => e.into_response(),
-        }
-    }
-
     /// Forgets a cached app's limits (after the operator changed them on this node).
     pub fn forget_app(&self, app_id: &str) {
         self.app_limits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(app_id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verdict_headers_and_retry_after_round_up() {
-        let verdict = Verdict {
-            allowed: false,
-            limit: 20,
-            remaining: 0,
-            reset_seconds: 2,
-            retry_after_ms: 1001,
-        };
-        assert_eq!(verdict.retry_after_seconds(), 2);
-        let mut headers = HeaderMap::new();
-        verdict.write_headers(&mut headers);
-        assert_eq!(headers["ratelimit-limit"], "20");
-        assert_eq!(headers["ratelimit-remaining"], "0");
-        assert_eq!(headers["ratelimit-reset"], "2");
     }
 }

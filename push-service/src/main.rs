@@ -165,7 +165,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    push_service::telemetry::init_logging(&config);
+    push_service::telemetry::init_logging(&config.log_level, config.log_format);
     for path in &config.created_files {
         let what = match path.file_name().and_then(|n| n.to_str()) {
             Some(name) if name.contains("admin") => {

@@ -7,6 +7,23 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// A target spec that names no valid set of targets: what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidTargets(pub String);
+
+impl From<String> for InvalidTargets {
+    fn from(message: String) -> Self {
+        InvalidTargets(message)
+    }
+}
+
+impl From<&str> for InvalidTargets {
+    fn from(message: &str) -> Self {
+        InvalidTargets(message.to_owned())
+    }
+}
+
 /// A zero TTL, stored as expiring at creation: "now or never" — one attempt at
 /// once (APNs `apns-expiration: 0`, FCM `ttl: "0s"`), never retried.
 pub fn now_or_never(created_at: i64, expires_at: i64) -> bool {
@@ -99,18 +116,19 @@ impl TargetSpec {
 const MAX_REGISTRATION_TARGETS: usize = 1000;
 const MAX_ALIAS_TARGETS: usize = 100;
 /// Parses a stored target spec.
-pub fn parse_targets(json: &str) -> Result<TargetSpec, String> {
+pub fn parse_targets(json: &str) -> Result<TargetSpec, InvalidTargets> {
     let targets: Targets = serde_json::from_str(json).map_err(|e| e.to_string())?;
     check_targets(targets)
 }
 
-pub(crate) fn check_targets(targets: Targets) -> Result<TargetSpec, String> {
+pub(crate) fn check_targets(targets: Targets) -> Result<TargetSpec, InvalidTargets> {
     match (targets.registrations, targets.aliases, targets.all) {
         (Some(mut ids), None, None) => {
             if ids.is_empty() || ids.len() > MAX_REGISTRATION_TARGETS {
                 return Err(format!(
                     "`targets.registrations`: 1 to {MAX_REGISTRATION_TARGETS} ids"
-                ));
+                )
+                .into());
             }
             if ids.iter().any(|id| id.is_empty() || id.len() > 128) {
                 return Err("`targets.registrations`: ids are 1 to 128 characters".into());
@@ -121,12 +139,11 @@ pub(crate) fn check_targets(targets: Targets) -> Result<TargetSpec, String> {
         }
         (None, Some(aliases), None) => {
             if aliases.is_empty() || aliases.len() > MAX_ALIAS_TARGETS {
-                return Err(format!(
-                    "`targets.aliases`: 1 to {MAX_ALIAS_TARGETS} aliases"
-                ));
+                return Err(format!("`targets.aliases`: 1 to {MAX_ALIAS_TARGETS} aliases").into());
             }
-            let aliases = crate::registrations::validate_aliases_unbounded(aliases)
-                .map_err(|e| format!("`targets.{}", e.trim_start_matches('`')))?;
+            let aliases =
+                crate::registrations::validate_aliases_unbounded("targets.aliases", aliases)
+                    .map_err(|e| InvalidTargets(e.0))?;
             Ok(TargetSpec::Aliases(aliases))
         }
         (None, None, Some(true)) => Ok(TargetSpec::All),

@@ -7,6 +7,23 @@ pub use crate::delivery::ProviderKind;
 use crate::ids::rfc3339;
 use crate::store::Registration;
 
+/// A registration request a provider would refuse: what is wrong, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRegistration(pub String);
+
+impl From<String> for InvalidRegistration {
+    fn from(message: String) -> Self {
+        InvalidRegistration(message)
+    }
+}
+
+impl From<&str> for InvalidRegistration {
+    fn from(message: &str) -> Self {
+        InvalidRegistration(message.to_owned())
+    }
+}
+
 impl ProviderKind {
     /// Platforms this provider can reach.
     fn platforms(self) -> &'static [&'static str] {
@@ -18,13 +35,13 @@ impl ProviderKind {
     }
 
     /// Checks a provider token's shape; `direct` takes none.
-    pub fn check_token(self, token: Option<&str>) -> Result<Option<String>, String> {
+    pub fn check_token(self, token: Option<&str>) -> Result<Option<String>, InvalidRegistration> {
         match (self, token) {
             (ProviderKind::Direct, None) => Ok(None),
             (ProviderKind::Direct, Some(_)) => {
                 Err("`token`: a `direct` registration has no token".into())
             }
-            (_, None) => Err(format!("`token` is required for `{}`", self.as_str())),
+            (_, None) => Err(format!("`token` is required for `{}`", self.as_str()).into()),
             (ProviderKind::Apns, Some(token)) => {
                 // Apple: "don't make assumptions about device token size"; it is hex bytes.
                 let ok = (32..=400).contains(&token.len())
@@ -80,7 +97,7 @@ pub struct NewRegistration {
 }
 
 /// Checks a registration request; the error names the field.
-pub fn validate(body: CreateRegistration) -> Result<NewRegistration, String> {
+pub fn validate(body: CreateRegistration) -> Result<NewRegistration, InvalidRegistration> {
     let token = body.provider.check_token(body.token.as_deref())?;
     let platform = body.platform.to_ascii_lowercase();
     if !body.provider.platforms().contains(&platform.as_str()) {
@@ -89,15 +106,14 @@ pub fn validate(body: CreateRegistration) -> Result<NewRegistration, String> {
             body.platform,
             body.provider.as_str(),
             body.provider.platforms().join(", ")
-        ));
+        )
+        .into());
     }
     let environment = match (body.provider, body.environment.as_deref()) {
         (ProviderKind::Apns, None | Some("production")) => Some("production".to_owned()),
         (ProviderKind::Apns, Some("sandbox" | "development")) => Some("sandbox".to_owned()),
         (ProviderKind::Apns, Some(other)) => {
-            return Err(format!(
-                "`environment`: `{other}` is not production or sandbox"
-            ))
+            return Err(format!("`environment`: `{other}` is not production or sandbox").into())
         }
         (_, None) => None,
         (_, Some(_)) => return Err("`environment` applies to APNs registrations only".into()),
@@ -123,20 +139,25 @@ pub const MAX_ALIASES: usize = 32;
 const MAX_ALIAS_LEN: usize = 256;
 
 /// Checks a set of aliases and returns it sorted and deduplicated.
-pub fn validate_aliases(aliases: Vec<String>) -> Result<Vec<String>, String> {
+pub fn validate_aliases(aliases: Vec<String>) -> Result<Vec<String>, InvalidRegistration> {
     if aliases.len() > MAX_ALIASES {
-        return Err(format!("`aliases`: at most {MAX_ALIASES}"));
+        return Err(format!("`aliases`: at most {MAX_ALIASES}").into());
     }
-    validate_aliases_unbounded(aliases)
+    validate_aliases_unbounded("aliases", aliases)
 }
 
-/// Checks each alias (length, no control characters), without a count limit.
-pub fn validate_aliases_unbounded(mut aliases: Vec<String>) -> Result<Vec<String>, String> {
+/// Checks each alias (length, no control characters), without a count limit;
+/// an error names `field`, where the aliases came from.
+pub fn validate_aliases_unbounded(
+    field: &str,
+    mut aliases: Vec<String>,
+) -> Result<Vec<String>, InvalidRegistration> {
     for alias in &aliases {
         if alias.is_empty() || alias.len() > MAX_ALIAS_LEN || alias.chars().any(char::is_control) {
             return Err(format!(
-                "`aliases`: each is 1 to {MAX_ALIAS_LEN} bytes without control characters"
-            ));
+                "`{field}`: each is 1 to {MAX_ALIAS_LEN} bytes without control characters"
+            )
+            .into());
         }
     }
     aliases.sort();

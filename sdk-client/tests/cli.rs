@@ -39,7 +39,9 @@ async fn start_server(dir: &std::path::Path) -> (String, CancellationToken) {
         dir.join("data").display().to_string()
     ))
     .expect("config");
-    let state = push_service::AppState::new(config).await.expect("state");
+    let state = push_service::api::AppState::new(config)
+        .await
+        .expect("state");
     let shutdown = CancellationToken::new();
     tokio::spawn(push_service::serve(state, listener, shutdown.clone()));
     (base, shutdown)

@@ -8,11 +8,11 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::extract::ApiJson;
+use crate::api::error::{ApiError, Problem};
+use crate::api::AppState;
 use crate::auth::notifier::NotifierAuth;
-use crate::error::{ApiError, Problem};
 use crate::registrations::{validate_aliases, RegistrationView};
 use crate::store::Registration;
-use crate::AppState;
 
 /// Body of `PUT /v1/apps/{app}/registrations/{id}/aliases`.
 #[derive(Deserialize, ToSchema)]
@@ -78,7 +78,7 @@ async fn delete_registration(
     state.store.delete_registration(&id).await?;
     tracing::info!(notifier = %auth.notifier.id, "registration deleted by the auth server");
     crate::audit::record(
-        &state,
+        state.store.as_ref(),
         crate::audit::Actor::Notifier(&auth.notifier.id),
         auth.source.as_deref(),
         "registration.delete",
@@ -107,7 +107,7 @@ async fn put_aliases(
     let registration = in_app(&state, &auth, &id).await?;
     state.store.set_aliases(&auth.app_id, &id, &aliases).await?;
     crate::audit::record(
-        &state,
+        state.store.as_ref(),
         crate::audit::Actor::Notifier(&auth.notifier.id),
         auth.source.as_deref(),
         "registration.aliases",

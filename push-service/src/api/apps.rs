@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{AdminAuth, ApiJson, ApiQuery};
-use crate::error::{ApiError, Problem};
+use crate::api::error::{ApiError, Problem};
+use crate::api::AppState;
 use crate::ids::{new_id, now_millis, rfc3339};
 use crate::store::{App, Store};
-use crate::AppState;
 
 /// Body of `POST /v1/apps`.
 #[derive(Deserialize, ToSchema)]
@@ -92,7 +92,7 @@ async fn create_app(
     state.store.create_app(&app).await?;
     tracing::info!(app = %app.id, "app created");
     crate::audit::record(
-        &state,
+        state.store.as_ref(),
         crate::audit::Actor::Operator,
         admin.source.as_deref(),
         "app.create",
@@ -153,7 +153,7 @@ async fn delete_app(
     if state.store.delete_app(&app_id).await? {
         tracing::info!("app deleted");
         crate::audit::record(
-            &state,
+            state.store.as_ref(),
             crate::audit::Actor::Operator,
             admin.source.as_deref(),
             "app.delete",

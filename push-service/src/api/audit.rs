@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{AdminAuth, ApiQuery};
-use crate::error::{ApiError, Problem};
+use crate::api::error::{ApiError, Problem};
+use crate::api::AppState;
 use crate::ids::rfc3339;
 use crate::store::AuditFilter;
-use crate::AppState;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -10,14 +10,14 @@ use serde::Serialize;
 
 use super::apps::require_app;
 use super::extract::{AdminAuth, ApiJson};
+use crate::api::error::{ApiError, Problem};
+use crate::api::AppState;
 use crate::credentials::{
-    validate_apns, validate_fcm, ApnsCredentialInfo, ApnsCredentialInput, CredentialStatus,
-    FcmCredentialInfo, FcmCredentialInput,
+    credential_aad, validate_apns, validate_fcm, ApnsCredentialInfo, ApnsCredentialInput,
+    CredentialStatus, FcmCredentialInfo, FcmCredentialInput,
 };
-use crate::error::{ApiError, Problem};
 use crate::ids::{now_millis, rfc3339};
 use crate::store::CredentialRecord;
-use crate::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,11 +29,6 @@ pub fn router() -> Router<AppState> {
             "/v1/apps/{app}/credentials/fcm",
             put(put_fcm).get(get_fcm).delete(delete_fcm),
         )
-}
-
-/// Associated data binding a sealed credential to its row.
-pub fn credential_aad(app_id: &str, provider: &str) -> String {
-    format!("{app_id}/{provider}")
 }
 
 async fn save<T: Serialize>(
@@ -50,7 +45,7 @@ async fn save<T: Serialize>(
         app_id: app_id.to_owned(),
         provider: provider.to_owned(),
         metadata: serde_json::to_string(info).map_err(|e| ApiError::Internal(e.into()))?,
-        sealed: state.sealer.seal(secret, &credential_aad(app_id, provider)),
+        sealed: state.sealer.seal(secret, &credential_aad(app_id, kind)),
         expires_at,
         updated_at: now_millis(),
         last_error: None,
@@ -58,10 +53,10 @@ async fn save<T: Serialize>(
     };
     state.store.put_credential(&record).await?;
     // A new credential deserves a try now, on this node at least.
-    state.circuits.reset(app_id, kind.as_str());
+    state.circuits.reset(app_id, kind);
     tracing::info!(app = %app_id, provider, "credential stored");
     crate::audit::record(
-        state,
+        state.store.as_ref(),
         crate::audit::Actor::Operator,
         admin.source.as_deref(),
         "credential.put",
@@ -76,7 +71,7 @@ async fn save<T: Serialize>(
 async fn load<T: DeserializeOwned + WithUpdatedAt>(
     state: &AppState,
     app_id: &str,
-    provider: &str,
+    provider: ProviderKind,
 ) -> Result<T, ApiError> {
     require_app(state.store.as_ref(), app_id).await?;
     let record = state
@@ -106,17 +101,17 @@ async fn remove(
     admin: &AdminAuth,
     state: &AppState,
     app_id: &str,
-    provider: &str,
+    provider: ProviderKind,
 ) -> Result<StatusCode, ApiError> {
     require_app(state.store.as_ref(), app_id).await?;
     if state.store.delete_credential(app_id, provider).await? {
         crate::audit::record(
-            state,
+            state.store.as_ref(),
             crate::audit::Actor::Operator,
             admin.source.as_deref(),
             "credential.delete",
             Some(app_id),
-            Some(provider),
+            Some(provider.as_str()),
             None,
         )
         .await;
@@ -188,7 +183,7 @@ async fn get_apns(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
 ) -> Result<Json<ApnsCredentialInfo>, ApiError> {
-    Ok(Json(load(&state, &app_id, "apns").await?))
+    Ok(Json(load(&state, &app_id, ProviderKind::Apns).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/apps/{app}/credentials/apns", tag = "credentials",
@@ -200,7 +195,7 @@ async fn delete_apns(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    remove(&admin, &state, &app_id, "apns").await
+    remove(&admin, &state, &app_id, ProviderKind::Apns).await
 }
 
 #[utoipa::path(put, path = "/v1/apps/{app}/credentials/fcm", tag = "credentials",
@@ -247,7 +242,7 @@ async fn get_fcm(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
 ) -> Result<Json<FcmCredentialInfo>, ApiError> {
-    Ok(Json(load(&state, &app_id, "fcm").await?))
+    Ok(Json(load(&state, &app_id, ProviderKind::Fcm).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/apps/{app}/credentials/fcm", tag = "credentials",
@@ -259,5 +254,5 @@ async fn delete_fcm(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    remove(&admin, &state, &app_id, "fcm").await
+    remove(&admin, &state, &app_id, ProviderKind::Fcm).await
 }

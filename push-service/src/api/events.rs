@@ -11,12 +11,12 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::Stream;
 
+use crate::api::error::{ApiError, Problem};
+use crate::api::AppState;
 use crate::auth::dpop::DeviceProof;
-use crate::error::{ApiError, Problem};
 use crate::ids::now_millis;
 use crate::providers::direct::Subscription;
 use crate::telemetry::names;
-use crate::AppState;
 
 /// Even without a wake-up, a stream looks at the store this often.
 const RECHECK: Duration = Duration::from_secs(30);

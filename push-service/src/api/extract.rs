@@ -7,8 +7,8 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
-use crate::AppState;
+use crate::api::error::ApiError;
+use crate::api::AppState;
 
 /// JSON body whose rejections (syntax, types, size, content type) are problem+json.
 pub struct ApiJson<T>(pub T);
@@ -131,7 +131,7 @@ impl FromRequestParts<AppState> for AdminAuth {
         let expected = state.config.admin_token.expose().as_bytes();
         if bool::from(token.as_bytes().ct_eq(expected)) {
             Ok(AdminAuth {
-                source: crate::audit::source(parts),
+                source: crate::api::client_addr::source(parts),
             })
         } else {
             Err(ApiError::Unauthorized(

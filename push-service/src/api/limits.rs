@@ -9,11 +9,11 @@ use utoipa::ToSchema;
 
 use super::apps::require_app;
 use super::extract::{AdminAuth, ApiJson};
+use crate::api::error::{ApiError, Problem};
+use crate::api::AppState;
 use crate::audit::{record, Actor};
-use crate::error::{ApiError, Problem};
 use crate::ids::now_millis;
 use crate::limits::AppLimits;
-use crate::AppState;
 
 /// Body of `PUT /v1/apps/{app}/limits`: per second, 0 for no limit; an absent
 /// field keeps the configured default.
@@ -108,7 +108,7 @@ async fn put_limits(
         .await?;
     state.limiter.forget_app(&app_id);
     record(
-        &state,
+        state.store.as_ref(),
         Actor::Operator,
         admin.source.as_deref(),
         "limits.put",
@@ -139,7 +139,7 @@ async fn delete_limits(
         .await?;
     state.limiter.forget_app(&app_id);
     record(
-        &state,
+        state.store.as_ref(),
         Actor::Operator,
         admin.source.as_deref(),
         "limits.delete",

@@ -3,15 +3,20 @@
 pub mod app_registrations;
 pub mod apps;
 pub mod audit;
+pub mod auth;
 pub mod client_addr;
 pub mod credentials;
+pub mod error;
 pub mod events;
 pub mod extract;
 pub mod limits;
 pub mod notifications;
 pub mod notifiers;
 pub mod ops;
+pub mod rate_limit;
 pub mod registrations;
+pub mod server;
+pub mod state;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, StatusCode};
@@ -26,8 +31,8 @@ use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::error::ApiError;
-use crate::AppState;
+use crate::api::error::ApiError;
+pub use state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -48,7 +53,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
         limits::get_limits, limits::put_limits, limits::delete_limits, audit::list_audit,
     ),
-    components(schemas(crate::error::Problem)),
+    components(schemas(crate::api::error::Problem)),
     modifiers(&SecuritySchemes, &ProblemResponses),
 )]
 pub struct ApiDoc;
@@ -175,10 +180,10 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router(state.config.admin_listen.is_none()))
         .merge(limits::router())
         .merge(audit::router())
-        .route_layer(axum::middleware::from_fn(crate::telemetry::track_http))
+        .route_layer(axum::middleware::from_fn(track_http))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::limits::Limiter::address_middleware,
+            rate_limit::address_middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -264,6 +269,24 @@ async fn not_found() -> Response {
 
 async fn method_not_allowed() -> Response {
     ApiError::MethodNotAllowed("this endpoint does not accept that method".into()).into_response()
+}
+
+/// Middleware recording request count and latency by route template and status.
+async fn track_http(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let start = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!(crate::telemetry::names::HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(crate::telemetry::names::HTTP_DURATION, &labels)
+        .record(start.elapsed().as_secs_f64());
+    response
 }
 
 #[cfg(test)]

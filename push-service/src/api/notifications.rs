@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiJson, ApiQuery};
+use crate::api::error::{ApiError, Problem};
+use crate::api::AppState;
 use crate::auth::notifier::NotifierAuth;
-use crate::error::{ApiError, Problem};
 use crate::ids::rfc3339;
 use crate::notification::{parse_targets, TargetSpec};
-use crate::notify::{accept, Accepted, NotifyRequest};
-use crate::AppState;
+use crate::notify::{Accepted, NotifyRequest};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -104,7 +104,7 @@ async fn notify(
             Some(key.to_owned())
         }
     };
-    let accepted = accept(&state, &auth, key.as_deref(), body).await?;
+    let accepted = state.acceptor.accept(&auth, key.as_deref(), body).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -134,10 +134,7 @@ async fn status(
         })?;
     let whole_app = matches!(parse_targets(&notification.targets), Ok(TargetSpec::All));
     let mut counts = Counts::default();
-    for (state_name, n) in state.store.delivery_counts(&id).await? {
-        let Some(stored) = DeliveryState::parse(&state_name) else {
-            continue;
-        };
+    for (stored, n) in state.store.delivery_counts(&id).await? {
         match stored.public() {
             DeliveryState::Queued | DeliveryState::Held => counts.queued += n,
             DeliveryState::Sent => counts.sent += n,

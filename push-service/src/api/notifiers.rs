@@ -9,13 +9,13 @@ use utoipa::ToSchema;
 
 use super::apps::require_app;
 use super::extract::{AdminAuth, ApiJson};
+use crate::api::error::{ApiError, Problem};
+use crate::api::AppState;
 use crate::audit::{record, Actor};
 use crate::auth::notifier::CertBinding;
-use crate::error::{ApiError, Problem};
 use crate::ids::{new_id, now_millis, rfc3339};
 use crate::keys::validate_jwks;
 use crate::store::{Attestation, Notifier};
-use crate::AppState;
 
 /// Scopes a notifier may be granted.
 pub const SCOPES: &[&str] = &["notify", "registrations:read", "registrations:delete"];
@@ -187,7 +187,7 @@ async fn create_notifier(
     state.store.create_notifier(&notifier).await?;
     tracing::info!(notifier = %notifier.id, "notifier created");
     record(
-        &state,
+        state.store.as_ref(),
         Actor::Operator,
         admin.source.as_deref(),
         "notifier.create",
@@ -250,7 +250,7 @@ async fn delete_notifier(
     require_app(state.store.as_ref(), &app_id).await?;
     if state.store.delete_notifier(&app_id, &id).await? {
         record(
-            &state,
+            state.store.as_ref(),
             Actor::Operator,
             admin.source.as_deref(),
             "notifier.delete",
@@ -289,7 +289,7 @@ async fn put_attestation(
     };
     state.store.put_attestation(&attestation).await?;
     record(
-        &state,
+        state.store.as_ref(),
         Actor::Operator,
         admin.source.as_deref(),
         "attestation.put",

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::AppState;
+use crate::api::AppState;
 
 /// The ops routes of the public listener: all of them, or — when `admin_listen`
 /// serves the probes and metrics apart — only `/healthz` and `/openapi.json`

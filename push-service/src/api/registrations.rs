@@ -9,14 +9,14 @@ use utoipa::ToSchema;
 
 use super::apps::require_app;
 use super::extract::ApiJson;
+use crate::api::error::{ApiError, Problem};
+use crate::api::AppState;
 use crate::auth::attestation::{verify_attestation, ATTESTATION_HEADER};
 use crate::auth::dpop::DeviceProof;
 use crate::auth::now_seconds;
-use crate::error::{ApiError, Problem};
 use crate::ids::{new_id, now_millis};
 use crate::registrations::{validate, CreateRegistration, ProviderKind, RegistrationView};
 use crate::store::Registration;
-use crate::AppState;
 
 /// Body of `PUT /v1/registrations/{id}`.
 #[derive(Deserialize, ToSchema)]

@@ -1,15 +1,14 @@
 //! DPoP proofs (RFC 9449) on device requests: the device proves it holds its key.
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
+use std::time::Duration;
+
 use serde_json::Value;
 
+use super::replay::{ReplayCache, ReplayError};
 use super::{
     accepted_alg, fail, jwk_thumbprint, now_seconds, numeric_claim, parse_jwt, verify_signature,
     AuthError,
 };
-use crate::error::ApiError;
-use crate::AppState;
 
 /// Algorithms a device may sign proofs with.
 pub const DPOP_ALGS: &[&str] = &["RS256", "RS512", "ES256"];
@@ -88,62 +87,71 @@ pub fn normalize_url(raw: &str) -> Option<String> {
     Some(url.to_string())
 }
 
-impl FromRequestParts<AppState> for DeviceProof {
-    type Rejection = ApiError;
+/// Why a device's request is refused (or could not be checked).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceAuthError {
+    /// No valid proof: 401 with `WWW-Authenticate: DPoP`, and why.
+    #[error("{0}")]
+    InvalidProof(String),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+}
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let mut values = parts.headers.get_all(DPOP_HEADER).iter();
-        let proof = match (values.next(), values.next()) {
-            (Some(value), None) => value
-                .to_str()
-                .map_err(|_| ApiError::InvalidDpop("the DPoP header is not ASCII".into()))?,
-            (None, _) => {
-                return Err(ApiError::InvalidDpop(
-                    "the `DPoP` proof header is missing".into(),
-                ))
-            }
-            _ => {
-                return Err(ApiError::InvalidDpop(
-                    "send exactly one `DPoP` header".into(),
-                ))
-            }
-        };
-        let config = &state.config;
-        let url = normalize_url(&format!(
+/// Checks device proofs against this node's public URL, the proof window and
+/// the replay cache.
+#[derive(Clone)]
+pub struct DeviceVerifier {
+    pub public_url: url::Url,
+    pub window: Duration,
+    pub replay: ReplayCache,
+}
+
+impl DeviceVerifier {
+    /// What a proof for `method` on `path` must match, now.
+    pub fn expected_url(&self, path: &str) -> Option<String> {
+        normalize_url(&format!(
             "{}{}",
-            config.public_url.as_str().trim_end_matches('/'),
-            parts.uri.path()
+            self.public_url.as_str().trim_end_matches('/'),
+            path
         ))
-        .ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("public_url does not join with the path"))
-        })?;
-        let window = config.dpop_window.as_secs() as i64;
+    }
+
+    /// Verifies one proof (the `DPoP` header's value) for `method` on `url`:
+    /// the proof, until when its `jti` must be remembered (ms), and the `jti`.
+    /// The `jti` is taken apart ([`Self::take`]), so a device over its rate
+    /// is refused before its proof is remembered.
+    pub fn verify(
+        &self,
+        proof: &str,
+        method: &str,
+        url: &str,
+    ) -> Result<(DeviceProof, i64, String), DeviceAuthError> {
+        let window = self.window.as_secs() as i64;
         let expected = Expected {
-            method: parts.method.as_str(),
-            url: &url,
+            method,
+            url,
             now: now_seconds(),
             window_seconds: window,
         };
         let (proof, jti) =
-            verify_proof(proof, &expected).map_err(|e| ApiError::InvalidDpop(e.0))?;
-        let per_minute = state.limiter.settings.device_requests_per_minute;
-        if let Some(bucket) = crate::limits::Limiter::bucket(
-            format!("device:{}", proof.thumbprint),
-            per_minute / 60.0,
-            1.0,
-        ) {
-            state.limiter.enforce(&[bucket], "device").await?;
-        }
+            verify_proof(proof, &expected).map_err(|e| DeviceAuthError::InvalidProof(e.0))?;
+        Ok((proof, (expected.now + 2 * window + 1) * 1000, jti))
+    }
+
+    /// Takes a proof's `jti` until `until` (ms): refused when already used.
+    pub async fn take(
+        &self,
+        proof: &DeviceProof,
+        jti: &str,
+        until: i64,
+    ) -> Result<(), DeviceAuthError> {
         let key = format!("dpop:{}:{jti}", proof.thumbprint);
-        let until = (expected.now + 2 * window + 1) * 1000;
-        if !state.replay.first_use(&key, until).await? {
-            return Err(ApiError::InvalidDpop(
+        if self.replay.first_use(&key, until).await? {
+            Ok(())
+        } else {
+            Err(DeviceAuthError::InvalidProof(
                 "the proof's `jti` was already used".into(),
-            ));
+            ))
         }
-        Ok(proof)
     }
 }

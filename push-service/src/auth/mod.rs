@@ -144,10 +144,7 @@ pub fn jwk_thumbprint(jwk: &Value) -> Result<String, AuthError> {
     Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_seconds() -> i64 {
-    crate::ids::now_millis() / 1000
-}
+pub use crate::ids::now_seconds;
 
 /// A numeric claim (seconds), if present.
 pub fn numeric_claim(claims: &Value, name: &str) -> Option<i64> {

@@ -5,22 +5,87 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Path};
-use axum::http::request::Parts;
 use base64::Engine;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use super::replay::{ReplayCache, ReplayError};
 use super::{
     accepted_alg, fail, now_seconds, numeric_claim, parse_jwt, verify_signature, AuthError,
 };
-use crate::api::extract::bearer_token;
-use crate::error::ApiError;
 use crate::keys::{validate_jwks, ALLOWED_ALGS};
-use crate::limits::Limiter;
-use crate::store::Notifier;
+use crate::store::{Notifier, Store, StoreError};
 use crate::tls::ClientCertificate;
-use crate::AppState;
+
+/// Why a JWKS URL gave no key set (one fixed sentence reaches callers).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FetchError(pub String);
+
+impl From<String> for FetchError {
+    fn from(message: String) -> Self {
+        FetchError(message)
+    }
+}
+
+/// A client-certificate binding that cannot be used, or a certificate it refuses: why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BindingError(pub String);
+
+impl From<String> for BindingError {
+    fn from(message: String) -> Self {
+        BindingError(message)
+    }
+}
+
+impl From<&str> for BindingError {
+    fn from(message: &str) -> Self {
+        BindingError(message.to_owned())
+    }
+}
+
+/// Why a notifier's request is refused (or could not be checked).
+#[derive(Debug, thiserror::Error)]
+pub enum NotifierAuthError {
+    /// The token or certificate does not prove this notifier: 401, with why.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The notifier lacks a scope the call needs: 403.
+    #[error("{0}")]
+    MissingScope(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// A stored certificate binding that does not parse.
+    #[error("stored certificate binding unreadable: {0}")]
+    Binding(String),
+}
+
+fn unauthorized(message: impl Into<String>) -> NotifierAuthError {
+    NotifierAuthError::Unauthorized(message.into())
+}
+
+/// The rules a notifier token is held to (from the configuration).
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    /// The `aud` every token must name.
+    pub audience: String,
+    pub clock_skew: Duration,
+    /// Longest `exp - now` accepted.
+    pub max_lifetime: Duration,
+}
+
+/// Authenticates notifiers: their registered keys (inline or fetched), the
+/// token rules, single use of each `jti`, certificate binding.
+#[derive(Clone)]
+pub struct NotifierVerifier {
+    pub store: Arc<dyn Store>,
+    pub jwks: JwksCache,
+    pub replay: ReplayCache,
+    pub rules: TokenRules,
+}
 
 /// An authenticated notifier with its granted scopes.
 pub struct NotifierAuth {
@@ -46,7 +111,7 @@ pub struct CertBinding {
 
 impl CertBinding {
     /// Checks the binding is usable; returns it normalized (pin as standard base64).
-    pub fn validate(self) -> Result<Self, String> {
+    pub fn validate(self) -> Result<Self, BindingError> {
         match (&self.spki_sha256, &self.ca) {
             (Some(pin), None) => {
                 let bytes = decode_b64(pin)
@@ -66,7 +131,7 @@ impl CertBinding {
     }
 
     /// Whether `peer` satisfies the binding.
-    fn admits(&self, peer: &ClientCertificate) -> Result<(), String> {
+    fn admits(&self, peer: &ClientCertificate) -> Result<(), BindingError> {
         if let Some(pin) = &self.spki_sha256 {
             let want = decode_b64(pin).unwrap_or_default();
             return match peer.spki_sha256() {
@@ -94,7 +159,11 @@ impl CertBinding {
                 rustls::pki_types::UnixTime::now(),
             )
             .map(|_| ())
-            .map_err(|e| format!("the client certificate is not valid under the bound CA: {e}"))
+            .map_err(|e| {
+                BindingError(format!(
+                    "the client certificate is not valid under the bound CA: {e}"
+                ))
+            })
     }
 }
 
@@ -106,7 +175,7 @@ fn decode_b64(value: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-fn ca_roots(pem: &str) -> Result<rustls::RootCertStore, String> {
+fn ca_roots(pem: &str) -> Result<rustls::RootCertStore, BindingError> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -127,14 +196,15 @@ fn check_certificate(
     notifier: &Notifier,
     claims: &Value,
     peer: Option<&ClientCertificate>,
-) -> Result<(), ApiError> {
+) -> Result<(), NotifierAuthError> {
     let x5t = claims
         .get("cnf")
         .and_then(|c| c.get("x5t#S256"))
         .map(|v| v.as_str().unwrap_or(""));
     let binding = match notifier.client_cert.as_deref() {
         Some(json) => Some(
-            serde_json::from_str::<CertBinding>(json).map_err(|e| ApiError::Internal(e.into()))?,
+            serde_json::from_str::<CertBinding>(json)
+                .map_err(|e| NotifierAuthError::Binding(e.to_string()))?,
         ),
         None => None,
     };
@@ -142,8 +212,8 @@ fn check_certificate(
         return Ok(());
     }
     let peer = peer.ok_or_else(|| {
-        ApiError::Unauthorized(
-            "this notifier's tokens are bound to a client certificate; present it over TLS".into(),
+        unauthorized(
+            "this notifier's tokens are bound to a client certificate; present it over TLS",
         )
     })?;
     if let Some(x5t) = x5t {
@@ -152,166 +222,122 @@ fn check_certificate(
             &peer.thumbprint()[..],
             &want[..],
         )) {
-            return Err(ApiError::Unauthorized(
-                "`cnf.x5t#S256` does not match the client certificate".into(),
+            return Err(unauthorized(
+                "`cnf.x5t#S256` does not match the client certificate",
             ));
         }
     }
     if let Some(binding) = binding {
-        binding.admits(peer).map_err(ApiError::Unauthorized)?;
+        binding
+            .admits(peer)
+            .map_err(|e| NotifierAuthError::Unauthorized(e.0))?;
     }
     Ok(())
 }
 
 impl NotifierAuth {
-    /// Refuses with 403 unless both the notifier and its token hold `scope`.
-    pub fn require(&self, scope: &str) -> Result<(), ApiError> {
+    /// Refuses (403) unless both the notifier and its token hold `scope`.
+    pub fn require(&self, scope: &str) -> Result<(), NotifierAuthError> {
         if self.scopes.iter().any(|s| s == scope) {
             Ok(())
         } else {
-            Err(ApiError::InsufficientScope(format!(
+            Err(NotifierAuthError::MissingScope(format!(
                 "this call needs the `{scope}` scope"
             )))
         }
     }
 }
 
-impl FromRequestParts<AppState> for NotifierAuth {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::not_found("no such app"))?;
-        let app_id = params
-            .get("app")
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("no such app"))?;
-        let token = bearer_token(parts).ok_or_else(|| {
-            ApiError::Unauthorized("missing `Authorization: Bearer <JWT>`".into())
-        })?;
-        let peer = parts.extensions.get::<ClientCertificate>();
-        let mut auth = authenticate(state, &app_id, token, peer).await?;
-        auth.source = crate::audit::source(parts);
-        let limits = state.limiter.app_limits(&app_id).await?;
-        if let Some(bucket) = Limiter::bucket(
-            format!("notifier:{}", auth.notifier.id),
-            limits.notifier_requests_per_second,
-            1.0,
-        ) {
-            state.limiter.enforce(&[bucket], "notifier request").await?;
+impl NotifierVerifier {
+    /// Verifies a notifier JWT for `app_id`.
+    pub async fn authenticate(
+        &self,
+        app_id: &str,
+        token: &str,
+        peer: Option<&ClientCertificate>,
+    ) -> Result<NotifierAuth, NotifierAuthError> {
+        let refused = |e: AuthError| NotifierAuthError::Unauthorized(e.0);
+        let jwt = parse_jwt(token).map_err(refused)?;
+        let alg = accepted_alg(&jwt.header, ALLOWED_ALGS).map_err(refused)?;
+        let iss = jwt.claims.get("iss").and_then(Value::as_str).unwrap_or("");
+        if iss.is_empty() {
+            return Err(unauthorized("the JWT has no `iss` (the notifier id)"));
         }
-        Ok(auth)
-    }
-}
+        if iss.len() > 128 || !crate::auth::storable_text(iss) {
+            return Err(unauthorized(
+                "`iss` is not a notifier id (at most 128 characters, no control characters)",
+            ));
+        }
+        let notifier =
+            self.store.get_notifier(app_id, iss).await?.ok_or_else(|| {
+                unauthorized(format!("`iss` `{iss}` is not a notifier of this app"))
+            })?;
+        let kid = jwt.header.get("kid").and_then(Value::as_str);
+        let key = self.jwks.key_for(&notifier, kid).await.map_err(refused)?;
+        verify_signature(&jwt, alg, &key).map_err(refused)?;
+        check_certificate(&notifier, &jwt.claims, peer)?;
 
-/// Verifies a notifier JWT for `app_id`.
-pub async fn authenticate(
-    state: &AppState,
-    app_id: &str,
-    token: &str,
-    peer: Option<&ClientCertificate>,
-) -> Result<NotifierAuth, ApiError> {
-    let unauthorized = |e: AuthError| ApiError::Unauthorized(e.0);
-    let jwt = parse_jwt(token).map_err(unauthorized)?;
-    let alg = accepted_alg(&jwt.header, ALLOWED_ALGS).map_err(unauthorized)?;
-    let iss = jwt.claims.get("iss").and_then(Value::as_str).unwrap_or("");
-    if iss.is_empty() {
-        return Err(ApiError::Unauthorized(
-            "the JWT has no `iss` (the notifier id)".into(),
-        ));
+        let rules = &self.rules;
+        let now = now_seconds();
+        let skew = rules.clock_skew.as_secs() as i64;
+        let claims = &jwt.claims;
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(aud)) => aud == &rules.audience,
+            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(&rules.audience)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(unauthorized(format!("`aud` must be `{}`", rules.audience)));
+        }
+        let exp =
+            numeric_claim(claims, "exp").ok_or_else(|| unauthorized("the JWT has no `exp`"))?;
+        if exp + skew < now {
+            return Err(unauthorized("the JWT has expired"));
+        }
+        if exp - now > rules.max_lifetime.as_secs() as i64 + skew {
+            return Err(unauthorized(format!(
+                "`exp` is more than {}s ahead; use short-lived tokens",
+                rules.max_lifetime.as_secs()
+            )));
+        }
+        let iat =
+            numeric_claim(claims, "iat").ok_or_else(|| unauthorized("the JWT has no `iat`"))?;
+        if iat - skew > now {
+            return Err(unauthorized("`iat` is in the future"));
+        }
+        let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
+        if jti.is_empty() || jti.len() > 256 || !crate::auth::storable_text(jti) {
+            return Err(unauthorized(
+                "the JWT needs a `jti` of 1 to 256 characters, no control characters",
+            ));
+        }
+        let token_scopes: Vec<&str> = claims
+            .get("scope")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let scopes = notifier
+            .scopes
+            .split_whitespace()
+            .filter(|s| token_scopes.contains(s))
+            .map(str::to_owned)
+            .collect();
+        let replay_key = format!("jwt:{}:{jti}", notifier.id);
+        if !self
+            .replay
+            .first_use(&replay_key, (exp + skew + 1) * 1000)
+            .await?
+        {
+            return Err(unauthorized("the JWT's `jti` was already used"));
+        }
+        Ok(NotifierAuth {
+            app_id: app_id.to_owned(),
+            notifier,
+            source: None,
+            scopes,
+        })
     }
-    if iss.len() > 128 || !crate::auth::storable_text(iss) {
-        return Err(ApiError::Unauthorized(
-            "`iss` is not a notifier id (at most 128 characters, no control characters)".into(),
-        ));
-    }
-    let notifier = state
-        .store
-        .get_notifier(app_id, iss)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Unauthorized(format!("`iss` `{iss}` is not a notifier of this app"))
-        })?;
-    let kid = jwt.header.get("kid").and_then(Value::as_str);
-    let key = state
-        .jwks
-        .key_for(&notifier, kid)
-        .await
-        .map_err(unauthorized)?;
-    verify_signature(&jwt, alg, &key).map_err(unauthorized)?;
-    check_certificate(&notifier, &jwt.claims, peer)?;
-
-    let config = &state.config;
-    let now = now_seconds();
-    let skew = config.clock_skew.as_secs() as i64;
-    let claims = &jwt.claims;
-    let aud_ok = match claims.get("aud") {
-        Some(Value::String(aud)) => aud == &config.notifier_audience,
-        Some(Value::Array(auds)) => auds
-            .iter()
-            .any(|a| a.as_str() == Some(&config.notifier_audience)),
-        _ => false,
-    };
-    if !aud_ok {
-        return Err(ApiError::Unauthorized(format!(
-            "`aud` must be `{}`",
-            config.notifier_audience
-        )));
-    }
-    let exp = numeric_claim(claims, "exp")
-        .ok_or_else(|| ApiError::Unauthorized("the JWT has no `exp`".into()))?;
-    if exp + skew < now {
-        return Err(ApiError::Unauthorized("the JWT has expired".into()));
-    }
-    if exp - now > config.notifier_max_lifetime.as_secs() as i64 + skew {
-        return Err(ApiError::Unauthorized(format!(
-            "`exp` is more than {}s ahead; use short-lived tokens",
-            config.notifier_max_lifetime.as_secs()
-        )));
-    }
-    let iat = numeric_claim(claims, "iat")
-        .ok_or_else(|| ApiError::Unauthorized("the JWT has no `iat`".into()))?;
-    if iat - skew > now {
-        return Err(ApiError::Unauthorized("`iat` is in the future".into()));
-    }
-    let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
-    if jti.is_empty() || jti.len() > 256 || !crate::auth::storable_text(jti) {
-        return Err(ApiError::Unauthorized(
-            "the JWT needs a `jti` of 1 to 256 characters, no control characters".into(),
-        ));
-    }
-    let token_scopes: Vec<&str> = claims
-        .get("scope")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let scopes = notifier
-        .scopes
-        .split_whitespace()
-        .filter(|s| token_scopes.contains(s))
-        .map(str::to_owned)
-        .collect();
-    let replay_key = format!("jwt:{}:{jti}", notifier.id);
-    if !state
-        .replay
-        .first_use(&replay_key, (exp + skew + 1) * 1000)
-        .await?
-    {
-        return Err(ApiError::Unauthorized(
-            "the JWT's `jti` was already used".into(),
-        ));
-    }
-    Ok(NotifierAuth {
-        app_id: app_id.to_owned(),
-        notifier,
-        source: None,
-        scopes,
-    })
 }
 
 /// Notifier keys: static JWKS from the store, or JWKS URLs fetched and cached.
@@ -401,7 +427,7 @@ impl JwksCache {
             }
             Err(why) => {
                 tracing::warn!(notifier = %notifier.id, reason = %why, "JWKS fetch failed; not tried again for 10 s");
-                known.failed = Some(why);
+                known.failed = Some(why.0);
                 // A JWKS fetched before still serves until its TTL is long past.
                 match &known.good {
                     Some((at, jwks)) if at.elapsed() < JWKS_TTL * 12 => pick(jwks, kid),
@@ -412,31 +438,34 @@ impl JwksCache {
     }
 
     /// Fetches and checks a JWKS; the error is for the log only.
-    async fn fetch(&self, url: &str) -> Result<Value, String> {
+    async fn fetch(&self, url: &str) -> Result<Value, FetchError> {
         self.policy.check_url(url).map_err(|e| e.to_string())?;
-        let http = self.http.as_ref().ok_or("no HTTP client")?;
-        let mut response =
-            http.get(url).send().await.map_err(|e| {
-                format!("network: {}", crate::providers::outcome::network_cause(&e))
-            })?;
+        let http = self
+            .http
+            .as_ref()
+            .ok_or_else(|| FetchError("no HTTP client".into()))?;
+        let mut response = http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("network: {}", crate::outbound::network_cause(&e)))?;
         if !response.status().is_success() {
-            return Err(format!("answered {}", response.status()));
+            return Err(format!("answered {}", response.status()).into());
         }
         if response
             .content_length()
             .is_some_and(|n| n > JWKS_MAX_BYTES as u64)
         {
-            return Err(format!("larger than {JWKS_MAX_BYTES} bytes"));
+            return Err(format!("larger than {JWKS_MAX_BYTES} bytes").into());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| {
-            format!(
-                "reading the body: {}",
-                crate::providers::outcome::network_cause(&e)
-            )
-        })? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the body: {}", crate::outbound::network_cause(&e)))?
+        {
             if body.len() + chunk.len() > JWKS_MAX_BYTES {
-                return Err(format!("larger than {JWKS_MAX_BYTES} bytes"));
+                return Err(format!("larger than {JWKS_MAX_BYTES} bytes").into());
             }
             body.extend_from_slice(&chunk);
         }

@@ -2,8 +2,16 @@
 
 use std::sync::Arc;
 
-use crate::error::ApiError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// The replay cache could not answer: the caller cannot tell a first use from a reuse.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the replay cache is unreachable; retry later")]
+    Unreachable,
+}
 
 /// Remembers identifiers until they expire, so each is accepted once.
 #[derive(Clone)]
@@ -19,7 +27,7 @@ pub enum ReplayCache {
 
 impl ReplayCache {
     /// True the first time `key` is seen before `expires_at_ms`; false on reuse.
-    pub async fn first_use(&self, key: &str, expires_at_ms: i64) -> Result<bool, ApiError> {
+    pub async fn first_use(&self, key: &str, expires_at_ms: i64) -> Result<bool, ReplayError> {
         match self {
             ReplayCache::Store(store) => Ok(store
                 .remember_once(key, expires_at_ms, crate::ids::now_millis())
@@ -36,7 +44,7 @@ impl ReplayCache {
                     .await
                     .map_err(|e| {
                         tracing::warn!(error = %e, "redis unavailable for the replay cache");
-                        ApiError::Unavailable("the replay cache is unreachable; retry later".into())
+                        ReplayError::Unreachable
                     })?;
                 Ok(set.is_some())
             }

@@ -1,15 +1,15 @@
 //! Writing what the state machine decided for one delivery, and counting it.
 
+use super::Dispatcher;
 use super::Task;
 use crate::delivery::{DeliveryState, Transition};
 use crate::ids::now_millis;
 use crate::store::{DeliveryUpdate, NotificationRow, StoreError};
 use crate::telemetry::names;
-use crate::AppState;
 
 /// One delivery attempt in progress: writes what the state machine decided and counts it.
 pub(super) struct Attempt<'a> {
-    pub(super) state: &'a AppState,
+    pub(super) dispatcher: &'a Dispatcher,
     pub(super) notification: &'a NotificationRow,
     pub(super) registration_id: &'a str,
     pub(super) provider: String,
@@ -42,7 +42,7 @@ impl Attempt<'_> {
                 waiting,
             } => {
                 self.count(waiting.as_str());
-                let redrive = at + self.state.config.redrive_after.as_millis() as i64;
+                let redrive = at + self.dispatcher.settings.redrive_after.as_millis() as i64;
                 (
                     DeliveryState::Queued,
                     Some(reason),
@@ -51,7 +51,7 @@ impl Attempt<'_> {
                 )
             }
         };
-        self.state
+        self.dispatcher
             .store
             .update_delivery(DeliveryUpdate {
                 notification_id: self.notification.id.clone(),
@@ -69,7 +69,7 @@ impl Attempt<'_> {
                 registrations: vec![self.registration_id.to_owned()],
                 due: Some(redrive),
             };
-            if let Err(e) = self.state.queue.push_at(task, at).await {
+            if let Err(e) = self.dispatcher.queue.push_at(task, at).await {
                 tracing::warn!(error = %e, "retry not queued; the sweep will re-drive it");
             }
         }

@@ -7,6 +7,9 @@ pub mod redis_queue;
 mod sweep;
 mod wake;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,18 +22,96 @@ pub(crate) use wake::{deliver_tasks, wake, wake_all};
 use attempt::Attempt;
 use wake::wake_after_outage;
 
+use crate::delivery::retry::RetryPolicy;
 use crate::delivery::transition::Registration;
 use crate::delivery::{
     after_answer, before_send, Answer, Attempted, DeliveryState, ProviderKind, Transition,
 };
 use crate::ids::now_millis;
 use crate::notification::{parse_targets, Content};
-use crate::providers::circuit::TokenVerdict;
-use crate::providers::{Delivery, Outcome};
-use crate::store::{NotificationRow, PendingDelivery, StoreError};
+use crate::providers::circuit::{Circuits, TokenVerdict};
+use crate::providers::{Delivery, Outcome, Providers};
+use crate::store::batch::DeliveryClaim;
+use crate::store::{NotificationRow, PendingDelivery, Store, StoreError};
 use crate::telemetry::names;
-use crate::AppState;
 use queue::TASK_CHUNK;
+
+/// What the dispatcher takes from the configuration.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// Tasks worked on at once by this node (0: this node does not dispatch).
+    pub workers: usize,
+    pub sweep_interval: Duration,
+    /// How long a claimed delivery is leased before the sweep re-drives it.
+    pub redrive_after: Duration,
+    pub retry: RetryPolicy,
+    /// How long a circuit stays open after a credential error.
+    pub circuit_open: Duration,
+    /// Token rejections in a row before a burst of them is suspected (see circuits).
+    pub invalidation_guard_min: usize,
+    /// Ready deliveries past which acceptance sheds load (0: never).
+    pub max_queue_depth: u64,
+    /// Audit entries older than this are dropped by the sweep (0: kept).
+    pub audit_retention: Duration,
+}
+
+impl DispatchSettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        DispatchSettings {
+            workers: config.dispatch_workers,
+            sweep_interval: config.sweep_interval,
+            redrive_after: config.redrive_after,
+            retry: config.retry.clone(),
+            circuit_open: config.providers.circuit_open,
+            invalidation_guard_min: config.providers.invalidation_guard_min,
+            max_queue_depth: config.max_queue_depth,
+            audit_retention: config.audit_retention,
+        }
+    }
+}
+
+/// Queued deliveries as the sweep last counted them: the dispatcher writes
+/// them, acceptance reads them (backpressure). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct QueueDepths {
+    ready: Arc<AtomicU64>,
+    per_app: Arc<RwLock<HashMap<String, u64>>>,
+}
+
+impl QueueDepths {
+    /// Deliveries ready to go (not waiting for a retry or a circuit), store-wide.
+    pub fn ready(&self) -> u64 {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Queued deliveries of one app, waiting ones included.
+    pub fn of_app(&self, app_id: &str) -> u64 {
+        self.per_app
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(app_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set(&self, ready: u64, per_app: HashMap<String, u64>) {
+        self.ready.store(ready, Ordering::Relaxed);
+        *self.per_app.write().unwrap_or_else(|p| p.into_inner()) = per_app;
+    }
+}
+
+/// The dispatcher of one node: what it reads and writes (store, queue), whom
+/// it sends through (providers, guarded by their circuits), and its settings.
+/// Built once from the configuration; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+    pub providers: Providers,
+    pub circuits: Arc<Circuits>,
+    pub settings: Arc<DispatchSettings>,
+    pub depths: QueueDepths,
+}
 
 /// Registrations per fan-out expansion chunk.
 const EXPAND_CHUNK: i64 = 500;
@@ -39,12 +120,12 @@ const EXPAND_CHUNK: i64 = 500;
 /// `dispatch_workers` is 0). They stop when `shutdown` is cancelled: the reader
 /// takes nothing more, the workers finish what they hold and end. The returned
 /// tracker lets the caller wait for that (bounded by the shutdown grace).
-pub fn spawn(state: &AppState, shutdown: CancellationToken) -> tokio_util::task::TaskTracker {
+pub fn spawn(state: &Dispatcher, shutdown: CancellationToken) -> tokio_util::task::TaskTracker {
     let tracker = tokio_util::task::TaskTracker::new();
-    let workers = state.config.dispatch_workers;
+    let workers = state.settings.workers;
     if workers == 0 {
         // No sweep here, but backpressure still needs the queue's depth.
-        if state.config.max_queue_depth > 0 {
+        if state.settings.max_queue_depth > 0 {
             every_sweep_interval(state, shutdown, "queue depth", |state| async move {
                 sweep::measure_queue(&state).await
             });
@@ -96,17 +177,17 @@ pub fn spawn(state: &AppState, shutdown: CancellationToken) -> tokio_util::task:
 /// Runs `round` every `sweep_interval` until `shutdown`; a failed round is
 /// logged and the next one tries again.
 fn every_sweep_interval<F, Fut>(
-    state: &AppState,
+    state: &Dispatcher,
     shutdown: CancellationToken,
     what: &'static str,
     round: F,
 ) where
-    F: Fn(AppState) -> Fut + Send + 'static,
+    F: Fn(Dispatcher) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
 {
     let state = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(state.config.sweep_interval);
+        let mut tick = tokio::time::interval(state.settings.sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -123,7 +204,7 @@ fn every_sweep_interval<F, Fut>(
 
 /// Runs one task and acknowledges it; on a store outage the task is released for later.
 #[tracing::instrument(skip_all, fields(task = ?leased.task))]
-async fn work(state: &AppState, leased: Leased) {
+async fn work(state: &Dispatcher, leased: Leased) {
     let result = match &leased.task {
         Task::Deliver {
             notification,
@@ -147,7 +228,7 @@ async fn work(state: &AppState, leased: Leased) {
 }
 
 /// Expands an alias or whole-app fan-out, chunk by chunk, saving progress as it goes.
-async fn expand(state: &AppState, id: &str) -> Result<(), StoreError> {
+async fn expand(state: &Dispatcher, id: &str) -> Result<(), StoreError> {
     let Some(mut notification) = state.store.get_notification(id).await? else {
         return Ok(());
     };
@@ -158,7 +239,7 @@ async fn expand(state: &AppState, id: &str) -> Result<(), StoreError> {
         parse_targets(&notification.targets).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?;
     let aliases = targets.fanout_aliases().map(<[String]>::to_vec);
     loop {
-        let redrive_at = now_millis() + state.config.redrive_after.as_millis() as i64;
+        let redrive_at = now_millis() + state.settings.redrive_after.as_millis() as i64;
         let chunk = state
             .store
             .expand_chunk(&notification, aliases.as_deref(), EXPAND_CHUNK, redrive_at)
@@ -190,7 +271,7 @@ async fn expand(state: &AppState, id: &str) -> Result<(), StoreError> {
 /// Attempts the queued deliveries of one chunk. Finished ones are skipped, so a
 /// redelivered task is harmless.
 async fn deliver(
-    state: &AppState,
+    state: &Dispatcher,
     id: &str,
     registrations: &[String],
     due: Option<i64>,
@@ -242,7 +323,7 @@ async fn deliver(
 const CHUNK_CONCURRENCY: usize = 32;
 
 async fn deliver_one(
-    state: &AppState,
+    state: &Dispatcher,
     notification: &NotificationRow,
     content: &Content,
     pending: PendingDelivery,
@@ -252,16 +333,16 @@ async fn deliver_one(
     // made for: when the sweep re-drove a delivery while the first task still
     // waited in the queue, only one of the two takes it. The lease covers this
     // one attempt; if the node dies, the sweep re-drives it once the lease is over.
-    let lease = now_millis() + state.config.redrive_after.as_millis() as i64;
+    let lease = now_millis() + state.settings.redrive_after.as_millis() as i64;
     let taken = state
         .store
-        .claim_delivery(
-            &notification.id,
-            &pending.registration_id,
-            pending.attempts,
+        .claim_delivery(DeliveryClaim {
+            notification_id: notification.id.clone(),
+            registration_id: pending.registration_id.clone(),
+            attempts: pending.attempts,
             due,
             lease,
-        )
+        })
         .await?;
     if !taken {
         return Ok(());
@@ -278,7 +359,7 @@ async fn deliver_one(
         attempts_before: pending.attempts.max(0) as u32,
     };
     let attempt = Attempt {
-        state,
+        dispatcher: state,
         notification,
         registration_id: &pending.registration_id,
         provider: pending.provider.clone().unwrap_or_else(|| "unknown".into()),
@@ -290,7 +371,7 @@ async fn deliver_one(
     };
     let app = notification.app_id.as_str();
     let provider = ProviderKind::parse(&attempt.provider).map(|kind| state.providers.get(kind));
-    let circuit = provider.and_then(|p| state.circuits.open_until(app, p.name(), now));
+    let circuit = provider.and_then(|p| state.circuits.open_until(app, p.kind(), now));
     let circuit = circuit.as_ref().map(|(until, why)| (*until, why.as_str()));
     if let Some(instead) = before_send(&at, registration, circuit) {
         return attempt.apply(instead).await;
@@ -305,8 +386,9 @@ async fn deliver_one(
             })
             .await;
     };
-    let provider_name = provider.name();
-    let open_ms = state.config.providers.circuit_open.as_millis() as i64;
+    let kind = provider.kind();
+    let provider_name = kind.as_str();
+    let open_ms = state.settings.circuit_open.as_millis() as i64;
     let delivery = Delivery {
         app_id: app,
         notification_id: &notification.id,
@@ -327,27 +409,27 @@ async fn deliver_one(
             let latency = (now_millis() - notification.created_at).max(0) as f64 / 1000.0;
             metrics::histogram!(names::DISPATCH_LATENCY, "provider" => provider_name)
                 .record(latency);
-            let recovered = state.circuits.success(app, provider_name, now_millis());
+            let recovered = state.circuits.success(app, kind, now_millis());
             if recovered.credential {
                 store
-                    .set_credential_error(app, provider_name, None, now_millis())
+                    .set_credential_error(app, kind, None, now_millis())
                     .await?;
             }
             if let Some(since) = recovered.outage_since {
                 let state = state.clone();
                 let app = app.to_owned();
                 tokio::spawn(async move {
-                    wake_after_outage(&state, &app, provider_name, since).await;
+                    wake_after_outage(&state, &app, kind, since).await;
                 });
             }
             Answer::Sent
         }
         Outcome::Held => Answer::Held,
         Outcome::InvalidToken(reason) => {
-            let guard_min = state.config.providers.invalidation_guard_min;
+            let guard_min = state.settings.invalidation_guard_min;
             match state
                 .circuits
-                .rejected_token(app, provider_name, now, guard_min, open_ms)
+                .rejected_token(app, kind, now, guard_min, open_ms)
             {
                 TokenVerdict::Invalidate => {
                     store
@@ -358,7 +440,7 @@ async fn deliver_one(
                 TokenVerdict::Suspicious(guard) => {
                     tracing::warn!(app, provider = provider_name, "{guard}");
                     store
-                        .set_credential_error(app, provider_name, Some(&guard), now)
+                        .set_credential_error(app, kind, Some(&guard), now)
                         .await?;
                     Answer::TokenSuspicious { guard, reason }
                 }
@@ -366,17 +448,15 @@ async fn deliver_one(
         }
         Outcome::CredentialError(reason) => {
             tracing::warn!(app, provider = provider_name, %reason, "credential refused; circuit open");
-            state
-                .circuits
-                .open(app, provider_name, &reason, now, open_ms);
+            state.circuits.open(app, kind, &reason, now, open_ms);
             store
-                .set_credential_error(app, provider_name, Some(&reason), now)
+                .set_credential_error(app, kind, Some(&reason), now)
                 .await?;
             Answer::Credential(reason)
         }
         Outcome::Failed(reason) => Answer::Refused(reason),
         Outcome::Retry { reason, after } => {
-            if state.circuits.provider_failed(app, provider_name, now) {
+            if state.circuits.provider_failed(app, kind, now) {
                 tracing::warn!(
                     app,
                     provider = provider_name,
@@ -394,7 +474,7 @@ async fn deliver_one(
     let next = after_answer(
         answer,
         &at,
-        &state.config.retry,
+        &state.settings.retry,
         open_ms,
         rand::random::<f64>(),
     );

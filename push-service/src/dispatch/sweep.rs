@@ -1,21 +1,20 @@
 //! The sweep: the store is the source of truth. Deliveries still queued after their
 //! re-drive time (a lost queue entry, a dead node) are queued again; expired ones are closed.
 
-use super::Task;
+use super::{Dispatcher, Task};
 use crate::ids::now_millis;
 use crate::providers::circuit::Probe;
 use crate::store::StoreError;
 use crate::telemetry::names;
-use crate::AppState;
 
 /// Deliveries claimed per sweep round.
 const SWEEP_BATCH: i64 = 5000;
 
 /// One round of the sweep; returns how many deliveries it re-drove.
-pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
+pub async fn sweep_once(state: &Dispatcher) -> Result<usize, StoreError> {
     let store = &state.store;
     let now = now_millis();
-    let redrive_at = now + state.config.redrive_after.as_millis() as i64;
+    let redrive_at = now + state.settings.redrive_after.as_millis() as i64;
     let expired = store.expire_overdue(now).await?;
     if expired > 0 {
         metrics::counter!(names::DELIVERIES_EXPIRED_BY_SWEEP).increment(expired);
@@ -23,7 +22,7 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
     let overdue = store.claim_overdue(now, redrive_at, SWEEP_BATCH).await?;
     let redriven = overdue.len();
     let mut tasks = super::deliver_tasks(overdue, redrive_at);
-    let stalled_before = now - state.config.redrive_after.as_millis() as i64;
+    let stalled_before = now - state.settings.redrive_after.as_millis() as i64;
     for notification in store.claim_stalled_expansions(stalled_before, now).await? {
         tasks.push(Task::Expand { notification });
     }
@@ -54,7 +53,7 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
         }
     }
     store.delete_expired_direct_events(now).await?;
-    let retention = state.config.audit_retention.as_millis() as i64;
+    let retention = state.settings.audit_retention.as_millis() as i64;
     // About once a minute is plenty for a retention counted in days.
     if retention > 0 && rand::random::<u8>() < 16 {
         store.delete_audit_before(now - retention).await?;
@@ -66,25 +65,21 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
 /// Counts the queued deliveries: the gauges, and the depths backpressure reads
 /// (per app, and of the deliveries ready to go — not those waiting for a retry
 /// or an open circuit, which are no work for the dispatcher now).
-pub async fn measure_queue(state: &AppState) -> Result<(), StoreError> {
+pub async fn measure_queue(state: &Dispatcher) -> Result<(), StoreError> {
     let now = now_millis();
-    let waiting_after = now + state.config.redrive_after.as_millis() as i64;
+    let waiting_after = now + state.settings.redrive_after.as_millis() as i64;
     let (apps, oldest) = state.store.queue_stats(waiting_after).await?;
     let total: i64 = apps.iter().map(|(_, queued, _)| queued).sum();
     let ready: i64 = apps
         .iter()
         .map(|(_, queued, waiting)| queued - waiting)
         .sum();
-    state
-        .queue_depth
-        .store(ready.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
-    *state
-        .app_queue_depths
-        .write()
-        .unwrap_or_else(|p| p.into_inner()) = apps
-        .into_iter()
-        .map(|(app, queued, _)| (app, queued.max(0) as u64))
-        .collect();
+    state.depths.set(
+        ready.max(0) as u64,
+        apps.into_iter()
+            .map(|(app, queued, _)| (app, queued.max(0) as u64))
+            .collect(),
+    );
     metrics::gauge!(names::QUEUE_DEPTH).set(total as f64);
     metrics::gauge!(names::QUEUE_OLDEST_AGE).set(
         oldest

@@ -2,10 +2,10 @@
 //! (notification, registration) pairs into deliver tasks.
 
 use super::queue::TASK_CHUNK;
-use super::Task;
+use super::{Dispatcher, Task};
+use crate::delivery::ProviderKind;
 use crate::ids::now_millis;
 use crate::store::StoreError;
-use crate::AppState;
 
 /// Deliveries woken per store round after an outage.
 const WAKE_BATCH: i64 = 1000;
@@ -19,15 +19,15 @@ const WAKE_MARGIN_MS: i64 = 5_000;
 /// The provider answers again for `app`: its deliveries waiting for a retry go
 /// now, not at the end of their backoff.
 pub(super) async fn wake_after_outage(
-    state: &AppState,
+    state: &Dispatcher,
     app: &str,
-    provider: &'static str,
+    provider: ProviderKind,
     since: i64,
 ) {
     let woken = wake_all(state, app, provider).await;
     tracing::info!(
         app,
-        provider,
+        provider = provider.as_str(),
         outage_seconds = (now_millis() - since) / 1000,
         woken,
         "provider answers again; waiting deliveries re-driven"
@@ -38,14 +38,14 @@ pub(super) async fn wake_after_outage(
 /// none is left. A batch can come back short (or empty) while it waited on rows
 /// another node was waking, with more behind it: the sweep's recovery window
 /// runs this again for a while.
-pub(crate) async fn wake_all(state: &AppState, app: &str, provider: &str) -> usize {
+pub(crate) async fn wake_all(state: &Dispatcher, app: &str, provider: ProviderKind) -> usize {
     let mut woken = 0usize;
     for _ in 0..MAX_WAKE_ROUNDS {
         match wake(state, app, provider, WAKE_BATCH).await {
             Ok(0) => break,
             Ok(n) => woken += n,
             Err(e) => {
-                tracing::warn!(error = %e, app, provider, "waking waiting deliveries failed; their own retries and the sweep still run");
+                tracing::warn!(error = %e, app, provider = provider.as_str(), "waking waiting deliveries failed; their own retries and the sweep still run");
                 break;
             }
         }
@@ -56,12 +56,12 @@ pub(crate) async fn wake_all(state: &AppState, app: &str, provider: &str) -> usi
 /// Brings forward up to `limit` waiting deliveries of one app and provider and
 /// queues them now. The sweep calls it with 1 during an outage: a probe.
 pub(crate) async fn wake(
-    state: &AppState,
+    state: &Dispatcher,
     app: &str,
-    provider: &str,
+    provider: ProviderKind,
     limit: i64,
 ) -> Result<usize, StoreError> {
-    let redrive_at = now_millis() + state.config.redrive_after.as_millis() as i64;
+    let redrive_at = now_millis() + state.settings.redrive_after.as_millis() as i64;
     // Beyond every lease: one taken a moment after `now` here, or by a node whose
     // clock runs a little ahead, still ends before this.
     let waiting_after = redrive_at + WAKE_MARGIN_MS;

@@ -1,6 +1,8 @@
 //! The notify request: validation against provider limits, and durable acceptance.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -9,15 +11,65 @@ use utoipa::ToSchema;
 use crate::auth::notifier::NotifierAuth;
 use crate::delivery::NotificationPhase;
 use crate::dispatch::queue::TASK_CHUNK;
-use crate::dispatch::Task;
-use crate::error::ApiError;
+use crate::dispatch::{Queue, QueueDepths, Task};
 use crate::ids::{new_id, now_millis};
-use crate::store::{NotificationRow, StoreError};
-use crate::AppState;
+use crate::limits::{LimitError, Limiter};
+use crate::store::{NotificationRow, Store, StoreError};
 
 mod validate;
 use crate::notification::{Alert, ApnsOverride, Content, Priority, TargetSpec, Targets};
-pub use validate::validate;
+pub use validate::{validate, InvalidNotification};
+
+/// Why a notification was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The request breaks a rule (a provider would refuse it): 422, and why.
+    #[error("{0}")]
+    Invalid(String),
+    /// The Idempotency-Key came with another body before: 422.
+    #[error("this Idempotency-Key was used with a different request body")]
+    KeyReused,
+    /// The same Idempotency-Key is being accepted right now: 409.
+    #[error("a request with this Idempotency-Key is in progress")]
+    InProgress,
+    /// The dispatcher is behind (`max_queue_depth`): 503, retry later.
+    #[error("{0}")]
+    Behind(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// What cannot happen with valid data (a value that does not serialize).
+    #[error(transparent)]
+    Internal(#[from] serde_json::Error),
+}
+
+impl From<InvalidNotification> for AcceptError {
+    fn from(err: InvalidNotification) -> Self {
+        AcceptError::Invalid(err.0)
+    }
+}
+
+/// What acceptance takes from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptSettings {
+    /// When the sweep re-drives a delivery no queue entry finished.
+    pub redrive_after: Duration,
+    /// Ready deliveries past which new notifications are refused (0: never).
+    pub max_queue_depth: u64,
+}
+
+/// Acceptance of notifications: validated, limited, made durable, queued.
+/// Built once from the configuration; cheap to clone.
+#[derive(Clone)]
+pub struct Acceptor {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+    pub limiter: Limiter,
+    /// The queue's depths as the dispatcher last counted them (backpressure).
+    pub depths: QueueDepths,
+    pub settings: AcceptSettings,
+}
 
 /// Largest payload (title, body, data and overrides, as JSON) accepted: the APNs and FCM limit.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
@@ -74,212 +126,197 @@ pub struct Accepted {
     pub rejected: Vec<Rejected>,
 }
 
-/// Validates, stores (idempotently) and enqueues a notification; answers only once it is durable.
-pub async fn accept(
-    state: &AppState,
-    auth: &NotifierAuth,
-    idempotency_key: Option<&str>,
-    body: serde_json::Value,
-) -> Result<Accepted, ApiError> {
-    let request_hash = hex::encode(Sha256::digest(
-        serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.into()))?,
-    ));
-    if let Some(key) = idempotency_key {
-        if let Some(previous) = replay(state, auth, key, &request_hash).await? {
-            return Ok(previous);
-        }
-    }
-    let request: NotifyRequest =
-        serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
-    shed_when_behind(state, &auth.app_id)?;
-    let targets_json =
-        serde_json::to_string(&request.targets).map_err(|e| ApiError::Internal(e.into()))?;
-    let (targets, content, ttl) = validate(request).map_err(ApiError::invalid)?;
-    let cost = match &targets {
-        TargetSpec::Registrations(ids) => ids.len() as f64,
-        _ => 1.0,
-    };
-    let limits = state.limiter.app_limits(&auth.app_id).await?;
-    let buckets: Vec<_> = [
-        crate::limits::Limiter::bucket(
-            format!("notifier-targets:{}", auth.notifier.id),
-            limits.notifier_notifications_per_second,
-            cost,
-        ),
-        crate::limits::Limiter::bucket(
-            format!("app-targets:{}", auth.app_id),
-            limits.app_notifications_per_second,
-            cost,
-        ),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    state.limiter.enforce(&buckets, "notification").await?;
-    let now = now_millis();
-    let id = new_id("ntf");
-    let (registrations, accepted, rejected) = match &targets {
-        TargetSpec::Registrations(ids) => {
-            let found = state.store.registration_states(ids).await?;
-            let mut ok = Vec::with_capacity(ids.len());
-            let mut rejected = Vec::new();
-            for id in ids {
-                match found.iter().find(|(rid, _, _)| rid == id) {
-                    Some((_, app, status)) if app == &auth.app_id && status == "active" => {
-                        ok.push(id.clone())
-                    }
-                    Some((_, app, _)) if app == &auth.app_id => rejected.push(Rejected {
-                        registration: id.clone(),
-                        reason: "invalid".into(),
-                    }),
-                    _ => rejected.push(Rejected {
-                        registration: id.clone(),
-                        reason: "unknown".into(),
-                    }),
-                }
+impl Acceptor {
+    /// Validates, stores (idempotently) and enqueues a notification; answers only once it is durable.
+    pub async fn accept(
+        &self,
+        auth: &NotifierAuth,
+        idempotency_key: Option<&str>,
+        body: serde_json::Value,
+    ) -> Result<Accepted, AcceptError> {
+        let state = self;
+        let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&body)?));
+        if let Some(key) = idempotency_key {
+            if let Some(previous) = state.replay(auth, key, &request_hash).await? {
+                return Ok(previous);
             }
-            let count = ok.len() as i64;
-            (ok, count, rejected)
         }
-        other => {
-            let count = state
-                .store
-                .count_targets(&auth.app_id, other.fanout_aliases())
-                .await?;
-            (Vec::new(), count, Vec::new())
+        let request: NotifyRequest =
+            serde_json::from_value(body).map_err(|e| AcceptError::Invalid(e.to_string()))?;
+        state.shed_when_behind(&auth.app_id)?;
+        let targets_json = serde_json::to_string(&request.targets)?;
+        let (targets, content, ttl) = validate(request)?;
+        let cost = match &targets {
+            TargetSpec::Registrations(ids) => ids.len() as f64,
+            _ => 1.0,
+        };
+        let limits = state.limiter.app_limits(&auth.app_id).await?;
+        let buckets: Vec<_> = [
+            crate::limits::Limiter::bucket(
+                format!("notifier-targets:{}", auth.notifier.id),
+                limits.notifier_notifications_per_second,
+                cost,
+            ),
+            crate::limits::Limiter::bucket(
+                format!("app-targets:{}", auth.app_id),
+                limits.app_notifications_per_second,
+                cost,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        state.limiter.enforce(&buckets, "notification").await?;
+        let now = now_millis();
+        let id = new_id("ntf");
+        let (registrations, accepted, rejected) = match &targets {
+            TargetSpec::Registrations(ids) => {
+                let found = state.store.registration_states(ids).await?;
+                let mut ok = Vec::with_capacity(ids.len());
+                let mut rejected = Vec::new();
+                for id in ids {
+                    match found.iter().find(|(rid, _, _)| rid == id) {
+                        Some((_, app, true)) if app == &auth.app_id => ok.push(id.clone()),
+                        Some((_, app, _)) if app == &auth.app_id => rejected.push(Rejected {
+                            registration: id.clone(),
+                            reason: "invalid".into(),
+                        }),
+                        _ => rejected.push(Rejected {
+                            registration: id.clone(),
+                            reason: "unknown".into(),
+                        }),
+                    }
+                }
+                let count = ok.len() as i64;
+                (ok, count, rejected)
+            }
+            other => {
+                let count = state
+                    .store
+                    .count_targets(&auth.app_id, other.fanout_aliases())
+                    .await?;
+                (Vec::new(), count, Vec::new())
+            }
+        };
+        let answer = Accepted {
+            id: id.clone(),
+            accepted,
+            rejected,
+        };
+        let row = NotificationRow {
+            id: id.clone(),
+            app_id: auth.app_id.clone(),
+            notifier_id: auth.notifier.id.clone(),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            request_hash: request_hash.clone(),
+            targets: targets_json,
+            content: serde_json::to_string(&content)?,
+            expires_at: now + (ttl as i64) * 1000,
+            state: match targets {
+                TargetSpec::Registrations(_) => NotificationPhase::Dispatching,
+                _ => NotificationPhase::Expanding,
+            }
+            .as_str()
+            .into(),
+            created_at: now,
+            response: Some(serde_json::to_string(&answer)?),
+            expand_cursor: None,
+            updated_at: now,
+        };
+        let redrive_at = now + state.settings.redrive_after.as_millis() as i64;
+        let audit = crate::store::AuditEntry {
+            seq: 0,
+            at: now,
+            actor: format!("notifier:{}", auth.notifier.id),
+            action: "notification.create".into(),
+            app_id: Some(auth.app_id.clone()),
+            target: Some(id.clone()),
+            source: auth.source.clone(),
+            details: Some(serde_json::json!({"accepted": accepted}).to_string()),
+        };
+        match state
+            .store
+            .insert_notification(&row, &registrations, redrive_at, Some(&audit))
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) if idempotency_key.is_some() => {
+                // A concurrent request with the same key won the race.
+                let key = idempotency_key.unwrap_or_default();
+                return state
+                    .replay(auth, key, &request_hash)
+                    .await?
+                    .ok_or(AcceptError::InProgress);
+            }
+            Err(e) => return Err(e.into()),
         }
-    };
-    let answer = Accepted {
-        id: id.clone(),
-        accepted,
-        rejected,
-    };
-    let row = NotificationRow {
-        id: id.clone(),
-        app_id: auth.app_id.clone(),
-        notifier_id: auth.notifier.id.clone(),
-        idempotency_key: idempotency_key.map(str::to_owned),
-        request_hash: request_hash.clone(),
-        targets: targets_json,
-        content: serde_json::to_string(&content).map_err(|e| ApiError::Internal(e.into()))?,
-        expires_at: now + (ttl as i64) * 1000,
-        state: match targets {
-            TargetSpec::Registrations(_) => NotificationPhase::Dispatching,
-            _ => NotificationPhase::Expanding,
-        }
-        .as_str()
-        .into(),
-        created_at: now,
-        response: Some(serde_json::to_string(&answer).map_err(|e| ApiError::Internal(e.into()))?),
-        expand_cursor: None,
-        updated_at: now,
-    };
-    let redrive_at = now + state.config.redrive_after.as_millis() as i64;
-    let audit = crate::store::AuditEntry {
-        seq: 0,
-        at: now,
-        actor: format!("notifier:{}", auth.notifier.id),
-        action: "notification.create".into(),
-        app_id: Some(auth.app_id.clone()),
-        target: Some(id.clone()),
-        source: auth.source.clone(),
-        details: Some(serde_json::json!({"accepted": accepted}).to_string()),
-    };
-    match state
-        .store
-        .insert_notification(&row, &registrations, redrive_at, Some(&audit))
-        .await
-    {
-        Ok(()) => {}
-        Err(StoreError::Conflict(_)) if idempotency_key.is_some() => {
-            // A concurrent request with the same key won the race.
-            let key = idempotency_key.unwrap_or_default();
-            return replay(state, auth, key, &request_hash)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::Conflict("a request with this Idempotency-Key is in progress".into())
-                });
-        }
-        Err(e) => return Err(e.into()),
-    }
-    metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => auth.app_id.clone())
+        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => auth.app_id.clone())
         .increment(1);
-    let tasks: Vec<Task> = if row.is_expanding() {
-        vec![Task::Expand { notification: id }]
-    } else {
-        registrations
-            .chunks(TASK_CHUNK)
-            .map(|chunk| Task::Deliver {
-                notification: row.id.clone(),
-                registrations: chunk.to_vec(),
-                due: Some(redrive_at),
-            })
-            .collect()
-    };
-    if !tasks.is_empty() {
-        if let Err(e) = state.queue.push(tasks).await {
-            // Durable already: the sweep re-drives it after `redrive_after`.
-            tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive this notification");
+        let tasks: Vec<Task> = if row.is_expanding() {
+            vec![Task::Expand { notification: id }]
+        } else {
+            registrations
+                .chunks(TASK_CHUNK)
+                .map(|chunk| Task::Deliver {
+                    notification: row.id.clone(),
+                    registrations: chunk.to_vec(),
+                    due: Some(redrive_at),
+                })
+                .collect()
+        };
+        if !tasks.is_empty() {
+            if let Err(e) = state.queue.push(tasks).await {
+                // Durable already: the sweep re-drives it after `redrive_after`.
+                tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive this notification");
+            }
         }
+        Ok(answer)
     }
-    Ok(answer)
-}
 
-/// Backpressure: refuses a new notification (503 + Retry-After) while the
-/// dispatcher is behind — more deliveries ready to go than `max_queue_depth` —
-/// or while this app alone has more than that queued (its own deliveries
-/// waiting for a retry or an open circuit included: they are its backlog, and
-/// never another app's).
-fn shed_when_behind(state: &AppState, app_id: &str) -> Result<(), ApiError> {
-    let max_depth = state.config.max_queue_depth;
-    if max_depth == 0 {
-        return Ok(());
-    }
-    let ready = state.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
-    let app_depth = state
-        .app_queue_depths
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(app_id)
-        .copied()
-        .unwrap_or(0);
-    let detail = if app_depth > max_depth {
-        format!(
+    /// Backpressure: refuses a new notification (503 + Retry-After) while the
+    /// dispatcher is behind — more deliveries ready to go than `max_queue_depth` —
+    /// or while this app alone has more than that queued (its own deliveries
+    /// waiting for a retry or an open circuit included: they are its backlog, and
+    /// never another app's).
+    fn shed_when_behind(&self, app_id: &str) -> Result<(), AcceptError> {
+        let max_depth = self.settings.max_queue_depth;
+        if max_depth == 0 {
+            return Ok(());
+        }
+        let ready = self.depths.ready();
+        let app_depth = self.depths.of_app(app_id);
+        let detail = if app_depth > max_depth {
+            format!(
             "this app has {app_depth} deliveries queued (more than max_queue_depth = {max_depth}); retry later"
         )
-    } else if ready > max_depth {
-        format!(
+        } else if ready > max_depth {
+            format!(
             "{ready} deliveries are waiting for the dispatcher (more than max_queue_depth = {max_depth}); retry later"
         )
-    } else {
-        return Ok(());
-    };
-    metrics::counter!(crate::telemetry::names::NOTIFICATIONS_SHED).increment(1);
-    Err(ApiError::Unavailable(detail))
-}
-
-async fn replay(
-    state: &AppState,
-    auth: &NotifierAuth,
-    key: &str,
-    request_hash: &str,
-) -> Result<Option<Accepted>, ApiError> {
-    let Some(previous) = state
-        .store
-        .find_idempotent(&auth.app_id, &auth.notifier.id, key)
-        .await?
-    else {
-        return Ok(None);
-    };
-    if previous.request_hash != request_hash {
-        return Err(ApiError::IdempotencyKeyReused(
-            "this Idempotency-Key was used with a different request body".into(),
-        ));
+        } else {
+            return Ok(());
+        };
+        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_SHED).increment(1);
+        Err(AcceptError::Behind(detail))
     }
-    let answer = previous
-        .response
-        .as_deref()
-        .and_then(|r| serde_json::from_str(r).ok())
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored response unreadable")))?;
-    Ok(Some(answer))
+
+    async fn replay(
+        &self,
+        auth: &NotifierAuth,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<Option<Accepted>, AcceptError> {
+        let Some(previous) = self
+            .store
+            .find_idempotent(&auth.app_id, &auth.notifier.id, key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if previous.request_hash != request_hash {
+            return Err(AcceptError::KeyReused);
+        }
+        let answer = serde_json::from_str(previous.response.as_deref().unwrap_or_default())?;
+        Ok(Some(answer))
+    }
 }

@@ -1,6 +1,23 @@
 //! The notify request against the API's and the providers' rules: what APNs or
 //! FCM would refuse later is refused here, naming the field.
 
+/// A notification a provider would refuse: what is wrong, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidNotification(pub String);
+
+impl From<String> for InvalidNotification {
+    fn from(message: String) -> Self {
+        InvalidNotification(message)
+    }
+}
+
+impl From<&str> for InvalidNotification {
+    fn from(message: &str) -> Self {
+        InvalidNotification(message.to_owned())
+    }
+}
+
 use std::collections::BTreeMap;
 
 use super::{Content, NotifyRequest, DEFAULT_TTL_SECONDS, MAX_PAYLOAD_BYTES, MAX_TTL_SECONDS};
@@ -32,13 +49,16 @@ fn header_safe(value: &str) -> bool {
 }
 
 /// Keys FCM reserves in `data` (and APNs' `aps`, which the APNs payload has at its top).
-fn check_data_keys<'a>(field: &str, keys: impl Iterator<Item = &'a String>) -> Result<(), String> {
+fn check_data_keys<'a>(
+    field: &str,
+    keys: impl Iterator<Item = &'a String>,
+) -> Result<(), InvalidNotification> {
     for key in keys {
         let lower = key.to_ascii_lowercase();
         if key == "aps" {
             return Err(format!(
                 "`{field}`: key `aps` is reserved for APNs' own dictionary (set it through `apns.payload.aps`)"
-            ));
+            ).into());
         }
         if key.is_empty()
             || key.len() > 256
@@ -49,26 +69,28 @@ fn check_data_keys<'a>(field: &str, keys: impl Iterator<Item = &'a String>) -> R
         {
             return Err(format!(
                 "`{field}`: key `{key}` is empty, too long, or reserved by FCM (from, message_type, google*, gcm*)"
-            ));
+            ).into());
         }
     }
     Ok(())
 }
 
 /// APNs headers a request sets, as APNs would judge their values.
-fn check_apns_headers(field: &str, headers: &BTreeMap<String, String>) -> Result<(), String> {
+fn check_apns_headers(
+    field: &str,
+    headers: &BTreeMap<String, String>,
+) -> Result<(), InvalidNotification> {
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
         if !APNS_HEADERS.contains(&lower.as_str()) {
             return Err(format!(
                 "`{field}`: `{name}` cannot be set (allowed: {})",
                 APNS_HEADERS.join(", ")
-            ));
+            )
+            .into());
         }
         if !header_safe(value) {
-            return Err(format!(
-                "`{field}.{name}`: printable ASCII, at most 256 bytes"
-            ));
+            return Err(format!("`{field}.{name}`: printable ASCII, at most 256 bytes").into());
         }
         let ok = match lower.as_str() {
             "apns-priority" => matches!(value.as_str(), "1" | "5" | "10"),
@@ -86,7 +108,7 @@ fn check_apns_headers(field: &str, headers: &BTreeMap<String, String>) -> Result
                 "apns-collapse-id" => "at most 64 bytes".to_owned(),
                 _ => format!("one of {}", PUSH_TYPES.join(", ")),
             };
-            return Err(format!("`{field}.{name}`: `{value}` is not {rule}"));
+            return Err(format!("`{field}.{name}`: `{value}` is not {rule}").into());
         }
     }
     Ok(())
@@ -96,7 +118,7 @@ fn check_apns_headers(field: &str, headers: &BTreeMap<String, String>) -> Result
 const FCM_TARGET_KEYS: &[&str] = &["token", "topic", "condition", "fid", "name"];
 
 /// The raw `fcm` object, as FCM would judge it.
-fn check_fcm(fcm: &serde_json::Value) -> Result<(), String> {
+fn check_fcm(fcm: &serde_json::Value) -> Result<(), InvalidNotification> {
     let Some(object) = fcm.as_object() else {
         return Err("`fcm` must be a JSON object".into());
     };
@@ -104,14 +126,15 @@ fn check_fcm(fcm: &serde_json::Value) -> Result<(), String> {
         return Err(format!(
             "`fcm.{key}`: the target is the registration's; {} cannot be set",
             FCM_TARGET_KEYS.join(", ")
-        ));
+        )
+        .into());
     }
     if let Some(data) = object.get("data") {
         let Some(map) = data.as_object() else {
             return Err("`fcm.data` must be an object of strings".into());
         };
         if let Some((key, _)) = map.iter().find(|(_, v)| !v.is_string()) {
-            return Err(format!("`fcm.data.{key}`: FCM takes string values only"));
+            return Err(format!("`fcm.data.{key}`: FCM takes string values only").into());
         }
         check_data_keys("fcm.data", map.keys())?;
     }
@@ -123,7 +146,8 @@ fn check_fcm(fcm: &serde_json::Value) -> Result<(), String> {
             if !matches!(priority.as_str(), Some("NORMAL" | "HIGH")) {
                 return Err(format!(
                     "`fcm.android.priority`: {priority} is not `NORMAL` or `HIGH`"
-                ));
+                )
+                .into());
             }
         }
         if let Some(ttl) = android.get("ttl") {
@@ -134,7 +158,7 @@ fn check_fcm(fcm: &serde_json::Value) -> Result<(), String> {
             if !valid {
                 return Err(format!(
                     "`fcm.android.ttl`: {ttl} is not a duration like \"3600s\" of at most {MAX_TTL_SECONDS}s"
-                ));
+                ).into());
             }
         }
     }
@@ -165,22 +189,20 @@ fn duration_seconds(text: &str) -> Option<f64> {
 }
 
 /// Checks a request against the API's and the providers' rules; the error names the field.
-pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), String> {
-    let targets = check_targets(request.targets)?;
+pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), InvalidNotification> {
+    let targets = check_targets(request.targets).map_err(|e| InvalidNotification(e.0))?;
     let alert = request.notification.unwrap_or_default();
     for (name, value, max) in [("title", &alert.title, 256), ("body", &alert.body, 2048)] {
         if let Some(v) = value {
             if v.chars().count() > max {
-                return Err(format!("`notification.{name}`: at most {max} characters"));
+                return Err(format!("`notification.{name}`: at most {max} characters").into());
             }
         }
     }
     check_data_keys("data", request.data.keys())?;
     let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
     if ttl > MAX_TTL_SECONDS {
-        return Err(format!(
-            "`ttl_seconds`: at most {MAX_TTL_SECONDS} (28 days)"
-        ));
+        return Err(format!("`ttl_seconds`: at most {MAX_TTL_SECONDS} (28 days)").into());
     }
     if let Some(key) = &request.collapse_key {
         if key.is_empty() || key.len() > 64 || !header_safe(key) {
@@ -205,7 +227,8 @@ pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), St
         (Some(a), Some(b)) if a != b => {
             return Err(format!(
                 "`apns.headers.apns-push-type` (`{b}`) differs from `push_type` (`{a}`)"
-            ))
+            )
+            .into())
         }
         (a, b) => a.or(b),
     };
@@ -221,7 +244,8 @@ pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), St
             return Err(format!(
                 "`{push_type_field}`: `{t}` is not one of {}",
                 PUSH_TYPES.join(", ")
-            ))
+            )
+            .into())
         }
         None if has_alert => "alert".into(),
         None => "background".into(),
@@ -292,7 +316,8 @@ pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), St
     if size > MAX_PAYLOAD_BYTES {
         return Err(format!(
             "the notification is {size} bytes as JSON; providers accept at most {MAX_PAYLOAD_BYTES}"
-        ));
+        )
+        .into());
     }
     Ok((targets, content, ttl))
 }
@@ -302,7 +327,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn check(body: serde_json::Value) -> Result<Content, String> {
+    fn check(body: serde_json::Value) -> Result<Content, InvalidNotification> {
         let mut full = json!({"targets": {"registrations": ["reg_1"]}});
         for (k, v) in body.as_object().expect("object") {
             full[k] = v.clone();
@@ -425,7 +450,7 @@ mod tests {
             match field {
                 None => assert!(result.is_ok(), "row {i}: {body} → {result:?}"),
                 Some(field) => {
-                    let error = result.err().unwrap_or_default();
+                    let error = result.err().map(|e| e.0).unwrap_or_default();
                     assert!(error.contains(field), "row {i}: {body} → {error:?}");
                 }
             }

@@ -2,6 +2,7 @@
 //! that stops mass invalidation when most of an app's tokens fail at once, and
 //! the outage tracker that tells when a provider stopped and started answering.
 
+use crate::delivery::ProviderKind;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -54,7 +55,7 @@ pub struct Recovered {
 /// Circuits of one node (each node learns on its own; the credential status is shared in the store).
 #[derive(Default)]
 pub struct Circuits {
-    states: Mutex<HashMap<(String, &'static str), State>>,
+    states: Mutex<HashMap<(String, ProviderKind), State>>,
 }
 
 /// What the guard says about a rejected token.
@@ -67,13 +68,13 @@ pub enum TokenVerdict {
 }
 
 impl Circuits {
-    fn with<T>(&self, app: &str, provider: &'static str, f: impl FnOnce(&mut State) -> T) -> T {
+    fn with<T>(&self, app: &str, provider: ProviderKind, f: impl FnOnce(&mut State) -> T) -> T {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         f(states.entry((app.to_owned(), provider)).or_default())
     }
 
     /// When open: until when, and why.
-    pub fn open_until(&self, app: &str, provider: &'static str, now: i64) -> Option<(i64, String)> {
+    pub fn open_until(&self, app: &str, provider: ProviderKind, now: i64) -> Option<(i64, String)> {
         self.with(app, provider, |s| {
             (s.open_until > now).then(|| (s.open_until, s.reason.clone().unwrap_or_default()))
         })
@@ -83,7 +84,7 @@ impl Circuits {
     pub fn open(
         &self,
         app: &str,
-        provider: &'static str,
+        provider: ProviderKind,
         reason: &str,
         now: i64,
         duration_ms: i64,
@@ -93,11 +94,11 @@ impl Circuits {
             s.reason = Some(reason.to_owned());
             s.failing = true;
         });
-        metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider).set(1.0);
+        metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider.as_str()).set(1.0);
     }
 
     /// Closes the circuit (the operator replaced the credential).
-    pub fn reset(&self, app: &str, provider: &'static str) {
+    pub fn reset(&self, app: &str, provider: ProviderKind) {
         self.with(app, provider, |s| {
             s.open_until = 0;
             s.window.clear();
@@ -105,7 +106,7 @@ impl Circuits {
     }
 
     /// Records an accepted delivery, and what it ended.
-    pub fn success(&self, app: &str, provider: &'static str, now: i64) -> Recovered {
+    pub fn success(&self, app: &str, provider: ProviderKind, now: i64) -> Recovered {
         let recovered = self.with(app, provider, |s| {
             push(&mut s.window, now, false);
             s.provider_failures = 0;
@@ -119,13 +120,13 @@ impl Circuits {
             }
         });
         if recovered.credential {
-            metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider).set(0.0);
+            metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider.as_str()).set(0.0);
         }
         recovered
     }
 
     /// Records a provider failure (overloaded, unreachable); true when it starts an outage.
-    pub fn provider_failed(&self, app: &str, provider: &'static str, now: i64) -> bool {
+    pub fn provider_failed(&self, app: &str, provider: ProviderKind, now: i64) -> bool {
         self.with(app, provider, |s| {
             s.provider_failures = s.provider_failures.saturating_add(1);
             if s.outage_since.is_none() && s.provider_failures >= OUTAGE_AFTER_FAILURES {
@@ -138,7 +139,7 @@ impl Circuits {
     }
 
     /// The (app, provider) pairs in an outage or just out of one, for the sweep.
-    pub fn probes(&self, now: i64) -> Vec<(String, &'static str, Probe)> {
+    pub fn probes(&self, now: i64) -> Vec<(String, ProviderKind, Probe)> {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states
             .iter()
@@ -162,7 +163,7 @@ impl Circuits {
     pub fn rejected_token(
         &self,
         app: &str,
-        provider: &'static str,
+        provider: ProviderKind,
         now: i64,
         guard_min: usize,
         open_ms: i64,
@@ -185,7 +186,7 @@ impl Circuits {
             }
         });
         if let TokenVerdict::Suspicious(_) = verdict {
-            metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider).set(1.0);
+            metrics::gauge!(crate::telemetry::names::CIRCUIT_OPEN, "app" => app.to_owned(), "provider" => provider.as_str()).set(1.0);
         }
         verdict
     }
@@ -206,36 +207,36 @@ mod tests {
     fn guard_trips_only_when_most_tokens_fail_together() {
         let circuits = Circuits::default();
         for i in 0..10 {
-            circuits.success("a", "apns", i);
+            circuits.success("a", ProviderKind::Apns, i);
         }
         // 4 rejections among 14 attempts: ordinary dead tokens.
         for i in 0..4 {
             assert_eq!(
-                circuits.rejected_token("a", "apns", 100 + i, 3, 1000),
+                circuits.rejected_token("a", ProviderKind::Apns, 100 + i, 3, 1000),
                 TokenVerdict::Invalidate
             );
         }
         // Another app, all rejected: the guard trips at the minimum.
         assert_eq!(
-            circuits.rejected_token("b", "fcm", 0, 3, 1000),
+            circuits.rejected_token("b", ProviderKind::Fcm, 0, 3, 1000),
             TokenVerdict::Invalidate
         );
         assert_eq!(
-            circuits.rejected_token("b", "fcm", 1, 3, 1000),
+            circuits.rejected_token("b", ProviderKind::Fcm, 1, 3, 1000),
             TokenVerdict::Invalidate
         );
         assert!(matches!(
-            circuits.rejected_token("b", "fcm", 2, 3, 1000),
+            circuits.rejected_token("b", ProviderKind::Fcm, 2, 3, 1000),
             TokenVerdict::Suspicious(_)
         ));
-        assert!(circuits.open_until("b", "fcm", 3).is_some());
-        assert!(circuits.open_until("b", "fcm", 2000).is_none());
-        assert!(circuits.open_until("a", "apns", 3).is_none());
+        assert!(circuits.open_until("b", ProviderKind::Fcm, 3).is_some());
+        assert!(circuits.open_until("b", ProviderKind::Fcm, 2000).is_none());
+        assert!(circuits.open_until("a", ProviderKind::Apns, 3).is_none());
         assert!(
-            circuits.success("b", "fcm", 2001).credential,
+            circuits.success("b", ProviderKind::Fcm, 2001).credential,
             "recovery is reported once"
         );
-        assert!(!circuits.success("b", "fcm", 2002).credential);
+        assert!(!circuits.success("b", ProviderKind::Fcm, 2002).credential);
     }
 
     #[test]
@@ -243,23 +244,41 @@ mod tests {
         let c = Circuits::default();
         // One device's failures between successes: no outage.
         for t in 0..10 {
-            assert!(!c.provider_failed("a", "apns", t * 10));
-            assert_eq!(c.success("a", "apns", t * 10 + 1).outage_since, None);
+            assert!(!c.provider_failed("a", ProviderKind::Apns, t * 10));
+            assert_eq!(
+                c.success("a", ProviderKind::Apns, t * 10 + 1).outage_since,
+                None
+            );
         }
-        assert!(!c.provider_failed("a", "apns", 200));
-        assert!(!c.provider_failed("a", "apns", 201));
-        assert!(c.provider_failed("a", "apns", 202), "the third in a row");
-        assert!(!c.provider_failed("a", "apns", 203), "declared once");
-        assert_eq!(c.probes(250), vec![("a".to_owned(), "apns", Probe::One)]);
-        let recovered = c.success("a", "apns", 300);
+        assert!(!c.provider_failed("a", ProviderKind::Apns, 200));
+        assert!(!c.provider_failed("a", ProviderKind::Apns, 201));
+        assert!(
+            c.provider_failed("a", ProviderKind::Apns, 202),
+            "the third in a row"
+        );
+        assert!(
+            !c.provider_failed("a", ProviderKind::Apns, 203),
+            "declared once"
+        );
+        assert_eq!(
+            c.probes(250),
+            vec![("a".to_owned(), ProviderKind::Apns, Probe::One)]
+        );
+        let recovered = c.success("a", ProviderKind::Apns, 300);
         assert_eq!(recovered.outage_since, Some(202));
         assert!(!recovered.credential);
-        assert_eq!(c.success("a", "apns", 301), Recovered::default());
+        assert_eq!(
+            c.success("a", ProviderKind::Apns, 301),
+            Recovered::default()
+        );
         // For a while after, the sweep brings every waiting delivery forward.
-        assert_eq!(c.probes(301), vec![("a".to_owned(), "apns", Probe::All)]);
+        assert_eq!(
+            c.probes(301),
+            vec![("a".to_owned(), ProviderKind::Apns, Probe::All)]
+        );
         assert_eq!(
             c.probes(300 + RECOVERY_WINDOW_MS - 1),
-            vec![("a".to_owned(), "apns", Probe::All)]
+            vec![("a".to_owned(), ProviderKind::Apns, Probe::All)]
         );
         assert!(c.probes(300 + RECOVERY_WINDOW_MS).is_empty());
     }

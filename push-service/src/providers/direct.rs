@@ -1,6 +1,7 @@
 //! The direct channel: notifications held in the store per device, and wake-ups to
 //! the node holding the device's Server-Sent-Events stream (in-process, or Redis pub/sub).
 
+use crate::delivery::ProviderKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -165,8 +166,8 @@ const NOW_OR_NEVER_MS: i64 = 5_000;
 
 #[async_trait]
 impl Provider for DirectProvider {
-    fn name(&self) -> &'static str {
-        "direct"
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Direct
     }
 
     async fn send(&self, delivery: &Delivery<'_>) -> Outcome {

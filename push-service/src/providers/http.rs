@@ -1,11 +1,13 @@
 //! What the APNs and FCM clients share: HTTP/2 clients, `Retry-After`, credential loading.
 
+use crate::providers::SetupError;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Outcome;
 use crate::config::ProviderSettings;
 use crate::crypto::Sealer;
+use crate::delivery::ProviderKind;
 use crate::store::{CredentialRecord, Store};
 
 /// An HTTP/2 client for a provider: TLS with the Mozilla roots (plus `ca_pem`),
@@ -14,7 +16,7 @@ pub fn client(
     settings: &ProviderSettings,
     identity: Option<reqwest::Identity>,
     http2_only: bool,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, SetupError> {
     let mut builder = reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(Duration::from_secs(10))
@@ -36,7 +38,7 @@ pub fn client(
     if let Some(identity) = identity {
         builder = builder.identity(identity);
     }
-    builder.build().map_err(|e| e.to_string())
+    builder.build().map_err(|e| SetupError(e.to_string()))
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is read as absent).
@@ -65,7 +67,7 @@ impl CredentialSource {
     pub async fn load(
         &self,
         app_id: &str,
-        provider: &str,
+        provider: ProviderKind,
     ) -> Result<Option<(CredentialRecord, Vec<u8>)>, Outcome> {
         let Some(record) = self
             .store
@@ -82,7 +84,7 @@ impl CredentialSource {
             .sealer
             .open(
                 &record.sealed,
-                &crate::api::credentials::credential_aad(app_id, provider),
+                &crate::credentials::credential_aad(app_id, provider),
             )
             .map_err(|e| {
                 Outcome::CredentialError(format!(

@@ -62,11 +62,35 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// What stops this node from building a provider connection from a
+/// credential (an unreadable key, a certificate that does not load): why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
+impl From<String> for SetupError {
+    fn from(message: String) -> Self {
+        SetupError(message)
+    }
+}
+
+impl From<&str> for SetupError {
+    fn from(message: &str) -> Self {
+        SetupError(message.to_owned())
+    }
+}
+
+impl From<SetupError> for Outcome {
+    fn from(err: SetupError) -> Self {
+        Outcome::CredentialError(err.0)
+    }
+}
+
 /// A delivery channel.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
-    /// `apns`, `fcm` or `direct`.
-    fn name(&self) -> &'static str;
+    /// Which channel this is.
+    fn kind(&self) -> ProviderKind;
     async fn send(&self, delivery: &Delivery<'_>) -> Outcome;
 }
 

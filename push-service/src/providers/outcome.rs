@@ -144,51 +144,6 @@ pub fn fcm_class(status: u16, code: &str, on_token: bool) -> Class {
     }
 }
 
-/// A network failure's cause in a few words (refused, reset, timeout, TLS, …);
-/// never the URL, which holds an APNs device token.
-pub fn network_cause(error: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    if error.is_timeout() {
-        return "timeout".into();
-    }
-    let mut source = error.source();
-    let mut words = None;
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            let word = match io.kind() {
-                K::ConnectionRefused => "connection refused",
-                K::ConnectionReset => "connection reset",
-                K::ConnectionAborted => "connection aborted",
-                K::TimedOut => "timeout",
-                K::UnexpectedEof | K::BrokenPipe => "connection closed",
-                K::InvalidData => "TLS: the provider's certificate or handshake was refused",
-                _ => "i/o error",
-            };
-            words = Some(word.to_owned());
-            if io.kind() != K::Other {
-                break;
-            }
-        }
-        let text = e.to_string();
-        if text.contains("certificate") || text.contains("tls") || text.contains("TLS") {
-            words = Some(format!("TLS: {text}"));
-        } else if text.contains("dns error") || text.contains("failed to lookup") {
-            words = Some("DNS lookup failed".into());
-        }
-        source = e.source();
-    }
-    words.unwrap_or_else(|| {
-        if error.is_connect() {
-            "connect failed".into()
-        } else if error.is_request() || error.is_body() {
-            "connection closed during the request".into()
-        } else {
-            "request failed".into()
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,21 +1,28 @@
-//! Persistence behind one trait, with a SQLite and a PostgreSQL implementation.
+//! Persistence: one trait per aggregate (apps, notifiers, registrations,
+//! notifications and their deliveries, direct-channel events, audit, the
+//! replay cache), implemented once in plain sqlx for SQLite and PostgreSQL
+//! (`sql/`), with the hot writes group-committed (`batch.rs`).
 
-mod dispatch;
-pub mod group;
+mod backend;
+pub mod batch;
 mod postgres;
+mod rows;
 mod sql;
-mod sql_dispatch;
 mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use dispatch::{
-    placeholders, row_placeholders, DeliveryRow, DeliveryUpdate, DirectEvent, DispatchStore,
-    NotificationRow, PendingDelivery, TaskRow,
-};
+use crate::delivery::{DeliveryState, ProviderKind};
+
+pub use backend::{placeholders, row_placeholders, Column, SqlBackend};
 pub use postgres::PgStore;
+pub use rows::{
+    App, Attestation, AuditEntry, AuditFilter, CredentialRecord, DeliveryRow, DeliveryUpdate,
+    DirectEvent, NotificationRow, Notifier, PendingDelivery, Registration, TaskRow,
+};
+pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
 
 /// Store failures, by what the caller can do about them.
@@ -60,145 +67,31 @@ fn transient(db: &dyn sqlx::error::DatabaseError) -> bool {
         || matches!(&*code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
 }
 
-/// An app: the unit of isolation for credentials, notifiers and registrations.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct App {
-    pub id: String,
-    pub name: String,
-    pub created_at: i64,
-}
-
-/// A provider credential: public metadata in clear, the secret part sealed.
-#[derive(Clone, sqlx::FromRow)]
-pub struct CredentialRecord {
-    pub app_id: String,
-    /// `apns` or `fcm`.
-    pub provider: String,
-    /// JSON metadata shown to operators (key id, fingerprint, expiry); never secret.
-    pub metadata: String,
-    /// AES-256-GCM blob of the secret material (see `crypto::Sealer`).
-    pub sealed: Vec<u8>,
-    /// Certificate expiry (ms), when the credential has one.
-    pub expires_at: Option<i64>,
-    pub updated_at: i64,
-    /// Last provider error (the circuit opened), if the credential is failing.
-    pub last_error: Option<String>,
-    pub last_error_at: Option<i64>,
-}
-
-impl std::fmt::Debug for CredentialRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialRecord")
-            .field("app_id", &self.app_id)
-            .field("provider", &self.provider)
-            .field("metadata", &self.metadata)
-            .field("sealed", &"***")
-            .finish()
-    }
-}
-
-/// An auth server allowed to call the notify API of one app.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Notifier {
-    pub id: String,
-    pub app_id: String,
-    pub name: String,
-    /// Space-separated scopes, OAuth style.
-    pub scopes: String,
-    /// Static JWKS (JSON), when the keys were given inline.
-    pub jwks: Option<String>,
-    /// JWKS URL, when the keys are fetched.
-    pub jwks_url: Option<String>,
-    pub created_at: i64,
-    /// Client-certificate binding (JSON, see `auth::notifier::CertBinding`), if any.
-    pub client_cert: Option<String>,
-}
-
-/// One audit-log entry: who (`operator` or `notifier:<id>`), what, when, from where.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AuditEntry {
-    /// Assigned by the store (ignored on insert).
-    pub seq: i64,
-    pub at: i64,
-    pub actor: String,
-    /// E.g. `app.create`, `credential.put`, `notification.create`.
-    pub action: String,
-    pub app_id: Option<String>,
-    /// The id of what was changed.
-    pub target: Option<String>,
-    /// The caller's address.
-    pub source: Option<String>,
-    /// JSON with what else matters (never secrets).
-    pub details: Option<String>,
-}
-
-/// Which audit entries to list (keyset by `seq`).
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    pub after: i64,
-    pub app_id: Option<String>,
-    pub actor: Option<String>,
-    pub action: Option<String>,
-    pub limit: i64,
-}
-
-/// Per-app client attestation settings.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Attestation {
-    pub app_id: String,
-    /// JWKS (JSON) of the implementer's attestation keys.
-    pub jwks: String,
-    pub required: bool,
-    pub updated_at: i64,
-}
-
-/// A device's registration of one push token (or of a direct channel).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Registration {
-    pub id: String,
-    pub app_id: String,
-    /// `apns`, `fcm` or `direct`.
-    pub provider: String,
-    /// Provider token; none for `direct`.
-    pub token: Option<String>,
-    /// APNs environment (`production` or `sandbox`).
-    pub environment: Option<String>,
-    pub platform: String,
-    /// RFC 7638 thumbprint of the device key that owns this registration.
-    pub key_thumbprint: String,
-    /// Public JWK (JSON) the device wants payloads encrypted to, if any.
-    pub encryption_jwk: Option<String>,
-    /// `active` or `invalid`.
-    pub status: String,
-    pub invalid_reason: Option<String>,
-    pub invalidated_at: Option<i64>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    /// It came with a verified client attestation (read only where counted).
-    #[sqlx(default)]
-    pub attested: bool,
-}
-
-/// The persistence operations the service needs. One implementation per backend.
-/// Ties a store type to its sqlx database, for code shared between backends.
-pub trait Backend {
-    type Db: sqlx::Database;
-    /// Starts a transaction that will write. SQLite: `BEGIN IMMEDIATE`, so the
-    /// write lock is taken (waiting per busy_timeout) before the first read; a
-    /// deferred transaction that reads and then writes fails at once with
-    /// SQLITE_BUSY when another writer committed in between.
-    const BEGIN_WRITE: &'static str;
-}
-
+/// The whole store: every aggregate, plus what concerns the database itself.
 #[async_trait]
-pub trait Store: DispatchStore + Send + Sync + 'static {
+pub trait Store:
+    AppStore
+    + NotifierStore
+    + RegistrationStore
+    + NotificationStore
+    + DirectStore
+    + AuditStore
+    + ReplayStore
+    + Send
+    + Sync
+    + 'static
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
+}
 
+/// Apps and what an operator sets on one: credentials, attestation, limits.
+#[async_trait]
+pub trait AppStore: Send + Sync {
     async fn create_app(&self, app: &App) -> Result<(), StoreError>;
     /// Apps ordered by id, after `after` (keyset pagination).
     async fn list_apps(&self, after: Option<&str>, limit: i64) -> Result<Vec<App>, StoreError>;
@@ -210,56 +103,24 @@ pub trait Store: DispatchStore + Send + Sync + 'static {
     async fn get_credential(
         &self,
         app_id: &str,
-        provider: &str,
+        provider: ProviderKind,
     ) -> Result<Option<CredentialRecord>, StoreError>;
-    async fn delete_credential(&self, app_id: &str, provider: &str) -> Result<bool, StoreError>;
+    async fn delete_credential(
+        &self,
+        app_id: &str,
+        provider: ProviderKind,
+    ) -> Result<bool, StoreError>;
     /// Records (or clears, with `None`) the last provider error of a credential.
     async fn set_credential_error(
         &self,
         app_id: &str,
-        provider: &str,
+        provider: ProviderKind,
         error: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError>;
 
-    async fn create_notifier(&self, notifier: &Notifier) -> Result<(), StoreError>;
-    async fn list_notifiers(&self, app_id: &str) -> Result<Vec<Notifier>, StoreError>;
-    async fn get_notifier(&self, app_id: &str, id: &str) -> Result<Option<Notifier>, StoreError>;
-    async fn delete_notifier(&self, app_id: &str, id: &str) -> Result<bool, StoreError>;
-
     async fn put_attestation(&self, attestation: &Attestation) -> Result<(), StoreError>;
     async fn get_attestation(&self, app_id: &str) -> Result<Option<Attestation>, StoreError>;
-
-    /// Active registrations bound to one device key (all apps).
-    async fn count_registrations_by_key(&self, key_thumbprint: &str) -> Result<i64, StoreError>;
-    /// Active registrations of an app made without a client attestation.
-    async fn count_unattested_registrations(&self, app_id: &str) -> Result<i64, StoreError>;
-
-    /// Inserts a registration. An active registration of the same app, provider and
-    /// token is marked invalid (`replaced`) in the same transaction; its id is returned.
-    async fn create_registration(
-        &self,
-        registration: &Registration,
-    ) -> Result<Vec<String>, StoreError>;
-    async fn get_registration(&self, id: &str) -> Result<Option<Registration>, StoreError>;
-    /// Sets a new token (reactivating the registration), moving it away from any
-    /// other active registration that held it; returns the ids of those.
-    async fn rotate_registration_token(
-        &self,
-        id: &str,
-        token: &str,
-        now: i64,
-    ) -> Result<Vec<String>, StoreError>;
-    /// Deletes a registration and its aliases; false when it did not exist.
-    async fn delete_registration(&self, id: &str) -> Result<bool, StoreError>;
-    /// Replaces the aliases of a registration.
-    async fn set_aliases(
-        &self,
-        app_id: &str,
-        id: &str,
-        aliases: &[String],
-    ) -> Result<(), StoreError>;
-    async fn list_aliases(&self, id: &str) -> Result<Vec<String>, StoreError>;
 
     /// The operator's rate limits of an app (JSON), if set.
     async fn get_app_limits(&self, app_id: &str) -> Result<Option<String>, StoreError>;
@@ -270,12 +131,213 @@ pub trait Store: DispatchStore + Send + Sync + 'static {
         limits: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError>;
+}
+
+/// The auth servers allowed to notify an app.
+#[async_trait]
+pub trait NotifierStore: Send + Sync {
+    async fn create_notifier(&self, notifier: &Notifier) -> Result<(), StoreError>;
+    async fn list_notifiers(&self, app_id: &str) -> Result<Vec<Notifier>, StoreError>;
+    async fn get_notifier(&self, app_id: &str, id: &str) -> Result<Option<Notifier>, StoreError>;
+    async fn delete_notifier(&self, app_id: &str, id: &str) -> Result<bool, StoreError>;
+}
+
+/// Device registrations and their aliases.
+#[async_trait]
+pub trait RegistrationStore: Send + Sync {
+    /// Active registrations bound to one device key (all apps).
+    async fn count_registrations_by_key(&self, key_thumbprint: &str) -> Result<i64, StoreError>;
+    /// Active registrations of an app made without a client attestation.
+    async fn count_unattested_registrations(&self, app_id: &str) -> Result<i64, StoreError>;
+    /// Inserts a registration. An active registration of the same app, provider and
+    /// token is marked invalid (`replaced`) in the same transaction; its id is returned.
+    async fn create_registration(
+        &self,
+        registration: &Registration,
+    ) -> Result<Vec<String>, StoreError>;
+    async fn get_registration(&self, id: &str) -> Result<Option<Registration>, StoreError>;
+    /// `(id, app_id, active)` of the given registrations that exist.
+    async fn registration_states(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, String, bool)>, StoreError>;
+    /// Sets a new token (reactivating the registration), moving it away from any
+    /// other active registration that held it; returns the ids of those.
+    async fn rotate_registration_token(
+        &self,
+        id: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Marks a registration invalid with a reason (token hygiene).
+    async fn invalidate_registration(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Deletes a registration and its aliases; false when it did not exist.
+    async fn delete_registration(&self, id: &str) -> Result<bool, StoreError>;
+    /// Replaces the aliases of a registration.
+    async fn set_aliases(
+        &self,
+        app_id: &str,
+        id: &str,
+        aliases: &[String],
+    ) -> Result<(), StoreError>;
+    async fn list_aliases(&self, id: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Notifications and their deliveries: acceptance, fan-out, attempts, the sweep.
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
+    /// Stores a notification and a queued delivery per registration, atomically.
+    /// An idempotency-key collision is `StoreError::Conflict`.
+    /// `audit`, when given, is written in the same transaction.
+    async fn insert_notification(
+        &self,
+        notification: &NotificationRow,
+        registrations: &[String],
+        redrive_at: i64,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError>;
+    async fn get_notification(&self, id: &str) -> Result<Option<NotificationRow>, StoreError>;
+    async fn find_idempotent(
+        &self,
+        app_id: &str,
+        notifier_id: &str,
+        key: &str,
+    ) -> Result<Option<NotificationRow>, StoreError>;
+    /// Active registrations a fan-out reaches: those with one of `aliases`, or all of the app.
+    async fn count_targets(
+        &self,
+        app_id: &str,
+        aliases: Option<&[String]>,
+    ) -> Result<i64, StoreError>;
+    /// Expands the next chunk of a fan-out after `after`: queued deliveries are inserted
+    /// and the cursor saved in one transaction. Returns the chunk's registration ids.
+    async fn expand_chunk(
+        &self,
+        notification: &NotificationRow,
+        aliases: Option<&[String]>,
+        limit: i64,
+        redrive_at: i64,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Marks a fan-out as fully expanded.
+    async fn finish_expansion(&self, id: &str, now: i64) -> Result<(), StoreError>;
+    /// The notification and its queued deliveries among `registrations`, in one
+    /// read; `None` when none is queued (nothing to do).
+    async fn task_deliveries(
+        &self,
+        notification_id: &str,
+        registrations: &[String],
+    ) -> Result<Option<(NotificationRow, Vec<PendingDelivery>)>, StoreError>;
+    /// Takes a queued delivery for one attempt: applied only if it is still queued
+    /// with the attempt count the task read and (when given) the re-drive time
+    /// `due` the task was made for, so of two tasks holding the same delivery (a
+    /// re-drive racing the original) exactly one sends. Counts the attempt and
+    /// moves the re-drive time to `lease`. Returns whether it was taken.
+    async fn claim_delivery(&self, claim: batch::DeliveryClaim) -> Result<bool, StoreError>;
+    /// Records the outcome of one attempt (only while the delivery is still queued).
+    async fn update_delivery(&self, update: DeliveryUpdate) -> Result<(), StoreError>;
+    /// Claims up to `limit` queued deliveries overdue at `now` by moving their
+    /// re-drive time to `redrive_at`; each is claimed by one node only.
+    async fn claim_overdue(
+        &self,
+        now: i64,
+        redrive_at: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Brings forward up to `limit` deliveries of `app_id` through `provider` that
+    /// wait for a later retry (re-drive time after `waiting_after`): their re-drive
+    /// time becomes `redrive_at`, and the caller queues them now. `waiting_after`
+    /// lies beyond every lease a worker could have taken (a lease ends
+    /// `redrive_after` after its claim), so a delivery in flight is never taken.
+    async fn wake_waiting(
+        &self,
+        app_id: &str,
+        provider: ProviderKind,
+        waiting_after: i64,
+        redrive_at: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Marks queued deliveries whose notification expired as `expired`; returns how many.
+    async fn expire_overdue(&self, now: i64) -> Result<u64, StoreError>;
+    /// A direct-channel delivery was written to the device's stream: `held` becomes `sent`.
+    async fn mark_streamed(
+        &self,
+        notification_id: &str,
+        registration_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Fan-outs whose expansion stopped before `before` (a node died): claims them until `redrive_at`.
+    async fn claim_stalled_expansions(
+        &self,
+        before: i64,
+        redrive_at: i64,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Count of deliveries by state.
+    async fn delivery_counts(
+        &self,
+        notification_id: &str,
+    ) -> Result<Vec<(DeliveryState, i64)>, StoreError>;
+    /// Deliveries of a notification by registration id (keyset page), optionally without `sent` ones.
+    async fn delivery_page(
+        &self,
+        notification_id: &str,
+        after: &str,
+        limit: i64,
+        skip_sent: bool,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+    /// Queued deliveries per app: (app, queued, of those waiting — for a retry
+    /// or an open circuit, re-drive time after `waiting_after`), and the oldest
+    /// queued delivery's last update.
+    async fn queue_stats(
+        &self,
+        waiting_after: i64,
+    ) -> Result<(Vec<(String, i64, i64)>, Option<i64>), StoreError>;
+}
+
+/// Notifications held for devices on the direct channel, and each device's cursor.
+#[async_trait]
+pub trait DirectStore: Send + Sync {
+    /// Holds a notification on a direct channel; `None` when it was already there.
+    async fn insert_direct_event(
+        &self,
+        registration_id: &str,
+        notification_id: &str,
+        payload: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Unexpired events of a registration after `after_seq`, oldest first.
+    async fn direct_events_after(
+        &self,
+        registration_id: &str,
+        after_seq: i64,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<DirectEvent>, StoreError>;
+    /// Remembers the last event written to a device's stream (start point without Last-Event-ID).
+    async fn set_direct_cursor(&self, registration_id: &str, seq: i64) -> Result<(), StoreError>;
+    async fn direct_cursor(&self, registration_id: &str) -> Result<i64, StoreError>;
+    /// Drops held events past their TTL.
+    async fn delete_expired_direct_events(&self, now: i64) -> Result<u64, StoreError>;
+}
+
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     /// Appends to the audit log (group-committed with other hot writes).
     async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
     /// Drops audit entries older than `at` (retention); returns how many.
     async fn delete_audit_before(&self, at: i64) -> Result<u64, StoreError>;
+}
 
+/// Keys seen once (token ids, DPoP proofs) until they expire.
+#[async_trait]
+pub trait ReplayStore: Send + Sync {
     /// Records `key` until `expires_at`; true the first time, false on any reuse before then.
     async fn remember_once(&self, key: &str, expires_at: i64, now: i64)
         -> Result<bool, StoreError>;

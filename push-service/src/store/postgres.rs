@@ -4,25 +4,23 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 
-use super::sql::impl_sql_store;
-use super::sql_dispatch::{impl_sql_dispatch, NOTIFICATION_COLUMNS};
+use futures_util::future::BoxFuture;
+
+use super::backend::SqlBackend;
+use super::batch::{executor, GroupWriter};
+use super::sql::SqlStore;
 use super::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// Store on a PostgreSQL database.
-#[derive(Clone)]
-pub struct PgStore {
-    pool: PgPool,
-    writer: super::group::GroupWriter,
-}
+pub type PgStore = SqlStore<sqlx::Postgres>;
 
 /// Concurrent group-commit transactions (PostgreSQL commits in parallel).
 const GROUP_WRITERS: usize = 4;
 
-impl PgStore {
+impl SqlStore<sqlx::Postgres> {
     /// Connects a pool to the database named by a `postgres://` URL.
     pub async fn connect(
         url: &str,
@@ -41,16 +39,20 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        let writer = super::group::GroupWriter::spawn(GROUP_WRITERS, group_executor(pool.clone()));
-        Ok(PgStore { pool, writer })
+        let writer = GroupWriter::spawn(GROUP_WRITERS, executor(pool.clone()));
+        Ok(SqlStore { pool, writer })
     }
 }
 
-impl_sql_store!(PgStore, "postgres", MIGRATOR);
-
-impl super::Backend for PgStore {
-    type Db = sqlx::Postgres;
+impl SqlBackend for sqlx::Postgres {
+    const NAME: &'static str = "postgres";
     const BEGIN_WRITE: &'static str = "BEGIN";
-}
 
-impl_sql_dispatch!(PgStore);
+    fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
+        Box::pin(MIGRATOR.run(pool))
+    }
+
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}

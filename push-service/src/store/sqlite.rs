@@ -4,22 +4,20 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
 
-use super::sql::impl_sql_store;
-use super::sql_dispatch::{impl_sql_dispatch, NOTIFICATION_COLUMNS};
+use futures_util::future::BoxFuture;
+
+use super::backend::SqlBackend;
+use super::batch::{executor, GroupWriter};
+use super::sql::SqlStore;
 use super::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// Store on a SQLite file.
-#[derive(Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-    writer: super::group::GroupWriter,
-}
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
 
-impl SqliteStore {
+impl SqlStore<sqlx::Sqlite> {
     /// Opens (creating if needed) the database file named by a `sqlite:` URL.
     pub async fn connect(
         url: &str,
@@ -49,16 +47,20 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         // One writer: SQLite has one write lock; batches share its commit (and fsync).
-        let writer = super::group::GroupWriter::spawn(1, group_executor(pool.clone()));
-        Ok(SqliteStore { pool, writer })
+        let writer = GroupWriter::spawn(1, executor(pool.clone()));
+        Ok(SqlStore { pool, writer })
     }
 }
 
-impl_sql_store!(SqliteStore, "sqlite", MIGRATOR);
-
-impl super::Backend for SqliteStore {
-    type Db = sqlx::Sqlite;
+impl SqlBackend for sqlx::Sqlite {
+    const NAME: &'static str = "sqlite";
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
-}
 
-impl_sql_dispatch!(SqliteStore);
+    fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
+        Box::pin(MIGRATOR.run(pool))
+    }
+
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use push_service::{AppState, Config};
+use push_service::api::AppState;
+use push_service::Config;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

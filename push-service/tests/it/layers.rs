@@ -1,8 +1,7 @@
 //! The layers, checked in the sources: the delivery domain depends on nothing
-//! of the service, the store on no layer above it, and HTTP types (axum,
-//! `ApiError`, `AppState`) stay in `api/`. Files outside `api/` that still use
-//! them are listed: the list may only shrink (a file that stops needing them
-//! must leave it, a new file may not join it).
+//! of the service, the store on no layer above it, HTTP types (axum,
+//! `ApiError`, `AppState`) stay in `api/`, and no two modules import each
+//! other, directly or around a circle.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -82,40 +81,96 @@ fn the_store_imports_no_layer_above_it() {
 
 #[test]
 fn http_types_stay_in_the_api_layer() {
-    // Left to move (issue 17); lib.rs defines AppState, error.rs ApiError.
-    let still: BTreeSet<&str> = [
-        "audit.rs",
-        "auth/dpop.rs",
-        "auth/notifier.rs",
-        "auth/replay.rs",
-        "config.rs",
-        "dispatch/attempt.rs",
-        "dispatch/mod.rs",
-        "dispatch/sweep.rs",
-        "dispatch/wake.rs",
-        "error.rs",
-        "lib.rs",
-        "limits.rs",
-        "notify/mod.rs",
-        "providers/http.rs",
-        "telemetry.rs",
-    ]
-    .into();
-    let found: BTreeSet<String> = sources(&src())
+    let found: Vec<String> = sources(&src())
         .into_iter()
         .filter(|p| !relative(p).starts_with("api/"))
         .filter(|p| mentions(p, &["axum::", "ApiError", "AppState", "crate::api"]))
         .map(|p| relative(&p))
         .collect();
-    let found: BTreeSet<&str> = found.iter().map(String::as_str).collect();
-    let joined: Vec<_> = found.difference(&still).collect();
-    let left: Vec<_> = still.difference(&found).collect();
     assert!(
-        joined.is_empty(),
-        "outside api/, these now use axum, ApiError or AppState: {joined:?}"
+        found.is_empty(),
+        "outside api/, these use axum, ApiError or AppState: {found:?}"
     );
+}
+
+/// The top-level module a source file belongs to (`dispatch` for
+/// `dispatch/wake.rs`, `config` for `config.rs`); none for the crate roots.
+fn module_of(path: &Path) -> Option<String> {
+    let rel = relative(path);
+    let first = rel.split('/').next().unwrap_or_default();
+    let name = first.trim_end_matches(".rs");
+    (!matches!(name, "lib" | "main")).then(|| name.to_owned())
+}
+
+/// The top-level modules a file names as `crate::<module>`, outside comments.
+fn imports(path: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(path).expect("readable");
+    let mut found = BTreeSet::new();
+    for line in text
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.starts_with("//"))
+    {
+        for (at, _) in line.match_indices("crate::") {
+            let rest = &line[at + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && name.chars().next().is_some_and(|c| c.is_ascii_lowercase()) {
+                found.insert(name);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_modules_import_each_other_without_a_cycle() {
+    let mut graph: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for path in sources(&src()) {
+        let Some(module) = module_of(&path) else {
+            continue;
+        };
+        let edges = graph.entry(module.clone()).or_default();
+        edges.extend(imports(&path).into_iter().filter(|m| *m != module));
+    }
+    // Depth-first search; a module met again while still on the path closes a cycle.
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for module in graph.keys() {
+        let cycle = visit(module, &graph, &mut Vec::new(), &mut done);
+        assert!(
+            cycle.is_none(),
+            "import cycle: {}",
+            cycle.unwrap_or_default().join(" -> ")
+        );
+    }
     assert!(
-        left.is_empty(),
-        "these no longer do: take them off the list: {left:?}"
+        graph.contains_key("dispatch") && graph["api"].contains("dispatch"),
+        "the graph was read"
     );
 }

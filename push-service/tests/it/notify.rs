@@ -653,24 +653,22 @@ async fn a_delivery_is_taken_by_one_task(backend: crate::helpers::Backend) {
         .await
         .expect("store");
     let lease = push_service::ids::now_millis() + 60_000;
+    let claim = |due: Option<i64>| push_service::store::batch::DeliveryClaim {
+        notification_id: id.to_owned(),
+        registration_id: registration.id.clone(),
+        attempts: 0,
+        due,
+        lease,
+    };
     // A copy made for another re-drive time does not take it.
-    let stale = store
-        .claim_delivery(id, &registration.id, 0, Some(1), lease)
-        .await
-        .expect("claim");
+    let stale = store.claim_delivery(claim(Some(1))).await.expect("claim");
     assert!(
         !stale,
         "a task made for another re-drive time must not take it"
     );
     // The first task takes it; the second, holding the same view, does not.
-    let first = store
-        .claim_delivery(id, &registration.id, 0, None, lease)
-        .await
-        .expect("claim");
-    let second = store
-        .claim_delivery(id, &registration.id, 0, None, lease)
-        .await
-        .expect("claim");
+    let first = store.claim_delivery(claim(None)).await.expect("claim");
+    let second = store.claim_delivery(claim(None)).await.expect("claim");
     assert!(first, "the first claim takes the delivery");
     assert!(!second, "the same delivery is taken once");
     // Taken means one attempt counted, still queued until its outcome.

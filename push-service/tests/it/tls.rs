@@ -544,10 +544,12 @@ async fn redis_over_tls_with_a_private_ca() {
         redis.port
     ))
     .expect("config");
-    let refused =
-        tokio::time::timeout(Duration::from_secs(20), push_service::AppState::new(config))
-            .await
-            .expect("gives up");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        push_service::api::AppState::new(config),
+    )
+    .await
+    .expect("gives up");
     let err = refused
         .err()
         .expect("an untrusted Redis certificate is refused");

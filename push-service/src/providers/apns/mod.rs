@@ -3,6 +3,8 @@
 
 pub mod message;
 
+use crate::delivery::ProviderKind;
+use crate::providers::SetupError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,10 +15,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
 
 use super::http::{client, retry_after, CredentialSource};
-use super::outcome::network_cause;
 use super::{Delivery, Outcome, Provider};
 use crate::config::ProviderSettings;
 use crate::credentials::{ApnsCredentialInfo, ApnsSecret};
+use crate::outbound::network_cause;
 
 /// A provider JWT is replaced after this long: inside Apple's 20–60 minute window.
 pub const TOKEN_REFRESH_AFTER_SECONDS: i64 = 50 * 60;
@@ -56,8 +58,8 @@ impl TokenAuth {
     /// The token to send. `expired`: the token APNs just answered
     /// `ExpiredProviderToken` to; a new one is minted only if that is still the
     /// current one (of two requests told so at once, one mints).
-    fn jwt(&self, expired: Option<&str>) -> Result<String, String> {
-        let now = crate::auth::now_seconds();
+    fn jwt(&self, expired: Option<&str>) -> Result<String, SetupError> {
+        let now = crate::ids::now_seconds();
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(minted) = current.as_ref() {
             let told_expired = expired == Some(minted.token.as_str());
@@ -138,7 +140,7 @@ impl ApnsProvider {
                 return Ok(existing.clone());
             }
         }
-        let loaded = self.source.load(app_id, "apns").await?;
+        let loaded = self.source.load(app_id, ProviderKind::Apns).await?;
         let Some((record, secret)) = loaded else {
             clients.remove(app_id);
             return Err(Outcome::CredentialError(
@@ -153,7 +155,7 @@ impl ApnsProvider {
         }
         let built = Arc::new(
             self.build(&record.metadata, &secret, record.updated_at)
-                .map_err(Outcome::CredentialError)?,
+                .map_err(Outcome::from)?,
         );
         if let Some(expires_at) = record.expires_at {
             metrics::gauge!(crate::telemetry::names::CREDENTIAL_EXPIRY, "app" => app_id.to_owned(), "provider" => "apns")
@@ -163,7 +165,12 @@ impl ApnsProvider {
         Ok(built)
     }
 
-    fn build(&self, metadata: &str, secret: &[u8], updated_at: i64) -> Result<ApnsClient, String> {
+    fn build(
+        &self,
+        metadata: &str,
+        secret: &[u8],
+        updated_at: i64,
+    ) -> Result<ApnsClient, SetupError> {
         let info: ApnsCredentialInfo = serde_json::from_str(metadata).map_err(|e| e.to_string())?;
         let secret: ApnsSecret = serde_json::from_slice(secret).map_err(|e| e.to_string())?;
         let (auth, identity) = match secret {
@@ -237,7 +244,7 @@ impl ApnsProvider {
         }
         let mut jwt = None;
         if let Some(auth) = &client.auth {
-            let token = auth.jwt(expired).map_err(Outcome::CredentialError)?;
+            let token = auth.jwt(expired).map_err(Outcome::from)?;
             request = request.header("authorization", format!("bearer {token}"));
             jwt = Some(token);
         }
@@ -275,7 +282,7 @@ struct Answer {
 }
 
 /// A TLS client identity from a `.p12`: its key and certificate chain as PEM.
-fn identity(p12: &[u8], password: &str) -> Result<reqwest::Identity, String> {
+fn identity(p12: &[u8], password: &str) -> Result<reqwest::Identity, SetupError> {
     use base64::Engine;
     let store = p12_keystore::KeyStore::from_pkcs12(
         p12,
@@ -303,13 +310,13 @@ fn identity(p12: &[u8], password: &str) -> Result<reqwest::Identity, String> {
         bundle.push_str(&pem("CERTIFICATE", cert.as_der()));
     }
     reqwest::Identity::from_pem(bundle.as_bytes())
-        .map_err(|e| format!("apns: certificate unusable: {e}"))
+        .map_err(|e| SetupError(format!("apns: certificate unusable: {e}")))
 }
 
 #[async_trait]
 impl Provider for ApnsProvider {
-    fn name(&self) -> &'static str {
-        "apns"
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Apns
     }
 
     async fn send(&self, delivery: &Delivery<'_>) -> Outcome {

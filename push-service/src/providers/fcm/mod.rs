@@ -3,6 +3,7 @@
 
 pub mod message;
 
+use crate::delivery::ProviderKind;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,9 +13,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 
 use super::http::{client, retry_after, CredentialSource};
-use super::outcome::network_cause;
 use super::{Delivery, Outcome, Provider};
 use crate::config::ProviderSettings;
+use crate::outbound::network_cause;
 
 /// The OAuth scope of FCM sends.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -84,7 +85,7 @@ impl FcmProvider {
             }
             *checked = Instant::now();
         }
-        let loaded = self.source.load(app_id, "fcm").await?;
+        let loaded = self.source.load(app_id, ProviderKind::Fcm).await?;
         let Some((record, secret)) = loaded else {
             clients.remove(app_id);
             return Err(Outcome::CredentialError(
@@ -104,7 +105,7 @@ impl FcmProvider {
         let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
             .map_err(|e| Outcome::CredentialError(format!("fcm: private key: {e}")))?;
         let built = Arc::new(FcmClient {
-            http: client(&self.settings, None, false).map_err(Outcome::CredentialError)?,
+            http: client(&self.settings, None, false).map_err(Outcome::from)?,
             account,
             key,
             token: tokio::sync::Mutex::new(None),
@@ -126,7 +127,7 @@ impl FcmProvider {
         refused: Option<&str>,
     ) -> Result<String, Outcome> {
         let mut cached = client.token.lock().await;
-        let now = crate::auth::now_seconds();
+        let now = crate::ids::now_seconds();
         if let Some((token, expires_at)) = cached.as_ref() {
             if refused != Some(token.as_str()) && !needs_new_access_token(*expires_at, now) {
                 return Ok(token.clone());
@@ -232,8 +233,8 @@ impl FcmProvider {
 
 #[async_trait]
 impl Provider for FcmProvider {
-    fn name(&self) -> &'static str {
-        "fcm"
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Fcm
     }
 
     async fn send(&self, delivery: &Delivery<'_>) -> Outcome {

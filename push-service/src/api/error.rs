@@ -1,6 +1,6 @@
 //! The API error type: RFC 9457 problem+json with a stable `type` per kind.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -68,8 +68,8 @@ pub enum ApiError {
 
 impl ApiError {
     /// An invalid field or value in an otherwise well-formed body.
-    pub fn invalid(detail: impl Into<String>) -> Self {
-        ApiError::InvalidBody(detail.into())
+    pub fn invalid(detail: impl std::fmt::Display) -> Self {
+        ApiError::InvalidBody(detail.to_string())
     }
 
     /// A resource that does not exist (or is not visible to the caller).
@@ -149,6 +149,70 @@ impl ApiError {
     }
 }
 
+impl From<crate::auth::replay::ReplayError> for ApiError {
+    fn from(err: crate::auth::replay::ReplayError) -> Self {
+        match err {
+            crate::auth::replay::ReplayError::Store(e) => e.into(),
+            crate::auth::replay::ReplayError::Unreachable => ApiError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+impl From<crate::limits::LimitError> for ApiError {
+    fn from(err: crate::limits::LimitError) -> Self {
+        use crate::limits::LimitError;
+        match err {
+            LimitError::Exceeded { detail, verdict } => ApiError::RateLimited {
+                detail,
+                limit: verdict,
+            },
+            LimitError::Unreachable => {
+                tracing::warn!("redis unavailable for rate limits");
+                ApiError::Unavailable(err.to_string())
+            }
+            LimitError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::auth::dpop::DeviceAuthError> for ApiError {
+    fn from(err: crate::auth::dpop::DeviceAuthError) -> Self {
+        use crate::auth::dpop::DeviceAuthError;
+        match err {
+            DeviceAuthError::InvalidProof(why) => ApiError::InvalidDpop(why),
+            DeviceAuthError::Replay(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::auth::notifier::NotifierAuthError> for ApiError {
+    fn from(err: crate::auth::notifier::NotifierAuthError) -> Self {
+        use crate::auth::notifier::NotifierAuthError;
+        match err {
+            NotifierAuthError::Unauthorized(why) => ApiError::Unauthorized(why),
+            NotifierAuthError::MissingScope(why) => ApiError::InsufficientScope(why),
+            NotifierAuthError::Store(e) => e.into(),
+            NotifierAuthError::Replay(e) => e.into(),
+            NotifierAuthError::Binding(why) => ApiError::Internal(anyhow::anyhow!(why)),
+        }
+    }
+}
+
+impl From<crate::notify::AcceptError> for ApiError {
+    fn from(err: crate::notify::AcceptError) -> Self {
+        use crate::notify::AcceptError;
+        match err {
+            AcceptError::Invalid(why) => ApiError::invalid(why),
+            AcceptError::KeyReused => ApiError::IdempotencyKeyReused(err.to_string()),
+            AcceptError::InProgress => ApiError::Conflict(err.to_string()),
+            AcceptError::Behind(why) => ApiError::Unavailable(why),
+            AcceptError::Limit(e) => e.into(),
+            AcceptError::Store(e) => e.into(),
+            AcceptError::Internal(e) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
@@ -212,10 +276,40 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from(limit.retry_after_seconds()),
                 );
-                limit.write_headers(headers);
+                write_headers(&limit, headers);
             }
             _ => {}
         }
         response
+    }
+}
+
+/// Writes a verdict's `RateLimit-*` headers.
+pub fn write_headers(verdict: &crate::limits::Verdict, headers: &mut HeaderMap) {
+    for (name, value) in verdict.headers() {
+        headers.insert(name, HeaderValue::from(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Verdict;
+
+    #[test]
+    fn verdict_headers_and_retry_after_round_up() {
+        let verdict = Verdict {
+            allowed: false,
+            limit: 20,
+            remaining: 0,
+            reset_seconds: 2,
+            retry_after_ms: 1001,
+        };
+        assert_eq!(verdict.retry_after_seconds(), 2);
+        let mut headers = HeaderMap::new();
+        write_headers(&verdict, &mut headers);
+        assert_eq!(headers["ratelimit-limit"], "20");
+        assert_eq!(headers["ratelimit-remaining"], "0");
+        assert_eq!(headers["ratelimit-reset"], "2");
     }
 }

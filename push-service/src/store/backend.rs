@@ -1,0 +1,58 @@
+//! What the shared SQL needs to know of a database: the backend trait each of
+//! SQLite and PostgreSQL implements, the column types bound and read, and the
+//! placeholder lists of multi-row statements.
+
+use sqlx::{Database, Decode, Encode, Pool, Type};
+
+/// One of the two databases: what the shared SQL cannot say for itself.
+pub trait SqlBackend: Database {
+    /// `sqlite` or `postgres`.
+    const NAME: &'static str;
+    /// Starts a transaction that will write. SQLite: `BEGIN IMMEDIATE`, so the
+    /// write lock is taken (waiting per busy_timeout) before the first read; a
+    /// deferred transaction that reads and then writes fails at once with
+    /// SQLITE_BUSY when another writer committed in between.
+    const BEGIN_WRITE: &'static str;
+    /// Applies the backend's migrations (`migrations/<backend>`).
+    fn migrate(
+        pool: &Pool<Self>,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
+    /// Rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+}
+
+/// A column type both ways: bound as a parameter and read from a row.
+pub trait Column<DB: Database>:
+    for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
+{
+}
+
+impl<DB: Database, T> Column<DB> for T where
+    T: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
+{
+}
+
+/// `($1, …, $cols), ($cols+1, …), …` for a multi-row `VALUES` of `rows` rows.
+pub fn row_placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(r * cols + 1, cols)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `$start, $start+1, …` placeholders for an IN list of `count` values.
+pub fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_number_rows_and_columns_in_order() {
+        assert_eq!(super::placeholders(2, 3), "$2, $3, $4");
+        assert_eq!(super::row_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+}

@@ -1,0 +1,494 @@
+//! Group commit: the hot writes of many concurrent requests and workers share
+//! one transaction. The writer (which writes wait together) and its executor
+//! (the statements one group becomes) are both here.
+//!
+//! Callers still wait for their own write to commit (a `202` still means
+//! committed); they just pay for one commit together instead of one each. A
+//! writer takes whatever is waiting (up to [`MAX_BATCH`]) as soon as it is free,
+//! so under light load a batch is one write and nothing waits for a timer.
+//! When a batch fails as a whole, each of its writes is tried again alone, so
+//! one bad write never fails the others.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use sqlx::{ColumnIndex, Encode, IntoArguments, Pool, Transaction, Type};
+
+use super::backend::{row_placeholders, Column, SqlBackend};
+use super::{AuditEntry, DeliveryUpdate, NotificationRow, StoreError};
+
+/// Most writes in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+/// One write that can share a transaction with others.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Replay cache: applied means "first use".
+    RememberOnce {
+        key: String,
+        expires_at: i64,
+        now: i64,
+    },
+    /// A notification with its queued deliveries: not applied means an
+    /// idempotency-key (or id) collision.
+    InsertNotification {
+        row: Box<NotificationRow>,
+        registrations: Vec<String>,
+        redrive_at: i64,
+        /// Written with the notification, when it is inserted.
+        audit: Option<Box<AuditEntry>>,
+    },
+    /// Outcome of one delivery attempt (applied only while still queued).
+    UpdateDelivery(DeliveryUpdate),
+    /// A queued delivery taken for one attempt.
+    ClaimDelivery(DeliveryClaim),
+    /// An audit-log entry (always applied).
+    Audit(Box<AuditEntry>),
+}
+
+/// A queued delivery taken for one attempt: applied when it was still queued
+/// with `attempts` attempts (and, when given, re-drive time `due`); it then
+/// has one more attempt and re-drives at `lease`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryClaim {
+    pub notification_id: String,
+    pub registration_id: String,
+    pub attempts: i32,
+    pub due: Option<i64>,
+    pub lease: i64,
+}
+
+type Reply = oneshot::Sender<Result<bool, StoreError>>;
+type BatchFuture = Pin<Box<dyn Future<Output = Result<Vec<bool>, StoreError>> + Send>>;
+/// Runs a batch in one transaction; returns "applied" per write, in order.
+pub type Executor = Arc<dyn Fn(Vec<Write>) -> BatchFuture + Send + Sync>;
+
+/// Handle to the writer tasks; cheap to clone. The tasks end when the last handle drops.
+#[derive(Clone)]
+pub struct GroupWriter {
+    tx: mpsc::Sender<(Write, Reply)>,
+}
+
+impl GroupWriter {
+    /// Starts `writers` tasks (1 for SQLite, a few for PostgreSQL) running `exec`.
+    pub fn spawn(writers: usize, exec: Executor) -> Self {
+        let (tx, rx) = mpsc::channel::<(Write, Reply)>(MAX_BATCH * 4);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            let rx = rx.clone();
+            let exec = exec.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { return };
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(next) => batch.push(next),
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    };
+                    run_batch(&exec, batch).await;
+                }
+            });
+        }
+        GroupWriter { tx }
+    }
+
+    /// Submits one write and waits until its transaction committed.
+    pub async fn write(&self, write: Write) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((write, reply))
+            .await
+            .map_err(|_| StoreError::Other(anyhow::anyhow!("the store writer has stopped")))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Other(anyhow::anyhow!("the store writer dropped a write")))?
+    }
+}
+
+async fn run_batch(exec: &Executor, batch: Vec<(Write, Reply)>) {
+    metrics::histogram!(crate::telemetry::names::STORE_BATCH_SIZE).record(batch.len() as f64);
+    let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
+    if writes.len() == 1 {
+        let result = exec(writes).await.map(|applied| applied[0]);
+        let _ = replies.into_iter().next().map(|r| r.send(result));
+        return;
+    }
+    match exec(writes.clone()).await {
+        Ok(applied) => {
+            for (reply, applied) in replies.into_iter().zip(applied) {
+                let _ = reply.send(Ok(applied));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, size = writes.len(), "batch failed; writing one by one");
+            for (write, reply) in writes.into_iter().zip(replies) {
+                let result = exec(vec![write]).await.map(|applied| applied[0]);
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// A notification insert of a group: its place, row, registrations, re-drive time and audit entry.
+type Insert<'a> = (
+    usize,
+    &'a NotificationRow,
+    &'a [String],
+    i64,
+    Option<&'a AuditEntry>,
+);
+
+/// A group's writes by kind, each with its place in the group (one
+/// exhaustive match, so a new kind of write cannot be left out).
+#[derive(Default)]
+struct Sorted<'a> {
+    remember: Vec<(usize, &'a str, i64, i64)>,
+    inserts: Vec<Insert<'a>>,
+    audits: Vec<&'a AuditEntry>,
+    claims: Vec<(usize, &'a DeliveryClaim)>,
+    updates: Vec<&'a DeliveryUpdate>,
+}
+
+fn sort(writes: &[Write]) -> Sorted<'_> {
+    let mut sorted = Sorted::default();
+    for (i, write) in writes.iter().enumerate() {
+        match write {
+            Write::RememberOnce {
+                key,
+                expires_at,
+                now,
+            } => sorted.remember.push((i, key, *expires_at, *now)),
+            Write::InsertNotification {
+                row,
+                registrations,
+                redrive_at,
+                audit,
+            } => sorted
+                .inserts
+                .push((i, row, registrations, *redrive_at, audit.as_deref())),
+            Write::UpdateDelivery(update) => sorted.updates.push(update),
+            Write::ClaimDelivery(claim) => sorted.claims.push((i, claim)),
+            Write::Audit(entry) => sorted.audits.push(entry),
+        }
+    }
+    sorted
+}
+
+/// The executor of a store on `pool`: each group in one transaction.
+pub(super) fn executor<DB>(pool: Pool<DB>) -> Executor
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    String: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<String>: Column<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    Arc::new(move |writes| {
+        let pool = pool.clone();
+        Box::pin(async move { write_group(&pool, &writes).await })
+    })
+}
+
+/// Writes a group with as few statements as it can: notifications, their
+/// deliveries and audit entries as multi-row inserts, claims and outcomes as
+/// one `UPDATE … FROM (VALUES …)` per chunk. Returns "applied" per write.
+async fn write_group<DB>(pool: &Pool<DB>, writes: &[Write]) -> Result<Vec<bool>, StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    String: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<String>: Column<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let sorted = sort(writes);
+    let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
+    let mut applied = vec![true; writes.len()];
+
+    // Replay-cache entries one by one: the same key twice in a group must see the first.
+    for &(i, key, expires_at, now) in &sorted.remember {
+        // Expired entries are removed now and then, on about one write in 64.
+        if rand::random::<u8>() < 4 {
+            sqlx::query("DELETE FROM replay_cache WHERE expires_at < $1")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let done = sqlx::query(
+            "INSERT INTO replay_cache (key, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE replay_cache.expires_at < $3",
+        )
+        .bind(key)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        applied[i] = DB::rows_affected(&done) == 1;
+    }
+
+    // Notifications: an id not returned collided (idempotency key) and gets nothing else.
+    let mut inserted = std::collections::HashSet::new();
+    for chunk in sorted.inserts.chunks(64) {
+        let values = row_placeholders(chunk.len(), 13);
+        let sql = format!(
+            "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
+             targets, content, expires_at, state, created_at, response, expand_cursor, \
+             updated_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
+        );
+        let mut query = sqlx::query_as::<_, (String,)>(&sql);
+        for (_, n, ..) in chunk {
+            query = query
+                .bind(&n.id)
+                .bind(&n.app_id)
+                .bind(&n.notifier_id)
+                .bind(&n.idempotency_key)
+                .bind(&n.request_hash)
+                .bind(&n.targets)
+                .bind(&n.content)
+                .bind(n.expires_at)
+                .bind(&n.state)
+                .bind(n.created_at)
+                .bind(&n.response)
+                .bind(&n.expand_cursor)
+                .bind(n.updated_at);
+        }
+        inserted.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+    }
+    let mut deliveries: Vec<(&str, &str, i64, i64)> = Vec::new();
+    let mut audits = sorted.audits;
+    for &(i, row, registrations, redrive_at, audit) in &sorted.inserts {
+        if !inserted.contains(&row.id) {
+            applied[i] = false;
+            continue;
+        }
+        deliveries.extend(
+            registrations
+                .iter()
+                .map(|r| (row.id.as_str(), r.as_str(), redrive_at, row.created_at)),
+        );
+        audits.extend(audit);
+    }
+    insert_delivery_rows(&mut tx, &deliveries).await?;
+    for chunk in audits.chunks(100) {
+        let values = row_placeholders(chunk.len(), 7);
+        let sql = format!(
+            "INSERT INTO audit_log (at, actor, action, app_id, target, source, details) \
+             VALUES {values}"
+        );
+        let mut query = sqlx::query(&sql);
+        for e in chunk {
+            query = query
+                .bind(e.at)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.app_id)
+                .bind(&e.target)
+                .bind(&e.source)
+                .bind(&e.details);
+        }
+        query.execute(&mut *tx).await?;
+    }
+
+    // Claims: applied only where the attempt count is still the one read.
+    for chunk in sorted.claims.chunks(100) {
+        let values = row_placeholders(chunk.len(), 5);
+        // VALUES columns are column1…columnN in both SQLite and PostgreSQL.
+        let sql = format!(
+            "UPDATE deliveries AS d SET attempts = d.attempts + 1, next_attempt_at = v.column4 \
+             FROM (VALUES {values}) AS v \
+             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
+             AND d.attempts = v.column3 AND d.state = 'queued' \
+             AND (v.column5 IS NULL OR d.next_attempt_at = v.column5) \
+             RETURNING notification_id, registration_id"
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for (_, claim) in chunk {
+            query = query
+                .bind(&claim.notification_id)
+                .bind(&claim.registration_id)
+                .bind(claim.attempts)
+                .bind(claim.lease)
+                .bind(claim.due);
+        }
+        let taken: std::collections::HashSet<(String, String)> =
+            query.fetch_all(&mut *tx).await?.into_iter().collect();
+        for (i, claim) in chunk {
+            applied[*i] =
+                taken.contains(&(claim.notification_id.clone(), claim.registration_id.clone()));
+        }
+    }
+
+    // Outcomes: applied only to deliveries still queued.
+    for chunk in sorted.updates.chunks(100) {
+        let values = row_placeholders(chunk.len(), 7);
+        let sql = format!(
+            "UPDATE deliveries AS d SET state = v.column3, reason = v.column4, \
+             attempts = v.column5, next_attempt_at = COALESCE(v.column6, d.next_attempt_at), \
+             updated_at = v.column7 FROM (VALUES {values}) AS v \
+             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
+             AND d.state = 'queued'"
+        );
+        let mut query = sqlx::query(&sql);
+        for update in chunk {
+            query = query
+                .bind(&update.notification_id)
+                .bind(&update.registration_id)
+                .bind(update.state.as_str())
+                .bind(&update.reason)
+                .bind(update.attempts)
+                .bind(update.next_attempt_at)
+                .bind(update.now);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Inserts queued deliveries `(notification, registration, redrive_at, now)`
+/// in multi-row statements (250 rows each).
+pub(super) async fn insert_delivery_rows<DB>(
+    tx: &mut Transaction<'_, DB>,
+    rows: &[(&str, &str, i64, i64)],
+) -> Result<(), StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+{
+    for chunk in rows.chunks(250) {
+        let values = (0..chunk.len())
+            .map(|r| {
+                let b = r * 4;
+                format!(
+                    "(${}, ${}, 'queued', 0, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO deliveries (notification_id, registration_id, state, attempts, \
+             next_attempt_at, updated_at) VALUES {values} ON CONFLICT DO NOTHING"
+        );
+        let mut query = sqlx::query(&sql);
+        for (notification, registration, redrive_at, now) in chunk {
+            query = query
+                .bind(*notification)
+                .bind(*registration)
+                .bind(*redrive_at)
+                .bind(*now);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audit(action: &str) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            at: 1,
+            actor: "operator".into(),
+            action: action.into(),
+            app_id: None,
+            target: None,
+            source: None,
+            details: None,
+        }
+    }
+
+    #[test]
+    fn every_write_lands_in_its_group_with_its_place() {
+        let row = NotificationRow {
+            id: "n1".into(),
+            app_id: "a".into(),
+            notifier_id: "k".into(),
+            idempotency_key: None,
+            request_hash: "h".into(),
+            targets: "{}".into(),
+            content: "{}".into(),
+            expires_at: 9,
+            state: "dispatching".into(),
+            created_at: 1,
+            response: None,
+            expand_cursor: None,
+            updated_at: 1,
+        };
+        let claim = DeliveryClaim {
+            notification_id: "n1".into(),
+            registration_id: "r1".into(),
+            attempts: 0,
+            due: None,
+            lease: 5,
+        };
+        let update = DeliveryUpdate {
+            notification_id: "n1".into(),
+            registration_id: "r1".into(),
+            state: crate::delivery::DeliveryState::Sent,
+            reason: None,
+            attempts: 1,
+            next_attempt_at: None,
+            now: 2,
+        };
+        let writes = vec![
+            Write::Audit(Box::new(audit("a.first"))),
+            Write::ClaimDelivery(claim.clone()),
+            Write::InsertNotification {
+                row: Box::new(row),
+                registrations: vec!["r1".into()],
+                redrive_at: 7,
+                audit: Some(Box::new(audit("notification.create"))),
+            },
+            Write::RememberOnce {
+                key: "jti".into(),
+                expires_at: 3,
+                now: 1,
+            },
+            Write::UpdateDelivery(update.clone()),
+        ];
+        let sorted = sort(&writes);
+        assert_eq!(sorted.remember, vec![(3, "jti", 3, 1)]);
+        assert_eq!(sorted.inserts.len(), 1);
+        assert_eq!(sorted.inserts[0].0, 2);
+        assert_eq!(sorted.inserts[0].3, 7);
+        assert_eq!(
+            sorted.inserts[0].4.map(|a| a.action.as_str()),
+            Some("notification.create")
+        );
+        assert_eq!(
+            sorted.audits.len(),
+            1,
+            "the notification's audit goes with it"
+        );
+        assert_eq!(sorted.claims, vec![(1, &claim)]);
+        assert_eq!(sorted.updates, vec![&update]);
+    }
+}

@@ -1,0 +1,211 @@
+//! What the store reads and writes, row by row: the only place where states
+//! and kinds are the strings the schema holds.
+
+/// An app: the unit of isolation for credentials, notifiers and registrations.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct App {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A provider credential: public metadata in clear, the secret part sealed.
+#[derive(Clone, sqlx::FromRow)]
+pub struct CredentialRecord {
+    pub app_id: String,
+    /// `apns` or `fcm`.
+    pub provider: String,
+    /// JSON metadata shown to operators (key id, fingerprint, expiry); never secret.
+    pub metadata: String,
+    /// AES-256-GCM blob of the secret material (see `crypto::Sealer`).
+    pub sealed: Vec<u8>,
+    /// Certificate expiry (ms), when the credential has one.
+    pub expires_at: Option<i64>,
+    pub updated_at: i64,
+    /// Last provider error (the circuit opened), if the credential is failing.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+}
+
+impl std::fmt::Debug for CredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRecord")
+            .field("app_id", &self.app_id)
+            .field("provider", &self.provider)
+            .field("metadata", &self.metadata)
+            .field("sealed", &"***")
+            .finish()
+    }
+}
+
+/// An auth server allowed to call the notify API of one app.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Notifier {
+    pub id: String,
+    pub app_id: String,
+    pub name: String,
+    /// Space-separated scopes, OAuth style.
+    pub scopes: String,
+    /// Static JWKS (JSON), when the keys were given inline.
+    pub jwks: Option<String>,
+    /// JWKS URL, when the keys are fetched.
+    pub jwks_url: Option<String>,
+    pub created_at: i64,
+    /// Client-certificate binding (JSON, see `auth::notifier::CertBinding`), if any.
+    pub client_cert: Option<String>,
+}
+
+/// One audit-log entry: who (`operator` or `notifier:<id>`), what, when, from where.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditEntry {
+    /// Assigned by the store (ignored on insert).
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    /// E.g. `app.create`, `credential.put`, `notification.create`.
+    pub action: String,
+    pub app_id: Option<String>,
+    /// The id of what was changed.
+    pub target: Option<String>,
+    /// The caller's address.
+    pub source: Option<String>,
+    /// JSON with what else matters (never secrets).
+    pub details: Option<String>,
+}
+
+/// Which audit entries to list (keyset by `seq`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub after: i64,
+    pub app_id: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub limit: i64,
+}
+
+/// Per-app client attestation settings.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Attestation {
+    pub app_id: String,
+    /// JWKS (JSON) of the implementer's attestation keys.
+    pub jwks: String,
+    pub required: bool,
+    pub updated_at: i64,
+}
+
+/// A device's registration of one push token (or of a direct channel).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Registration {
+    pub id: String,
+    pub app_id: String,
+    /// `apns`, `fcm` or `direct`.
+    pub provider: String,
+    /// Provider token; none for `direct`.
+    pub token: Option<String>,
+    /// APNs environment (`production` or `sandbox`).
+    pub environment: Option<String>,
+    pub platform: String,
+    /// RFC 7638 thumbprint of the device key that owns this registration.
+    pub key_thumbprint: String,
+    /// Public JWK (JSON) the device wants payloads encrypted to, if any.
+    pub encryption_jwk: Option<String>,
+    /// `active` or `invalid`.
+    pub status: String,
+    pub invalid_reason: Option<String>,
+    pub invalidated_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// It came with a verified client attestation (read only where counted).
+    #[sqlx(default)]
+    pub attested: bool,
+}
+
+/// A notification as stored: the request, its target spec and its fan-out progress.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NotificationRow {
+    pub id: String,
+    pub app_id: String,
+    pub notifier_id: String,
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the request body, to tell a retry from a different request.
+    pub request_hash: String,
+    /// Target spec (JSON): `{"registrations": [...]}`, `{"aliases": [...]}` or `{"all": true}`.
+    pub targets: String,
+    /// Content (JSON) as delivered to providers.
+    pub content: String,
+    pub expires_at: i64,
+    /// `expanding` (fan-out not finished) or `dispatching`.
+    pub state: String,
+    pub created_at: i64,
+    /// The 202 body, answered again for an idempotent retry.
+    pub response: Option<String>,
+    /// Last registration id expanded (keyset cursor of the fan-out).
+    pub expand_cursor: Option<String>,
+    pub updated_at: i64,
+}
+
+impl NotificationRow {
+    /// The fan-out phase its `state` names (`None`: a name this node does not know).
+    pub fn phase(&self) -> Option<crate::delivery::NotificationPhase> {
+        crate::delivery::NotificationPhase::parse(&self.state)
+    }
+
+    /// Still finding its registrations.
+    pub fn is_expanding(&self) -> bool {
+        self.phase() == Some(crate::delivery::NotificationPhase::Expanding)
+    }
+}
+
+/// A queued delivery with what the dispatcher needs of its registration.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingDelivery {
+    pub registration_id: String,
+    pub attempts: i32,
+    pub provider: Option<String>,
+    pub token: Option<String>,
+    pub environment: Option<String>,
+    pub registration_status: Option<String>,
+}
+
+/// A row of the dispatcher's one read per task: the notification beside each pending delivery.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRow {
+    #[sqlx(flatten)]
+    pub notification: NotificationRow,
+    #[sqlx(flatten)]
+    pub delivery: PendingDelivery,
+}
+
+/// One target's state, for the status API.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub registration_id: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub attempts: i32,
+    pub updated_at: i64,
+}
+
+/// A notification held on a device's direct channel.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DirectEvent {
+    pub seq: i64,
+    pub notification_id: String,
+    pub payload: String,
+    pub created_at: i64,
+}
+
+/// What one attempt leaves on its delivery: the state the state machine chose
+/// (crate::delivery), the reason, the attempt count and, while queued, when
+/// the sweep re-drives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryUpdate {
+    pub notification_id: String,
+    pub registration_id: String,
+    pub state: crate::delivery::DeliveryState,
+    pub reason: Option<String>,
+    pub attempts: i32,
+    /// Kept as it is when `None`.
+    pub next_attempt_at: Option<i64>,
+    pub now: i64,
+}

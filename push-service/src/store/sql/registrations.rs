@@ -1,0 +1,223 @@
+//! Device registrations and their aliases.
+
+use async_trait::async_trait;
+use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
+
+use super::{Column, SqlBackend, SqlStore};
+use crate::store::StoreError;
+
+#[async_trait]
+impl<DB> crate::store::RegistrationStore for SqlStore<DB>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    bool: Column<DB>,
+    String: Column<DB>,
+    Vec<u8>: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<String>: Column<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    async fn count_registrations_by_key(&self, key_thumbprint: &str) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM registrations WHERE key_thumbprint = $1 AND status = 'active'",
+        )
+        .bind(key_thumbprint)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    async fn count_unattested_registrations(&self, app_id: &str) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM registrations WHERE app_id = $1 AND status = 'active' AND attested = $2",
+        )
+        .bind(app_id)
+        .bind(false)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    async fn create_registration(
+        &self,
+        r: &crate::store::Registration,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let mut replaced = Vec::new();
+        if let Some(token) = &r.token {
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "UPDATE registrations SET status = 'invalid', invalid_reason = 'replaced', \
+                 invalidated_at = $4, updated_at = $4 \
+                 WHERE app_id = $1 AND provider = $2 AND token = $3 AND status = 'active' RETURNING id",
+            )
+            .bind(&r.app_id)
+            .bind(&r.provider)
+            .bind(token)
+            .bind(r.created_at)
+            .fetch_all(&mut *tx)
+            .await?;
+            replaced.extend(rows.into_iter().map(|(id,)| id));
+        }
+        sqlx::query(
+            "INSERT INTO registrations (id, app_id, provider, token, environment, platform, \
+             key_thumbprint, encryption_jwk, status, invalid_reason, invalidated_at, created_at, updated_at, \
+             attested) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&r.id)
+        .bind(&r.app_id)
+        .bind(&r.provider)
+        .bind(&r.token)
+        .bind(&r.environment)
+        .bind(&r.platform)
+        .bind(&r.key_thumbprint)
+        .bind(&r.encryption_jwk)
+        .bind(&r.status)
+        .bind(&r.invalid_reason)
+        .bind(r.invalidated_at)
+        .bind(r.created_at)
+        .bind(r.updated_at)
+        .bind(r.attested)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(replaced)
+    }
+
+    async fn get_registration(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::store::Registration>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, app_id, provider, token, environment, platform, key_thumbprint, \
+             encryption_jwk, status, invalid_reason, invalidated_at, created_at, updated_at \
+             FROM registrations WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn registration_states(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, String, bool)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, app_id, status FROM registrations WHERE id IN ({})",
+            crate::store::placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, app, status)| (id, app, status == "active"))
+            .collect())
+    }
+
+    async fn rotate_registration_token(
+        &self,
+        id: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE registrations SET status = 'invalid', invalid_reason = 'replaced', \
+             invalidated_at = $3, updated_at = $3 \
+             WHERE id <> $1 AND status = 'active' AND token = $2 AND (app_id, provider) = \
+             (SELECT app_id, provider FROM registrations WHERE id = $1) RETURNING id",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "UPDATE registrations SET token = $2, status = 'active', invalid_reason = NULL, \
+             invalidated_at = NULL, updated_at = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(crate::store::StoreError::NotFound(format!(
+                "registration `{id}` does not exist"
+            )));
+        }
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn invalidate_registration(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE registrations SET status = 'invalid', invalid_reason = $2, invalidated_at = $3, \
+             updated_at = $3 WHERE id = $1 AND status = 'active'",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_registration(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM registrations WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    async fn set_aliases(
+        &self,
+        app_id: &str,
+        id: &str,
+        aliases: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        sqlx::query("DELETE FROM aliases WHERE registration_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for alias in aliases {
+            sqlx::query("INSERT INTO aliases (app_id, alias, registration_id) VALUES ($1, $2, $3)")
+                .bind(app_id)
+                .bind(alias)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_aliases(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT alias FROM aliases WHERE registration_id = $1 ORDER BY alias")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(alias,)| alias).collect())
+    }
+}
