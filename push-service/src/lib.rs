@@ -23,6 +23,8 @@ pub mod registrations;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod tokens;
 

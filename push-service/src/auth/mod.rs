@@ -5,6 +5,7 @@
 
 pub mod attestation;
 pub mod dpop;
+pub mod jwks;
 pub mod notifier;
 pub mod replay;
 

@@ -2,7 +2,7 @@
 
 use super::Dispatcher;
 use super::Task;
-use crate::delivery::{DeliveryState, Transition};
+use crate::delivery::{DeliveryState, ProviderKind, Transition};
 use crate::ids::now_millis;
 use crate::store::{DeliveryUpdate, NotificationRow, StoreError};
 use crate::telemetry::names;
@@ -12,36 +12,40 @@ pub(super) struct Attempt<'a> {
     pub(super) dispatcher: &'a Dispatcher,
     pub(super) notification: &'a NotificationRow,
     pub(super) registration_id: &'a str,
-    pub(super) provider: String,
+    /// The registration's provider; `None` when the stored name is unknown here.
+    pub(super) provider: Option<ProviderKind>,
 }
 
 impl Attempt<'_> {
-    fn count(&self, outcome: &'static str) {
+    /// Counts the transition: its final state, or why it waits.
+    fn count(&self, transition: &Transition) {
+        let outcome = match transition {
+            Transition::Finish { state, .. } => state.as_str(),
+            Transition::Again { waiting, .. } => waiting.as_str(),
+        };
+        let provider = self.provider.map_or("unknown", ProviderKind::as_str);
         metrics::counter!(names::DELIVERIES, "app" => self.notification.app_id.clone(),
-            "provider" => self.provider.clone(), "outcome" => outcome)
+            "provider" => provider, "outcome" => outcome)
         .increment(1);
     }
 
     /// Writes the transition: a final (or held) state, or queued again with its
     /// next try scheduled (the sweep covers a lost queue entry).
     pub(super) async fn apply(&self, transition: Transition) -> Result<(), StoreError> {
+        self.count(&transition);
         // `retry`: when the next try goes, and when the sweep re-drives it if that is lost.
         let (state, reason, attempts, retry) = match transition {
             Transition::Finish {
                 state,
                 reason,
                 attempts,
-            } => {
-                self.count(state.as_str());
-                (state, reason, attempts, None)
-            }
+            } => (state, reason, attempts, None),
             Transition::Again {
                 at,
                 reason,
                 attempts,
-                waiting,
+                waiting: _,
             } => {
-                self.count(waiting.as_str());
                 let redrive = at + self.dispatcher.settings.redrive_after.as_millis() as i64;
                 (
                     DeliveryState::Queued,

@@ -5,6 +5,8 @@ mod attempt;
 pub mod queue;
 pub mod redis_queue;
 mod sweep;
+#[cfg(test)]
+mod tests;
 mod wake;
 
 use std::collections::HashMap;
@@ -94,7 +96,7 @@ impl QueueDepths {
             .unwrap_or(0)
     }
 
-    fn set(&self, ready: u64, per_app: HashMap<String, u64>) {
+    pub(crate) fn set(&self, ready: u64, per_app: HashMap<String, u64>) {
         self.ready.store(ready, Ordering::Relaxed);
         *self.per_app.write().unwrap_or_else(|p| p.into_inner()) = per_app;
     }
@@ -362,7 +364,7 @@ async fn deliver_one(
         dispatcher: state,
         notification,
         registration_id: &pending.registration_id,
-        provider: pending.provider.clone().unwrap_or_else(|| "unknown".into()),
+        provider: pending.provider.as_deref().and_then(ProviderKind::parse),
     };
     let registration = match pending.registration_status.as_deref() {
         Some("active") => Registration::Active,
@@ -370,14 +372,15 @@ async fn deliver_one(
         None => Registration::Deleted,
     };
     let app = notification.app_id.as_str();
-    let provider = ProviderKind::parse(&attempt.provider).map(|kind| state.providers.get(kind));
+    let provider = attempt.provider.map(|kind| state.providers.get(kind));
     let circuit = provider.and_then(|p| state.circuits.open_until(app, p.kind(), now));
     let circuit = circuit.as_ref().map(|(until, why)| (*until, why.as_str()));
     if let Some(instead) = before_send(&at, registration, circuit) {
         return attempt.apply(instead).await;
     }
     let Some(provider) = provider else {
-        let reason = format!("unknown provider `{}`", attempt.provider);
+        let name = pending.provider.as_deref().unwrap_or("unknown");
+        let reason = format!("unknown provider `{name}`");
         return attempt
             .apply(Transition::Finish {
                 state: DeliveryState::Failed,

@@ -16,6 +16,8 @@ use crate::ids::{new_id, now_millis};
 use crate::limits::{LimitError, Limiter};
 use crate::store::{NotificationRow, Store, StoreError};
 
+#[cfg(test)]
+mod tests;
 mod validate;
 use crate::notification::{Alert, ApnsOverride, Content, Priority, TargetSpec, Targets};
 pub use validate::{validate, InvalidNotification};

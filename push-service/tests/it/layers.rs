@@ -94,9 +94,17 @@ fn http_types_stay_in_the_api_layer() {
 }
 
 /// The top-level module a source file belongs to (`dispatch` for
-/// `dispatch/wake.rs`, `config` for `config.rs`); none for the crate roots.
+/// `dispatch/wake.rs`, `config` for `config.rs`); none for the crate roots
+/// and for test-only files (`tests.rs`, `testing.rs`), which are not built
+/// into the service.
 fn module_of(path: &Path) -> Option<String> {
     let rel = relative(path);
+    if path
+        .file_name()
+        .is_some_and(|n| n == "tests.rs" || n == "testing.rs")
+    {
+        return None;
+    }
     let first = rel.split('/').next().unwrap_or_default();
     let name = first.trim_end_matches(".rs");
     (!matches!(name, "lib" | "main")).then(|| name.to_owned())
@@ -173,4 +181,66 @@ fn the_modules_import_each_other_without_a_cycle() {
         graph.contains_key("dispatch") && graph["api"].contains("dispatch"),
         "the graph was read"
     );
+}
+
+#[test]
+fn sources_stay_small_typed_and_without_macros_in_the_store() {
+    for path in sources(&src()) {
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let lines = text.lines().count();
+        assert!(
+            lines <= 500,
+            "{} has {lines} lines (at most 500)",
+            relative(&path)
+        );
+        let code: Vec<&str> = text
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| !l.starts_with("//"))
+            .collect();
+        if relative(&path).starts_with("store/") {
+            assert!(
+                !code.iter().any(|l| l.contains("macro_rules!")),
+                "{} defines a macro",
+                relative(&path)
+            );
+        }
+        // An error is a type that says what failed, not a bare string.
+        let joined = code.join(" ");
+        for (at, _) in joined.match_indices("Result<") {
+            let args = generic_arguments(&joined[at + "Result".len()..]);
+            assert!(
+                !args.replace(' ', "").ends_with(",String"),
+                "{} returns Result<{args}>",
+                relative(&path)
+            );
+        }
+    }
+}
+
+/// The text between `<` and its matching `>` at the start of `text`.
+fn generic_arguments(text: &str) -> &str {
+    let mut depth = 0;
+    for (i, c) in text.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[1..i];
+                }
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
+#[test]
+fn generic_arguments_match_their_brackets() {
+    assert_eq!(
+        generic_arguments("<Vec<String>, String> x"),
+        "Vec<String>, String"
+    );
+    assert_eq!(generic_arguments("<(), E>"), "(), E");
 }

@@ -24,4 +24,5 @@ mod providers;
 mod registrations;
 mod scale_out;
 mod security;
+mod store_contract;
 mod tls;

@@ -1,0 +1,199 @@
+//! The acceptor without a server: a real SQLite store, the in-process queue,
+//! the limiter with the configuration's defaults.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{AcceptError, AcceptSettings, Acceptor};
+use crate::auth::notifier::NotifierAuth;
+use crate::delivery::ProviderKind;
+use crate::dispatch::{Queue, QueueDepths, Task};
+use crate::limits::Limiter;
+use crate::testing::{app_with_notifier, core, registration, Core};
+
+fn acceptor(core: &Core, max_queue_depth: u64) -> Acceptor {
+    Acceptor {
+        store: core.store.clone(),
+        queue: core.queue.clone(),
+        limiter: Limiter::new(core.config.limits, core.store.clone(), None),
+        depths: QueueDepths::default(),
+        settings: AcceptSettings {
+            redrive_after: core.config.redrive_after,
+            max_queue_depth,
+        },
+    }
+}
+
+async fn queued(core: &Core) -> Vec<Task> {
+    let leased = core
+        .queue
+        .pop(100, Duration::from_millis(10))
+        .await
+        .expect("pop");
+    leased.into_iter().map(|l| l.task).collect()
+}
+
+#[tokio::test]
+async fn a_unicast_is_stored_with_its_deliveries_and_queued() {
+    let core = core("").await;
+    let (app, notifier) = app_with_notifier(core.store.as_ref(), "notify").await;
+    let apns = registration(core.store.as_ref(), &app, ProviderKind::Apns).await;
+    let direct = registration(core.store.as_ref(), &app, ProviderKind::Direct).await;
+    let auth = NotifierAuth::verified(notifier, &["notify"]);
+    let body = json!({
+        "targets": {"registrations": [apns, direct, "reg_unknown"]},
+        "notification": {"title": "Sign in?"},
+        "ttl_seconds": 60,
+    });
+    let accepted = acceptor(&core, 0)
+        .accept(&auth, None, body)
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.accepted, 2);
+    assert_eq!(accepted.rejected.len(), 1);
+    assert_eq!(accepted.rejected[0].reason, "unknown");
+
+    let row = core
+        .store
+        .get_notification(&accepted.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(!row.is_expanding());
+    assert!(row.expires_at - row.created_at == 60_000);
+    let counts = core
+        .store
+        .delivery_counts(&accepted.id)
+        .await
+        .expect("counts");
+    assert_eq!(counts, vec![(crate::delivery::DeliveryState::Queued, 2)]);
+    match queued(&core).await.as_slice() {
+        [Task::Deliver {
+            notification,
+            registrations,
+            due,
+        }] => {
+            assert_eq!(notification, &accepted.id);
+            assert_eq!(registrations.len(), 2);
+            assert!(
+                due.is_some(),
+                "a task carries the version it claims against"
+            );
+        }
+        other => panic!("one deliver task expected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_whole_app_send_is_queued_for_expansion() {
+    let core = core("").await;
+    let (app, notifier) = app_with_notifier(core.store.as_ref(), "notify").await;
+    for _ in 0..3 {
+        registration(core.store.as_ref(), &app, ProviderKind::Direct).await;
+    }
+    let auth = NotifierAuth::verified(notifier, &["notify"]);
+    let body = json!({"targets": {"all": true}, "notification": {"title": "t"}});
+    let accepted = acceptor(&core, 0)
+        .accept(&auth, None, body)
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.accepted, 3);
+    let row = core
+        .store
+        .get_notification(&accepted.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(row.is_expanding());
+    assert!(matches!(
+        queued(&core).await.as_slice(),
+        [Task::Expand { notification }] if notification == &accepted.id
+    ));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_answers_the_same_request_once_and_refuses_another() {
+    let core = core("").await;
+    let (app, notifier) = app_with_notifier(core.store.as_ref(), "notify").await;
+    let device = registration(core.store.as_ref(), &app, ProviderKind::Direct).await;
+    let auth = NotifierAuth::verified(notifier, &["notify"]);
+    let acceptor = acceptor(&core, 0);
+    let body = json!({"targets": {"registrations": [device]}, "notification": {"title": "t"}});
+    let first = acceptor
+        .accept(&auth, Some("k-1"), body.clone())
+        .await
+        .expect("first");
+    let again = acceptor
+        .accept(&auth, Some("k-1"), body)
+        .await
+        .expect("retry");
+    assert_eq!(first.id, again.id, "a retry gets the first answer");
+    assert_eq!(queued(&core).await.len(), 1, "and queues nothing more");
+    let other = json!({"targets": {"registrations": [device]}, "notification": {"title": "u"}});
+    assert!(matches!(
+        acceptor.accept(&auth, Some("k-1"), other).await,
+        Err(AcceptError::KeyReused)
+    ));
+}
+
+#[tokio::test]
+async fn refusals_name_their_cause_and_store_nothing() {
+    let core = core("").await;
+    let (app, notifier) = app_with_notifier(core.store.as_ref(), "notify").await;
+    let device = registration(core.store.as_ref(), &app, ProviderKind::Apns).await;
+    let auth = NotifierAuth::verified(notifier, &["notify"]);
+    let cases = [
+        (
+            json!({"targets": {"registrations": [device]}, "notification": {"title": "t"}, "ttl_seconds": 2419201}),
+            "ttl_seconds",
+        ),
+        (
+            json!({"targets": {"registrations": [device], "all": true}}),
+            "targets",
+        ),
+        (
+            json!({"targets": {"registrations": [device]}, "data": {"from": "x"}}),
+            "from",
+        ),
+        (json!({"targets": {"aliases": [""]}}), "targets.aliases"),
+        (
+            json!({"targets": {"registrations": [device]}, "colour": 1}),
+            "colour",
+        ),
+    ];
+    let acceptor = acceptor(&core, 0);
+    for (body, field) in cases {
+        match acceptor.accept(&auth, None, body.clone()).await {
+            Err(AcceptError::Invalid(why)) => assert!(why.contains(field), "{body}: {why}"),
+            other => panic!("{body}: expected a refusal naming `{field}`, got {other:?}"),
+        }
+    }
+    assert!(queued(&core).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_backlog_over_max_queue_depth_is_refused_until_it_drains() {
+    let core = core("").await;
+    let (app, notifier) = app_with_notifier(core.store.as_ref(), "notify").await;
+    let device = registration(core.store.as_ref(), &app, ProviderKind::Direct).await;
+    let auth = NotifierAuth::verified(notifier, &["notify"]);
+    let acceptor = acceptor(&core, 2);
+    let body = json!({"targets": {"registrations": [device]}, "notification": {"title": "t"}});
+    let depths = acceptor.depths.clone();
+    depths.set(3, Default::default());
+    assert!(matches!(
+        acceptor.accept(&auth, None, body.clone()).await,
+        Err(AcceptError::Behind(why)) if why.contains("max_queue_depth = 2")
+    ));
+    depths.set(0, [(app.clone(), 3)].into());
+    assert!(
+        matches!(acceptor.accept(&auth, None, body.clone()).await, Err(AcceptError::Behind(why)) if why.contains("this app")),
+        "an app's own backlog refuses it alone"
+    );
+    depths.set(0, Default::default());
+    acceptor
+        .accept(&auth, None, body)
+        .await
+        .expect("accepted once the queue drained");
+}

@@ -1,0 +1,278 @@
+//! The store's contract, run on both backends through the same traits: what
+//! the service relies on of every aggregate (apps and credentials,
+//! registrations, notifications and deliveries, the direct channel, the
+//! audit log, the replay cache). The node of the test runs beside it; the
+//! rows written here are its own app's and are never due for its sweep.
+
+use push_service::delivery::{DeliveryState, ProviderKind};
+use push_service::ids::{new_id, now_millis};
+use push_service::store::batch::DeliveryClaim;
+use push_service::store::{
+    App, AuditEntry, AuditFilter, CredentialRecord, DeliveryUpdate, NotificationRow, Registration,
+    StoreError,
+};
+
+use crate::both_backends;
+use crate::helpers::TestApp;
+
+fn registration(app: &str, provider: ProviderKind, token: Option<&str>, key: &str) -> Registration {
+    let now = now_millis();
+    Registration {
+        id: new_id("reg"),
+        app_id: app.into(),
+        provider: provider.as_str().into(),
+        token: token.map(str::to_owned),
+        environment: None,
+        platform: "android".into(),
+        key_thumbprint: key.into(),
+        encryption_jwk: None,
+        status: "active".into(),
+        invalid_reason: None,
+        invalidated_at: None,
+        created_at: now,
+        updated_at: now,
+        attested: false,
+    }
+}
+
+async fn contract(app: TestApp) {
+    let store = push_service::store::connect(&app.database_url, 2, true, None)
+        .await
+        .expect("store");
+    let now = now_millis();
+    let far = now + 3_600_000;
+
+    // Apps and credentials.
+    let a = App {
+        id: new_id("app"),
+        name: "contract".into(),
+        created_at: now,
+    };
+    store.create_app(&a).await.expect("app");
+    assert_eq!(
+        store.get_app(&a.id).await.expect("get").map(|x| x.name),
+        Some("contract".into())
+    );
+    let record = CredentialRecord {
+        app_id: a.id.clone(),
+        provider: "fcm".into(),
+        metadata: "{}".into(),
+        sealed: vec![1, 2, 3],
+        expires_at: None,
+        updated_at: now,
+        last_error: None,
+        last_error_at: None,
+    };
+    store.put_credential(&record).await.expect("credential");
+    assert!(store
+        .get_credential(&a.id, ProviderKind::Apns)
+        .await
+        .expect("get")
+        .is_none());
+    store
+        .set_credential_error(&a.id, ProviderKind::Fcm, Some("refused"), now)
+        .await
+        .expect("error");
+    let read = store
+        .get_credential(&a.id, ProviderKind::Fcm)
+        .await
+        .expect("get")
+        .expect("fcm");
+    assert_eq!(
+        (read.sealed, read.last_error.as_deref()),
+        (vec![1, 2, 3], Some("refused"))
+    );
+
+    // Registrations: a token held twice is taken from the first holder.
+    let first = registration(&a.id, ProviderKind::Fcm, Some("token-1"), "key-a");
+    assert!(store
+        .create_registration(&first)
+        .await
+        .expect("first")
+        .is_empty());
+    let second = registration(&a.id, ProviderKind::Fcm, Some("token-1"), "key-b");
+    assert_eq!(
+        store.create_registration(&second).await.expect("second"),
+        vec![first.id.clone()]
+    );
+    let mut states = store
+        .registration_states(&[first.id.clone(), second.id.clone(), "reg_none".into()])
+        .await
+        .expect("states");
+    states.sort_by_key(|(id, ..)| id != &first.id);
+    assert_eq!(
+        states,
+        vec![
+            (first.id.clone(), a.id.clone(), false),
+            (second.id.clone(), a.id.clone(), true)
+        ]
+    );
+    assert_eq!(
+        store
+            .count_registrations_by_key("key-b")
+            .await
+            .expect("count"),
+        1
+    );
+    store
+        .set_aliases(&a.id, &second.id, &["b".into(), "a".into()])
+        .await
+        .expect("aliases");
+    assert_eq!(
+        store.list_aliases(&second.id).await.expect("list"),
+        vec!["a", "b"]
+    );
+    let direct = registration(&a.id, ProviderKind::Direct, None, "key-c");
+    store.create_registration(&direct).await.expect("direct");
+
+    // Notifications and deliveries.
+    let row = NotificationRow {
+        id: new_id("ntf"),
+        app_id: a.id.clone(),
+        notifier_id: "ntr_contract".into(),
+        idempotency_key: Some("k".into()),
+        request_hash: "h".into(),
+        targets: "{}".into(),
+        content: "{}".into(),
+        expires_at: far,
+        state: "dispatching".into(),
+        created_at: now,
+        response: None,
+        expand_cursor: None,
+        updated_at: now,
+    };
+    let targets = [second.id.clone(), direct.id.clone()];
+    store
+        .insert_notification(&row, &targets, far, None)
+        .await
+        .expect("insert");
+    let mut again = row.clone();
+    again.id = new_id("ntf");
+    assert!(
+        matches!(
+            store.insert_notification(&again, &targets, far, None).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "the same idempotency key is a conflict"
+    );
+    let found = store
+        .find_idempotent(&a.id, "ntr_contract", "k")
+        .await
+        .expect("find");
+    assert_eq!(found.map(|n| n.id), Some(row.id.clone()));
+    let (read, pending) = store
+        .task_deliveries(&row.id, &targets)
+        .await
+        .expect("task")
+        .expect("queued");
+    assert_eq!((read.id.as_str(), pending.len()), (row.id.as_str(), 2));
+    let claim = |due| DeliveryClaim {
+        notification_id: row.id.clone(),
+        registration_id: second.id.clone(),
+        attempts: 0,
+        due,
+        lease: far + 1,
+    };
+    assert!(
+        !store.claim_delivery(claim(Some(now))).await.expect("stale"),
+        "another version"
+    );
+    assert!(store.claim_delivery(claim(Some(far))).await.expect("claim"));
+    assert!(
+        !store.claim_delivery(claim(Some(far))).await.expect("twice"),
+        "taken once"
+    );
+    store
+        .update_delivery(DeliveryUpdate {
+            notification_id: row.id.clone(),
+            registration_id: second.id.clone(),
+            state: DeliveryState::Sent,
+            reason: None,
+            attempts: 1,
+            next_attempt_at: None,
+            now,
+        })
+        .await
+        .expect("outcome");
+    let mut counts = store.delivery_counts(&row.id).await.expect("counts");
+    counts.sort_by_key(|(state, _)| state.as_str());
+    assert_eq!(
+        counts,
+        vec![(DeliveryState::Queued, 1), (DeliveryState::Sent, 1)]
+    );
+    let unsent = store
+        .delivery_page(&row.id, "", 10, true)
+        .await
+        .expect("page");
+    assert_eq!(
+        unsent
+            .iter()
+            .map(|d| d.registration_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![direct.id.as_str()]
+    );
+
+    // The direct channel: one event per notification and device, a cursor that only moves on.
+    let seq = store
+        .insert_direct_event(&direct.id, &row.id, "{}", far, now)
+        .await
+        .expect("event")
+        .expect("new");
+    assert!(store
+        .insert_direct_event(&direct.id, &row.id, "{}", far, now)
+        .await
+        .expect("again")
+        .is_none());
+    let events = store
+        .direct_events_after(&direct.id, 0, now, 10)
+        .await
+        .expect("events");
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
+    store
+        .set_direct_cursor(&direct.id, seq)
+        .await
+        .expect("cursor");
+    store
+        .set_direct_cursor(&direct.id, seq - 1)
+        .await
+        .expect("older");
+    assert_eq!(store.direct_cursor(&direct.id).await.expect("cursor"), seq);
+
+    // The audit log and the replay cache.
+    let entry = AuditEntry {
+        seq: 0,
+        at: now,
+        actor: "operator".into(),
+        action: "contract.check".into(),
+        app_id: Some(a.id.clone()),
+        target: None,
+        source: None,
+        details: None,
+    };
+    store.audit(&entry).await.expect("audit");
+    let listed = store
+        .list_audit(&AuditFilter {
+            app_id: Some(a.id.clone()),
+            action: Some("contract.check".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    let key = new_id("jti");
+    assert!(store
+        .remember_once(&key, far, now)
+        .await
+        .expect("first use"));
+    assert!(!store.remember_once(&key, far, now).await.expect("reuse"));
+
+    // Deleting the app takes what it owns.
+    assert!(store.delete_app(&a.id).await.expect("delete"));
+    assert!(store
+        .get_registration(&second.id)
+        .await
+        .expect("get")
+        .is_none());
+}
+both_backends!(store_contract, super::contract);
