@@ -209,6 +209,7 @@ impl From<crate::notify::AcceptError> for ApiError {
             AcceptError::Limit(e) => e.into(),
             AcceptError::Store(e) => e.into(),
             AcceptError::Internal(e) => ApiError::Internal(e.into()),
+            AcceptError::Stopped(why) => ApiError::Unavailable(why),
         }
     }
 }

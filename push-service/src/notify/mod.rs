@@ -44,6 +44,9 @@ pub enum AcceptError {
     /// What cannot happen with valid data (a value that does not serialize).
     #[error(transparent)]
     Internal(#[from] serde_json::Error),
+    /// The commit's task ended without an answer (the node is stopping).
+    #[error("the write was interrupted: {0}")]
+    Stopped(String),
 }
 
 impl From<InvalidNotification> for AcceptError {
@@ -236,26 +239,44 @@ impl Acceptor {
             source: auth.source.clone(),
             details: Some(serde_json::json!({"accepted": accepted}).to_string()),
         };
-        match state
-            .store
-            .insert_notification(&row, &registrations, redrive_at, Some(&audit))
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) if idempotency_key.is_some() => {
+        // From here on the work must not depend on the caller staying: a client
+        // that goes away (a timeout, a closed connection) drops this future, and
+        // a commit whose task was never queued would wait for the sweep. The
+        // write, its count and the enqueue run as their own task.
+        let commit = tokio::spawn(state.clone().commit(row, registrations, redrive_at, audit));
+        match commit.await {
+            Ok(Ok(())) => Ok(answer),
+            Ok(Err(StoreError::Conflict(_))) if idempotency_key.is_some() => {
                 // A concurrent request with the same key won the race.
                 let key = idempotency_key.unwrap_or_default();
-                return state
+                state
                     .replay(auth, key, &request_hash)
                     .await?
-                    .ok_or(AcceptError::InProgress);
+                    .ok_or(AcceptError::InProgress)
             }
-            Err(e) => return Err(e.into()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(AcceptError::Stopped(e.to_string())),
         }
-        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => auth.app_id.clone())
-        .increment(1);
+    }
+
+    /// Stores a notification with its deliveries (and audit entry), counts it
+    /// and queues its tasks.
+    async fn commit(
+        self,
+        row: NotificationRow,
+        registrations: Vec<String>,
+        redrive_at: i64,
+        audit: crate::store::AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.store
+            .insert_notification(&row, &registrations, redrive_at, Some(&audit))
+            .await?;
+        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => row.app_id.clone())
+            .increment(1);
         let tasks: Vec<Task> = if row.is_expanding() {
-            vec![Task::Expand { notification: id }]
+            vec![Task::Expand {
+                notification: row.id.clone(),
+            }]
         } else {
             registrations
                 .chunks(TASK_CHUNK)
@@ -267,12 +288,12 @@ impl Acceptor {
                 .collect()
         };
         if !tasks.is_empty() {
-            if let Err(e) = state.queue.push(tasks).await {
+            if let Err(e) = self.queue.push(tasks).await {
                 // Durable already: the sweep re-drives it after `redrive_after`.
                 tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive this notification");
             }
         }
-        Ok(answer)
+        Ok(())
     }
 
     /// Backpressure: refuses a new notification (503 + Retry-After) while the

@@ -25,13 +25,20 @@ fn acceptor(core: &Core, max_queue_depth: u64) -> Acceptor {
     }
 }
 
+/// Every task waiting in the queue.
 async fn queued(core: &Core) -> Vec<Task> {
-    let leased = core
-        .queue
-        .pop(100, Duration::from_millis(10))
-        .await
-        .expect("pop");
-    leased.into_iter().map(|l| l.task).collect()
+    let mut tasks = Vec::new();
+    loop {
+        let leased = core
+            .queue
+            .pop(100, Duration::from_millis(10))
+            .await
+            .expect("pop");
+        if leased.is_empty() {
+            return tasks;
+        }
+        tasks.extend(leased.into_iter().map(|l| l.task));
+    }
 }
 
 #[tokio::test]
@@ -196,4 +203,37 @@ async fn a_backlog_over_max_queue_depth_is_refused_until_it_drains() {
         .accept(&auth, None, body)
         .await
         .expect("accepted once the queue drained");
+}
+
+#[tokio::test]
+async fn a_caller_gone_during_the_commit_still_gets_its_notification_queued() {
+    let core = core("").await;
+    let (app, notifier) = app_with_notifier(core.store.as_ref(), "notify").await;
+    let device = registration(core.store.as_ref(), &app, ProviderKind::Direct).await;
+    let auth = NotifierAuth::verified(notifier, &["notify"]);
+    let acceptor = acceptor(&core, 0);
+    let body = json!({"targets": {"registrations": [device]}, "notification": {"title": "t"}});
+    // The caller goes away after 0, 50, 100, … µs: some requests end before
+    // anything is written, some while their write is being committed, some
+    // after their answer. Whatever was committed must have its task queued.
+    for step in 0..200u64 {
+        let accept = acceptor.accept(&auth, None, body.clone());
+        let _ = tokio::time::timeout(Duration::from_micros(step * 50), accept).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let queued_tasks: usize = queued(&core)
+        .await
+        .iter()
+        .map(|task| match task {
+            Task::Deliver { registrations, .. } => registrations.len(),
+            Task::Expand { .. } => 0,
+        })
+        .sum();
+    let (apps, _) = core.store.queue_stats(i64::MAX).await.expect("stats");
+    let committed: i64 = apps.iter().map(|(_, queued, _)| queued).sum();
+    assert!(committed > 0, "some requests were committed");
+    assert_eq!(
+        queued_tasks as i64, committed,
+        "every committed notification has its task, caller or not"
+    );
 }
