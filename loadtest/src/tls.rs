@@ -71,9 +71,23 @@ pub struct ServeOptions {
     /// HTTP/2 only (APNs) or HTTP/2 and HTTP/1.1 (FCM).
     pub http2_only: bool,
     pub max_concurrent_streams: u32,
-    /// While this holds `true` the simulator is down: its listening socket is closed
-    /// (new connections are refused by the kernel) and open connections are cut.
+    /// While this holds `true` the simulator is down: it stops listening (new
+    /// connections are refused by the kernel; the port stays bound, so no other
+    /// server takes it meanwhile) and open connections are cut.
     pub down: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Binds `addr` without listening: the port is held, connections to it refused.
+fn hold_port(addr: SocketAddr) -> Option<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .ok()?;
+    socket.set_reuseaddr(true).ok()?;
+    socket.bind(addr).ok()?;
+    Some(socket)
 }
 
 /// Serves `make_router(connection index)` over TLS until `shutdown`; one router per
@@ -91,20 +105,28 @@ pub async fn serve_tls(
         return;
     };
     let mut listener = Some(listener);
+    // While down, the port stays ours: bound but not listening, so the kernel
+    // refuses connections (ECONNREFUSED, as from a host that is down) and no
+    // other server started meanwhile can take the port and answer in our place.
+    let mut held: Option<tokio::net::TcpSocket> = None;
     let mut down = options.down.clone();
     loop {
         if *down.borrow_and_update() {
-            // Close the socket: connecting now gets ECONNREFUSED, as from a host that is down.
-            listener = None;
+            if listener.take().is_some() || held.is_none() {
+                held = hold_port(addr);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = down.changed() => continue,
             }
         }
         let Some(bound) = listener.as_ref() else {
-            match TcpListener::bind(addr).await {
-                Ok(l) => listener = Some(l),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            match held.take().map(|socket| socket.listen(1024)) {
+                Some(Ok(l)) => listener = Some(l),
+                _ => match TcpListener::bind(addr).await {
+                    Ok(l) => listener = Some(l),
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                },
             }
             continue;
         };
