@@ -1,8 +1,9 @@
 //! Who is calling, as axum extractors: a device (DPoP proof) or a notifier
 //! (bearer JWT). Each takes only the components it needs from the state
-//! (`FromRef`): the verifier of its kind and the limiter.
+//! (`FromRef`): the verifier of its kind (shared, behind an `Arc`) and the limiter.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{FromRef, FromRequestParts, Path};
 use axum::http::request::Parts;
@@ -18,13 +19,13 @@ use crate::tls::ClientCertificate;
 impl<S> FromRequestParts<S> for DeviceProof
 where
     S: Send + Sync,
-    DeviceVerifier: FromRef<S>,
+    Arc<DeviceVerifier>: FromRef<S>,
     Limiter: FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let verifier = DeviceVerifier::from_ref(state);
+        let verifier = Arc::<DeviceVerifier>::from_ref(state);
         let limiter = Limiter::from_ref(state);
         let mut values = parts.headers.get_all(DPOP_HEADER).iter();
         let proof = match (values.next(), values.next()) {
@@ -62,7 +63,7 @@ where
 impl<S> FromRequestParts<S> for NotifierAuth
 where
     S: Send + Sync,
-    NotifierVerifier: FromRef<S>,
+    Arc<NotifierVerifier>: FromRef<S>,
     Limiter: FromRef<S>,
 {
     type Rejection = ApiError;
@@ -79,7 +80,7 @@ where
             ApiError::Unauthorized("missing `Authorization: Bearer <JWT>`".into())
         })?;
         let peer = parts.extensions.get::<ClientCertificate>();
-        let verifier = NotifierVerifier::from_ref(state);
+        let verifier = Arc::<NotifierVerifier>::from_ref(state);
         let limiter = Limiter::from_ref(state);
         let mut auth = verifier.authenticate(&app_id, token, peer).await?;
         auth.source = source(parts);

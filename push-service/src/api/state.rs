@@ -32,9 +32,9 @@ pub struct AppState {
     /// Drives deliveries (the node's workers and sweep).
     pub dispatcher: Dispatcher,
     /// Authenticates notifiers (bearer JWTs).
-    pub notifiers: NotifierVerifier,
+    pub notifiers: Arc<NotifierVerifier>,
     /// Authenticates devices (DPoP proofs).
-    pub devices: DeviceVerifier,
+    pub devices: Arc<DeviceVerifier>,
     /// Open direct-channel streams per device key on this node.
     pub open_streams: super::events::OpenStreams,
     /// `/readyz`'s cached verdict and pooled Redis connection.
@@ -194,8 +194,8 @@ impl AppState {
             limiter,
             acceptor,
             dispatcher,
-            notifiers,
-            devices,
+            notifiers: Arc::new(notifiers),
+            devices: Arc::new(devices),
             readiness: Arc::default(),
             open_streams: Arc::default(),
             shutdown: CancellationToken::new(),
@@ -206,13 +206,13 @@ impl AppState {
     }
 }
 
-impl FromRef<AppState> for NotifierVerifier {
+impl FromRef<AppState> for Arc<NotifierVerifier> {
     fn from_ref(state: &AppState) -> Self {
         state.notifiers.clone()
     }
 }
 
-impl FromRef<AppState> for DeviceVerifier {
+impl FromRef<AppState> for Arc<DeviceVerifier> {
     fn from_ref(state: &AppState) -> Self {
         state.devices.clone()
     }

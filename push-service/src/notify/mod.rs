@@ -139,23 +139,22 @@ impl Acceptor {
         idempotency_key: Option<&str>,
         body: serde_json::Value,
     ) -> Result<Accepted, AcceptError> {
-        let state = self;
         let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&body)?));
         if let Some(key) = idempotency_key {
-            if let Some(previous) = state.replay(auth, key, &request_hash).await? {
+            if let Some(previous) = self.replay(auth, key, &request_hash).await? {
                 return Ok(previous);
             }
         }
         let request: NotifyRequest =
             serde_json::from_value(body).map_err(|e| AcceptError::Invalid(e.to_string()))?;
-        state.shed_when_behind(&auth.app_id)?;
+        self.shed_when_behind(&auth.app_id)?;
         let targets_json = serde_json::to_string(&request.targets)?;
         let (targets, content, ttl) = validate(request)?;
         let cost = match &targets {
             TargetSpec::Registrations(ids) => ids.len() as f64,
             _ => 1.0,
         };
-        let limits = state.limiter.app_limits(&auth.app_id).await?;
+        let limits = self.limiter.app_limits(&auth.app_id).await?;
         let buckets: Vec<_> = [
             crate::limits::Limiter::bucket(
                 format!("notifier-targets:{}", auth.notifier.id),
@@ -171,12 +170,12 @@ impl Acceptor {
         .into_iter()
         .flatten()
         .collect();
-        state.limiter.enforce(&buckets, "notification").await?;
+        self.limiter.enforce(&buckets, "notification").await?;
         let now = now_millis();
         let id = new_id("ntf");
         let (registrations, accepted, rejected) = match &targets {
             TargetSpec::Registrations(ids) => {
-                let found = state.store.registration_states(ids).await?;
+                let found = self.store.registration_states(ids).await?;
                 let mut ok = Vec::with_capacity(ids.len());
                 let mut rejected = Vec::new();
                 for id in ids {
@@ -196,7 +195,7 @@ impl Acceptor {
                 (ok, count, rejected)
             }
             other => {
-                let count = state
+                let count = self
                     .store
                     .count_targets(&auth.app_id, other.fanout_aliases())
                     .await?;
@@ -228,7 +227,7 @@ impl Acceptor {
             expand_cursor: None,
             updated_at: now,
         };
-        let redrive_at = now + state.settings.redrive_after.as_millis() as i64;
+        let redrive_at = now + self.settings.redrive_after.as_millis() as i64;
         let audit = crate::store::AuditEntry {
             seq: 0,
             at: now,
@@ -243,57 +242,26 @@ impl Acceptor {
         // that goes away (a timeout, a closed connection) drops this future, and
         // a commit whose task was never queued would wait for the sweep. The
         // write, its count and the enqueue run as their own task.
-        let commit = tokio::spawn(state.clone().commit(row, registrations, redrive_at, audit));
+        let commit = tokio::spawn(commit(
+            self.store.clone(),
+            self.queue.clone(),
+            row,
+            registrations,
+            redrive_at,
+            audit,
+        ));
         match commit.await {
             Ok(Ok(())) => Ok(answer),
             Ok(Err(StoreError::Conflict(_))) if idempotency_key.is_some() => {
                 // A concurrent request with the same key won the race.
                 let key = idempotency_key.unwrap_or_default();
-                state
-                    .replay(auth, key, &request_hash)
+                self.replay(auth, key, &request_hash)
                     .await?
                     .ok_or(AcceptError::InProgress)
             }
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(AcceptError::Stopped(e.to_string())),
         }
-    }
-
-    /// Stores a notification with its deliveries (and audit entry), counts it
-    /// and queues its tasks.
-    async fn commit(
-        self,
-        row: NotificationRow,
-        registrations: Vec<String>,
-        redrive_at: i64,
-        audit: crate::store::AuditEntry,
-    ) -> Result<(), StoreError> {
-        self.store
-            .insert_notification(&row, &registrations, redrive_at, Some(&audit))
-            .await?;
-        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => row.app_id.clone())
-            .increment(1);
-        let tasks: Vec<Task> = if row.is_expanding() {
-            vec![Task::Expand {
-                notification: row.id.clone(),
-            }]
-        } else {
-            registrations
-                .chunks(TASK_CHUNK)
-                .map(|chunk| Task::Deliver {
-                    notification: row.id.clone(),
-                    registrations: chunk.to_vec(),
-                    due: Some(redrive_at),
-                })
-                .collect()
-        };
-        if !tasks.is_empty() {
-            if let Err(e) = self.queue.push(tasks).await {
-                // Durable already: the sweep re-drives it after `redrive_after`.
-                tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive this notification");
-            }
-        }
-        Ok(())
     }
 
     /// Backpressure: refuses a new notification (503 + Retry-After) while the
@@ -342,4 +310,42 @@ impl Acceptor {
         let answer = serde_json::from_str(previous.response.as_deref().unwrap_or_default())?;
         Ok(Some(answer))
     }
+}
+
+/// Stores a notification with its deliveries (and audit entry), counts it
+/// and queues its tasks.
+async fn commit(
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    row: NotificationRow,
+    registrations: Vec<String>,
+    redrive_at: i64,
+    audit: crate::store::AuditEntry,
+) -> Result<(), StoreError> {
+    store
+        .insert_notification(&row, &registrations, redrive_at, Some(&audit))
+        .await?;
+    metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => row.app_id.clone())
+        .increment(1);
+    let tasks: Vec<Task> = if row.is_expanding() {
+        vec![Task::Expand {
+            notification: row.id.clone(),
+        }]
+    } else {
+        registrations
+            .chunks(TASK_CHUNK)
+            .map(|chunk| Task::Deliver {
+                notification: row.id.clone(),
+                registrations: chunk.to_vec(),
+                due: Some(redrive_at),
+            })
+            .collect()
+    };
+    if !tasks.is_empty() {
+        if let Err(e) = queue.push(tasks).await {
+            // Durable already: the sweep re-drives it after `redrive_after`.
+            tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive this notification");
+        }
+    }
+    Ok(())
 }

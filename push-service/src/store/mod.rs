@@ -276,7 +276,7 @@ pub trait NotificationStore: Send + Sync {
         before: i64,
         redrive_at: i64,
     ) -> Result<Vec<String>, StoreError>;
-    /// Count of deliveries by state.
+    /// Count of deliveries by state (states this node does not know left out).
     async fn delivery_counts(
         &self,
         notification_id: &str,
