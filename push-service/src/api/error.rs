@@ -11,7 +11,7 @@ use crate::store::StoreError;
 pub const PROBLEM_BASE: &str = "urn:push-service:problem:";
 
 /// An RFC 9457 problem document.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct Problem {
     /// Stable identifier of the error kind, e.g. `urn:push-service:problem:not-found`.
     #[serde(rename = "type")]
@@ -228,22 +228,31 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document of this error (an internal error is logged here
+    /// and shows no detail).
+    pub fn problem(&self) -> Problem {
         let (status, kind, title) = self.parts();
-        let detail = match &self {
+        let detail = match self {
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
                 None
             }
             other => Some(other.to_string()),
         };
-        let problem = Problem {
+        Problem {
             kind: format!("{PROBLEM_BASE}{kind}"),
             title: title.to_owned(),
             status: status.as_u16(),
             detail,
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&problem).expect("a problem document always serializes");
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();

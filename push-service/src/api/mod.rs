@@ -49,7 +49,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         registrations::create_registration, registrations::get_own, registrations::rotate_token,
         registrations::delete_own, app_registrations::get_registration,
         app_registrations::delete_registration, app_registrations::put_aliases,
-        events::events, notifications::notify, notifications::status,
+        events::events, notifications::notify, notifications::notify_batch, notifications::status,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
         limits::get_limits, limits::put_limits, limits::delete_limits, audit::list_audit,
     ),

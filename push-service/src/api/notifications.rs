@@ -14,11 +14,12 @@ use crate::api::AppState;
 use crate::auth::notifier::NotifierAuth;
 use crate::ids::rfc3339;
 use crate::notification::{parse_targets, TargetSpec};
-use crate::notify::{Accepted, NotifyRequest};
+use crate::notify::{Accepted, NotifyRequest, Submission, MAX_BATCH};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/apps/{app}/notifications", post(notify))
+        .route("/v1/apps/{app}/notifications/batch", post(notify_batch))
         .route("/v1/apps/{app}/notifications/{id}", get(status))
 }
 
@@ -97,7 +98,7 @@ async fn notify(
             let key = value
                 .to_str()
                 .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .and_then(idempotency_key)
                 .ok_or_else(|| {
                     ApiError::invalid("`Idempotency-Key`: 1 to 255 visible ASCII characters")
                 })?;
@@ -106,6 +107,114 @@ async fn notify(
     };
     let accepted = state.acceptor.accept(&auth, key.as_deref(), body).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Body of `POST /v1/apps/{app}/notifications/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 500 notifications, each a notify request body with an optional
+    /// `idempotency_key` (1 to 255 visible ASCII characters) of its own.
+    #[schema(value_type = Vec<NotifyRequest>)]
+    pub notifications: Vec<serde_json::Value>,
+}
+
+/// One notification's answer in a batch: `notification` when it was accepted
+/// (`status` 202), `problem` when it was not.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchItem {
+    /// The status this notification would have had on its own request.
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notification: Option<Accepted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+/// The answer to a batch: one item per notification, in the request's order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchAnswer {
+    pub results: Vec<BatchItem>,
+}
+
+/// An idempotency key as the API takes it: 1 to 255 visible ASCII characters.
+fn idempotency_key(raw: &str) -> Option<&str> {
+    (!raw.is_empty() && raw.len() <= 255 && raw.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .then_some(raw)
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/notifications/batch", tag = "notifications",
+    params(("app" = String, Path, description = "App id")),
+    request_body = BatchRequest,
+    security(("notifier_jwt" = ["notify"])),
+    responses((status = 200, body = BatchAnswer, description = "Each notification's own answer, in order"),
+        (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 422, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
+#[tracing::instrument(skip_all, fields(app = %auth.app_id, notifier = %auth.notifier.id))]
+async fn notify_batch(
+    State(state): State<AppState>,
+    auth: NotifierAuth,
+    ApiJson(body): ApiJson<BatchRequest>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    auth.require("notify")?;
+    let count = body.notifications.len();
+    if !(1..=MAX_BATCH).contains(&count) {
+        return Err(ApiError::invalid(format!(
+            "`notifications` must hold 1 to {MAX_BATCH} notifications (got {count})"
+        )));
+    }
+    // Keys are checked first: a bad key anywhere refuses the batch before
+    // anything is stored, as a bad header refuses a single request.
+    let mut submissions = Vec::with_capacity(count);
+    for (i, mut item) in body.notifications.into_iter().enumerate() {
+        let key = match item.as_object_mut().map(|o| o.remove("idempotency_key")) {
+            None => {
+                return Err(ApiError::invalid(format!(
+                    "`notifications[{i}]` must be an object"
+                )))
+            }
+            Some(None) => None,
+            Some(Some(value)) => Some(
+                value
+                    .as_str()
+                    .and_then(idempotency_key)
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "`notifications[{i}].idempotency_key`: 1 to 255 visible ASCII characters"
+                        ))
+                    })?,
+            ),
+        };
+        submissions.push(Submission {
+            idempotency_key: key,
+            body: item,
+        });
+    }
+    let answers = state.acceptor.accept_batch(&auth, submissions).await?;
+    let results = answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, answer)| match answer {
+            Ok(accepted) => BatchItem {
+                status: StatusCode::ACCEPTED.as_u16(),
+                notification: Some(accepted),
+                problem: None,
+            },
+            Err(e) => {
+                let mut problem = ApiError::from(e).problem();
+                if let Some(detail) = problem.detail.as_mut() {
+                    *detail = format!("notifications[{i}]: {detail}");
+                }
+                BatchItem {
+                    status: problem.status,
+                    notification: None,
+                    problem: Some(problem),
+                }
+            }
+        })
+        .collect();
+    Ok(Json(BatchAnswer { results }))
 }
 
 #[utoipa::path(get, path = "/v1/apps/{app}/notifications/{id}", tag = "notifications",

@@ -237,3 +237,88 @@ async fn a_caller_gone_during_the_commit_still_gets_its_notification_queued() {
         "every committed notification has its task, caller or not"
     );
 }
+
+#[tokio::test]
+async fn a_batch_answers_each_notification_in_order_and_stores_only_the_good_ones() {
+    let core = core("").await;
+    let (app, notifier) = app_with_notifier(core.store.as_ref(), "notify").await;
+    let device = registration(core.store.as_ref(), &app, ProviderKind::Apns).await;
+    let other = registration(core.store.as_ref(), &app, ProviderKind::Fcm).await;
+    let auth = NotifierAuth::verified(notifier, &["notify"]);
+    let acceptor = acceptor(&core, 0);
+    let good = |title: &str, to: &str| {
+        json!({"targets": {"registrations": [to]}, "notification": {"title": title}})
+    };
+    let first = acceptor
+        .accept(&auth, Some("k-first"), good("one", &device))
+        .await
+        .expect("accepted alone");
+    let submission = |key: Option<&str>, body: serde_json::Value| super::Submission {
+        idempotency_key: key.map(str::to_owned),
+        body,
+    };
+    let answers = acceptor
+        .accept_batch(
+            &auth,
+            vec![
+                submission(None, good("two", &device)),
+                // A replay of an earlier request answers its first response.
+                submission(Some("k-first"), good("one", &device)),
+                // Refused as a provider would: an APNs alert needs something to show.
+                submission(None, json!({"targets": {"registrations": [device]}, "push_type": "alert"})),
+                submission(Some("k-first"), good("changed", &device)),
+                submission(Some("k-new"), good("three", &other)),
+                submission(None, json!({"targets": {"all": true}, "data": {"k": "v"}})),
+            ],
+        )
+        .await
+        .expect("the batch as a whole is accepted");
+    assert_eq!(answers.len(), 6, "one answer per submission");
+    let ids: Vec<Option<String>> = answers
+        .iter()
+        .map(|a| a.as_ref().ok().map(|a| a.id.clone()))
+        .collect();
+    assert!(ids[0].is_some());
+    assert_eq!(ids[1].as_deref(), Some(first.id.as_str()), "replayed");
+    assert!(matches!(answers[2], Err(AcceptError::Invalid(_))));
+    assert!(matches!(answers[3], Err(AcceptError::KeyReused)));
+    assert!(ids[4].is_some());
+    assert_eq!(answers[5].as_ref().map(|a| a.accepted).ok(), Some(2));
+    for id in [&ids[0], &ids[4], &ids[5]].into_iter().flatten() {
+        assert!(
+            core.store.get_notification(id).await.expect("read").is_some(),
+            "{id} is stored"
+        );
+    }
+    // first (alone) + two unicasts queued for delivery, the whole-app one for expansion.
+    let tasks = queued(&core).await;
+    let delivers = tasks.iter().filter(|t| matches!(t, Task::Deliver { .. })).count();
+    let expands = tasks.iter().filter(|t| matches!(t, Task::Expand { .. })).count();
+    assert_eq!((delivers, expands), (3, 1));
+    // The new key is now known: the same batch item again is a replay.
+    let again = acceptor
+        .accept(&auth, Some("k-new"), good("three", &other))
+        .await
+        .expect("replayed");
+    assert_eq!(Some(again.id), ids[4].clone());
+}
+
+#[tokio::test]
+async fn a_batch_over_the_rate_limit_is_refused_whole_with_nothing_stored() {
+    let core = core("rate_limit_notifier_notifications_per_second = 2\n").await;
+    let (app, notifier) = app_with_notifier(core.store.as_ref(), "notify").await;
+    let device = registration(core.store.as_ref(), &app, ProviderKind::Apns).await;
+    let auth = NotifierAuth::verified(notifier, &["notify"]);
+    let body = json!({"targets": {"registrations": [device]}, "notification": {"title": "t"}});
+    let batch: Vec<_> = (0..50)
+        .map(|_| super::Submission {
+            idempotency_key: None,
+            body: body.clone(),
+        })
+        .collect();
+    let refused = acceptor(&core, 0).accept_batch(&auth, batch).await;
+    assert!(matches!(refused, Err(AcceptError::Limit(_))), "refused whole");
+    assert!(queued(&core).await.is_empty(), "nothing queued");
+    let (apps, _) = core.store.queue_stats(i64::MAX).await.expect("stats");
+    assert!(apps.is_empty(), "nothing stored");
+}

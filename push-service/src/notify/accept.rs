@@ -1,0 +1,426 @@
+//! Acceptance: a batch of submissions validated, limited, made durable and
+//! queued together. A single notification is a batch of one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::{validate, AcceptError, Accepted, Acceptor, NotifyRequest, Rejected, Submission};
+use crate::auth::notifier::NotifierAuth;
+use crate::delivery::NotificationPhase;
+use crate::dispatch::queue::TASK_CHUNK;
+use crate::dispatch::{Queue, Task};
+use crate::ids::{new_id, now_millis};
+use crate::notification::{Content, TargetSpec};
+use crate::store::{AuditEntry, NotificationRow, Store, StoreError};
+
+/// Registration ids looked up per statement.
+const LOOKUP_CHUNK: usize = 1000;
+
+/// A submission that passed validation and is not a replay.
+struct Draft {
+    key: Option<String>,
+    request_hash: String,
+    targets: TargetSpec,
+    targets_json: String,
+    content: Content,
+    ttl: u64,
+}
+
+/// Where a submission stands on its way through acceptance.
+enum Item {
+    Done(Result<Accepted, AcceptError>),
+    New(Box<Draft>),
+}
+
+/// What one draft becomes: its stored row and the registrations it targets.
+struct Prepared {
+    row: NotificationRow,
+    registrations: Vec<String>,
+    audit: AuditEntry,
+    answer: Accepted,
+    key: Option<String>,
+    request_hash: String,
+}
+
+impl Acceptor {
+    /// Validates, stores (idempotently) and enqueues a notification; answers only once it is durable.
+    pub async fn accept(
+        &self,
+        auth: &NotifierAuth,
+        idempotency_key: Option<&str>,
+        body: serde_json::Value,
+    ) -> Result<Accepted, AcceptError> {
+        let submission = Submission {
+            idempotency_key: idempotency_key.map(str::to_owned),
+            body,
+        };
+        self.accept_batch(auth, vec![submission])
+            .await?
+            .pop()
+            .unwrap_or(Err(AcceptError::Stopped("no answer".into())))
+    }
+
+    /// Accepts several notifications under one authentication. The outer error
+    /// refuses the whole batch (rate limit, backpressure) with nothing stored;
+    /// otherwise each submission has its own answer, in order. Limits are
+    /// charged once for the batch, the target registrations are looked up
+    /// together, and the writes share group commits.
+    pub async fn accept_batch(
+        &self,
+        auth: &NotifierAuth,
+        submissions: Vec<Submission>,
+    ) -> Result<Vec<Result<Accepted, AcceptError>>, AcceptError> {
+        let mut items = Vec::with_capacity(submissions.len());
+        for submission in submissions {
+            items.push(self.draft(auth, submission).await);
+        }
+        let drafts: Vec<&Draft> = items
+            .iter()
+            .filter_map(|item| match item {
+                Item::New(draft) => Some(draft.as_ref()),
+                Item::Done(_) => None,
+            })
+            .collect();
+        if drafts.is_empty() {
+            return Ok(items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Item::Done(answer) => Some(answer),
+                    Item::New(_) => None,
+                })
+                .collect());
+        }
+        self.shed_when_behind(&auth.app_id)?;
+        let cost: f64 = drafts
+            .iter()
+            .map(|d| match &d.targets {
+                TargetSpec::Registrations(ids) => ids.len() as f64,
+                _ => 1.0,
+            })
+            .sum();
+        self.charge(auth, cost).await?;
+        let states = self.lookup(&drafts).await?;
+        let mut prepared = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            prepared.push(self.prepare(auth, draft, &states).await);
+        }
+        // From here on the work must not depend on the caller staying: a client
+        // that goes away (a timeout, a closed connection) drops this future, and
+        // a commit whose task was never queued would wait for the sweep. The
+        // writes, their count and the enqueue run as their own task.
+        let rows: Vec<_> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| (p.row.clone(), p.registrations.clone(), p.audit.clone()))
+            .collect();
+        let redrive_at = now_millis() + self.settings.redrive_after.as_millis() as i64;
+        let outcomes = tokio::spawn(commit(
+            self.store.clone(),
+            self.queue.clone(),
+            rows,
+            redrive_at,
+        ))
+        .await
+        .map_err(|e| AcceptError::Stopped(e.to_string()))?;
+        // The drafts' answers, in the drafts' order: a preparation failure, or
+        // the outcome of its write.
+        let mut outcomes = outcomes.into_iter();
+        let mut answers = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let answer = match p {
+                Err(e) => Err(e),
+                Ok(p) => match outcomes.next() {
+                    Some(Ok(())) => Ok(p.answer),
+                    Some(Err(StoreError::Conflict(_))) if p.key.is_some() => {
+                        // A concurrent request with the same key won the race.
+                        let key = p.key.as_deref().unwrap_or_default();
+                        self.replay(auth, key, &p.request_hash)
+                            .await
+                            .and_then(|previous| previous.ok_or(AcceptError::InProgress))
+                    }
+                    Some(Err(e)) => Err(e.into()),
+                    None => Err(AcceptError::Stopped("no answer".into())),
+                },
+            };
+            answers.push(answer);
+        }
+        let mut answers = answers.into_iter();
+        Ok(items
+            .into_iter()
+            .map(|item| match item {
+                Item::Done(answer) => answer,
+                Item::New(_) => answers
+                    .next()
+                    .unwrap_or(Err(AcceptError::Stopped("no answer".into()))),
+            })
+            .collect())
+    }
+
+    /// Hashes, replays (a known key) or validates one submission.
+    async fn draft(&self, auth: &NotifierAuth, submission: Submission) -> Item {
+        let Submission {
+            idempotency_key: key,
+            body,
+        } = submission;
+        let request_hash = match serde_json::to_vec(&body) {
+            Ok(bytes) => hex::encode(Sha256::digest(bytes)),
+            Err(e) => return Item::Done(Err(e.into())),
+        };
+        if let Some(key) = key.as_deref() {
+            match self.replay(auth, key, &request_hash).await {
+                Ok(Some(previous)) => return Item::Done(Ok(previous)),
+                Ok(None) => {}
+                Err(e) => return Item::Done(Err(e)),
+            }
+        }
+        let parsed = serde_json::from_value::<NotifyRequest>(body)
+            .map_err(|e| AcceptError::Invalid(e.to_string()))
+            .and_then(|request| {
+                let targets_json = serde_json::to_string(&request.targets)?;
+                let (targets, content, ttl) = validate(request)?;
+                Ok((targets_json, targets, content, ttl))
+            });
+        match parsed {
+            Ok((targets_json, targets, content, ttl)) => Item::New(Box::new(Draft {
+                key,
+                request_hash,
+                targets,
+                targets_json,
+                content,
+                ttl,
+            })),
+            Err(e) => Item::Done(Err(e)),
+        }
+    }
+
+    /// Charges the notifier's and the app's per-target budgets.
+    async fn charge(&self, auth: &NotifierAuth, cost: f64) -> Result<(), AcceptError> {
+        let limits = self.limiter.app_limits(&auth.app_id).await?;
+        let buckets: Vec<_> = [
+            crate::limits::Limiter::bucket(
+                format!("notifier-targets:{}", auth.notifier.id),
+                limits.notifier_notifications_per_second,
+                cost,
+            ),
+            crate::limits::Limiter::bucket(
+                format!("app-targets:{}", auth.app_id),
+                limits.app_notifications_per_second,
+                cost,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.limiter.enforce(&buckets, "notification").await?;
+        Ok(())
+    }
+
+    /// The app and state of every registration the drafts name, looked up together.
+    async fn lookup(&self, drafts: &[&Draft]) -> Result<HashMap<String, (String, bool)>, AcceptError> {
+        let mut ids: Vec<String> = drafts
+            .iter()
+            .filter_map(|d| match &d.targets {
+                TargetSpec::Registrations(ids) => Some(ids.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut states = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            for (id, app, active) in self.store.registration_states(chunk).await? {
+                states.insert(id, (app, active));
+            }
+        }
+        Ok(states)
+    }
+
+    /// The row, deliveries, audit entry and answer of one draft.
+    async fn prepare(
+        &self,
+        auth: &NotifierAuth,
+        draft: &Draft,
+        states: &HashMap<String, (String, bool)>,
+    ) -> Result<Prepared, AcceptError> {
+        let now = now_millis();
+        let id = new_id("ntf");
+        let (registrations, accepted, rejected) = match &draft.targets {
+            TargetSpec::Registrations(ids) => {
+                let mut ok = Vec::with_capacity(ids.len());
+                let mut rejected = Vec::new();
+                for rid in ids {
+                    let reason = match states.get(rid) {
+                        Some((app, true)) if app == &auth.app_id => {
+                            ok.push(rid.clone());
+                            continue;
+                        }
+                        Some((app, false)) if app == &auth.app_id => "invalid",
+                        _ => "unknown",
+                    };
+                    rejected.push(Rejected {
+                        registration: rid.clone(),
+                        reason: reason.into(),
+                    });
+                }
+                let count = ok.len() as i64;
+                (ok, count, rejected)
+            }
+            other => {
+                let count = self
+                    .store
+                    .count_targets(&auth.app_id, other.fanout_aliases())
+                    .await?;
+                (Vec::new(), count, Vec::new())
+            }
+        };
+        let answer = Accepted {
+            id: id.clone(),
+            accepted,
+            rejected,
+        };
+        let row = NotificationRow {
+            id: id.clone(),
+            app_id: auth.app_id.clone(),
+            notifier_id: auth.notifier.id.clone(),
+            idempotency_key: draft.key.clone(),
+            request_hash: draft.request_hash.clone(),
+            targets: draft.targets_json.clone(),
+            content: serde_json::to_string(&draft.content)?,
+            expires_at: now + (draft.ttl as i64) * 1000,
+            state: match draft.targets {
+                TargetSpec::Registrations(_) => NotificationPhase::Dispatching,
+                _ => NotificationPhase::Expanding,
+            }
+            .as_str()
+            .into(),
+            created_at: now,
+            response: Some(serde_json::to_string(&answer)?),
+            expand_cursor: None,
+            updated_at: now,
+        };
+        let audit = AuditEntry {
+            seq: 0,
+            at: now,
+            actor: format!("notifier:{}", auth.notifier.id),
+            action: "notification.create".into(),
+            app_id: Some(auth.app_id.clone()),
+            target: Some(id),
+            source: auth.source.clone(),
+            details: Some(serde_json::json!({"accepted": accepted}).to_string()),
+        };
+        Ok(Prepared {
+            row,
+            registrations,
+            audit,
+            answer,
+            key: draft.key.clone(),
+            request_hash: draft.request_hash.clone(),
+        })
+    }
+
+    /// Backpressure: refuses new notifications (503 + Retry-After) while the
+    /// dispatcher is behind — more deliveries ready to go than `max_queue_depth` —
+    /// or while this app alone has more than that queued (its own deliveries
+    /// waiting for a retry or an open circuit included: they are its backlog, and
+    /// never another app's).
+    fn shed_when_behind(&self, app_id: &str) -> Result<(), AcceptError> {
+        let max_depth = self.settings.max_queue_depth;
+        if max_depth == 0 {
+            return Ok(());
+        }
+        let ready = self.depths.ready();
+        let app_depth = self.depths.of_app(app_id);
+        let detail = if app_depth > max_depth {
+            format!(
+            "this app has {app_depth} deliveries queued (more than max_queue_depth = {max_depth}); retry later"
+        )
+        } else if ready > max_depth {
+            format!(
+            "{ready} deliveries are waiting for the dispatcher (more than max_queue_depth = {max_depth}); retry later"
+        )
+        } else {
+            return Ok(());
+        };
+        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_SHED).increment(1);
+        Err(AcceptError::Behind(detail))
+    }
+
+    async fn replay(
+        &self,
+        auth: &NotifierAuth,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<Option<Accepted>, AcceptError> {
+        let Some(previous) = self
+            .store
+            .find_idempotent(&auth.app_id, &auth.notifier.id, key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if previous.request_hash != request_hash {
+            return Err(AcceptError::KeyReused);
+        }
+        let answer = serde_json::from_str(previous.response.as_deref().unwrap_or_default())?;
+        Ok(Some(answer))
+    }
+}
+
+/// Stores notifications with their deliveries (and audit entries) — concurrently,
+/// so they share group commits — counts them and queues their tasks in one push.
+/// One outcome per row, in order.
+async fn commit(
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    rows: Vec<(NotificationRow, Vec<String>, AuditEntry)>,
+    redrive_at: i64,
+) -> Vec<Result<(), StoreError>> {
+    // One task per row: their inserts reach the group writer together.
+    let writes: Vec<_> = rows
+        .iter()
+        .map(|(row, registrations, audit)| {
+            let (store, row, registrations, audit) =
+                (store.clone(), row.clone(), registrations.clone(), audit.clone());
+            tokio::spawn(async move {
+                store
+                    .insert_notification(&row, &registrations, redrive_at, Some(&audit))
+                    .await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for write in writes {
+        outcomes.push(write.await.unwrap_or_else(|e| {
+            Err(StoreError::Other(anyhow::anyhow!("the write task ended: {e}")))
+        }));
+    }
+    let mut tasks = Vec::new();
+    for ((row, registrations, _), outcome) in rows.iter().zip(&outcomes) {
+        if outcome.is_err() {
+            continue;
+        }
+        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => row.app_id.clone())
+            .increment(1);
+        if row.is_expanding() {
+            tasks.push(Task::Expand {
+                notification: row.id.clone(),
+            });
+        } else {
+            tasks.extend(registrations.chunks(TASK_CHUNK).map(|chunk| Task::Deliver {
+                notification: row.id.clone(),
+                registrations: chunk.to_vec(),
+                due: Some(redrive_at),
+            }));
+        }
+    }
+    if !tasks.is_empty() {
+        if let Err(e) = queue.push(tasks).await {
+            // Durable already: the sweep re-drives them after `redrive_after`.
+            tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive these notifications");
+        }
+    }
+    outcomes
+}
