@@ -7,6 +7,7 @@ mod helpers;
 mod apps;
 mod attestation;
 mod auth_server;
+mod batch;
 mod connections;
 mod credentials;
 mod dashboards;
