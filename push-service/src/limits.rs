@@ -150,7 +150,9 @@ pub struct Limiter {
 }
 
 /// How long a node uses an app's limits before reading them again.
-const APP_LIMITS_TTL: Duration = Duration::from_secs(5);
+/// An app's limits are read again after this: a change made through another
+/// node applies here within a second.
+const APP_LIMITS_TTL: Duration = Duration::from_secs(1);
 
 impl Limiter {
     pub fn new(

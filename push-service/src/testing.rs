@@ -57,6 +57,7 @@ pub(crate) async fn app_with_notifier(store: &dyn Store, scopes: &str) -> (Strin
         jwks_url: None,
         created_at: now,
         client_cert: None,
+        token_reuse: false,
     };
     store.create_notifier(&notifier).await.expect("notifier");
     (app.id, notifier)

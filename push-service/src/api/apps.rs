@@ -150,7 +150,10 @@ async fn delete_app(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.delete_app(&app_id).await? {
+    let deleted = state.store.delete_app(&app_id).await?;
+    state.notifiers.notifiers.forget_app(&app_id);
+    state.limiter.forget_app(&app_id);
+    if deleted {
         tracing::info!("app deleted");
         crate::audit::record(
             state.store.as_ref(),

@@ -35,6 +35,13 @@ pub struct CreateNotifier {
     /// Optional mutual TLS: the notifier's JWTs are then accepted only over a
     /// connection presenting this client certificate (by key pin or issuing CA).
     pub client_certificate: Option<CertBinding>,
+    /// `false` (default): every token is single-use (its `jti` is remembered
+    /// until `exp`, which may be at most `notifier_token_max_lifetime_seconds`
+    /// ahead). `true`: a token may be reused until its `exp`, at most an hour
+    /// ahead, as APNs and FCM let a sender do; `jti` is then optional. A stolen
+    /// token is replayable until it expires: pair it with `client_certificate`.
+    #[serde(default)]
+    pub token_reuse: bool,
 }
 
 /// A notifier as the API shows it; `id` is the `iss` of its JWTs.
@@ -50,6 +57,8 @@ pub struct NotifierView {
     /// The client-certificate binding, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<CertBinding>,
+    /// Whether a token may be used more than once, until its `exp`.
+    pub token_reuse: bool,
     pub created_at: String,
 }
 
@@ -71,6 +80,7 @@ impl From<Notifier> for NotifierView {
                 .client_cert
                 .as_deref()
                 .and_then(|c| serde_json::from_str(c).ok()),
+            token_reuse: n.token_reuse,
             created_at: rfc3339(n.created_at),
         }
     }
@@ -183,8 +193,10 @@ async fn create_notifier(
         jwks_url,
         created_at: now_millis(),
         client_cert,
+        token_reuse: body.token_reuse,
     };
     state.store.create_notifier(&notifier).await?;
+    state.notifiers.notifiers.forget(&notifier.app_id, &notifier.id);
     tracing::info!(notifier = %notifier.id, "notifier created");
     record(
         state.store.as_ref(),
@@ -248,7 +260,9 @@ async fn delete_notifier(
     Path((app_id, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     require_app(state.store.as_ref(), &app_id).await?;
-    if state.store.delete_notifier(&app_id, &id).await? {
+    let deleted = state.store.delete_notifier(&app_id, &id).await?;
+    state.notifiers.notifiers.forget(&app_id, &id);
+    if deleted {
         record(
             state.store.as_ref(),
             Actor::Operator,

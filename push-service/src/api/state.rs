@@ -169,16 +169,16 @@ impl AppState {
                 max_queue_depth: config.max_queue_depth,
             },
         };
-        let notifiers = NotifierVerifier {
-            store: store.clone(),
-            jwks: auth::notifier::JwksCache::new(&config.fetch),
-            replay: replay.clone(),
-            rules: TokenRules {
+        let notifiers = NotifierVerifier::new(
+            store.clone(),
+            auth::notifier::JwksCache::new(&config.fetch),
+            replay.clone(),
+            TokenRules {
                 audience: config.notifier_audience.clone(),
                 clock_skew: config.clock_skew,
                 max_lifetime: config.notifier_max_lifetime,
             },
-        };
+        );
         let devices = DeviceVerifier {
             public_url: config.public_url.clone(),
             window: config.dpop_window,

@@ -4,6 +4,7 @@
 //! each refusal can say exactly what was wrong.
 
 pub mod attestation;
+pub mod cache;
 pub mod dpop;
 pub mod jwks;
 pub mod notifier;

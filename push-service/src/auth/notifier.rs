@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use sha2::Digest;
 use serde_json::Value;
 
+use super::cache::{NotifierCache, VerifiedToken, VerifiedTokens};
 pub use super::jwks::{FetchError, JwksCache};
 use super::replay::{ReplayCache, ReplayError};
 use super::{accepted_alg, now_seconds, numeric_claim, parse_jwt, verify_signature, AuthError};
@@ -59,18 +61,25 @@ pub struct TokenRules {
     /// The `aud` every token must name.
     pub audience: String,
     pub clock_skew: Duration,
-    /// Longest `exp - now` accepted.
+    /// Longest `exp - now` accepted of a single-use token.
     pub max_lifetime: Duration,
 }
 
+/// Longest `exp - now` of a token a `token_reuse` notifier may reuse: APNs's hour.
+pub const REUSABLE_LIFETIME: Duration = Duration::from_secs(3600);
+
 /// Authenticates notifiers: their registered keys (inline or fetched), the
-/// token rules, single use of each `jti`, certificate binding.
-#[derive(Clone)]
+/// token rules, single use of each `jti` (or reuse until `exp` for notifiers
+/// that chose it), certificate binding.
 pub struct NotifierVerifier {
     pub store: Arc<dyn Store>,
     pub jwks: JwksCache,
     pub replay: ReplayCache,
     pub rules: TokenRules,
+    /// Notifiers as last read (at most `cache::NOTIFIER_TTL` ago).
+    pub notifiers: NotifierCache,
+    /// Reusable tokens already verified.
+    pub verified: VerifiedTokens,
 }
 
 /// An authenticated notifier with its granted scopes.
@@ -180,13 +189,9 @@ fn ca_roots(pem: &str) -> Result<rustls::RootCertStore, BindingError> {
 /// with `cnf.x5t#S256` (RFC 8705), needs the matching certificate on the connection.
 fn check_certificate(
     notifier: &Notifier,
-    claims: &Value,
+    x5t: Option<&str>,
     peer: Option<&ClientCertificate>,
 ) -> Result<(), NotifierAuthError> {
-    let x5t = claims
-        .get("cnf")
-        .and_then(|c| c.get("x5t#S256"))
-        .map(|v| v.as_str().unwrap_or(""));
     let binding = match notifier.client_cert.as_deref() {
         Some(json) => Some(
             serde_json::from_str::<CertBinding>(json)
@@ -222,6 +227,22 @@ fn check_certificate(
 }
 
 impl NotifierAuth {
+    /// The scopes both the notifier holds and the token asked for.
+    fn granted(app_id: &str, notifier: Notifier, token_scopes: &[String]) -> Self {
+        let scopes = notifier
+            .scopes
+            .split_whitespace()
+            .filter(|s| token_scopes.iter().any(|t| t == s))
+            .map(str::to_owned)
+            .collect();
+        NotifierAuth {
+            app_id: app_id.to_owned(),
+            notifier,
+            source: None,
+            scopes,
+        }
+    }
+
     /// A notifier as if its token had been verified with `scopes` (unit tests
     /// of the components behind authentication).
     #[cfg(test)]
@@ -247,6 +268,27 @@ impl NotifierAuth {
 }
 
 impl NotifierVerifier {
+    pub fn new(store: Arc<dyn Store>, jwks: JwksCache, replay: ReplayCache, rules: TokenRules) -> Self {
+        NotifierVerifier {
+            store,
+            jwks,
+            replay,
+            rules,
+            notifiers: NotifierCache::default(),
+            verified: VerifiedTokens::default(),
+        }
+    }
+
+    /// The notifier `id` of `app_id`, read at most once a second.
+    async fn notifier(&self, app_id: &str, id: &str) -> Result<Option<Notifier>, StoreError> {
+        if let Some(known) = self.notifiers.get(app_id, id) {
+            return Ok(known);
+        }
+        let notifier = self.store.get_notifier(app_id, id).await?;
+        self.notifiers.put(app_id, id, notifier.clone());
+        Ok(notifier)
+    }
+
     /// Verifies a notifier JWT for `app_id`.
     pub async fn authenticate(
         &self,
@@ -254,6 +296,12 @@ impl NotifierVerifier {
         token: &str,
         peer: Option<&ClientCertificate>,
     ) -> Result<NotifierAuth, NotifierAuthError> {
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(known) = self.verified.get(&digest) {
+            if let Some(auth) = self.reuse(app_id, &digest, known, peer).await? {
+                return Ok(auth);
+            }
+        }
         let refused = |e: AuthError| NotifierAuthError::Unauthorized(e.0);
         let jwt = parse_jwt(token).map_err(refused)?;
         let alg = accepted_alg(&jwt.header, ALLOWED_ALGS).map_err(refused)?;
@@ -267,18 +315,22 @@ impl NotifierVerifier {
             ));
         }
         let notifier =
-            self.store.get_notifier(app_id, iss).await?.ok_or_else(|| {
+            self.notifier(app_id, iss).await?.ok_or_else(|| {
                 unauthorized(format!("`iss` `{iss}` is not a notifier of this app"))
             })?;
         let kid = jwt.header.get("kid").and_then(Value::as_str);
         let key = self.jwks.key_for(&notifier, kid).await.map_err(refused)?;
         verify_signature(&jwt, alg, &key).map_err(refused)?;
-        check_certificate(&notifier, &jwt.claims, peer)?;
+        let claims = &jwt.claims;
+        let x5t = claims
+            .get("cnf")
+            .and_then(|c| c.get("x5t#S256"))
+            .map(|v| v.as_str().unwrap_or(""));
+        check_certificate(&notifier, x5t, peer)?;
 
         let rules = &self.rules;
         let now = now_seconds();
         let skew = rules.clock_skew.as_secs() as i64;
-        let claims = &jwt.claims;
         let aud_ok = match claims.get("aud") {
             Some(Value::String(aud)) => aud == &rules.audience,
             Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(&rules.audience)),
@@ -292,10 +344,15 @@ impl NotifierVerifier {
         if exp + skew < now {
             return Err(unauthorized("the JWT has expired"));
         }
-        if exp - now > rules.max_lifetime.as_secs() as i64 + skew {
+        let lifetime = if notifier.token_reuse {
+            REUSABLE_LIFETIME
+        } else {
+            rules.max_lifetime
+        };
+        if exp - now > lifetime.as_secs() as i64 + skew {
             return Err(unauthorized(format!(
                 "`exp` is more than {}s ahead; use short-lived tokens",
-                rules.max_lifetime.as_secs()
+                lifetime.as_secs()
             )));
         }
         let iat =
@@ -303,37 +360,71 @@ impl NotifierVerifier {
         if iat - skew > now {
             return Err(unauthorized("`iat` is in the future"));
         }
-        let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
-        if jti.is_empty() || jti.len() > 256 || !crate::auth::storable_text(jti) {
-            return Err(unauthorized(
-                "the JWT needs a `jti` of 1 to 256 characters, no control characters",
-            ));
-        }
-        let token_scopes: Vec<&str> = claims
+        let jti = claims.get("jti").and_then(Value::as_str);
+        let jti_ok = |jti: &str| !jti.is_empty() && jti.len() <= 256 && crate::auth::storable_text(jti);
+        let token_scopes: Vec<String> = claims
             .get("scope")
             .and_then(Value::as_str)
             .unwrap_or("")
             .split_whitespace()
-            .collect();
-        let scopes = notifier
-            .scopes
-            .split_whitespace()
-            .filter(|s| token_scopes.contains(s))
             .map(str::to_owned)
             .collect();
-        let replay_key = format!("jwt:{}:{jti}", notifier.id);
-        if !self
-            .replay
-            .first_use(&replay_key, (exp + skew + 1) * 1000)
-            .await?
-        {
-            return Err(unauthorized("the JWT's `jti` was already used"));
+        if notifier.token_reuse {
+            // Reuse until `exp`: `jti` is optional and not remembered.
+            if jti.is_some_and(|j| !jti_ok(j)) {
+                return Err(unauthorized(
+                    "`jti`, when given, must be 1 to 256 characters, no control characters",
+                ));
+            }
+            let verified = VerifiedToken {
+                app_id: app_id.to_owned(),
+                notifier_id: notifier.id.clone(),
+                exp: exp + skew,
+                scopes: token_scopes.clone(),
+                x5t: x5t.map(str::to_owned),
+            };
+            self.verified.put(digest, verified, now);
+        } else {
+            let jti = jti.filter(|j| jti_ok(j)).ok_or_else(|| {
+                unauthorized("the JWT needs a `jti` of 1 to 256 characters, no control characters")
+            })?;
+            let replay_key = format!("jwt:{}:{jti}", notifier.id);
+            if !self
+                .replay
+                .first_use(&replay_key, (exp + skew + 1) * 1000)
+                .await?
+            {
+                return Err(unauthorized("the JWT's `jti` was already used"));
+            }
         }
-        Ok(NotifierAuth {
-            app_id: app_id.to_owned(),
-            notifier,
-            source: None,
-            scopes,
-        })
+        Ok(NotifierAuth::granted(app_id, notifier, &token_scopes))
+    }
+
+    /// A reusable token verified before: accepted while it has not expired and
+    /// its notifier still exists and still reuses tokens. `None`: verify it afresh.
+    async fn reuse(
+        &self,
+        app_id: &str,
+        digest: &[u8; 32],
+        known: VerifiedToken,
+        peer: Option<&ClientCertificate>,
+    ) -> Result<Option<NotifierAuth>, NotifierAuthError> {
+        if known.app_id != app_id {
+            return Ok(None);
+        }
+        if known.exp < now_seconds() {
+            self.verified.forget(digest);
+            return Err(unauthorized("the JWT has expired"));
+        }
+        match self.notifier(app_id, &known.notifier_id).await? {
+            Some(notifier) if notifier.token_reuse => {
+                check_certificate(&notifier, known.x5t.as_deref(), peer)?;
+                Ok(Some(NotifierAuth::granted(app_id, notifier, &known.scopes)))
+            }
+            _ => {
+                self.verified.forget(digest);
+                Ok(None)
+            }
+        }
     }
 }

@@ -53,6 +53,8 @@ pub struct Notifier {
     pub created_at: i64,
     /// Client-certificate binding (JSON, see `auth::notifier::CertBinding`), if any.
     pub client_cert: Option<String>,
+    /// Tokens may be reused until their `exp` (at most an hour) instead of once.
+    pub token_reuse: bool,
 }
 
 /// One audit-log entry: who (`operator` or `notifier:<id>`), what, when, from where.

@@ -29,6 +29,11 @@ pub struct TestNotifier {
 impl TestNotifier {
     /// Registers a notifier with a fresh key and these scopes.
     pub async fn create(app: &Api, app_id: &str, scopes: &[&str]) -> Self {
+        Self::create_with(app, app_id, scopes, json!({})).await
+    }
+
+    /// Registers a notifier with a fresh key, these scopes and `extra` fields.
+    pub async fn create_with(app: &Api, app_id: &str, scopes: &[&str], extra: Value) -> Self {
         let key = DeviceKey::generate_p256();
         let kid = format!("kid-{}", random_id());
         let mut jwk = key.public_jwk();
@@ -38,7 +43,13 @@ impl TestNotifier {
             .admin(
                 Method::POST,
                 &format!("/v1/apps/{app_id}/notifiers"),
-                Some(json!({"name": "auth", "jwks": {"keys": [jwk]}, "scopes": scopes})),
+                Some({
+                    let mut body = json!({"name": "auth", "jwks": {"keys": [jwk]}, "scopes": scopes});
+                    for (k, v) in extra.as_object().into_iter().flatten() {
+                        body[k] = v.clone();
+                    }
+                    body
+                }),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");

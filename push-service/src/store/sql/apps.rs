@@ -221,8 +221,8 @@ where
 {
     async fn create_notifier(&self, n: &crate::store::Notifier) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO notifiers (id, app_id, name, scopes, jwks, jwks_url, created_at, client_cert) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO notifiers (id, app_id, name, scopes, jwks, jwks_url, created_at, client_cert, \
+             token_reuse) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&n.id)
         .bind(&n.app_id)
@@ -232,6 +232,7 @@ where
         .bind(&n.jwks_url)
         .bind(n.created_at)
         .bind(&n.client_cert)
+        .bind(n.token_reuse)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -242,7 +243,8 @@ where
         app_id: &str,
     ) -> Result<Vec<crate::store::Notifier>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT id, app_id, name, scopes, jwks, jwks_url, created_at, client_cert FROM notifiers \
+            "SELECT id, app_id, name, scopes, jwks, jwks_url, created_at, client_cert, token_reuse \
+             FROM notifiers \
              WHERE app_id = $1 ORDER BY id",
         )
         .bind(app_id)
@@ -256,7 +258,8 @@ where
         id: &str,
     ) -> Result<Option<crate::store::Notifier>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT id, app_id, name, scopes, jwks, jwks_url, created_at, client_cert FROM notifiers \
+            "SELECT id, app_id, name, scopes, jwks, jwks_url, created_at, client_cert, token_reuse \
+             FROM notifiers \
              WHERE app_id = $1 AND id = $2",
         )
         .bind(app_id)
