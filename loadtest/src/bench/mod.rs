@@ -2,6 +2,7 @@
 //! behind it, set up through the real API, driven by scenarios, measured and reported.
 
 pub mod chaos;
+pub mod cost;
 pub mod report;
 pub mod scenarios;
 pub mod service;

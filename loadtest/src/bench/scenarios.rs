@@ -17,18 +17,24 @@ pub struct Tenant {
     key: p256::ecdsa::SigningKey,
     pub http: reqwest::Client,
     pub nodes: Vec<String>,
+    /// The notifier reuses its tokens until `exp` (else one single-use token per request).
+    pub token_reuse: bool,
 }
 
 impl Tenant {
     /// A fresh notifier JWT (its `jti` is single-use).
     pub fn jwt(&self) -> String {
-        let now = crate::jws::now();
-        sign_es256(
-            &self.key,
-            &json!({"alg": "ES256", "kid": "bench"}),
-            &json!({"iss": self.notifier_id, "aud": "push-bench", "iat": now, "exp": now + 120,
-                "jti": format!("{:032x}", rand::random::<u128>()), "scope": "notify"}),
-        )
+        self.minter().jwt()
+    }
+
+    /// A token source that can move into a task.
+    fn minter(&self) -> TenantJwt {
+        TenantJwt {
+            key: self.key.clone(),
+            iss: self.notifier_id.clone(),
+            reuse: self.token_reuse,
+            current: std::sync::Mutex::new(None),
+        }
     }
 
     pub fn node(&self, i: usize) -> &str {
@@ -56,6 +62,12 @@ async fn admin(
 
 /// Creates an app with the simulators' credentials and a notifier.
 pub async fn tenant(service: &Service) -> anyhow::Result<Tenant> {
+    tenant_with(service, false).await
+}
+
+/// Creates an app with the simulators' credentials and a notifier that reuses
+/// its tokens (`token_reuse`) or not.
+pub async fn tenant_with(service: &Service, token_reuse: bool) -> anyhow::Result<Tenant> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
@@ -94,7 +106,8 @@ pub async fn tenant(service: &Service) -> anyhow::Result<Tenant> {
         &http,
         reqwest::Method::POST,
         format!("{base}/v1/apps/{app_id}/notifiers"),
-        json!({"name": "bench", "jwks": {"keys": [jwk]}, "scopes": ["notify"]}),
+        json!({"name": "bench", "jwks": {"keys": [jwk]}, "scopes": ["notify"],
+            "token_reuse": token_reuse}),
     )
     .await?;
     Ok(Tenant {
@@ -103,6 +116,7 @@ pub async fn tenant(service: &Service) -> anyhow::Result<Tenant> {
         key,
         http,
         nodes: service.nodes.iter().map(|n| n.url.clone()).collect(),
+        token_reuse,
     })
 }
 
@@ -198,7 +212,21 @@ pub struct DeliveryFigures {
     pub delivered_per_second: f64,
     pub end_to_end_latency: Latency,
     pub seconds: f64,
+    /// Deliveries per second while the load ran.
+    pub delivered_per_second_during_load: f64,
+    /// Deliveries that happened after the last request was answered: the backlog.
+    pub delivered_after_load: usize,
+    /// From the last answered request to the last delivery.
+    pub drain_seconds: f64,
     pub timeline: Timeline,
+}
+
+impl DeliveryFigures {
+    /// Delivery kept pace with acceptance: what was left when the load stopped
+    /// is at most one second of the deliveries measured during the load.
+    pub fn kept_pace(&self) -> bool {
+        self.delivered_after_load as f64 <= self.delivered_per_second_during_load.max(1.0)
+    }
 }
 
 /// Receipts at the simulators: (time ms, the `t` the bench put in the data).
@@ -241,16 +269,34 @@ async fn wait_receipts(
     }
 }
 
-/// `count` notifications, each to one registration, `concurrency` requests in flight
-/// (or paced to `rate` per second).
+/// How `unicast` drives the load.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Notifications in all.
+    pub count: usize,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Paced to this many notifications per second (default: as fast as possible).
+    pub rate: Option<f64>,
+    /// Notifications per request: 1 posts to `/notifications`, more to `/notifications/batch`.
+    pub batch: usize,
+}
+
+/// `load.count` notifications, each to one registration, `load.concurrency`
+/// requests in flight (or paced to `load.rate` per second), one or a batch per request.
 pub async fn unicast(
     service: &Service,
     tenant: &Tenant,
     targets: &[String],
-    count: usize,
-    concurrency: usize,
-    rate: Option<f64>,
+    load: Load,
 ) -> anyhow::Result<DeliveryFigures> {
+    let Load {
+        count,
+        concurrency,
+        rate,
+        batch,
+    } = load;
+    let batch = batch.max(1);
     let before = receipts(service).len();
     let next = Arc::new(AtomicUsize::new(0));
     let accepted: Arc<Mutex<Vec<(u128, Duration)>>> = Arc::default();
@@ -268,38 +314,55 @@ pub async fn unicast(
         );
         let http = reqwest::Client::builder().build()?;
         let url = format!(
-            "{}/v1/apps/{}/notifications",
+            "{}/v1/apps/{}/notifications{}",
             tenant.node(worker),
-            tenant.app_id
+            tenant.app_id,
+            if batch > 1 { "/batch" } else { "" }
         );
-        let tenant_jwt = TenantJwt {
-            key: tenant.key.clone(),
-            iss: tenant.notifier_id.clone(),
-        };
+        let tenant_jwt = tenant.minter();
         tasks.push(tokio::spawn(async move {
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= count {
                     break;
                 }
+                let last = (first + batch).min(count);
                 if let Some(rate) = rate {
-                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    let due = start + Duration::from_secs_f64(first as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let t = now_ms();
-                let body = json!({"targets": {"registrations": [targets[i % targets.len()]]},
+                let item = |i: usize| json!({"targets": {"registrations": [targets[i % targets.len()]]},
                     "notification": {"title": "bench", "body": "unicast"}, "data": {"t": t.to_string()}});
-                let sent = Instant::now();
-                let ok = http.post(&url).bearer_auth(tenant_jwt.jwt()).json(&body).send().await
-                    .map(|r| r.status() == reqwest::StatusCode::ACCEPTED)
-                    .unwrap_or(false);
-                if ok {
-                    accepted.lock().unwrap_or_else(|p| p.into_inner()).push((t, sent.elapsed()));
+                let body = if batch > 1 {
+                    json!({"notifications": (first..last).map(item).collect::<Vec<_>>()})
                 } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                    item(first)
+                };
+                let sent = Instant::now();
+                let response = http.post(&url).bearer_auth(tenant_jwt.jwt()).json(&body).send().await;
+                let ok = match response {
+                    Ok(r) if batch == 1 => usize::from(r.status() == reqwest::StatusCode::ACCEPTED),
+                    Ok(r) if r.status().is_success() => r
+                        .json::<Value>()
+                        .await
+                        .map(|answer| {
+                            answer["results"]
+                                .as_array()
+                                .map(|items| items.iter().filter(|i| i["status"] == 202).count())
+                                .unwrap_or(0)
+                        })
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                let latency = sent.elapsed();
+                {
+                    let mut accepted = accepted.lock().unwrap_or_else(|p| p.into_inner());
+                    accepted.extend(std::iter::repeat_n((t, latency), ok));
                 }
-                if i % 1000 == 999 {
-                    progress("accepting", i + 1, count);
+                errors.fetch_add(last - first - ok, Ordering::Relaxed);
+                if first / 1000 != last / 1000 {
+                    progress("accepting", last, count);
                 }
             }
         }));
@@ -323,21 +386,41 @@ pub async fn unicast(
     ))
 }
 
-/// A notifier JWT minter that can move into a task.
+/// A notifier JWT minter that can move into a task: a single-use token per
+/// call, or one token reused until ten minutes before its `exp` (50 minutes).
 struct TenantJwt {
     key: p256::ecdsa::SigningKey,
     iss: String,
+    reuse: bool,
+    current: std::sync::Mutex<Option<(i64, String)>>,
 }
 
 impl TenantJwt {
     fn jwt(&self) -> String {
         let now = crate::jws::now();
-        sign_es256(
-            &self.key,
-            &json!({"alg": "ES256", "kid": "bench"}),
-            &json!({"iss": self.iss, "aud": "push-bench", "iat": now, "exp": now + 120,
-                "jti": format!("{:032x}", rand::random::<u128>()), "scope": "notify"}),
-        )
+        if !self.reuse {
+            return sign_es256(
+                &self.key,
+                &json!({"alg": "ES256", "kid": "bench"}),
+                &json!({"iss": self.iss, "aud": "push-bench", "iat": now, "exp": now + 120,
+                    "jti": format!("{:032x}", rand::random::<u128>()), "scope": "notify"}),
+            );
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        match &*current {
+            Some((exp, token)) if *exp > now + 600 => token.clone(),
+            _ => {
+                let exp = now + 3000;
+                let token = sign_es256(
+                    &self.key,
+                    &json!({"alg": "ES256", "kid": "bench"}),
+                    &json!({"iss": self.iss, "aud": "push-bench", "iat": now, "exp": exp,
+                        "scope": "notify"}),
+                );
+                *current = Some((exp, token.clone()));
+                token
+            }
+        }
     }
 }
 
@@ -382,7 +465,13 @@ fn figures(
     for (b, sample) in per_second.into_iter().enumerate() {
         timeline.accept_p99_ms[b] = Latency::of(sample).p99_ms;
     }
+    let load_end = started_ms + (accept_seconds * 1000.0) as u128;
+    let after_load = delivered.iter().filter(|(at, _)| *at > load_end).count();
     DeliveryFigures {
+        delivered_per_second_during_load: (delivered.len() - after_load) as f64
+            / accept_seconds.max(1e-9),
+        delivered_after_load: after_load,
+        drain_seconds: (last.saturating_sub(load_end)) as f64 / 1000.0,
         notifications: count,
         accept_errors: errors,
         accepted_per_second: accepted.len() as f64 / accept_seconds.max(1e-9),

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use loadtest::apns::{ApnsConfig, ApnsKey, ApnsSimulator};
 use loadtest::bench::scenarios::{self, Devices};
 use loadtest::bench::service::{Service, ServiceArgs};
-use loadtest::bench::{report, Latency};
+use loadtest::bench::{cost, report, Latency};
 use loadtest::fcm::{FcmConfig, FcmSimulator};
 use loadtest::jws::{now, sign_es256, sign_rs256};
 use loadtest::tls::TestPki;
@@ -41,19 +41,21 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
-    /// Notifications to single registrations (half APNs, half FCM).
+    /// Notifications to single registrations (half APNs, half FCM), one per request.
     Unicast {
         #[command(flatten)]
         service: ServiceArgs,
-        #[arg(long, default_value_t = 20_000)]
-        notifications: usize,
-        #[arg(long, default_value_t = 1_000)]
-        registrations: usize,
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Target rate per second (default: as fast as possible).
-        #[arg(long)]
-        rate: Option<f64>,
+        #[command(flatten)]
+        load: UnicastArgs,
+    },
+    /// The same notifications, `--batch-size` per request to the batch endpoint.
+    Batch {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[command(flatten)]
+        load: UnicastArgs,
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
     },
     /// One notification to a whole app of N registrations.
     Broadcast {
@@ -87,6 +89,32 @@ enum Scenario {
     /// simulators received against what the API accepted (docs/RELIABILITY.md).
     /// Exits non-zero when anything accepted was lost or a request got a 500.
     Chaos(loadtest::bench::chaos::ChaosArgs),
+}
+
+/// What the unicast and batch scenarios share.
+#[derive(clap::Args)]
+struct UnicastArgs {
+    #[arg(long, default_value_t = 20_000)]
+    notifications: usize,
+    #[arg(long, default_value_t = 1_000)]
+    registrations: usize,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Target rate per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// The notifier reuses one token until near its `exp` (APNs's way) instead
+    /// of signing a single-use token per request.
+    #[arg(long)]
+    token_reuse: bool,
+    /// Fail when the deliveries left after the load exceed one second of the
+    /// deliveries measured during it.
+    #[arg(long)]
+    keep_pace: bool,
+    /// Requests to the APNs simulator alone before the run (its ceiling in the
+    /// same run, for the ratio); 0 skips it.
+    #[arg(long, default_value_t = 20_000)]
+    ceiling_requests: usize,
 }
 
 fn write(
@@ -148,13 +176,10 @@ fn smoke(mut cli: Cli) -> Cli {
     let cap = |n: &mut usize, max: usize| *n = (*n).min(max);
     match &mut cli.scenario {
         Scenario::Ceiling { requests, .. } => cap(requests, 500),
-        Scenario::Unicast {
-            notifications,
-            registrations,
-            ..
-        } => {
-            cap(notifications, 200);
-            cap(registrations, 50);
+        Scenario::Unicast { load, .. } | Scenario::Batch { load, .. } => {
+            cap(&mut load.notifications, 200);
+            cap(&mut load.registrations, 50);
+            cap(&mut load.ceiling_requests, 500);
         }
         Scenario::Broadcast { registrations, .. } => cap(registrations, 200),
         Scenario::Register { registrations, .. } => cap(registrations, 100),
@@ -214,40 +239,19 @@ async fn main() -> anyhow::Result<()> {
             }
             write(&out, "ceiling", &serde_json::to_value(&figures)?, &md)?;
         }
-        Scenario::Unicast {
+        Scenario::Unicast { service, load } => {
+            unicast(&out, &service, &load, 1).await?;
+        }
+        Scenario::Batch {
             service,
-            notifications,
-            registrations,
-            concurrency,
-            rate,
+            load,
+            batch_size,
         } => {
-            let svc = Service::start(&service).await?;
-            let tenant = scenarios::tenant(&svc).await?;
-            let (regs, _, _) =
-                scenarios::register(&tenant, registrations, 32, Devices::Mobile, "registering")
-                    .await?;
-            let targets: Vec<String> = regs.into_iter().map(|(id, _)| id).collect();
-            let cpu = svc.cpu_seconds();
-            let figures =
-                scenarios::unicast(&svc, &tenant, &targets, notifications, concurrency, rate)
-                    .await?;
-            let line = service_line(&svc, &cpu, figures.seconds);
-            let title = format!(
-                "unicast · {:?} · {} node(s) · {concurrency} connections",
-                service.store, service.nodes
+            anyhow::ensure!(
+                (1..=500).contains(&batch_size),
+                "--batch-size must be 1 to 500"
             );
-            let md = delivery_markdown(&title, &figures, &line);
-            std::fs::create_dir_all(&out)?;
-            std::fs::write(
-                out.join("unicast.svg"),
-                report::svg(&title, &figures.timeline),
-            )?;
-            write(
-                &out,
-                "unicast",
-                &json!({"store": service.store, "nodes": service.nodes, "figures": figures, "service": line}),
-                &md,
-            )?;
+            unicast(&out, &service, &load, batch_size).await?;
         }
         Scenario::Broadcast {
             service,
@@ -346,6 +350,101 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The unicast and batch scenarios: the ceiling of this run first, then the
+/// load, the cost per notification and whether delivery kept pace.
+async fn unicast(
+    out: &std::path::Path,
+    service: &ServiceArgs,
+    load: &UnicastArgs,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let ceiling_apns = if load.ceiling_requests > 0 {
+        ceiling_of(load.ceiling_requests).await?
+    } else {
+        None
+    };
+    let svc = Service::start(service).await?;
+    let tenant = scenarios::tenant_with(&svc, load.token_reuse).await?;
+    let (regs, _, _) =
+        scenarios::register(&tenant, load.registrations, 32, Devices::Mobile, "registering")
+            .await?;
+    let targets: Vec<String> = regs.into_iter().map(|(id, _)| id).collect();
+    let redis_url = match service.store {
+        loadtest::bench::service::Store::Postgres => service.redis_url.as_str(),
+        loadtest::bench::service::Store::Sqlite => "",
+    };
+    cost::prepare(&svc.database_url);
+    let cpu = svc.cpu_seconds();
+    let before = cost::read(&svc.database_url, redis_url);
+    let figures = scenarios::unicast(
+        &svc,
+        &tenant,
+        &targets,
+        scenarios::Load {
+            count: load.notifications,
+            concurrency: load.concurrency,
+            rate: load.rate,
+            batch,
+        },
+    )
+    .await?;
+    cost::settle().await;
+    let cost = before.per(&cost::read(&svc.database_url, redis_url), figures.delivered);
+    let line = service_line(&svc, &cpu, figures.seconds);
+    let name = if batch > 1 { "batch" } else { "unicast" };
+    let title = format!(
+        "{name}{} · {:?} · {} node(s) · {} connections · {} tokens",
+        if batch > 1 { format!(" of {batch}") } else { String::new() },
+        service.store,
+        service.nodes,
+        load.concurrency,
+        if load.token_reuse { "reused" } else { "single-use" }
+    );
+    let ratio = ceiling_apns.map(|c| figures.delivered_per_second / c);
+    let md = format!(
+        "{}\n| ceiling (APNs simulator, this run) | {} |\n| delivered/s ÷ ceiling | {} |\n\
+         | cost per notification | {} |\n| delivered after the load / drain | {} / {:.1} s (kept pace: {}) |\n",
+        delivery_markdown(&title, &figures, &line),
+        ceiling_apns.map_or("not measured".into(), |c| format!("{c:.0}/s")),
+        ratio.map_or("—".into(), |r| format!("{:.1} %", r * 100.0)),
+        cost.line(),
+        figures.delivered_after_load,
+        figures.drain_seconds,
+        if figures.kept_pace() { "yes" } else { "no" },
+    );
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join(format!("{name}.svg")),
+        report::svg(&title, &figures.timeline),
+    )?;
+    write(
+        out,
+        name,
+        &json!({"store": service.store, "nodes": service.nodes, "batch": batch,
+            "token_reuse": load.token_reuse, "figures": figures, "service": line,
+            "ceiling_apns_per_second": ceiling_apns, "ratio_to_ceiling": ratio, "cost": cost}),
+        &md,
+    )?;
+    anyhow::ensure!(
+        !load.keep_pace || figures.kept_pace(),
+        "delivery did not keep pace: {} deliveries after the load (more than one second's {:.0}), drained in {:.1} s",
+        figures.delivered_after_load,
+        figures.delivered_per_second_during_load,
+        figures.drain_seconds
+    );
+    Ok(())
+}
+
+/// The APNs simulator's requests per second alone (64 in flight, 4 connections).
+async fn ceiling_of(requests: usize) -> anyhow::Result<Option<f64>> {
+    eprintln!("measuring the ceiling ({requests} requests to the APNs simulator alone)");
+    let figures = ceiling(requests, 64, 4).await?;
+    Ok(figures
+        .iter()
+        .find(|f| f.target == "apns-simulator")
+        .map(|f| f.per_second))
 }
 
 /// Figures of the ceiling run.
