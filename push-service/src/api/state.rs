@@ -151,9 +151,16 @@ impl AppState {
         .set(1.0);
         let circuits: Arc<providers::circuit::Circuits> = Arc::default();
         let depths = dispatch::QueueDepths::default();
+        // The local fast path: with a shared (Redis) queue and workers of its
+        // own, a node works the deliveries it accepted from memory.
+        let local: Option<Arc<dyn dispatch::Queue>> =
+            (queue.kind() != "local" && config.dispatch_workers > 0)
+                .then(|| Arc::new(dispatch::LocalQueue::default()) as Arc<dyn dispatch::Queue>);
+        let handoff = local.clone().unwrap_or_else(|| queue.clone());
         let dispatcher = Dispatcher {
             store: store.clone(),
             queue: queue.clone(),
+            local,
             providers,
             circuits: circuits.clone(),
             settings: Arc::new(dispatch::DispatchSettings::from_config(&config)),
@@ -162,6 +169,7 @@ impl AppState {
         let acceptor = Acceptor {
             store: store.clone(),
             queue,
+            handoff,
             limiter: limiter.clone(),
             depths,
             settings: AcceptSettings {

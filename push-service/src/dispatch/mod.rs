@@ -8,17 +8,17 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 mod wake;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 pub use queue::{Leased, LocalQueue, Queue, QueueError, Task};
 pub use sweep::sweep_once;
+pub use workers::spawn;
 pub(crate) use wake::{deliver_tasks, wake, wake_all};
 
 use attempt::Attempt;
@@ -109,6 +109,11 @@ impl QueueDepths {
 pub struct Dispatcher {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
+    /// The deliveries this node accepted, worked from memory before anything
+    /// in the shared queue needs them (the local fast path; `None` when the
+    /// shared queue is itself in-process). Their rows are durable already: a
+    /// crash leaves them to the sweep, as a lost queue entry would.
+    pub local: Option<Arc<dyn Queue>>,
     pub providers: Providers,
     pub circuits: Arc<Circuits>,
     pub settings: Arc<DispatchSettings>,
@@ -118,95 +123,10 @@ pub struct Dispatcher {
 /// Registrations per fan-out expansion chunk.
 const EXPAND_CHUNK: i64 = 500;
 
-/// Starts the reader, the workers and the sweep of this node (none when
-/// `dispatch_workers` is 0). They stop when `shutdown` is cancelled: the reader
-/// takes nothing more, the workers finish what they hold and end. The returned
-/// tracker lets the caller wait for that (bounded by the shutdown grace).
-pub fn spawn(state: &Dispatcher, shutdown: CancellationToken) -> tokio_util::task::TaskTracker {
-    let tracker = tokio_util::task::TaskTracker::new();
-    let workers = state.settings.workers;
-    if workers == 0 {
-        // No sweep here, but backpressure still needs the queue's depth.
-        if state.settings.max_queue_depth > 0 {
-            every_sweep_interval(state, shutdown, "queue depth", |state| async move {
-                sweep::measure_queue(&state).await
-            });
-        }
-        return tracker;
-    }
-    let (tx, rx) = mpsc::channel::<Leased>(workers * 2);
-    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-    for _ in 0..workers {
-        let state = state.clone();
-        let rx = rx.clone();
-        tracker.spawn(async move {
-            loop {
-                let next = rx.lock().await.recv().await;
-                let Some(leased) = next else { return };
-                work(&state, leased).await;
-            }
-        });
-    }
-    let reader_state = state.clone();
-    let reader_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        while !reader_shutdown.is_cancelled() {
-            let popped = tokio::select! {
-                _ = reader_shutdown.cancelled() => break,
-                popped = reader_state.queue.pop(workers, Duration::from_secs(1)) => popped,
-            };
-            match popped {
-                Ok(batch) => {
-                    for leased in batch {
-                        if tx.send(leased).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "queue read failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    });
-    every_sweep_interval(state, shutdown, "sweep", |state| async move {
-        sweep_once(&state).await.map(|_| ())
-    });
-    tracker
-}
-
-/// Runs `round` every `sweep_interval` until `shutdown`; a failed round is
-/// logged and the next one tries again.
-fn every_sweep_interval<F, Fut>(
-    state: &Dispatcher,
-    shutdown: CancellationToken,
-    what: &'static str,
-    round: F,
-) where
-    F: Fn(Dispatcher) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
-{
-    let state = state.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(state.settings.sweep_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    if let Err(e) = round(state.clone()).await {
-                        tracing::warn!(error = %e, "{what} failed; the next round retries");
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Runs one task and acknowledges it; on a store outage the task is released for later.
+/// Runs one task and acknowledges it to the queue it came `from`; on a store
+/// outage the task is released for later.
 #[tracing::instrument(skip_all, fields(task = ?leased.task))]
-async fn work(state: &Dispatcher, leased: Leased) {
+pub(crate) async fn work(state: &Dispatcher, leased: Leased, from: &Arc<dyn Queue>) {
     let result = match &leased.task {
         Task::Deliver {
             notification,
@@ -217,14 +137,14 @@ async fn work(state: &Dispatcher, leased: Leased) {
     };
     match result {
         Ok(()) => {
-            if let Err(e) = state.queue.ack(&leased).await {
+            if let Err(e) = from.ack(&leased).await {
                 tracing::warn!(error = %e, "ack failed; the task may run again (harmless)");
             }
         }
         Err(e) => {
             tracing::warn!(error = %e, "task failed; released for a later try");
             metrics::counter!(names::TASKS_RELEASED).increment(1);
-            let _ = state.queue.release(leased).await;
+            let _ = from.release(leased).await;
         }
     }
 }

@@ -25,6 +25,7 @@ fn dispatcher(core: &Core) -> Dispatcher {
     Dispatcher {
         store: core.store.clone(),
         queue: core.queue.clone(),
+        local: None,
         providers: Providers {
             apns: Arc::new(apns::ApnsProvider::new(settings.clone(), source.clone())),
             fcm: Arc::new(fcm::FcmProvider::new(settings, source)),
@@ -44,6 +45,7 @@ async fn notify(core: &Core, notifier: &Notifier, targets: &[&str], ttl: u64) ->
     let acceptor = Acceptor {
         store: core.store.clone(),
         queue: core.queue.clone(),
+        handoff: core.queue.clone(),
         limiter: Limiter::new(core.config.limits, core.store.clone(), None),
         depths: QueueDepths::default(),
         settings: AcceptSettings {
@@ -73,7 +75,7 @@ async fn work_queue(dispatcher: &Dispatcher) -> usize {
         .expect("pop");
     let n = leased.len();
     for task in leased {
-        work(dispatcher, task).await;
+        work(dispatcher, task, &dispatcher.queue).await;
     }
     n
 }
@@ -108,8 +110,8 @@ async fn a_direct_delivery_is_held_for_the_device_once_even_when_its_task_runs_t
         task: task.task.clone(),
         receipt: String::new(),
     };
-    work(&dispatcher, task).await;
-    work(&dispatcher, copy).await;
+    work(&dispatcher, task, &dispatcher.queue).await;
+    work(&dispatcher, copy, &dispatcher.queue).await;
     assert_eq!(delivery(&core, &id).await, ("held".into(), None, 1));
     let events = core
         .store

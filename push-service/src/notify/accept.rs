@@ -119,6 +119,7 @@ impl Acceptor {
         let outcomes = tokio::spawn(commit(
             self.store.clone(),
             self.queue.clone(),
+            self.handoff.clone(),
             rows,
             redrive_at,
         ))
@@ -370,11 +371,13 @@ impl Acceptor {
 }
 
 /// Stores notifications with their deliveries (and audit entries) — concurrently,
-/// so they share group commits — counts them and queues their tasks in one push.
-/// One outcome per row, in order.
+/// so they share group commits — counts them and queues their tasks: fan-outs
+/// to expand on the shared `queue`, deliveries to `handoff`. One outcome per
+/// row, in order.
 async fn commit(
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
+    handoff: Arc<dyn Queue>,
     rows: Vec<(NotificationRow, Vec<String>, AuditEntry)>,
     redrive_at: i64,
 ) -> Vec<Result<(), StoreError>> {
@@ -397,7 +400,8 @@ async fn commit(
             Err(StoreError::Other(anyhow::anyhow!("the write task ended: {e}")))
         }));
     }
-    let mut tasks = Vec::new();
+    let mut expand = Vec::new();
+    let mut deliver = Vec::new();
     for ((row, registrations, _), outcome) in rows.iter().zip(&outcomes) {
         if outcome.is_err() {
             continue;
@@ -405,19 +409,22 @@ async fn commit(
         metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => row.app_id.clone())
             .increment(1);
         if row.is_expanding() {
-            tasks.push(Task::Expand {
+            expand.push(Task::Expand {
                 notification: row.id.clone(),
             });
         } else {
-            tasks.extend(registrations.chunks(TASK_CHUNK).map(|chunk| Task::Deliver {
+            deliver.extend(registrations.chunks(TASK_CHUNK).map(|chunk| Task::Deliver {
                 notification: row.id.clone(),
                 registrations: chunk.to_vec(),
                 due: Some(redrive_at),
             }));
         }
     }
-    if !tasks.is_empty() {
-        if let Err(e) = queue.push(tasks).await {
+    for (target, tasks) in [(&queue, expand), (&handoff, deliver)] {
+        if tasks.is_empty() {
+            continue;
+        }
+        if let Err(e) = target.push(tasks).await {
             // Durable already: the sweep re-drives them after `redrive_after`.
             tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive these notifications");
         }

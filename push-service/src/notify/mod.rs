@@ -65,7 +65,11 @@ pub struct AcceptSettings {
 #[derive(Clone)]
 pub struct Acceptor {
     pub store: Arc<dyn Store>,
+    /// The shared queue: fan-outs to expand go there, for any node.
     pub queue: Arc<dyn Queue>,
+    /// Where the deliveries it accepted go: this node's own dispatcher when it
+    /// has one (the local fast path), else the shared queue.
+    pub handoff: Arc<dyn Queue>,
     pub limiter: Limiter,
     /// The queue's depths as the dispatcher last counted them (backpressure).
     pub depths: QueueDepths,

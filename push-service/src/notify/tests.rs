@@ -16,6 +16,7 @@ fn acceptor(core: &Core, max_queue_depth: u64) -> Acceptor {
     Acceptor {
         store: core.store.clone(),
         queue: core.queue.clone(),
+        handoff: core.queue.clone(),
         limiter: Limiter::new(core.config.limits, core.store.clone(), None),
         depths: QueueDepths::default(),
         settings: AcceptSettings {

@@ -190,3 +190,73 @@ async fn a_queue_entry_lost_in_redis_is_redriven_by_the_sweep() {
         .unwrap_or(0.0);
     assert!(redriven >= 1.0, "the sweep re-drove it: {redriven}");
 }
+
+/// Entries ever added to the shared queue's stream (Redis 7 `entries-added`).
+async fn stream_entries_added(prefix: &str) -> i64 {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let info: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(format!("{prefix}{{queue}}:stream"))
+        .query_async(&mut conn)
+        .await
+        .expect("xinfo");
+    let mut fields = info.into_iter();
+    while let Some(name) = fields.next() {
+        let value = fields.next();
+        if let (redis::Value::BulkString(name), Some(redis::Value::Int(n))) = (name, value) {
+            if name == b"entries-added" {
+                return n;
+            }
+        }
+    }
+    panic!("no entries-added in XINFO STREAM");
+}
+
+#[tokio::test]
+async fn a_node_with_workers_delivers_what_it_accepted_without_the_shared_queue() {
+    let a = spawn(Options::new(Backend::Postgres)).await;
+    let app_id = a.create_app("Acme").await;
+    let notifier = TestNotifier::create(&a, &app_id, &["notify"]).await;
+    let desktop = direct_client(&a);
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let mut listener = desktop.listen(&registration.id);
+    assert!(next_within(&mut listener, Duration::from_millis(300))
+        .await
+        .is_none());
+    for i in 0..3 {
+        let answer = send(
+            &a,
+            &notifier,
+            json!({"targets": {"registrations": [registration.id]},
+            "notification": {"title": format!("local {i}")}}),
+        )
+        .await;
+        let event = next_within(&mut listener, Duration::from_secs(20))
+            .await
+            .expect("delivered");
+        assert_eq!(event.notification["id"], answer["id"]);
+    }
+    assert_eq!(
+        stream_entries_added(&a.prefix).await,
+        0,
+        "unicasts went from the accepting node's memory to its workers"
+    );
+    // A whole-app send is expanded by whichever node takes it from the shared queue.
+    send(
+        &a,
+        &notifier,
+        json!({"targets": {"all": true}, "notification": {"title": "everyone"}}),
+    )
+    .await;
+    next_within(&mut listener, Duration::from_secs(20))
+        .await
+        .expect("delivered");
+    assert!(stream_entries_added(&a.prefix).await >= 1);
+}

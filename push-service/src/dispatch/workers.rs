@@ -1,0 +1,123 @@
+//! The dispatcher's running parts: the queue readers, the workers and the
+//! rounds of the sweep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{sweep, sweep_once, work, Dispatcher, Leased, Queue};
+use crate::store::StoreError;
+
+/// Starts the reader, the workers and the sweep of this node (none when
+/// `dispatch_workers` is 0). They stop when `shutdown` is cancelled: the reader
+/// takes nothing more, the workers finish what they hold and end. The returned
+/// tracker lets the caller wait for that (bounded by the shutdown grace).
+pub fn spawn(state: &Dispatcher, shutdown: CancellationToken) -> tokio_util::task::TaskTracker {
+    let tracker = tokio_util::task::TaskTracker::new();
+    let workers = state.settings.workers;
+    if workers == 0 {
+        // No sweep here, but backpressure still needs the queue's depth.
+        if state.settings.max_queue_depth > 0 {
+            every_sweep_interval(state, shutdown, "queue depth", |state| async move {
+                sweep::measure_queue(&state).await
+            });
+        }
+        return tracker;
+    }
+    let (tx, rx) = mpsc::channel::<(Leased, Arc<dyn Queue>)>(workers * 2);
+    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..workers {
+        let state = state.clone();
+        let rx = rx.clone();
+        tracker.spawn(async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((leased, from)) = next else { return };
+                work(&state, leased, &from).await;
+            }
+        });
+    }
+    read_into(state.queue.clone(), workers, tx.clone(), shutdown.clone(), false);
+    if let Some(local) = &state.local {
+        // At shutdown the local queue is emptied into the workers (their grace
+        // covers it) rather than left to the sweep.
+        read_into(local.clone(), workers, tx, shutdown.clone(), true);
+    }
+    every_sweep_interval(state, shutdown, "sweep", |state| async move {
+        sweep_once(&state).await.map(|_| ())
+    });
+    tracker
+}
+
+/// Feeds the workers from `queue` until `shutdown` (then, when `drain`, until
+/// the queue is empty).
+fn read_into(
+    queue: Arc<dyn Queue>,
+    workers: usize,
+    tx: mpsc::Sender<(Leased, Arc<dyn Queue>)>,
+    shutdown: CancellationToken,
+    drain: bool,
+) {
+    tokio::spawn(async move {
+        loop {
+            let popped = if shutdown.is_cancelled() {
+                if !drain {
+                    return;
+                }
+                match queue.pop(workers, Duration::ZERO).await {
+                    Ok(batch) if batch.is_empty() => return,
+                    other => other,
+                }
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => continue,
+                    popped = queue.pop(workers, Duration::from_secs(1)) => popped,
+                }
+            };
+            match popped {
+                Ok(batch) => {
+                    for leased in batch {
+                        if tx.send((leased, queue.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue read failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Runs `round` every `sweep_interval` until `shutdown`; a failed round is
+/// logged and the next one tries again.
+fn every_sweep_interval<F, Fut>(
+    state: &Dispatcher,
+    shutdown: CancellationToken,
+    what: &'static str,
+    round: F,
+) where
+    F: Fn(Dispatcher) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
+{
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(state.settings.sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = round(state.clone()).await {
+                        tracing::warn!(error = %e, "{what} failed; the next round retries");
+                    }
+                }
+            }
+        }
+    });
+}
+
