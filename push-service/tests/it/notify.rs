@@ -690,3 +690,104 @@ mod a_delivery_is_taken_by_one_task {
         super::a_delivery_is_taken_by_one_task(crate::helpers::Backend::Postgres).await;
     }
 }
+
+/// The value of a counter of one app in a Prometheus text page (the tests of
+/// this process share one registry).
+fn app_counter(metrics: &str, name: &str, app_id: &str) -> f64 {
+    let label = format!("app=\"{app_id}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+async fn callers_that_go_away_after_the_commit_still_get_delivered_and_counted(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let desktop = device(&app, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let mut listener = desktop.listen(&registration.id);
+    assert!(next_within(&mut listener, Duration::from_millis(300))
+        .await
+        .is_none());
+    let path = app.url(&format!("/v1/apps/{app_id}/notifications"));
+    let body = json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "t"}});
+    // Callers that hang up after 1, 2, … 60 ms: some before anything is
+    // stored, some while their write commits, some after the answer.
+    for i in 0..60u64 {
+        let request = reqwest::Client::new()
+            .post(&path)
+            .bearer_auth(notifier.jwt("notify"))
+            .timeout(Duration::from_millis(1 + i))
+            .json(&body)
+            .send();
+        let _ = request.await;
+    }
+    let hung_up = std::time::Instant::now();
+    // What was committed: the audit entry shares the notification's transaction.
+    let (status, audit) = app
+        .admin(
+            Method::GET,
+            &format!("/v1/audit?app={app_id}&action=notification.create&limit=500"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let committed = audit["entries"].as_array().map_or(0, Vec::len);
+    assert!(committed > 0, "some requests were committed: {audit}");
+    let mut received = 0;
+    // Re-drive is 90 s away (set below): only the commit's own task can be this quick.
+    while received < committed {
+        if next_within(&mut listener, Duration::from_secs(3)).await.is_none() {
+            break;
+        }
+        received += 1;
+    }
+    assert_eq!(received, committed, "every committed notification was delivered");
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(3),
+        "delivered within {:?} of the last caller hanging up",
+        hung_up.elapsed()
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        app_counter(&metrics, "push_notifications_accepted_total", &app_id) as usize,
+        committed,
+        "every committed notification was counted"
+    );
+}
+
+mod callers_that_go_away_after_the_commit_still_get_delivered_and_counted {
+    use crate::helpers::{spawn, Backend, Options};
+
+    async fn run(backend: Backend) {
+        let mut options = Options::new(backend);
+        options.extra = "redrive_after_seconds = 90\n".into();
+        super::callers_that_go_away_after_the_commit_still_get_delivered_and_counted(
+            spawn(options).await,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        run(Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        run(Backend::Postgres).await;
+    }
+}
