@@ -43,8 +43,10 @@ pub fn read(database_url: &str, redis_url: &str) -> Counters {
             .flatten(),
         pg_statements: postgres
             .then(|| {
-                pg("SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_statements \
-                    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")
+                pg(
+                    "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_statements \
+                    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                )
             })
             .flatten(),
         redis_commands: (!redis_url.is_empty())
@@ -56,7 +58,10 @@ pub fn read(database_url: &str, redis_url: &str) -> Counters {
 /// Makes `pg_stat_statements` readable in the database when the server loads it.
 pub fn prepare(database_url: &str) {
     if database_url.starts_with("postgres") {
-        let _ = psql(database_url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+        let _ = psql(
+            database_url,
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+        );
     }
 }
 

@@ -367,9 +367,14 @@ async fn unicast(
     };
     let svc = Service::start(service).await?;
     let tenant = scenarios::tenant_with(&svc, load.token_reuse).await?;
-    let (regs, _, _) =
-        scenarios::register(&tenant, load.registrations, 32, Devices::Mobile, "registering")
-            .await?;
+    let (regs, _, _) = scenarios::register(
+        &tenant,
+        load.registrations,
+        32,
+        Devices::Mobile,
+        "registering",
+    )
+    .await?;
     let targets: Vec<String> = regs.into_iter().map(|(id, _)| id).collect();
     let redis_url = match service.store {
         loadtest::bench::service::Store::Postgres => service.redis_url.as_str(),
@@ -396,11 +401,19 @@ async fn unicast(
     let name = if batch > 1 { "batch" } else { "unicast" };
     let title = format!(
         "{name}{} · {:?} · {} node(s) · {} connections · {} tokens",
-        if batch > 1 { format!(" of {batch}") } else { String::new() },
+        if batch > 1 {
+            format!(" of {batch}")
+        } else {
+            String::new()
+        },
         service.store,
         service.nodes,
         load.concurrency,
-        if load.token_reuse { "reused" } else { "single-use" }
+        if load.token_reuse {
+            "reused"
+        } else {
+            "single-use"
+        }
     );
     let ratio = ceiling_apns.map(|c| figures.delivered_per_second / c);
     let md = format!(

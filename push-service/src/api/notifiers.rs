@@ -196,7 +196,10 @@ async fn create_notifier(
         token_reuse: body.token_reuse,
     };
     state.store.create_notifier(&notifier).await?;
-    state.notifiers.notifiers.forget(&notifier.app_id, &notifier.id);
+    state
+        .notifiers
+        .notifiers
+        .forget(&notifier.app_id, &notifier.id);
     tracing::info!(notifier = %notifier.id, "notifier created");
     record(
         state.store.as_ref(),

@@ -153,9 +153,9 @@ impl AppState {
         let depths = dispatch::QueueDepths::default();
         // The local fast path: with a shared (Redis) queue and workers of its
         // own, a node works the deliveries it accepted from memory.
-        let local: Option<Arc<dyn dispatch::Queue>> =
-            (queue.kind() != "local" && config.dispatch_workers > 0)
-                .then(|| Arc::new(dispatch::LocalQueue::default()) as Arc<dyn dispatch::Queue>);
+        let local: Option<Arc<dyn dispatch::Queue>> = (queue.kind() != "local"
+            && config.dispatch_workers > 0)
+            .then(|| Arc::new(dispatch::LocalQueue::default()) as Arc<dyn dispatch::Queue>);
         let handoff = local.clone().unwrap_or_else(|| queue.clone());
         let dispatcher = Dispatcher {
             store: store.clone(),

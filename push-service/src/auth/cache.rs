@@ -16,11 +16,17 @@ pub const NOTIFIER_TTL: Duration = Duration::from_secs(1);
 /// Entries past which a cache is emptied rather than grown.
 const MAX_ENTRIES: usize = 100_000;
 
+/// (app, notifier id).
+type NotifierKey = (String, String);
+
+/// A notifier as read at an instant (`None`: there was none).
+type Read = (Instant, Option<Notifier>);
+
 /// Notifiers by (app, id), absent ones included (an unknown `iss` costs one
 /// read per second, not one per request).
 #[derive(Default)]
 pub struct NotifierCache {
-    entries: Mutex<HashMap<(String, String), (Instant, Option<Notifier>)>>,
+    entries: Mutex<HashMap<NotifierKey, Read>>,
 }
 
 impl NotifierCache {
@@ -128,7 +134,10 @@ mod tests {
         cache.put("app_1", "n2", None);
         cache.put("app_2", "n3", None);
         assert!(matches!(cache.get("app_1", "n1"), Some(Some(n)) if n.id == "n1"));
-        assert!(matches!(cache.get("app_1", "n2"), Some(None)), "absence too");
+        assert!(
+            matches!(cache.get("app_1", "n2"), Some(None)),
+            "absence too"
+        );
         assert!(cache.get("app_2", "n1").is_none(), "per app");
         cache.forget("app_1", "n1");
         assert!(cache.get("app_1", "n1").is_none());

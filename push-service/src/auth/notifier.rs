@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use sha2::Digest;
 use serde_json::Value;
+use sha2::Digest;
 
 use super::cache::{NotifierCache, VerifiedToken, VerifiedTokens};
 pub use super::jwks::{FetchError, JwksCache};
@@ -268,7 +268,12 @@ impl NotifierAuth {
 }
 
 impl NotifierVerifier {
-    pub fn new(store: Arc<dyn Store>, jwks: JwksCache, replay: ReplayCache, rules: TokenRules) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        jwks: JwksCache,
+        replay: ReplayCache,
+        rules: TokenRules,
+    ) -> Self {
         NotifierVerifier {
             store,
             jwks,
@@ -314,10 +319,10 @@ impl NotifierVerifier {
                 "`iss` is not a notifier id (at most 128 characters, no control characters)",
             ));
         }
-        let notifier =
-            self.notifier(app_id, iss).await?.ok_or_else(|| {
-                unauthorized(format!("`iss` `{iss}` is not a notifier of this app"))
-            })?;
+        let notifier = self
+            .notifier(app_id, iss)
+            .await?
+            .ok_or_else(|| unauthorized(format!("`iss` `{iss}` is not a notifier of this app")))?;
         let kid = jwt.header.get("kid").and_then(Value::as_str);
         let key = self.jwks.key_for(&notifier, kid).await.map_err(refused)?;
         verify_signature(&jwt, alg, &key).map_err(refused)?;
@@ -361,7 +366,8 @@ impl NotifierVerifier {
             return Err(unauthorized("`iat` is in the future"));
         }
         let jti = claims.get("jti").and_then(Value::as_str);
-        let jti_ok = |jti: &str| !jti.is_empty() && jti.len() <= 256 && crate::auth::storable_text(jti);
+        let jti_ok =
+            |jti: &str| !jti.is_empty() && jti.len() <= 256 && crate::auth::storable_text(jti);
         let token_scopes: Vec<String> = claims
             .get("scope")
             .and_then(Value::as_str)

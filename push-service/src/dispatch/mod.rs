@@ -15,11 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-
 pub use queue::{Leased, LocalQueue, Queue, QueueError, Task};
 pub use sweep::sweep_once;
-pub use workers::spawn;
 pub(crate) use wake::{deliver_tasks, wake, wake_all};
+pub use workers::spawn;
 
 use attempt::Attempt;
 use wake::wake_after_outage;
@@ -33,7 +32,7 @@ use crate::ids::now_millis;
 use crate::notification::{parse_targets, Content};
 use crate::providers::circuit::{Circuits, TokenVerdict};
 use crate::providers::{Delivery, Outcome, Providers};
-use crate::store::batch::DeliveryClaim;
+use crate::store::batch::{DeliveryClaim, RegistrationGuard};
 use crate::store::{NotificationRow, PendingDelivery, Store, StoreError};
 use crate::telemetry::names;
 use queue::TASK_CHUNK;
@@ -134,6 +133,23 @@ pub(crate) async fn work(state: &Dispatcher, leased: Leased, from: &Arc<dyn Queu
             due,
         } => deliver(state, notification, registrations, *due).await,
         Task::Expand { notification } => expand(state, notification).await,
+        Task::Carried(carried) => {
+            let content: Result<Content, _> = serde_json::from_str(&carried.notification.content);
+            match content {
+                Ok(content) => {
+                    deliver_pending(
+                        state,
+                        &carried.notification,
+                        &content,
+                        carried.deliveries.clone(),
+                        Some(carried.due),
+                        true,
+                    )
+                    .await
+                }
+                Err(e) => Err(StoreError::Other(e.into())),
+            }
+        }
     };
     match result {
         Ok(()) => {
@@ -204,6 +220,20 @@ async fn deliver(
     };
     let content: Content =
         serde_json::from_str(&notification.content).map_err(|e| StoreError::Other(e.into()))?;
+    deliver_pending(state, &notification, &content, pending, due, false).await
+}
+
+/// Sends `pending` deliveries of `notification`, each claimed first against
+/// the task's version `due`. `carried`: their registrations were read at
+/// acceptance, not now (see `deliver_one`).
+async fn deliver_pending(
+    state: &Dispatcher,
+    notification: &NotificationRow,
+    content: &Content,
+    pending: Vec<PendingDelivery>,
+    due: Option<i64>,
+    carried: bool,
+) -> Result<(), StoreError> {
     // Per provider, one delivery goes first as a probe: a credential error opens
     // the circuit before the rest leave, so a broken credential costs one attempt
     // per task, not one per device. Then the rest go out concurrently (HTTP/2
@@ -218,17 +248,16 @@ async fn deliver(
             .or_default()
             .push(delivery);
     }
-    let (notification, content) = (&notification, &content);
     let runs = by_provider.into_values().map(|mut group| async move {
         let rest = group.split_off(1);
         let mut first_error = None;
         for probe in group {
-            if let Err(e) = deliver_one(state, notification, content, probe, due).await {
+            if let Err(e) = deliver_one(state, notification, content, probe, due, carried).await {
                 first_error.get_or_insert(e);
             }
         }
         let mut outcomes = futures_util::stream::iter(rest)
-            .map(|delivery| deliver_one(state, notification, content, delivery, due))
+            .map(|delivery| deliver_one(state, notification, content, delivery, due, carried))
             .buffer_unordered(CHUNK_CONCURRENCY);
         while let Some(outcome) = outcomes.next().await {
             if let Err(e) = outcome {
@@ -241,6 +270,29 @@ async fn deliver(
     errors.into_iter().flatten().next().map_or(Ok(()), Err)
 }
 
+/// A carried delivery whose guarded claim failed: read it from the store and
+/// go on as an ordinary task would (nothing, when it was finished or taken).
+async fn read_back(
+    state: &Dispatcher,
+    notification: &NotificationRow,
+    content: &Content,
+    pending: PendingDelivery,
+    due: Option<i64>,
+) -> Result<(), StoreError> {
+    let registrations = [pending.registration_id];
+    let Some((_, mut fresh)) = state
+        .store
+        .task_deliveries(&notification.id, &registrations)
+        .await?
+    else {
+        return Ok(());
+    };
+    match fresh.pop() {
+        Some(delivery) => deliver_one(state, notification, content, delivery, due, false).await,
+        None => Ok(()),
+    }
+}
+
 /// Deliveries of one task in flight at once.
 const CHUNK_CONCURRENCY: usize = 32;
 
@@ -250,11 +302,15 @@ async fn deliver_one(
     content: &Content,
     pending: PendingDelivery,
     due: Option<i64>,
+    carried: bool,
 ) -> Result<(), StoreError> {
     // Take the delivery just before sending it, against the version its task was
     // made for: when the sweep re-drove a delivery while the first task still
     // waited in the queue, only one of the two takes it. The lease covers this
     // one attempt; if the node dies, the sweep re-drives it once the lease is over.
+    // A carried delivery is taken only if its registration is still the one
+    // acceptance read (active, same token): a registration deleted, invalidated
+    // or rotated since is read afresh, as any other task's would be.
     let lease = now_millis() + state.settings.redrive_after.as_millis() as i64;
     let taken = state
         .store
@@ -264,9 +320,15 @@ async fn deliver_one(
             attempts: pending.attempts,
             due,
             lease,
+            unchanged: carried.then(|| RegistrationGuard {
+                token: pending.token.clone(),
+            }),
         })
         .await?;
     if !taken {
+        if carried {
+            return Box::pin(read_back(state, notification, content, pending, due)).await;
+        }
         return Ok(());
     }
     let now = now_millis();

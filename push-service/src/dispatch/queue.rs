@@ -30,6 +30,65 @@ pub enum Task {
     /// Expand an alias or whole-app fan-out into deliveries, chunk by chunk.
     #[serde(rename = "expand.v1")]
     Expand { notification: String },
+    /// Deliveries this node has just accepted, with what their first attempt
+    /// needs, so the worker reads nothing back. Only the in-process queue
+    /// carries it; a shared queue is given the ids (`Task::shareable`).
+    #[serde(skip)]
+    Carried(Arc<Carried>),
+}
+
+/// A notification and the deliveries of one of its tasks, as acceptance wrote them.
+#[derive(Clone)]
+pub struct Carried {
+    pub notification: crate::store::NotificationRow,
+    pub deliveries: Vec<crate::store::PendingDelivery>,
+    /// The re-drive time written with them (the version a claim is made against).
+    pub due: i64,
+}
+
+impl Carried {
+    fn registrations(&self) -> Vec<String> {
+        self.deliveries
+            .iter()
+            .map(|d| d.registration_id.clone())
+            .collect()
+    }
+}
+
+/// Ids only: content and device tokens stay out of logs.
+impl std::fmt::Debug for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carried")
+            .field("notification", &self.notification.id)
+            .field("registrations", &self.registrations())
+            .field("due", &self.due)
+            .finish()
+    }
+}
+
+impl PartialEq for Carried {
+    fn eq(&self, other: &Self) -> bool {
+        self.notification.id == other.notification.id
+            && self.due == other.due
+            && self.registrations() == other.registrations()
+    }
+}
+
+impl Eq for Carried {}
+
+impl Task {
+    /// The task as another node can take it: a carried task becomes the ids
+    /// of its deliveries (the worker then reads them from the store).
+    pub fn shareable(self) -> Task {
+        match self {
+            Task::Carried(carried) => Task::Deliver {
+                notification: carried.notification.id.clone(),
+                registrations: carried.registrations(),
+                due: Some(carried.due),
+            },
+            other => other,
+        }
+    }
 }
 
 /// A task taken from the queue, with what `ack` needs.

@@ -193,6 +193,7 @@ impl Queue for RedisQueue {
     }
 
     async fn push(&self, tasks: Vec<Task>) -> Result<(), QueueError> {
+        let tasks: Vec<Task> = tasks.into_iter().map(Task::shareable).collect();
         let mut pipe = redis::pipe();
         for task in &tasks {
             let json = serde_json::to_string(task).map_err(err)?;
@@ -211,6 +212,7 @@ impl Queue for RedisQueue {
     }
 
     async fn push_at(&self, task: Task, due_ms: i64) -> Result<(), QueueError> {
+        let task = task.shareable();
         let member =
             serde_json::json!({"nonce": crate::ids::random_token(8), "task": task}).to_string();
         let mut conn = self.conn.clone();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{work, DispatchSettings, Dispatcher, QueueDepths};
+use super::{work, DispatchSettings, Dispatcher, QueueDepths, Task};
 use crate::auth::notifier::NotifierAuth;
 use crate::delivery::{DeliveryState, ProviderKind};
 use crate::limits::Limiter;
@@ -105,13 +105,23 @@ async fn a_direct_delivery_is_held_for_the_device_once_even_when_its_task_runs_t
         .await
         .expect("pop")
         .remove(0);
-    // A copy of the same task (the sweep's re-drive racing the original).
+    assert!(
+        matches!(&task.task, Task::Carried(c) if c.notification.id == id && c.deliveries.len() == 1),
+        "acceptance hands its own workers the notification and its delivery"
+    );
+    // Copies of the same task (the sweep's re-drive racing the original), as
+    // carried and as ids another node would read back.
     let copy = crate::dispatch::Leased {
         task: task.task.clone(),
         receipt: String::new(),
     };
+    let shared = crate::dispatch::Leased {
+        task: task.task.clone().shareable(),
+        receipt: String::new(),
+    };
     work(&dispatcher, task, &dispatcher.queue).await;
     work(&dispatcher, copy, &dispatcher.queue).await;
+    work(&dispatcher, shared, &dispatcher.queue).await;
     assert_eq!(delivery(&core, &id).await, ("held".into(), None, 1));
     let events = core
         .store

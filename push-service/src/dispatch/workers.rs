@@ -39,7 +39,13 @@ pub fn spawn(state: &Dispatcher, shutdown: CancellationToken) -> tokio_util::tas
             }
         });
     }
-    read_into(state.queue.clone(), workers, tx.clone(), shutdown.clone(), false);
+    read_into(
+        state.queue.clone(),
+        workers,
+        tx.clone(),
+        shutdown.clone(),
+        false,
+    );
     if let Some(local) = &state.local {
         // At shutdown the local queue is emptied into the workers (their grace
         // covers it) rather than left to the sweep.
@@ -120,4 +126,3 @@ fn every_sweep_interval<F, Fut>(
         }
     });
 }
-

@@ -9,11 +9,14 @@ use sha2::{Digest, Sha256};
 use super::{validate, AcceptError, Accepted, Acceptor, NotifyRequest, Rejected, Submission};
 use crate::auth::notifier::NotifierAuth;
 use crate::delivery::NotificationPhase;
+use crate::dispatch::queue::Carried;
 use crate::dispatch::queue::TASK_CHUNK;
 use crate::dispatch::{Queue, Task};
 use crate::ids::{new_id, now_millis};
 use crate::notification::{Content, TargetSpec};
-use crate::store::{AuditEntry, NotificationRow, Store, StoreError};
+use crate::store::{
+    AuditEntry, NotificationRow, PendingDelivery, RegistrationState, Store, StoreError,
+};
 
 /// Registration ids looked up per statement.
 const LOOKUP_CHUNK: usize = 1000;
@@ -34,10 +37,10 @@ enum Item {
     New(Box<Draft>),
 }
 
-/// What one draft becomes: its stored row and the registrations it targets.
+/// What one draft becomes: its stored row and its deliveries.
 struct Prepared {
     row: NotificationRow,
-    registrations: Vec<String>,
+    deliveries: Vec<PendingDelivery>,
     audit: AuditEntry,
     answer: Accepted,
     key: Option<String>,
@@ -113,7 +116,7 @@ impl Acceptor {
         let rows: Vec<_> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok())
-            .map(|p| (p.row.clone(), p.registrations.clone(), p.audit.clone()))
+            .map(|p| (p.row.clone(), p.deliveries.clone(), p.audit.clone()))
             .collect();
         let redrive_at = now_millis() + self.settings.redrive_after.as_millis() as i64;
         let outcomes = tokio::spawn(commit(
@@ -218,8 +221,11 @@ impl Acceptor {
         Ok(())
     }
 
-    /// The app and state of every registration the drafts name, looked up together.
-    async fn lookup(&self, drafts: &[&Draft]) -> Result<HashMap<String, (String, bool)>, AcceptError> {
+    /// Every registration the drafts name, looked up together.
+    async fn lookup(
+        &self,
+        drafts: &[&Draft],
+    ) -> Result<HashMap<String, RegistrationState>, AcceptError> {
         let mut ids: Vec<String> = drafts
             .iter()
             .filter_map(|d| match &d.targets {
@@ -232,8 +238,8 @@ impl Acceptor {
         ids.dedup();
         let mut states = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(LOOKUP_CHUNK) {
-            for (id, app, active) in self.store.registration_states(chunk).await? {
-                states.insert(id, (app, active));
+            for state in self.store.registration_states(chunk).await? {
+                states.insert(state.id.clone(), state);
             }
         }
         Ok(states)
@@ -244,21 +250,21 @@ impl Acceptor {
         &self,
         auth: &NotifierAuth,
         draft: &Draft,
-        states: &HashMap<String, (String, bool)>,
+        states: &HashMap<String, RegistrationState>,
     ) -> Result<Prepared, AcceptError> {
         let now = now_millis();
         let id = new_id("ntf");
-        let (registrations, accepted, rejected) = match &draft.targets {
+        let (deliveries, accepted, rejected) = match &draft.targets {
             TargetSpec::Registrations(ids) => {
                 let mut ok = Vec::with_capacity(ids.len());
                 let mut rejected = Vec::new();
                 for rid in ids {
                     let reason = match states.get(rid) {
-                        Some((app, true)) if app == &auth.app_id => {
-                            ok.push(rid.clone());
+                        Some(r) if r.app_id == auth.app_id && r.active() => {
+                            ok.push(r.pending());
                             continue;
                         }
-                        Some((app, false)) if app == &auth.app_id => "invalid",
+                        Some(r) if r.app_id == auth.app_id => "invalid",
                         _ => "unknown",
                     };
                     rejected.push(Rejected {
@@ -314,7 +320,7 @@ impl Acceptor {
         };
         Ok(Prepared {
             row,
-            registrations,
+            deliveries,
             audit,
             answer,
             key: draft.key.clone(),
@@ -378,15 +384,18 @@ async fn commit(
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     handoff: Arc<dyn Queue>,
-    rows: Vec<(NotificationRow, Vec<String>, AuditEntry)>,
+    rows: Vec<(NotificationRow, Vec<PendingDelivery>, AuditEntry)>,
     redrive_at: i64,
 ) -> Vec<Result<(), StoreError>> {
     // One task per row: their inserts reach the group writer together.
     let writes: Vec<_> = rows
         .iter()
-        .map(|(row, registrations, audit)| {
-            let (store, row, registrations, audit) =
-                (store.clone(), row.clone(), registrations.clone(), audit.clone());
+        .map(|(row, deliveries, audit)| {
+            let registrations: Vec<String> = deliveries
+                .iter()
+                .map(|d| d.registration_id.clone())
+                .collect();
+            let (store, row, audit) = (store.clone(), row.clone(), audit.clone());
             tokio::spawn(async move {
                 store
                     .insert_notification(&row, &registrations, redrive_at, Some(&audit))
@@ -397,12 +406,17 @@ async fn commit(
     let mut outcomes = Vec::with_capacity(writes.len());
     for write in writes {
         outcomes.push(write.await.unwrap_or_else(|e| {
-            Err(StoreError::Other(anyhow::anyhow!("the write task ended: {e}")))
+            Err(StoreError::Other(anyhow::anyhow!(
+                "the write task ended: {e}"
+            )))
         }));
     }
+    // What this node's own workers take carries the notification and its
+    // deliveries: they read nothing back before the first attempt.
+    let carry = handoff.kind() == "local";
     let mut expand = Vec::new();
     let mut deliver = Vec::new();
-    for ((row, registrations, _), outcome) in rows.iter().zip(&outcomes) {
+    for ((row, deliveries, _), outcome) in rows.into_iter().zip(&outcomes) {
         if outcome.is_err() {
             continue;
         }
@@ -412,12 +426,15 @@ async fn commit(
             expand.push(Task::Expand {
                 notification: row.id.clone(),
             });
-        } else {
-            deliver.extend(registrations.chunks(TASK_CHUNK).map(|chunk| Task::Deliver {
-                notification: row.id.clone(),
-                registrations: chunk.to_vec(),
-                due: Some(redrive_at),
+            continue;
+        }
+        for chunk in deliveries.chunks(TASK_CHUNK) {
+            let task = Task::Carried(Arc::new(Carried {
+                notification: row.clone(),
+                deliveries: chunk.to_vec(),
+                due: redrive_at,
             }));
+            deliver.push(if carry { task } else { task.shareable() });
         }
     }
     for (target, tasks) in [(&queue, expand), (&handoff, deliver)] {

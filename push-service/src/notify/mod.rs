@@ -131,7 +131,6 @@ pub struct Accepted {
     pub rejected: Vec<Rejected>,
 }
 
-
 /// Most notifications in one batch request.
 pub const MAX_BATCH: usize = 500;
 

@@ -38,7 +38,8 @@ async fn queued(core: &Core) -> Vec<Task> {
         if leased.is_empty() {
             return tasks;
         }
-        tasks.extend(leased.into_iter().map(|l| l.task));
+        // What a carried task holds beyond the ids is checked where it is used.
+        tasks.extend(leased.into_iter().map(|l| l.task.shareable()));
     }
 }
 
@@ -227,7 +228,7 @@ async fn a_caller_gone_during_the_commit_still_gets_its_notification_queued() {
         .iter()
         .map(|task| match task {
             Task::Deliver { registrations, .. } => registrations.len(),
-            Task::Expand { .. } => 0,
+            Task::Expand { .. } | Task::Carried(_) => 0,
         })
         .sum();
     let (apps, _) = core.store.queue_stats(i64::MAX).await.expect("stats");
@@ -247,9 +248,7 @@ async fn a_batch_answers_each_notification_in_order_and_stores_only_the_good_one
     let other = registration(core.store.as_ref(), &app, ProviderKind::Fcm).await;
     let auth = NotifierAuth::verified(notifier, &["notify"]);
     let acceptor = acceptor(&core, 0);
-    let good = |title: &str, to: &str| {
-        json!({"targets": {"registrations": [to]}, "notification": {"title": title}})
-    };
+    let good = |title: &str, to: &str| json!({"targets": {"registrations": [to]}, "notification": {"title": title}});
     let first = acceptor
         .accept(&auth, Some("k-first"), good("one", &device))
         .await
@@ -266,7 +265,10 @@ async fn a_batch_answers_each_notification_in_order_and_stores_only_the_good_one
                 // A replay of an earlier request answers its first response.
                 submission(Some("k-first"), good("one", &device)),
                 // Refused as a provider would: an APNs alert needs something to show.
-                submission(None, json!({"targets": {"registrations": [device]}, "push_type": "alert"})),
+                submission(
+                    None,
+                    json!({"targets": {"registrations": [device]}, "push_type": "alert"}),
+                ),
                 submission(Some("k-first"), good("changed", &device)),
                 submission(Some("k-new"), good("three", &other)),
                 submission(None, json!({"targets": {"all": true}, "data": {"k": "v"}})),
@@ -287,14 +289,24 @@ async fn a_batch_answers_each_notification_in_order_and_stores_only_the_good_one
     assert_eq!(answers[5].as_ref().map(|a| a.accepted).ok(), Some(2));
     for id in [&ids[0], &ids[4], &ids[5]].into_iter().flatten() {
         assert!(
-            core.store.get_notification(id).await.expect("read").is_some(),
+            core.store
+                .get_notification(id)
+                .await
+                .expect("read")
+                .is_some(),
             "{id} is stored"
         );
     }
     // first (alone) + two unicasts queued for delivery, the whole-app one for expansion.
     let tasks = queued(&core).await;
-    let delivers = tasks.iter().filter(|t| matches!(t, Task::Deliver { .. })).count();
-    let expands = tasks.iter().filter(|t| matches!(t, Task::Expand { .. })).count();
+    let delivers = tasks
+        .iter()
+        .filter(|t| matches!(t, Task::Deliver { .. }))
+        .count();
+    let expands = tasks
+        .iter()
+        .filter(|t| matches!(t, Task::Expand { .. }))
+        .count();
     assert_eq!((delivers, expands), (3, 1));
     // The new key is now known: the same batch item again is a replay.
     let again = acceptor
@@ -318,7 +330,10 @@ async fn a_batch_over_the_rate_limit_is_refused_whole_with_nothing_stored() {
         })
         .collect();
     let refused = acceptor(&core, 0).accept_batch(&auth, batch).await;
-    assert!(matches!(refused, Err(AcceptError::Limit(_))), "refused whole");
+    assert!(
+        matches!(refused, Err(AcceptError::Limit(_))),
+        "refused whole"
+    );
     assert!(queued(&core).await.is_empty(), "nothing queued");
     let (apps, _) = core.store.queue_stats(i64::MAX).await.expect("stats");
     assert!(apps.is_empty(), "nothing stored");

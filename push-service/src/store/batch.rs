@@ -49,17 +49,7 @@ pub enum Write {
     Audit(Box<AuditEntry>),
 }
 
-/// A queued delivery taken for one attempt: applied when it was still queued
-/// with `attempts` attempts (and, when given, re-drive time `due`); it then
-/// has one more attempt and re-drives at `lease`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryClaim {
-    pub notification_id: String,
-    pub registration_id: String,
-    pub attempts: i32,
-    pub due: Option<i64>,
-    pub lease: i64,
-}
+pub use super::rows::{DeliveryClaim, RegistrationGuard};
 
 type Reply = oneshot::Sender<Result<bool, StoreError>>;
 type BatchFuture = Pin<Box<dyn Future<Output = Result<Vec<bool>, StoreError>> + Send>>;
@@ -308,9 +298,10 @@ where
         query.execute(&mut *tx).await?;
     }
 
-    // Claims: applied only where the attempt count is still the one read.
+    // Claims: applied only where the attempt count is still the one read (and,
+    // for a guarded claim, the registration is still active with its token).
     for chunk in sorted.claims.chunks(100) {
-        let values = row_placeholders(chunk.len(), 5);
+        let values = row_placeholders(chunk.len(), 7);
         // VALUES columns are column1…columnN in both SQLite and PostgreSQL.
         let sql = format!(
             "UPDATE deliveries AS d SET attempts = d.attempts + 1, next_attempt_at = v.column4 \
@@ -318,6 +309,9 @@ where
              WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
              AND d.attempts = v.column3 AND d.state = 'queued' \
              AND (v.column5 IS NULL OR d.next_attempt_at = v.column5) \
+             AND (v.column6 = 0 OR EXISTS (SELECT 1 FROM registrations r \
+                  WHERE r.id = d.registration_id AND r.status = 'active' \
+                  AND r.token IS NOT DISTINCT FROM v.column7)) \
              RETURNING notification_id, registration_id"
         );
         let mut query = sqlx::query_as::<_, (String, String)>(&sql);
@@ -327,7 +321,9 @@ where
                 .bind(&claim.registration_id)
                 .bind(claim.attempts)
                 .bind(claim.lease)
-                .bind(claim.due);
+                .bind(claim.due)
+                .bind(i32::from(claim.unchanged.is_some()))
+                .bind(claim.unchanged.as_ref().and_then(|g| g.token.clone()));
         }
         let taken: std::collections::HashSet<(String, String)> =
             query.fetch_all(&mut *tx).await?.into_iter().collect();
@@ -448,6 +444,7 @@ mod tests {
             attempts: 0,
             due: None,
             lease: 5,
+            unchanged: None,
         };
         let update = DeliveryUpdate {
             notification_id: "n1".into(),

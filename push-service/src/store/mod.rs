@@ -20,7 +20,8 @@ pub use backend::{placeholders, row_placeholders, Column, SqlBackend};
 pub use postgres::PgStore;
 pub use rows::{
     App, Attestation, AuditEntry, AuditFilter, CredentialRecord, DeliveryRow, DeliveryUpdate,
-    DirectEvent, NotificationRow, Notifier, PendingDelivery, Registration, TaskRow,
+    DirectEvent, NotificationRow, Notifier, PendingDelivery, Registration, RegistrationState,
+    TaskRow,
 };
 pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
@@ -156,11 +157,12 @@ pub trait RegistrationStore: Send + Sync {
         registration: &Registration,
     ) -> Result<Vec<String>, StoreError>;
     async fn get_registration(&self, id: &str) -> Result<Option<Registration>, StoreError>;
-    /// `(id, app_id, active)` of the given registrations that exist.
+    /// The given registrations that exist: app, status, and what a first
+    /// attempt needs (provider, token, environment).
     async fn registration_states(
         &self,
         ids: &[String],
-    ) -> Result<Vec<(String, String, bool)>, StoreError>;
+    ) -> Result<Vec<RegistrationState>, StoreError>;
     /// Sets a new token (reactivating the registration), moving it away from any
     /// other active registration that held it; returns the ids of those.
     async fn rotate_registration_token(

@@ -159,7 +159,7 @@ impl NotificationRow {
 }
 
 /// A queued delivery with what the dispatcher needs of its registration.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct PendingDelivery {
     pub registration_id: String,
     pub attempts: i32,
@@ -167,6 +167,50 @@ pub struct PendingDelivery {
     pub token: Option<String>,
     pub environment: Option<String>,
     pub registration_status: Option<String>,
+}
+
+/// Without the device token: a secret.
+impl std::fmt::Debug for PendingDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingDelivery")
+            .field("registration_id", &self.registration_id)
+            .field("attempts", &self.attempts)
+            .field("provider", &self.provider)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("environment", &self.environment)
+            .field("registration_status", &self.registration_status)
+            .finish()
+    }
+}
+
+/// A registration as acceptance looks it up: whose it is, whether it is
+/// active, and what a first attempt to it needs.
+#[derive(Clone, sqlx::FromRow)]
+pub struct RegistrationState {
+    pub id: String,
+    pub app_id: String,
+    pub status: String,
+    pub provider: Option<String>,
+    pub token: Option<String>,
+    pub environment: Option<String>,
+}
+
+impl RegistrationState {
+    pub fn active(&self) -> bool {
+        self.status == "active"
+    }
+
+    /// A queued delivery to it, not yet attempted.
+    pub fn pending(&self) -> PendingDelivery {
+        PendingDelivery {
+            registration_id: self.id.clone(),
+            attempts: 0,
+            provider: self.provider.clone(),
+            token: self.token.clone(),
+            environment: self.environment.clone(),
+            registration_status: Some(self.status.clone()),
+        }
+    }
 }
 
 /// A row of the dispatcher's one read per task: the notification beside each pending delivery.
@@ -210,4 +254,39 @@ pub struct DeliveryUpdate {
     /// Kept as it is when `None`.
     pub next_attempt_at: Option<i64>,
     pub now: i64,
+}
+
+/// A queued delivery taken for one attempt: applied when it was still queued
+/// with `attempts` attempts (and, when given, re-drive time `due`); it then
+/// has one more attempt and re-drives at `lease`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeliveryClaim {
+    pub notification_id: String,
+    pub registration_id: String,
+    pub attempts: i32,
+    pub due: Option<i64>,
+    pub lease: i64,
+    /// Taken only while the registration is still active with this token: the
+    /// claim of a delivery whose registration was read at acceptance, not now.
+    pub unchanged: Option<RegistrationGuard>,
+}
+
+/// The registration a carried delivery was made for, as acceptance read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistrationGuard {
+    pub token: Option<String>,
+}
+
+/// Without the token a guard holds.
+impl std::fmt::Debug for DeliveryClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryClaim")
+            .field("notification_id", &self.notification_id)
+            .field("registration_id", &self.registration_id)
+            .field("attempts", &self.attempts)
+            .field("due", &self.due)
+            .field("lease", &self.lease)
+            .field("guarded", &self.unchanged.is_some())
+            .finish()
+    }
 }

@@ -44,7 +44,8 @@ impl TestNotifier {
                 Method::POST,
                 &format!("/v1/apps/{app_id}/notifiers"),
                 Some({
-                    let mut body = json!({"name": "auth", "jwks": {"keys": [jwk]}, "scopes": scopes});
+                    let mut body =
+                        json!({"name": "auth", "jwks": {"keys": [jwk]}, "scopes": scopes});
                     for (k, v) in extra.as_object().into_iter().flatten() {
                         body[k] = v.clone();
                     }

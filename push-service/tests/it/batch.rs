@@ -105,7 +105,10 @@ async fn a_batch_that_cannot_be_read_is_refused_whole(app: TestApp) {
     let cases = [
         (json!({"notifications": []}), "1 to 500"),
         (json!({"notifications": vec![one.clone(); 501]}), "1 to 500"),
-        (json!({"notifications": [one.clone(), 7]}), "notifications[1]"),
+        (
+            json!({"notifications": [one.clone(), 7]}),
+            "notifications[1]",
+        ),
         (
             json!({"notifications": [{"targets": {"all": true}, "idempotency_key": ""}]}),
             "idempotency_key",
@@ -113,8 +116,14 @@ async fn a_batch_that_cannot_be_read_is_refused_whole(app: TestApp) {
         (json!({"items": [one.clone()]}), "unknown field"),
     ];
     for (body, says) in cases {
-        let (status, problem) =
-            with_jwt(&app, Method::POST, &path, &notifier.jwt("notify"), Some(body)).await;
+        let (status, problem) = with_jwt(
+            &app,
+            Method::POST,
+            &path,
+            &notifier.jwt("notify"),
+            Some(body),
+        )
+        .await;
         assert_problem(
             status,
             &problem,

@@ -26,5 +26,5 @@ mod registrations;
 mod scale_out;
 mod security;
 mod store_contract;
-mod token_reuse;
 mod tls;
+mod token_reuse;

@@ -659,6 +659,7 @@ async fn a_delivery_is_taken_by_one_task(backend: crate::helpers::Backend) {
         attempts: 0,
         due,
         lease,
+        unchanged: None,
     };
     // A copy made for another re-drive time does not take it.
     let stale = store.claim_delivery(claim(Some(1))).await.expect("claim");
@@ -715,7 +716,8 @@ async fn callers_that_go_away_after_the_commit_still_get_delivered_and_counted(a
         .await
         .is_none());
     let path = app.url(&format!("/v1/apps/{app_id}/notifications"));
-    let body = json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "t"}});
+    let body =
+        json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "t"}});
     // Callers that hang up after 1, 2, … 60 ms: some before anything is
     // stored, some while their write commits, some after the answer.
     for i in 0..60u64 {
@@ -742,12 +744,18 @@ async fn callers_that_go_away_after_the_commit_still_get_delivered_and_counted(a
     let mut received = 0;
     // Re-drive is 90 s away (set below): only the commit's own task can be this quick.
     while received < committed {
-        if next_within(&mut listener, Duration::from_secs(3)).await.is_none() {
+        if next_within(&mut listener, Duration::from_secs(3))
+            .await
+            .is_none()
+        {
             break;
         }
         received += 1;
     }
-    assert_eq!(received, committed, "every committed notification was delivered");
+    assert_eq!(
+        received, committed,
+        "every committed notification was delivered"
+    );
     assert!(
         hung_up.elapsed() < Duration::from_secs(3),
         "delivered within {:?} of the last caller hanging up",

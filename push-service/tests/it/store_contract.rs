@@ -6,7 +6,7 @@
 
 use push_service::delivery::{DeliveryState, ProviderKind};
 use push_service::ids::{new_id, now_millis};
-use push_service::store::batch::DeliveryClaim;
+use push_service::store::batch::{DeliveryClaim, RegistrationGuard};
 use push_service::store::{
     App, AuditEntry, AuditFilter, CredentialRecord, DeliveryUpdate, NotificationRow, Registration,
     StoreError,
@@ -99,13 +99,38 @@ async fn contract(app: TestApp) {
         .registration_states(&[first.id.clone(), second.id.clone(), "reg_none".into()])
         .await
         .expect("states");
-    states.sort_by_key(|(id, ..)| id != &first.id);
+    states.sort_by_key(|s| s.id != first.id);
+    let seen: Vec<_> = states
+        .iter()
+        .map(|s| {
+            (
+                s.id.clone(),
+                s.app_id.clone(),
+                s.active(),
+                s.provider.clone(),
+                s.token.clone(),
+            )
+        })
+        .collect();
+    let fcm = Some("fcm".to_owned());
+    let token = Some("token-1".to_owned());
     assert_eq!(
-        states,
+        seen,
         vec![
-            (first.id.clone(), a.id.clone(), false),
-            (second.id.clone(), a.id.clone(), true)
+            (
+                first.id.clone(),
+                a.id.clone(),
+                false,
+                fcm.clone(),
+                token.clone()
+            ),
+            (second.id.clone(), a.id.clone(), true, fcm, token)
         ]
+    );
+    let pending = states[1].pending();
+    assert_eq!(
+        (pending.attempts, pending.registration_status.as_deref()),
+        (0, Some("active"))
     );
     assert_eq!(
         store
@@ -172,12 +197,40 @@ async fn contract(app: TestApp) {
         attempts: 0,
         due,
         lease: far + 1,
+        unchanged: None,
+    };
+    let guarded = |registration: &str, token: Option<&str>| DeliveryClaim {
+        registration_id: registration.to_owned(),
+        unchanged: Some(RegistrationGuard {
+            token: token.map(str::to_owned),
+        }),
+        ..claim(Some(far))
     };
     assert!(
         !store.claim_delivery(claim(Some(now))).await.expect("stale"),
         "another version"
     );
-    assert!(store.claim_delivery(claim(Some(far))).await.expect("claim"));
+    assert!(
+        !store
+            .claim_delivery(guarded(&second.id, Some("token-0")))
+            .await
+            .expect("guarded"),
+        "the registration's token is no longer the one read"
+    );
+    assert!(
+        store
+            .claim_delivery(guarded(&second.id, Some("token-1")))
+            .await
+            .expect("claim"),
+        "still active with the token read"
+    );
+    assert!(
+        store
+            .claim_delivery(guarded(&direct.id, None))
+            .await
+            .expect("claim"),
+        "a registration without a token"
+    );
     assert!(
         !store.claim_delivery(claim(Some(far))).await.expect("twice"),
         "taken once"

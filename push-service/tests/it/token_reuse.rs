@@ -37,7 +37,8 @@ async fn a_reusable_token_works_until_its_notifier_is_gone(app: TestApp) {
         .await
         .expect("register");
     let path = format!("/v1/apps/{app_id}/notifications");
-    let body = json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "t"}});
+    let body =
+        json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "t"}});
     let sign = |n: &TestNotifier, exp_in: i64, jti: bool| {
         let (header, mut claims) = n.parts("notify");
         claims["exp"] = json!(unix_now() + exp_in);
@@ -63,7 +64,13 @@ async fn a_reusable_token_works_until_its_notifier_is_gone(app: TestApp) {
         Some(body.clone()),
     )
     .await;
-    assert_problem(status, &problem, StatusCode::UNAUTHORIZED, "unauthorized", "3600s");
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "3600s",
+    );
     // The verified token stays bound to its app.
     let (status, problem) = with_jwt(
         &app,
@@ -73,20 +80,39 @@ async fn a_reusable_token_works_until_its_notifier_is_gone(app: TestApp) {
         Some(body.clone()),
     )
     .await;
-    assert_problem(status, &problem, StatusCode::UNAUTHORIZED, "unauthorized", "not a notifier");
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "not a notifier",
+    );
 
     // The default stays single use, with a short lifetime and a `jti`.
     let once = sign(&single, 50, true);
     let (status, _) = with_jwt(&app, Method::POST, &path, &once, Some(body.clone())).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let (status, problem) = with_jwt(&app, Method::POST, &path, &once, Some(body.clone())).await;
-    assert_problem(status, &problem, StatusCode::UNAUTHORIZED, "unauthorized", "already used");
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "already used",
+    );
     for (token, says) in [
         (sign(&single, 50, false), "jti"),
         (sign(&single, 3000, true), "ahead"),
     ] {
-        let (status, problem) = with_jwt(&app, Method::POST, &path, &token, Some(body.clone())).await;
-        assert_problem(status, &problem, StatusCode::UNAUTHORIZED, "unauthorized", says);
+        let (status, problem) =
+            with_jwt(&app, Method::POST, &path, &token, Some(body.clone())).await;
+        assert_problem(
+            status,
+            &problem,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            says,
+        );
     }
 
     // Deleting the notifier ends its tokens at once on this node.
@@ -99,7 +125,13 @@ async fn a_reusable_token_works_until_its_notifier_is_gone(app: TestApp) {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, problem) = with_jwt(&app, Method::POST, &path, &token, Some(body)).await;
-    assert_problem(status, &problem, StatusCode::UNAUTHORIZED, "unauthorized", "not a notifier");
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "not a notifier",
+    );
 }
 both_backends!(
     a_reusable_token_works_until_its_notifier_is_gone,

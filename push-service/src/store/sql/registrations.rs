@@ -108,23 +108,20 @@ where
     async fn registration_states(
         &self,
         ids: &[String],
-    ) -> Result<Vec<(String, String, bool)>, StoreError> {
+    ) -> Result<Vec<crate::store::RegistrationState>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT id, app_id, status FROM registrations WHERE id IN ({})",
+            "SELECT id, app_id, status, provider, token, environment FROM registrations \
+             WHERE id IN ({})",
             crate::store::placeholders(1, ids.len())
         );
-        let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+        let mut query = sqlx::query_as::<_, crate::store::RegistrationState>(&sql);
         for id in ids {
             query = query.bind(id);
         }
-        let rows = query.fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, app, status)| (id, app, status == "active"))
-            .collect())
+        Ok(query.fetch_all(&self.pool).await?)
     }
 
     async fn rotate_registration_token(
