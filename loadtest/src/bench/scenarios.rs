@@ -227,9 +227,11 @@ pub struct DeliveryFigures {
 
 impl DeliveryFigures {
     /// Delivery kept pace with acceptance: what was left when the load stopped
-    /// is at most one second of the deliveries measured during the load.
+    /// was at most one second of deliveries — drained within a second, or no
+    /// more than the deliveries of one second during the load.
     pub fn kept_pace(&self) -> bool {
-        self.delivered_after_load as f64 <= self.delivered_per_second_during_load.max(1.0)
+        self.drain_seconds <= 1.0
+            || self.delivered_after_load as f64 <= self.delivered_per_second_during_load.max(1.0)
     }
 }
 

@@ -180,6 +180,11 @@ fn smoke(mut cli: Cli) -> Cli {
             cap(&mut load.notifications, 200);
             cap(&mut load.registrations, 50);
             cap(&mut load.ceiling_requests, 500);
+            // A smoke run checks the command, not a speed: reported, not enforced.
+            if load.keep_pace {
+                eprintln!("PUSH_BENCH_SMOKE: --keep-pace is reported, not enforced");
+                load.keep_pace = false;
+            }
         }
         Scenario::Broadcast { registrations, .. } => cap(registrations, 200),
         Scenario::Register { registrations, .. } => cap(registrations, 100),
