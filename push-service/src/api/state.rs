@@ -175,6 +175,8 @@ impl AppState {
             settings: AcceptSettings {
                 redrive_after: config.redrive_after,
                 max_queue_depth: config.max_queue_depth,
+                // Four tasks per worker may wait for them.
+                handoff_limit: config.dispatch_workers * HANDOFF_PER_WORKER,
             },
         };
         let notifiers = NotifierVerifier::new(
@@ -213,6 +215,10 @@ impl AppState {
         })
     }
 }
+
+/// Tasks per dispatch worker that may wait in the node's own queue before
+/// acceptance waits for room.
+const HANDOFF_PER_WORKER: usize = 4;
 
 impl FromRef<AppState> for Arc<NotifierVerifier> {
     fn from_ref(state: &AppState) -> Self {

@@ -117,6 +117,11 @@ pub trait Queue: Send + Sync + 'static {
     async fn ack(&self, leased: &Leased) -> Result<(), QueueError>;
     /// The task could not be worked on now (e.g. the store is down): offer it again later.
     async fn release(&self, leased: Leased) -> Result<(), QueueError>;
+    /// Waits until fewer than `limit` tasks wait in this queue (a queue that
+    /// cannot tell answers at once). Acceptance waits here before it hands its
+    /// work to the node's own workers: when they fall behind, callers are
+    /// answered later instead of a backlog growing in memory.
+    async fn room(&self, _limit: usize) {}
 }
 
 /// In-process queue of the embedded default. What it loses in a crash, the sweep
@@ -125,6 +130,8 @@ pub trait Queue: Send + Sync + 'static {
 pub struct LocalQueue {
     tasks: Arc<Mutex<VecDeque<Task>>>,
     ready: Arc<Notify>,
+    /// Signalled when tasks are taken (for `room`).
+    taken: Arc<Notify>,
 }
 
 impl LocalQueue {
@@ -178,10 +185,15 @@ impl Queue for LocalQueue {
         let notified = self.ready.notified();
         let taken = take(&self.tasks);
         if !taken.is_empty() {
+            self.taken.notify_waiters();
             return Ok(taken);
         }
         let _ = tokio::time::timeout(wait, notified).await;
-        Ok(take(&self.tasks))
+        let taken = take(&self.tasks);
+        if !taken.is_empty() {
+            self.taken.notify_waiters();
+        }
+        Ok(taken)
     }
 
     async fn ack(&self, _leased: &Leased) -> Result<(), QueueError> {
@@ -191,6 +203,22 @@ impl Queue for LocalQueue {
     async fn release(&self, leased: Leased) -> Result<(), QueueError> {
         self.push_at(leased.task, crate::ids::now_millis() + 5_000)
             .await
+    }
+
+    async fn room(&self, limit: usize) {
+        loop {
+            let taken = self.taken.notified();
+            let waiting = self
+                .tasks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .len();
+            if waiting < limit {
+                return;
+            }
+            // A bounded wait: a take missed between the count and here is seen next round.
+            let _ = tokio::time::timeout(Duration::from_millis(50), taken).await;
+        }
     }
 }
 
@@ -212,6 +240,29 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Task>(&json).expect("reads"), task);
         assert!(serde_json::from_str::<Task>(r#"{"kind":"deliver.v0"}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn room_waits_until_the_workers_take_enough() {
+        let queue = Arc::new(LocalQueue::default());
+        let task = Task::Expand {
+            notification: "ntf".into(),
+        };
+        queue.push(vec![task.clone(); 5]).await.expect("push");
+        tokio::time::timeout(Duration::from_millis(10), queue.room(6))
+            .await
+            .expect("room below the limit at once");
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.room(3).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiting.is_finished(), "five waiting, three allowed");
+        queue.pop(3, Duration::ZERO).await.expect("pop");
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("room once two are left")
+            .expect("joined");
     }
 
     #[tokio::test]

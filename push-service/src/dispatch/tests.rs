@@ -51,6 +51,7 @@ async fn notify(core: &Core, notifier: &Notifier, targets: &[&str], ttl: u64) ->
         settings: AcceptSettings {
             redrive_after: core.config.redrive_after,
             max_queue_depth: 0,
+            handoff_limit: 0,
         },
     };
     let auth = NotifierAuth::verified(notifier.clone(), &["notify"]);

@@ -125,6 +125,7 @@ impl Acceptor {
             self.handoff.clone(),
             rows,
             redrive_at,
+            self.settings.handoff_limit,
         ))
         .await
         .map_err(|e| AcceptError::Stopped(e.to_string()))?;
@@ -386,6 +387,7 @@ async fn commit(
     handoff: Arc<dyn Queue>,
     rows: Vec<(NotificationRow, Vec<PendingDelivery>, AuditEntry)>,
     redrive_at: i64,
+    handoff_limit: usize,
 ) -> Vec<Result<(), StoreError>> {
     // One task per row: their inserts reach the group writer together.
     let writes: Vec<_> = rows
@@ -436,6 +438,11 @@ async fn commit(
             }));
             deliver.push(if carry { task } else { task.shareable() });
         }
+    }
+    if handoff_limit > 0 && !deliver.is_empty() {
+        // Backpressure: while the workers are behind, the answer waits (the
+        // notifications are durable already) and callers slow down with it.
+        handoff.room(handoff_limit).await;
     }
     for (target, tasks) in [(&queue, expand), (&handoff, deliver)] {
         if tasks.is_empty() {

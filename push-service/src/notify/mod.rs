@@ -58,6 +58,9 @@ pub struct AcceptSettings {
     pub redrive_after: Duration,
     /// Ready deliveries past which new notifications are refused (0: never).
     pub max_queue_depth: u64,
+    /// Tasks waiting for this node's own workers past which acceptance waits
+    /// before answering (0: never waits; a node without workers).
+    pub handoff_limit: usize,
 }
 
 /// Acceptance of notifications: validated, limited, made durable, queued.

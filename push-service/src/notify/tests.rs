@@ -22,6 +22,7 @@ fn acceptor(core: &Core, max_queue_depth: u64) -> Acceptor {
         settings: AcceptSettings {
             redrive_after: core.config.redrive_after,
             max_queue_depth,
+            handoff_limit: 0,
         },
     }
 }
