@@ -21,6 +21,9 @@ use crate::store::{
 /// Registration ids looked up per statement.
 const LOOKUP_CHUNK: usize = 1000;
 
+/// Longest an answer waits for room at the node's own workers.
+const HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A submission that passed validation and is not a replay.
 struct Draft {
     key: Option<String>,
@@ -442,7 +445,10 @@ async fn commit(
     if handoff_limit > 0 && !deliver.is_empty() {
         // Backpressure: while the workers are behind, the answer waits (the
         // notifications are durable already) and callers slow down with it.
-        handoff.room(handoff_limit).await;
+        // At most a second: on the embedded default the same queue holds the
+        // chunks of a large fan-out, which must not hold every other answer
+        // until it is sent.
+        let _ = tokio::time::timeout(HANDOFF_WAIT, handoff.room(handoff_limit)).await;
     }
     for (target, tasks) in [(&queue, expand), (&handoff, deliver)] {
         if tasks.is_empty() {
