@@ -115,8 +115,30 @@ async fn notify(
 pub struct BatchRequest {
     /// 1 to 500 notifications, each a notify request body with an optional
     /// `idempotency_key` (1 to 255 visible ASCII characters) of its own.
-    #[schema(value_type = Vec<NotifyRequest>)]
+    #[schema(value_type = Vec<BatchNotification>)]
     pub notifications: Vec<serde_json::Value>,
+}
+
+/// One notification of a batch, as the document describes it: the fields of
+/// a notify request (read by `NotifyRequest` itself, so the rules are the same)
+/// and its own idempotency key.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct BatchNotification {
+    /// Makes a retry of this notification safe, as the `Idempotency-Key` header does.
+    pub idempotency_key: Option<String>,
+    pub targets: crate::notification::Targets,
+    pub notification: Option<crate::notification::Alert>,
+    #[serde(default)]
+    pub data: std::collections::BTreeMap<String, String>,
+    pub priority: Option<crate::notification::Priority>,
+    pub ttl_seconds: Option<u64>,
+    pub collapse_key: Option<String>,
+    pub push_type: Option<String>,
+    pub apns: Option<crate::notification::ApnsOverride>,
+    #[schema(value_type = Option<Object>)]
+    pub fcm: Option<serde_json::Value>,
 }
 
 /// One notification's answer in a batch: `notification` when it was accepted
@@ -163,8 +185,9 @@ async fn notify_batch(
             "`notifications` must hold 1 to {MAX_BATCH} notifications (got {count})"
         )));
     }
-    // Keys are checked first: a bad key anywhere refuses the batch before
-    // anything is stored, as a bad header refuses a single request.
+    // Keys and shapes are checked first: a bad key or an item that is not a
+    // notify request refuses the batch before anything is stored. What only
+    // the provider rules refuse is answered per item.
     let mut submissions = Vec::with_capacity(count);
     for (i, mut item) in body.notifications.into_iter().enumerate() {
         let key = match item.as_object_mut().map(|o| o.remove("idempotency_key")) {
@@ -186,6 +209,11 @@ async fn notify_batch(
                     })?,
             ),
         };
+        // What does not read as a notify request breaks the document: the
+        // batch is refused whole, naming the item, as a single request would be.
+        if let Err(e) = serde_json::from_value::<NotifyRequest>(item.clone()) {
+            return Err(ApiError::invalid(format!("`notifications[{i}]`: {e}")));
+        }
         submissions.push(Submission {
             idempotency_key: key,
             body: item,

@@ -114,6 +114,14 @@ async fn a_batch_that_cannot_be_read_is_refused_whole(app: TestApp) {
             "idempotency_key",
         ),
         (json!({"items": [one.clone()]}), "unknown field"),
+        (
+            json!({"notifications": [one.clone(), {"targets": {"all": true}, "extra": 1}]}),
+            "notifications[1]",
+        ),
+        (
+            json!({"notifications": [{"targets": {"all": true}, "ttl_seconds": "soon"}]}),
+            "notifications[0]",
+        ),
     ];
     for (body, says) in cases {
         let (status, problem) = with_jwt(
