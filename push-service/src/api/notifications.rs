@@ -211,7 +211,7 @@ async fn notify_batch(
         };
         // What does not read as a notify request breaks the document: the
         // batch is refused whole, naming the item, as a single request would be.
-        if let Err(e) = serde_json::from_value::<NotifyRequest>(item.clone()) {
+        if let Err(e) = NotifyRequest::deserialize(&item) {
             return Err(ApiError::invalid(format!("`notifications[{i}]`: {e}")));
         }
         submissions.push(Submission {

@@ -134,21 +134,15 @@ pub(crate) async fn work(state: &Dispatcher, leased: Leased, from: &Arc<dyn Queu
         } => deliver(state, notification, registrations, *due).await,
         Task::Expand { notification } => expand(state, notification).await,
         Task::Carried(carried) => {
-            let content: Result<Content, _> = serde_json::from_str(&carried.notification.content);
-            match content {
-                Ok(content) => {
-                    deliver_pending(
-                        state,
-                        &carried.notification,
-                        &content,
-                        carried.deliveries.clone(),
-                        Some(carried.due),
-                        true,
-                    )
-                    .await
-                }
-                Err(e) => Err(StoreError::Other(e.into())),
-            }
+            deliver_pending(
+                state,
+                &carried.notification,
+                &carried.content,
+                carried.deliveries.clone(),
+                Some(carried.due),
+                true,
+            )
+            .await
         }
     };
     match result {

@@ -41,6 +41,8 @@ pub enum Task {
 #[derive(Clone)]
 pub struct Carried {
     pub notification: crate::store::NotificationRow,
+    /// The notification's content, parsed (the row holds it as text).
+    pub content: crate::notification::Content,
     pub deliveries: Vec<crate::store::PendingDelivery>,
     /// The re-drive time written with them (the version a claim is made against).
     pub due: i64,

@@ -24,6 +24,15 @@ const LOOKUP_CHUNK: usize = 1000;
 /// Longest an answer waits for room at the node's own workers.
 const HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A notification on its way to the store: its row, its content as the
+/// workers use it, its deliveries and its audit entry.
+struct Row {
+    notification: NotificationRow,
+    content: Content,
+    deliveries: Vec<PendingDelivery>,
+    audit: AuditEntry,
+}
+
 /// A submission that passed validation and is not a replay.
 struct Draft {
     key: Option<String>,
@@ -43,6 +52,8 @@ enum Item {
 /// What one draft becomes: its stored row and its deliveries.
 struct Prepared {
     row: NotificationRow,
+    /// The row's content, parsed: what a carried task hands the worker.
+    content: Content,
     deliveries: Vec<PendingDelivery>,
     audit: AuditEntry,
     answer: Accepted,
@@ -116,11 +127,20 @@ impl Acceptor {
         // that goes away (a timeout, a closed connection) drops this future, and
         // a commit whose task was never queued would wait for the sweep. The
         // writes, their count and the enqueue run as their own task.
-        let rows: Vec<_> = prepared
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .map(|p| (p.row.clone(), p.deliveries.clone(), p.audit.clone()))
-            .collect();
+        // The rows move to the commit; what answers each draft stays here.
+        let mut rows = Vec::with_capacity(prepared.len());
+        let mut pending = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            pending.push(p.map(|p| {
+                rows.push(Row {
+                    notification: p.row,
+                    content: p.content,
+                    deliveries: p.deliveries,
+                    audit: p.audit,
+                });
+                (p.answer, p.key, p.request_hash)
+            }));
+        }
         let redrive_at = now_millis() + self.settings.redrive_after.as_millis() as i64;
         let outcomes = tokio::spawn(commit(
             self.store.clone(),
@@ -135,16 +155,16 @@ impl Acceptor {
         // The drafts' answers, in the drafts' order: a preparation failure, or
         // the outcome of its write.
         let mut outcomes = outcomes.into_iter();
-        let mut answers = Vec::with_capacity(prepared.len());
-        for p in prepared {
+        let mut answers = Vec::with_capacity(pending.len());
+        for p in pending {
             let answer = match p {
                 Err(e) => Err(e),
-                Ok(p) => match outcomes.next() {
-                    Some(Ok(())) => Ok(p.answer),
-                    Some(Err(StoreError::Conflict(_))) if p.key.is_some() => {
+                Ok((answer, key, request_hash)) => match outcomes.next() {
+                    Some(Ok(())) => Ok(answer),
+                    Some(Err(StoreError::Conflict(_))) if key.is_some() => {
                         // A concurrent request with the same key won the race.
-                        let key = p.key.as_deref().unwrap_or_default();
-                        self.replay(auth, key, &p.request_hash)
+                        let key = key.as_deref().unwrap_or_default();
+                        self.replay(auth, key, &request_hash)
                             .await
                             .and_then(|previous| previous.ok_or(AcceptError::InProgress))
                     }
@@ -324,6 +344,7 @@ impl Acceptor {
         };
         Ok(Prepared {
             row,
+            content: draft.content.clone(),
             deliveries,
             audit,
             answer,
@@ -388,19 +409,20 @@ async fn commit(
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     handoff: Arc<dyn Queue>,
-    rows: Vec<(NotificationRow, Vec<PendingDelivery>, AuditEntry)>,
+    rows: Vec<Row>,
     redrive_at: i64,
     handoff_limit: usize,
 ) -> Vec<Result<(), StoreError>> {
     // One task per row: their inserts reach the group writer together.
     let writes: Vec<_> = rows
         .iter()
-        .map(|(row, deliveries, audit)| {
-            let registrations: Vec<String> = deliveries
+        .map(|r| {
+            let registrations: Vec<String> = r
+                .deliveries
                 .iter()
                 .map(|d| d.registration_id.clone())
                 .collect();
-            let (store, row, audit) = (store.clone(), row.clone(), audit.clone());
+            let (store, row, audit) = (store.clone(), r.notification.clone(), r.audit.clone());
             tokio::spawn(async move {
                 store
                     .insert_notification(&row, &registrations, redrive_at, Some(&audit))
@@ -421,7 +443,16 @@ async fn commit(
     let carry = handoff.kind() == "local";
     let mut expand = Vec::new();
     let mut deliver = Vec::new();
-    for ((row, deliveries, _), outcome) in rows.into_iter().zip(&outcomes) {
+    for (
+        Row {
+            notification: row,
+            content,
+            deliveries,
+            ..
+        },
+        outcome,
+    ) in rows.into_iter().zip(&outcomes)
+    {
         if outcome.is_err() {
             continue;
         }
@@ -434,12 +465,20 @@ async fn commit(
             continue;
         }
         for chunk in deliveries.chunks(TASK_CHUNK) {
-            let task = Task::Carried(Arc::new(Carried {
-                notification: row.clone(),
-                deliveries: chunk.to_vec(),
-                due: redrive_at,
-            }));
-            deliver.push(if carry { task } else { task.shareable() });
+            deliver.push(if carry {
+                Task::Carried(Arc::new(Carried {
+                    notification: row.clone(),
+                    content: content.clone(),
+                    deliveries: chunk.to_vec(),
+                    due: redrive_at,
+                }))
+            } else {
+                Task::Deliver {
+                    notification: row.id.clone(),
+                    registrations: chunk.iter().map(|d| d.registration_id.clone()).collect(),
+                    due: Some(redrive_at),
+                }
+            });
         }
     }
     if handoff_limit > 0 && !deliver.is_empty() {

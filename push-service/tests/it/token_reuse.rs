@@ -2,19 +2,12 @@
 //! single-use default.
 
 use reqwest::{Method, StatusCode};
-use sdk_client::{DeviceKey, NewRegistration};
+use sdk_client::{unix_now, DeviceKey, NewRegistration};
 use serde_json::json;
 
 use crate::actors::{device, with_jwt, TestNotifier};
 use crate::both_backends;
 use crate::helpers::{assert_problem, TestApp};
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
 
 async fn a_reusable_token_works_until_its_notifier_is_gone(app: TestApp) {
     let app_id = app.create_app("Acme").await;
