@@ -35,6 +35,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -246,9 +247,38 @@ def port_free(port):
         return s.connect_ex(("127.0.0.1", int(port))) != 0
 
 
+# Lines worth repeating when a block fails: CI keeps only the end of the log, and a
+# long block (the test suite, then the fuzz targets) pushes its failure out of it.
+NOTABLE = re.compile(rb"panicked at|^---- .* ----$|^test .* FAILED$|^failures:|test result: FAILED"
+                     rb"|^error(\[|:)|^thread '.*' panicked")
+KEPT = 80
+
+
 def start(script, env):
-    return subprocess.Popen(["bash", "-c", "set -eo pipefail\n" + script], cwd=TREE, env=env,
-                            start_new_session=True)
+    """The block's output goes to ours as it comes; its notable lines are kept."""
+    process = subprocess.Popen(["bash", "-c", "set -eo pipefail\n" + script], cwd=TREE, env=env,
+                               start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    process.notable = []
+
+    def copy():
+        for line in process.stdout:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            if NOTABLE.search(line.strip()) and len(process.notable) < KEPT:
+                process.notable.append(line.decode(errors="replace").rstrip())
+
+    process.copier = threading.Thread(target=copy, daemon=True)
+    process.copier.start()
+    return process
+
+
+def failure(message, process):
+    """The message, with what the block printed about its failure."""
+    process.copier.join(timeout=5)  # the block has ended: its last lines are on their way
+    if not process.notable:
+        return message
+    return message + "\n    " + "\n    ".join(process.notable)
 
 
 def stop(process):
@@ -280,8 +310,8 @@ def serve(unit, env):
     while time.time() < deadline:
         if process.poll() is not None:
             stop(process)
-            raise RuntimeError(f"README line {unit.line} exited ({process.returncode}) "
-                               f"before {url} was ready")
+            raise RuntimeError(failure(f"README line {unit.line} exited ({process.returncode}) "
+                                       f"before {url} was ready", process))
         try:
             with urllib.request.urlopen(url, timeout=5, context=context) as response:
                 if response.status == 200:
@@ -290,7 +320,8 @@ def serve(unit, env):
             pass
         time.sleep(1)
     stop(process)
-    raise RuntimeError(f"README line {unit.line}: {url} not ready within {READY_TIMEOUT} s")
+    raise RuntimeError(failure(f"README line {unit.line}: {url} not ready within {READY_TIMEOUT} s",
+                               process))
 
 
 def run(unit, named, round_):
@@ -323,7 +354,7 @@ def run(unit, named, round_):
             if helper:
                 stop(helper)
         if code != 0:
-            raise RuntimeError(f"README line {unit.line}: exit {code}")
+            raise RuntimeError(failure(f"README line {unit.line}: exit {code}", process))
     print(f"==== README line {unit.line}: ok in {time.time() - started:.0f} s", flush=True)
 
 
