@@ -1,37 +1,19 @@
 //! Acceptance: a batch of submissions validated, limited, made durable and
 //! queued together. A single notification is a batch of one.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 
+use super::commit::{commit, Row};
 use super::{validate, AcceptError, Accepted, Acceptor, NotifyRequest, Rejected, Submission};
 use crate::auth::notifier::NotifierAuth;
 use crate::delivery::NotificationPhase;
-use crate::dispatch::queue::Carried;
-use crate::dispatch::queue::TASK_CHUNK;
-use crate::dispatch::{Queue, Task};
 use crate::ids::{new_id, now_millis};
 use crate::notification::{Content, TargetSpec};
-use crate::store::{
-    AuditEntry, NotificationRow, PendingDelivery, RegistrationState, Store, StoreError,
-};
+use crate::store::{AuditEntry, NotificationRow, PendingDelivery, RegistrationState, StoreError};
 
 /// Registration ids looked up per statement.
 const LOOKUP_CHUNK: usize = 1000;
-
-/// Longest an answer waits for room at the node's own workers.
-const HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A notification on its way to the store: its row, its content as the
-/// workers use it, its deliveries and its audit entry.
-struct Row {
-    notification: NotificationRow,
-    content: Content,
-    deliveries: Vec<PendingDelivery>,
-    audit: AuditEntry,
-}
 
 /// A submission that passed validation and is not a replay.
 struct Draft {
@@ -399,104 +381,4 @@ impl Acceptor {
         let answer = serde_json::from_str(previous.response.as_deref().unwrap_or_default())?;
         Ok(Some(answer))
     }
-}
-
-/// Stores notifications with their deliveries (and audit entries) — concurrently,
-/// so they share group commits — counts them and queues their tasks: fan-outs
-/// to expand on the shared `queue`, deliveries to `handoff`. One outcome per
-/// row, in order.
-async fn commit(
-    store: Arc<dyn Store>,
-    queue: Arc<dyn Queue>,
-    handoff: Arc<dyn Queue>,
-    rows: Vec<Row>,
-    redrive_at: i64,
-    handoff_limit: usize,
-) -> Vec<Result<(), StoreError>> {
-    // One task per row: their inserts reach the group writer together.
-    let writes: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            let registrations: Vec<String> = r
-                .deliveries
-                .iter()
-                .map(|d| d.registration_id.clone())
-                .collect();
-            let (store, row, audit) = (store.clone(), r.notification.clone(), r.audit.clone());
-            tokio::spawn(async move {
-                store
-                    .insert_notification(&row, &registrations, redrive_at, Some(&audit))
-                    .await
-            })
-        })
-        .collect();
-    let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
-        outcomes.push(write.await.unwrap_or_else(|e| {
-            Err(StoreError::Other(anyhow::anyhow!(
-                "the write task ended: {e}"
-            )))
-        }));
-    }
-    // What this node's own workers take carries the notification and its
-    // deliveries: they read nothing back before the first attempt.
-    let carry = handoff.kind() == "local";
-    let mut expand = Vec::new();
-    let mut deliver = Vec::new();
-    for (
-        Row {
-            notification: row,
-            content,
-            deliveries,
-            ..
-        },
-        outcome,
-    ) in rows.into_iter().zip(&outcomes)
-    {
-        if outcome.is_err() {
-            continue;
-        }
-        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => row.app_id.clone())
-            .increment(1);
-        if row.is_expanding() {
-            expand.push(Task::Expand {
-                notification: row.id.clone(),
-            });
-            continue;
-        }
-        for chunk in deliveries.chunks(TASK_CHUNK) {
-            deliver.push(if carry {
-                Task::Carried(Arc::new(Carried {
-                    notification: row.clone(),
-                    content: content.clone(),
-                    deliveries: chunk.to_vec(),
-                    due: redrive_at,
-                }))
-            } else {
-                Task::Deliver {
-                    notification: row.id.clone(),
-                    registrations: chunk.iter().map(|d| d.registration_id.clone()).collect(),
-                    due: Some(redrive_at),
-                }
-            });
-        }
-    }
-    if handoff_limit > 0 && !deliver.is_empty() {
-        // Backpressure: while the workers are behind, the answer waits (the
-        // notifications are durable already) and callers slow down with it.
-        // At most a second: on the embedded default the same queue holds the
-        // chunks of a large fan-out, which must not hold every other answer
-        // until it is sent.
-        let _ = tokio::time::timeout(HANDOFF_WAIT, handoff.room(handoff_limit)).await;
-    }
-    for (target, tasks) in [(&queue, expand), (&handoff, deliver)] {
-        if tasks.is_empty() {
-            continue;
-        }
-        if let Err(e) = target.push(tasks).await {
-            // Durable already: the sweep re-drives them after `redrive_after`.
-            tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive these notifications");
-        }
-    }
-    outcomes
 }

@@ -12,6 +12,7 @@ use crate::limits::{LimitError, Limiter};
 use crate::store::{Store, StoreError};
 
 mod accept;
+mod commit;
 #[cfg(test)]
 mod tests;
 mod validate;

@@ -1,0 +1,122 @@
+//! The commit of an accepted batch: rows stored together, counted, and their
+//! tasks queued — fan-outs on the shared queue, deliveries to the node's own
+//! workers when it has them.
+
+use std::sync::Arc;
+
+use crate::dispatch::queue::{Carried, TASK_CHUNK};
+use crate::dispatch::{Queue, Task};
+use crate::notification::Content;
+use crate::store::{AuditEntry, NotificationRow, PendingDelivery, Store, StoreError};
+
+/// Longest an answer waits for room at the node's own workers.
+const HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A notification on its way to the store: its row, its content as the
+/// workers use it, its deliveries and its audit entry.
+pub(super) struct Row {
+    pub notification: NotificationRow,
+    pub content: Content,
+    pub deliveries: Vec<PendingDelivery>,
+    pub audit: AuditEntry,
+}
+
+/// Stores notifications with their deliveries (and audit entries) — concurrently,
+/// so they share group commits — counts them and queues their tasks: fan-outs
+/// to expand on the shared `queue`, deliveries to `handoff`. One outcome per
+/// row, in order.
+pub(super) async fn commit(
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    handoff: Arc<dyn Queue>,
+    rows: Vec<Row>,
+    redrive_at: i64,
+    handoff_limit: usize,
+) -> Vec<Result<(), StoreError>> {
+    // One task per row: their inserts reach the group writer together.
+    let writes: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let registrations: Vec<String> = r
+                .deliveries
+                .iter()
+                .map(|d| d.registration_id.clone())
+                .collect();
+            let (store, row, audit) = (store.clone(), r.notification.clone(), r.audit.clone());
+            tokio::spawn(async move {
+                store
+                    .insert_notification(&row, &registrations, redrive_at, Some(&audit))
+                    .await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for write in writes {
+        outcomes.push(write.await.unwrap_or_else(|e| {
+            Err(StoreError::Other(anyhow::anyhow!(
+                "the write task ended: {e}"
+            )))
+        }));
+    }
+    // What this node's own workers take carries the notification and its
+    // deliveries: they read nothing back before the first attempt.
+    let carry = handoff.kind() == "local";
+    let mut expand = Vec::new();
+    let mut deliver = Vec::new();
+    for (
+        Row {
+            notification: row,
+            content,
+            deliveries,
+            ..
+        },
+        outcome,
+    ) in rows.into_iter().zip(&outcomes)
+    {
+        if outcome.is_err() {
+            continue;
+        }
+        metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => row.app_id.clone())
+            .increment(1);
+        if row.is_expanding() {
+            expand.push(Task::Expand {
+                notification: row.id.clone(),
+            });
+            continue;
+        }
+        for chunk in deliveries.chunks(TASK_CHUNK) {
+            deliver.push(if carry {
+                Task::Carried(Arc::new(Carried {
+                    notification: row.clone(),
+                    content: content.clone(),
+                    deliveries: chunk.to_vec(),
+                    due: redrive_at,
+                }))
+            } else {
+                Task::Deliver {
+                    notification: row.id.clone(),
+                    registrations: chunk.iter().map(|d| d.registration_id.clone()).collect(),
+                    due: Some(redrive_at),
+                }
+            });
+        }
+    }
+    if handoff_limit > 0 && !deliver.is_empty() {
+        // Backpressure: while the workers are behind, the answer waits (the
+        // notifications are durable already) and callers slow down with it.
+        // At most a second: on the embedded default the same queue holds the
+        // chunks of a large fan-out, which must not hold every other answer
+        // until it is sent.
+        let _ = tokio::time::timeout(HANDOFF_WAIT, handoff.room(handoff_limit)).await;
+    }
+    for (target, tasks) in [(&queue, expand), (&handoff, deliver)] {
+        if tasks.is_empty() {
+            continue;
+        }
+        if let Err(e) = target.push(tasks).await {
+            // Durable already: the sweep re-drives them after `redrive_after`.
+            tracing::warn!(error = %e, "queue unavailable; the sweep will re-drive these notifications");
+        }
+    }
+    outcomes
+}
