@@ -15,8 +15,9 @@ use crate::api::error::{ApiError, Problem};
 use crate::api::AppState;
 use crate::auth::dpop::DeviceProof;
 use crate::ids::now_millis;
-use crate::providers::direct::Subscription;
+use crate::providers::direct::{Signal, Subscription};
 use crate::telemetry::names;
+use tokio::sync::broadcast;
 
 /// Even without a wake-up, a stream looks at the store this often.
 const RECHECK: Duration = Duration::from_secs(30);
@@ -27,13 +28,24 @@ pub fn router() -> Router<AppState> {
 }
 
 struct StreamState {
-    state: AppState,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    recorder: Recorder,
+    shutdown: tokio_util::sync::CancellationToken,
     registration: String,
+    /// The highest sequence number written.
     last: i64,
+    /// Read the store before waiting: on opening, after falling behind, when told to.
+    look: bool,
+    /// Sequence numbers written lately: an event read from the store and
+    /// handed over too is written once.
+    recent: VecDeque<i64>,
     subscription: Subscription,
     buffer: VecDeque<Event>,
     _gauge: StreamGauge,
 }
+
+/// Sequence numbers a stream remembers having written.
+const RECENT: usize = 16;
 
 /// Counts open streams while it lives: the node's gauge, and the device key's
 /// share of `max_streams_per_key`.
@@ -135,67 +147,157 @@ async fn events(
     let initial = StreamState {
         registration: id,
         last,
+        look: true,
+        recent: VecDeque::new(),
         subscription,
         buffer: VecDeque::new(),
         _gauge: gauge,
-        state,
+        store: state.store.clone(),
+        recorder: state.streamed.clone(),
+        shutdown: state.shutdown.clone(),
     };
     let stream = futures_util::stream::unfold(initial, next_event);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat)))
 }
 
-/// Yields the next event: from the buffer, else from the store, else after a wake-up.
+/// Yields the next event: from the buffer, else from the store when it must
+/// look there, else the next one handed over (or a look after `RECHECK`).
 async fn next_event(mut s: StreamState) -> Option<(Result<Event, Infallible>, StreamState)> {
     loop {
         if let Some(event) = s.buffer.pop_front() {
             return Some((Ok(event), s));
         }
-        if s.state.shutdown.is_cancelled() {
+        if s.shutdown.is_cancelled() {
             return None;
         }
-        let notify = s.subscription.notify.clone();
-        let notified = notify.notified();
-        tokio::pin!(notified);
-        // Registered before reading the store, so a wake-up in between is not missed.
-        notified.as_mut().enable();
-        match s
-            .state
-            .store
-            .direct_events_after(&s.registration, s.last, now_millis(), BATCH)
-            .await
-        {
-            Ok(events) if !events.is_empty() => {
-                let now = now_millis();
-                for event in events {
-                    s.last = event.seq;
-                    let _ = s
-                        .state
-                        .store
-                        .mark_streamed(&event.notification_id, &s.registration, now)
-                        .await;
-                    s.buffer.push_back(
-                        Event::default()
-                            .id(event.seq.to_string())
-                            .event("notification")
-                            .data(event.payload),
-                    );
-                }
-                metrics::counter!(names::DIRECT_EVENTS).increment(s.buffer.len() as u64);
-                let _ = s
-                    .state
-                    .store
-                    .set_direct_cursor(&s.registration, s.last)
-                    .await;
-                continue;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "direct stream cannot read the store; retrying"),
+        if std::mem::take(&mut s.look) {
+            let after = s.last;
+            read_store(&mut s, after).await;
+            continue;
         }
-        let shutdown = s.state.shutdown.clone();
+        let shutdown = s.shutdown.clone();
         tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(RECHECK) => {}
+            signal = s.subscription.signals.recv() => match signal {
+                Ok(Signal::Event(event)) => {
+                    if !s.recent.contains(&event.seq) {
+                        let (notification, seq, payload) =
+                            (event.notification.clone(), event.seq, event.payload.clone());
+                        write(&mut s, vec![(notification, seq, payload)]).await;
+                    }
+                }
+                Ok(Signal::Look) => s.look = true,
+                // Fell behind: the store has it all. Events are handed over in
+                // the order their groups committed, which on PostgreSQL's
+                // several writers is not always their numbers' order, so the
+                // read starts below the lowest number lately written (those
+                // written are not written again).
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let from = s.recent.iter().min().map_or(s.last, |lowest| lowest - 1);
+                    read_store(&mut s, from).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+            _ = tokio::time::sleep(RECHECK) => s.look = true,
             _ = shutdown.cancelled() => return None,
         }
+    }
+}
+
+/// Takes what the store holds after event `after`.
+async fn read_store(s: &mut StreamState, after: i64) {
+    match s
+        .store
+        .direct_events_after(&s.registration, after, now_millis(), BATCH)
+        .await
+    {
+        Ok(events) => {
+            // A full page: there may be more.
+            s.look = events.len() as i64 == BATCH;
+            let events = events
+                .into_iter()
+                .filter(|e| !s.recent.contains(&e.seq))
+                .map(|e| (e.notification_id, e.seq, e.payload))
+                .collect();
+            write(s, events).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "direct stream cannot read the store; retrying"),
+    }
+}
+
+/// Queues `(notification, seq, payload)` events for the stream and has them
+/// recorded as written (their deliveries `sent`, the device's cursor past them).
+async fn write(s: &mut StreamState, events: Vec<(String, i64, String)>) {
+    if events.is_empty() {
+        return;
+    }
+    metrics::counter!(names::DIRECT_EVENTS).increment(events.len() as u64);
+    for (notification, seq, payload) in events {
+        s.last = s.last.max(seq);
+        if s.recent.len() == RECENT {
+            s.recent.pop_front();
+        }
+        s.recent.push_back(seq);
+        s.recorder
+            .record((s.registration.clone(), notification, seq))
+            .await;
+        s.buffer.push_back(
+            Event::default()
+                .id(seq.to_string())
+                .event("notification")
+                .data(payload),
+        );
+    }
+}
+
+/// Records what the node's streams wrote, in group commits, without holding
+/// the streams up: an event goes out at once, its bookkeeping follows. A crash
+/// in between costs a repeat (the device's cursor is behind), never an event.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: tokio::sync::mpsc::Sender<(String, String, i64)>,
+}
+
+/// Written events the recorder may lag behind by before streams wait for it.
+const RECORDER_BACKLOG: usize = 16_384;
+/// Most events per group write.
+const RECORDED_TOGETHER: usize = 512;
+
+impl Recorder {
+    /// Starts the recorder; it ends after `shutdown`, with what it still holds written.
+    pub fn spawn(
+        store: std::sync::Arc<dyn crate::store::Store>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(RECORDER_BACKLOG);
+        tokio::spawn(async move {
+            let mut events = Vec::with_capacity(RECORDED_TOGETHER);
+            loop {
+                let open = tokio::select! {
+                    n = rx.recv_many(&mut events, RECORDED_TOGETHER) => n > 0,
+                    _ = shutdown.cancelled() => {
+                        while let Ok(event) = rx.try_recv() {
+                            events.push(event);
+                        }
+                        false
+                    }
+                };
+                if !events.is_empty() {
+                    if let Err(e) = store.streamed(&events, now_millis()).await {
+                        tracing::warn!(error = %e, count = events.len(),
+                            "direct streams: what was written is not recorded (the devices may see it again)");
+                    }
+                    events.clear();
+                }
+                if !open {
+                    return;
+                }
+            }
+        });
+        Recorder { tx }
+    }
+
+    async fn record(&self, event: (String, String, i64)) {
+        // Closed only after shutdown, when the streams end too.
+        let _ = self.tx.send(event).await;
     }
 }

@@ -17,6 +17,7 @@ pub mod rate_limit;
 pub mod registrations;
 pub mod server;
 pub mod state;
+mod stream_conn;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, StatusCode};

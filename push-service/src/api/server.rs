@@ -136,6 +136,8 @@ async fn serve_connections(
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let stream_setups =
+        std::sync::Arc::new(tokio::sync::Semaphore::new(super::stream_conn::SETUPS));
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -158,8 +160,9 @@ async fn serve_connections(
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let stream_setups = stream_setups.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let stream_app = app.clone();
             let make_service = |peer: Option<tls::ClientCertificate>| {
                 hyper::service::service_fn(
                     move |mut request: axum::http::Request<hyper::body::Incoming>| {
@@ -188,6 +191,25 @@ async fn serve_connections(
                             log_closed(remote, "nothing sent in time (idle client)");
                             return;
                         }
+                    }
+                    // A direct-channel stream: served without hyper's buffers, in a
+                    // task of its own (this one is sized for a hyper connection).
+                    let mut start = [0u8; 128];
+                    if matches!(tcp.peek(&mut start).await, Ok(n) if super::stream_conn::is_stream_request(&start[..n]))
+                    {
+                        let timeout = limits.header_read_timeout;
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            super::stream_conn::serve(
+                                tcp,
+                                stream_app,
+                                remote,
+                                timeout,
+                                stream_setups,
+                            )
+                            .await
+                        });
+                        return;
                     }
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(tcp), make_service(None))
@@ -272,7 +294,7 @@ fn refuse_connection(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, p
 }
 
 /// A connection the node closed itself: counted, and logged (sampled).
-fn log_closed(remote: std::net::SocketAddr, why: &'static str) {
+pub(super) fn log_closed(remote: std::net::SocketAddr, why: &'static str) {
     metrics::counter!(telemetry::names::CONNECTIONS_CLOSED, "reason" => why).increment(1);
     telemetry::warn_sampled(why, remote.ip(), "connection closed");
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub devices: Arc<DeviceVerifier>,
     /// Open direct-channel streams per device key on this node.
     pub open_streams: super::events::OpenStreams,
+    /// Records what the node's streams wrote.
+    pub streamed: super::events::Recorder,
     /// `/readyz`'s cached verdict and pooled Redis connection.
     pub readiness: Arc<super::ops::ReadinessProbe>,
     /// Cancelled when the node shuts down: ends streams and background work.
@@ -194,6 +196,8 @@ impl AppState {
             window: config.dpop_window,
             replay,
         };
+        let shutdown = CancellationToken::new();
+        let streamed = super::events::Recorder::spawn(store.clone(), shutdown.clone());
         Ok(AppState {
             sealer,
             config: Arc::new(config),
@@ -208,7 +212,8 @@ impl AppState {
             devices: Arc::new(devices),
             readiness: Arc::default(),
             open_streams: Arc::default(),
-            shutdown: CancellationToken::new(),
+            streamed,
+            shutdown,
             node,
             metrics,
             openapi: Arc::new(super::ApiDoc::openapi().to_json()?),

@@ -1,43 +1,72 @@
-//! The direct channel: notifications held in the store per device, and wake-ups to
-//! the node holding the device's Server-Sent-Events stream (in-process, or Redis pub/sub).
+//! The direct channel: notifications held in the store per device, and the
+//! event itself handed to the streams open for the device — in this process,
+//! or on every node through Redis pub/sub — so a stream writes it without
+//! reading the store. A stream reads the store when it opens, when it missed
+//! something (it fell behind, or a node could only say "look"), and every
+//! half minute.
 
 use crate::delivery::ProviderKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, Outcome, Provider};
-use crate::store::Store;
+use crate::store::{DirectHold, Store};
 
-/// Wakes the streams of devices that have new events.
+/// Signals a stream may fall behind by before it reads the store instead.
+const SIGNALS: usize = 8;
+
+/// An event for a device's open streams.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pushed {
+    pub registration: String,
+    pub seq: i64,
+    pub notification: String,
+    /// The SSE event's JSON.
+    pub payload: String,
+}
+
+/// What a device's streams hear.
+#[derive(Debug, Clone)]
+pub enum Signal {
+    /// An event, held in the store already: write it.
+    Event(Arc<Pushed>),
+    /// Something was held: read the store.
+    Look,
+}
+
+/// Hands events to the streams of the devices they are for.
 #[derive(Clone)]
 pub struct DirectHub {
-    local: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    local: Arc<Mutex<HashMap<String, broadcast::Sender<Signal>>>>,
     redis: Option<(redis::aio::ConnectionManager, String)>,
 }
 
-/// A stream's subscription to its device's wake-ups; unsubscribes on drop.
+/// A stream's subscription to its device's signals; unsubscribes on drop.
 pub struct Subscription {
     hub: DirectHub,
     registration: String,
-    pub notify: Arc<Notify>,
+    pub signals: broadcast::Receiver<Signal>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut local = self.hub.local.lock().unwrap_or_else(|p| p.into_inner());
-        // The map holds one reference, this subscription another: the last stream is leaving.
-        if Arc::strong_count(&self.notify) <= 2 {
+        // This subscription's receiver still counts: it is the last one.
+        if local
+            .get(&self.registration)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
             local.remove(&self.registration);
         }
     }
 }
 
 impl DirectHub {
-    /// A hub; with Redis, wake-ups go through the channel `<prefix>direct` to every node.
+    /// A hub; with Redis, events go through the channel `<prefix>direct` to every node.
     pub fn new(redis: Option<(redis::aio::ConnectionManager, String)>) -> Self {
         DirectHub {
             local: Arc::default(),
@@ -45,19 +74,19 @@ impl DirectHub {
         }
     }
 
-    /// Subscribes a stream to the wake-ups of `registration`.
+    /// Subscribes a stream to the signals of `registration`.
     pub fn subscribe(&self, registration: &str) -> Subscription {
-        let notify = self
+        let signals = self
             .local
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(registration.to_owned())
-            .or_default()
-            .clone();
+            .or_insert_with(|| broadcast::channel(SIGNALS).0)
+            .subscribe();
         Subscription {
             hub: self.clone(),
             registration: registration.to_owned(),
-            notify,
+            signals,
         }
     }
 
@@ -66,38 +95,68 @@ impl DirectHub {
         self.local.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn wake_local(&self, registration: &str) {
-        if let Some(notify) = self
+    fn signal_local(&self, registration: &str, signal: Signal) {
+        if let Some(tx) = self
             .local
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(registration)
         {
-            notify.notify_waiters();
+            // No receiver left: the stream is closing, and the event stays held.
+            let _ = tx.send(signal);
         }
     }
 
-    /// Wakes the stream of `registration`, wherever it is.
-    pub async fn wake(&self, registration: &str) {
-        match &self.redis {
-            None => self.wake_local(registration),
-            Some((conn, channel)) => {
-                let mut conn = conn.clone();
-                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(registration)
-                    .query_async(&mut conn)
-                    .await;
-                if let Err(e) = published {
-                    // The stream re-checks the store periodically; the event is not lost.
-                    tracing::warn!(error = %e, "direct wake-up not published");
-                    self.wake_local(registration);
-                }
+    /// Hands `event` to the device's streams, wherever they are.
+    pub async fn push(&self, event: Pushed) {
+        let message = match &self.redis {
+            None => None,
+            Some(_) => serde_json::to_string(&event).ok(),
+        };
+        self.publish(
+            &event.registration.clone(),
+            message,
+            Signal::Event(Arc::new(event)),
+        )
+        .await;
+    }
+
+    /// Tells the device's streams, wherever they are, to read the store.
+    pub async fn look(&self, registration: &str) {
+        let message = self.redis.as_ref().map(|_| registration.to_owned());
+        self.publish(registration, message, Signal::Look).await;
+    }
+
+    async fn publish(&self, registration: &str, message: Option<String>, signal: Signal) {
+        let (Some((conn, channel)), Some(message)) = (&self.redis, message) else {
+            return self.signal_local(registration, signal);
+        };
+        let mut conn = conn.clone();
+        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = published {
+            // Streams on other nodes find the event at their next look at the store.
+            tracing::warn!(error = %e, "direct event not published");
+            self.signal_local(registration, signal);
+        }
+    }
+
+    /// A message from the channel: an event (JSON), or a bare registration id
+    /// (look at the store; what nodes of earlier versions send).
+    fn receive(&self, message: &str) {
+        match serde_json::from_str::<Pushed>(message) {
+            Ok(event) => {
+                let registration = event.registration.clone();
+                self.signal_local(&registration, Signal::Event(Arc::new(event)));
             }
+            Err(_) => self.signal_local(message, Signal::Look),
         }
     }
 
-    /// With Redis: listens to wake-ups from all nodes until `shutdown`, reconnecting on errors.
+    /// With Redis: listens to events from all nodes until `shutdown`, reconnecting on errors.
     pub fn spawn_listener(&self, client: redis::Client, shutdown: CancellationToken) {
         let Some((_, channel)) = self.redis.clone() else {
             return;
@@ -119,8 +178,8 @@ impl DirectHub {
                                 _ = shutdown.cancelled() => return,
                                 message = messages.next() => match message {
                                     Some(message) => {
-                                        if let Ok(registration) = message.get_payload::<String>() {
-                                            hub.wake_local(&registration);
+                                        if let Ok(text) = message.get_payload::<String>() {
+                                            hub.receive(&text);
                                         }
                                     }
                                     None => break,
@@ -141,7 +200,7 @@ impl DirectHub {
     }
 }
 
-/// The direct provider: holds the event in the store, then wakes the device's stream.
+/// The direct provider: holds the event in the store, then hands it to the device's streams.
 pub struct DirectProvider {
     pub store: Arc<dyn Store>,
     pub hub: DirectHub,
@@ -179,19 +238,32 @@ impl Provider for DirectProvider {
         } else {
             delivery.expires_at
         };
+        let payload = event_payload(delivery);
         let held = self
             .store
-            .insert_direct_event(
-                delivery.registration_id,
-                delivery.notification_id,
-                &event_payload(delivery),
+            .insert_direct_event(DirectHold {
+                registration_id: delivery.registration_id.to_owned(),
+                notification_id: delivery.notification_id.to_owned(),
+                payload: payload.clone(),
                 expires_at,
                 now,
-            )
+            })
             .await;
         match held {
-            Ok(_) => {
-                self.hub.wake(delivery.registration_id).await;
+            Ok(Some(seq)) => {
+                self.hub
+                    .push(Pushed {
+                        registration: delivery.registration_id.to_owned(),
+                        seq,
+                        notification: delivery.notification_id.to_owned(),
+                        payload,
+                    })
+                    .await;
+                Outcome::Held
+            }
+            Ok(None) => {
+                // Held by an earlier attempt, which may not have told the streams.
+                self.hub.look(delivery.registration_id).await;
                 Outcome::Held
             }
             Err(e) => Outcome::Retry {
@@ -199,5 +271,68 @@ impl Provider for DirectProvider {
                 after: None,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(registration: &str, seq: i64) -> Pushed {
+        Pushed {
+            registration: registration.into(),
+            seq,
+            notification: format!("n{seq}"),
+            payload: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_reach_the_streams_of_their_device_only() {
+        let hub = DirectHub::new(None);
+        let (mut a1, mut a2, mut b) = (hub.subscribe("a"), hub.subscribe("a"), hub.subscribe("b"));
+        hub.push(event("a", 7)).await;
+        for stream in [&mut a1, &mut a2] {
+            match stream.signals.try_recv() {
+                Ok(Signal::Event(e)) => assert_eq!(*e, event("a", 7)),
+                other => panic!("expected the event, got {other:?}"),
+            }
+        }
+        assert!(b.signals.try_recv().is_err(), "b heard a's event");
+        hub.push(event("nobody", 1)).await; // no stream: nothing to do, nothing kept
+        assert_eq!(hub.connected(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_is_told_so() {
+        let hub = DirectHub::new(None);
+        let mut a = hub.subscribe("a");
+        for seq in 0..(SIGNALS as i64 + 3) {
+            hub.push(event("a", seq)).await;
+        }
+        assert!(matches!(
+            a.signals.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(3))
+        ));
+    }
+
+    #[test]
+    fn messages_from_other_nodes_are_events_or_looks() {
+        let hub = DirectHub::new(None);
+        let mut a = hub.subscribe("a");
+        hub.receive(&serde_json::to_string(&event("a", 5)).expect("json"));
+        assert!(matches!(a.signals.try_recv(), Ok(Signal::Event(e)) if e.seq == 5));
+        hub.receive("a"); // a node of an earlier version: a bare registration id
+        assert!(matches!(a.signals.try_recv(), Ok(Signal::Look)));
+    }
+
+    #[test]
+    fn the_last_stream_of_a_device_leaves_no_entry() {
+        let hub = DirectHub::new(None);
+        let (first, second) = (hub.subscribe("a"), hub.subscribe("a"));
+        drop(first);
+        assert_eq!(hub.connected(), 1, "one stream is still open");
+        drop(second);
+        assert_eq!(hub.connected(), 0);
     }
 }

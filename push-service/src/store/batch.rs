@@ -1,27 +1,32 @@
-//! Group commit: the hot writes of many concurrent requests and workers share
-//! one transaction. The writer (which writes wait together) and its executor
-//! (the statements one group becomes) are both here.
-//!
-//! Callers still wait for their own write to commit (a `202` still means
-//! committed); they just pay for one commit together instead of one each. A
-//! writer takes whatever is waiting (up to [`MAX_BATCH`]) as soon as it is free,
-//! so under light load a batch is one write and nothing waits for a timer.
-//! When a batch fails as a whole, each of its writes is tried again alone, so
-//! one bad write never fails the others.
+//! The hot writes that share group commits (`group.rs` is the writer), and
+//! the statements one group of them becomes.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-
-use tokio::sync::{mpsc, oneshot, Mutex};
 
 use sqlx::{ColumnIndex, Encode, IntoArguments, Pool, Transaction, Type};
 
 use super::backend::{row_placeholders, Column, SqlBackend};
-use super::{AuditEntry, DeliveryUpdate, NotificationRow, StoreError};
+use super::group::{Executor, GroupWriter};
+use super::{AuditEntry, DeliveryUpdate, DirectHold, NotificationRow, StoreError};
 
-/// Most writes in one transaction.
-pub const MAX_BATCH: usize = 256;
+/// The writer of the hot writes.
+pub type HotWriter = GroupWriter<Write, Answer>;
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Applied,
+    /// Not applied: a replayed key, a colliding notification, a claim lost.
+    NotApplied,
+    /// A direct-channel event: its sequence number, or none when it was held already.
+    Held(Option<i64>),
+}
+
+impl Answer {
+    pub fn applied(self) -> bool {
+        !matches!(self, Answer::NotApplied | Answer::Held(None))
+    }
+}
 
 /// One write that can share a transaction with others.
 #[derive(Debug, Clone)]
@@ -47,86 +52,18 @@ pub enum Write {
     ClaimDelivery(DeliveryClaim),
     /// An audit-log entry (always applied).
     Audit(Box<AuditEntry>),
+    /// A notification held for a device on the direct channel.
+    HoldDirect(Box<DirectHold>),
+    /// A held event written to its device's stream: the delivery becomes
+    /// `sent` and the device's cursor moves past it (never back).
+    Streamed {
+        /// `(registration, notification, seq)`
+        events: Vec<(String, String, i64)>,
+        now: i64,
+    },
 }
 
 pub use super::rows::{DeliveryClaim, RegistrationGuard};
-
-type Reply = oneshot::Sender<Result<bool, StoreError>>;
-type BatchFuture = Pin<Box<dyn Future<Output = Result<Vec<bool>, StoreError>> + Send>>;
-/// Runs a batch in one transaction; returns "applied" per write, in order.
-pub type Executor = Arc<dyn Fn(Vec<Write>) -> BatchFuture + Send + Sync>;
-
-/// Handle to the writer tasks; cheap to clone. The tasks end when the last handle drops.
-#[derive(Clone)]
-pub struct GroupWriter {
-    tx: mpsc::Sender<(Write, Reply)>,
-}
-
-impl GroupWriter {
-    /// Starts `writers` tasks (1 for SQLite, a few for PostgreSQL) running `exec`.
-    pub fn spawn(writers: usize, exec: Executor) -> Self {
-        let (tx, rx) = mpsc::channel::<(Write, Reply)>(MAX_BATCH * 4);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..writers.max(1) {
-            let rx = rx.clone();
-            let exec = exec.clone();
-            tokio::spawn(async move {
-                loop {
-                    let batch = {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else { return };
-                        let mut batch = vec![first];
-                        while batch.len() < MAX_BATCH {
-                            match rx.try_recv() {
-                                Ok(next) => batch.push(next),
-                                Err(_) => break,
-                            }
-                        }
-                        batch
-                    };
-                    run_batch(&exec, batch).await;
-                }
-            });
-        }
-        GroupWriter { tx }
-    }
-
-    /// Submits one write and waits until its transaction committed.
-    pub async fn write(&self, write: Write) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((write, reply))
-            .await
-            .map_err(|_| StoreError::Other(anyhow::anyhow!("the store writer has stopped")))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Other(anyhow::anyhow!("the store writer dropped a write")))?
-    }
-}
-
-async fn run_batch(exec: &Executor, batch: Vec<(Write, Reply)>) {
-    metrics::histogram!(crate::telemetry::names::STORE_BATCH_SIZE).record(batch.len() as f64);
-    let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
-    if writes.len() == 1 {
-        let result = exec(writes).await.map(|applied| applied[0]);
-        let _ = replies.into_iter().next().map(|r| r.send(result));
-        return;
-    }
-    match exec(writes.clone()).await {
-        Ok(applied) => {
-            for (reply, applied) in replies.into_iter().zip(applied) {
-                let _ = reply.send(Ok(applied));
-            }
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, size = writes.len(), "batch failed; writing one by one");
-            for (write, reply) in writes.into_iter().zip(replies) {
-                let result = exec(vec![write]).await.map(|applied| applied[0]);
-                let _ = reply.send(result);
-            }
-        }
-    }
-}
 
 /// A notification insert of a group: its place, row, registrations, re-drive time and audit entry.
 type Insert<'a> = (
@@ -146,6 +83,8 @@ struct Sorted<'a> {
     audits: Vec<&'a AuditEntry>,
     claims: Vec<(usize, &'a DeliveryClaim)>,
     updates: Vec<&'a DeliveryUpdate>,
+    holds: Vec<(usize, &'a DirectHold)>,
+    streamed: Vec<(&'a str, &'a str, i64, i64)>,
 }
 
 fn sort(writes: &[Write]) -> Sorted<'_> {
@@ -168,13 +107,21 @@ fn sort(writes: &[Write]) -> Sorted<'_> {
             Write::UpdateDelivery(update) => sorted.updates.push(update),
             Write::ClaimDelivery(claim) => sorted.claims.push((i, claim)),
             Write::Audit(entry) => sorted.audits.push(entry),
+            Write::HoldDirect(hold) => sorted.holds.push((i, hold)),
+            Write::Streamed { events, now } => {
+                sorted
+                    .streamed
+                    .extend(events.iter().map(|(registration, notification, seq)| {
+                        (registration.as_str(), notification.as_str(), *seq, *now)
+                    }))
+            }
         }
     }
     sorted
 }
 
 /// The executor of a store on `pool`: each group in one transaction.
-pub(super) fn executor<DB>(pool: Pool<DB>) -> Executor
+pub(super) fn executor<DB>(pool: Pool<DB>) -> Executor<Write, Answer>
 where
     DB: SqlBackend,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
@@ -195,8 +142,9 @@ where
 
 /// Writes a group with as few statements as it can: notifications, their
 /// deliveries and audit entries as multi-row inserts, claims and outcomes as
-/// one `UPDATE … FROM (VALUES …)` per chunk. Returns "applied" per write.
-async fn write_group<DB>(pool: &Pool<DB>, writes: &[Write]) -> Result<Vec<bool>, StoreError>
+/// one `UPDATE … FROM (VALUES …)` per chunk, direct-channel events and their
+/// streaming likewise. Returns what each write did.
+async fn write_group<DB>(pool: &Pool<DB>, writes: &[Write]) -> Result<Vec<Answer>, StoreError>
 where
     DB: SqlBackend,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
@@ -211,7 +159,7 @@ where
 {
     let sorted = sort(writes);
     let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
-    let mut applied = vec![true; writes.len()];
+    let mut applied = vec![Answer::Applied; writes.len()];
 
     // Replay-cache entries one by one: the same key twice in a group must see the first.
     for &(i, key, expires_at, now) in &sorted.remember {
@@ -232,7 +180,9 @@ where
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        applied[i] = DB::rows_affected(&done) == 1;
+        if DB::rows_affected(&done) != 1 {
+            applied[i] = Answer::NotApplied;
+        }
     }
 
     // Notifications: an id not returned collided (idempotency key) and gets nothing else.
@@ -267,7 +217,7 @@ where
     let mut audits = sorted.audits;
     for &(i, row, registrations, redrive_at, audit) in &sorted.inserts {
         if !inserted.contains(&row.id) {
-            applied[i] = false;
+            applied[i] = Answer::NotApplied;
             continue;
         }
         deliveries.extend(
@@ -328,8 +278,9 @@ where
         let taken: std::collections::HashSet<(String, String)> =
             query.fetch_all(&mut *tx).await?.into_iter().collect();
         for (i, claim) in chunk {
-            applied[*i] =
-                taken.contains(&(claim.notification_id.clone(), claim.registration_id.clone()));
+            if !taken.contains(&(claim.notification_id.clone(), claim.registration_id.clone())) {
+                applied[*i] = Answer::NotApplied;
+            }
         }
     }
 
@@ -356,6 +307,8 @@ where
         }
         query.execute(&mut *tx).await?;
     }
+    super::sql::hold_direct(&mut tx, &sorted.holds, &mut applied).await?;
+    super::sql::record_streamed(&mut tx, &sorted.streamed).await?;
     tx.commit().await?;
     Ok(applied)
 }

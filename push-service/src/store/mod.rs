@@ -5,6 +5,7 @@
 
 mod backend;
 pub mod batch;
+pub mod group;
 mod postgres;
 mod rows;
 mod sql;
@@ -20,8 +21,8 @@ pub use backend::{placeholders, row_placeholders, Column, SqlBackend};
 pub use postgres::PgStore;
 pub use rows::{
     App, Attestation, AuditEntry, AuditFilter, CredentialRecord, DeliveryRow, DeliveryUpdate,
-    DirectEvent, NotificationRow, Notifier, PendingDelivery, Registration, RegistrationState,
-    TaskRow,
+    DirectEvent, DirectHold, NotificationRow, Notifier, PendingDelivery, Registration,
+    RegistrationState, TaskRow,
 };
 pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
@@ -265,13 +266,6 @@ pub trait NotificationStore: Send + Sync {
     ) -> Result<Vec<(String, String)>, StoreError>;
     /// Marks queued deliveries whose notification expired as `expired`; returns how many.
     async fn expire_overdue(&self, now: i64) -> Result<u64, StoreError>;
-    /// A direct-channel delivery was written to the device's stream: `held` becomes `sent`.
-    async fn mark_streamed(
-        &self,
-        notification_id: &str,
-        registration_id: &str,
-        now: i64,
-    ) -> Result<(), StoreError>;
     /// Fan-outs whose expansion stopped before `before` (a node died): claims them until `redrive_at`.
     async fn claim_stalled_expansions(
         &self,
@@ -303,15 +297,9 @@ pub trait NotificationStore: Send + Sync {
 /// Notifications held for devices on the direct channel, and each device's cursor.
 #[async_trait]
 pub trait DirectStore: Send + Sync {
-    /// Holds a notification on a direct channel; `None` when it was already there.
-    async fn insert_direct_event(
-        &self,
-        registration_id: &str,
-        notification_id: &str,
-        payload: &str,
-        expires_at: i64,
-        now: i64,
-    ) -> Result<Option<i64>, StoreError>;
+    /// Holds a notification on a direct channel (group-committed): its event's
+    /// sequence number, or `None` when it was already there.
+    async fn insert_direct_event(&self, hold: DirectHold) -> Result<Option<i64>, StoreError>;
     /// Unexpired events of a registration after `after_seq`, oldest first.
     async fn direct_events_after(
         &self,
@@ -320,8 +308,11 @@ pub trait DirectStore: Send + Sync {
         now: i64,
         limit: i64,
     ) -> Result<Vec<DirectEvent>, StoreError>;
-    /// Remembers the last event written to a device's stream (start point without Last-Event-ID).
-    async fn set_direct_cursor(&self, registration_id: &str, seq: i64) -> Result<(), StoreError>;
+    /// Streams wrote these `(registration, notification, seq)` events
+    /// (group-committed): their deliveries become `sent`, and each device's
+    /// cursor (where a stream without `Last-Event-ID` starts) moves up to its
+    /// highest.
+    async fn streamed(&self, events: &[(String, String, i64)], now: i64) -> Result<(), StoreError>;
     async fn direct_cursor(&self, registration_id: &str) -> Result<i64, StoreError>;
     /// Drops held events past their TTL.
     async fn delete_expired_direct_events(&self, now: i64) -> Result<u64, StoreError>;

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use futures_util::future::BoxFuture;
 
 use super::backend::SqlBackend;
-use super::batch::{executor, GroupWriter};
+use super::batch::{executor, HotWriter};
 use super::sql::SqlStore;
 use super::StoreError;
 
@@ -39,7 +39,7 @@ impl SqlStore<sqlx::Postgres> {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        let writer = GroupWriter::spawn(GROUP_WRITERS, executor(pool.clone()));
+        let writer = HotWriter::spawn(GROUP_WRITERS, executor(pool.clone()));
         Ok(SqlStore { pool, writer })
     }
 }

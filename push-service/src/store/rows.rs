@@ -241,6 +241,18 @@ pub struct DirectEvent {
     pub created_at: i64,
 }
 
+/// A notification to hold for a device on the direct channel until it
+/// expires (or its stream writes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectHold {
+    pub registration_id: String,
+    pub notification_id: String,
+    /// The SSE event's JSON.
+    pub payload: String,
+    pub expires_at: i64,
+    pub now: i64,
+}
+
 /// What one attempt leaves on its delivery: the state the state machine chose
 /// (crate::delivery), the reason, the attempt count and, while queued, when
 /// the sweep re-drives it.

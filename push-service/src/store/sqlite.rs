@@ -8,7 +8,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use futures_util::future::BoxFuture;
 
 use super::backend::SqlBackend;
-use super::batch::{executor, GroupWriter};
+use super::batch::{executor, HotWriter};
 use super::sql::SqlStore;
 use super::StoreError;
 
@@ -47,7 +47,7 @@ impl SqlStore<sqlx::Sqlite> {
             .connect_with(options)
             .await?;
         // One writer: SQLite has one write lock; batches share its commit (and fsync).
-        let writer = GroupWriter::spawn(1, executor(pool.clone()));
+        let writer = HotWriter::spawn(1, executor(pool.clone()));
         Ok(SqlStore { pool, writer })
     }
 }

@@ -255,3 +255,83 @@ async fn the_operator_api_can_live_on_admin_listen_only() {
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
 }
+
+/// Writes `request` on a fresh connection and reads until the node closes it.
+async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(addr(app)).await.expect("connect");
+    socket.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer))
+        .await
+        .expect("the node answers and closes")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Direct-channel streams are served off hyper on plain connections: the same
+/// answers, the same limits (slow heads closed, framed bodies and oversized
+/// heads refused with a problem), never a hang.
+#[tokio::test]
+async fn stream_requests_get_the_answers_and_limits_of_any_request() {
+    let mut options = Options::new(Backend::Sqlite);
+    options.extra = "header_read_timeout_seconds = 3\n".into();
+    let app = spawn(options).await;
+    let path = "/v1/registrations/reg_nothere/events";
+
+    let unauthenticated = raw_exchange(
+        &app,
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        unauthenticated.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{unauthenticated}"
+    );
+    assert!(unauthenticated.contains("content-type: application/problem+json\r\n"));
+    assert!(unauthenticated.contains("connection: close\r\n"));
+    let (head, body) = unauthenticated.split_once("\r\n\r\n").expect("a head");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("a length")
+        .parse()
+        .expect("a number");
+    assert_eq!(length, body.len(), "the body is whole: {body}");
+    assert!(
+        head.contains("x-request-id: "),
+        "the router's layers ran: {head}"
+    );
+
+    let framed = raw_exchange(
+        &app,
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(
+        framed.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{framed}"
+    );
+    assert!(framed.contains("a stream request has no body"), "{framed}");
+
+    let huge = format!(
+        "GET {path} HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let refused = raw_exchange(&app, huge.as_bytes()).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 431 "),
+        "{}",
+        &refused[..80.min(refused.len())]
+    );
+
+    let mut slow = TcpStream::connect(addr(&app)).await.expect("connect");
+    slow.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nx-slow: 1").as_bytes())
+        .await
+        .expect("write");
+    let closed = closed_within(&mut slow, Duration::from_secs(6)).await;
+    assert!(
+        closed.is_some_and(|t| t <= Duration::from_millis(4500)),
+        "a slow stream head is closed within the header timeout: {closed:?}"
+    );
+}

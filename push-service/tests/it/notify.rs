@@ -799,3 +799,69 @@ mod callers_that_go_away_after_the_commit_still_get_delivered_and_counted {
         run(Backend::Postgres).await;
     }
 }
+
+/// A burst larger than a stream's signal buffer (the stream falls behind and
+/// reads the store) arrives whole, each event once, and every delivery ends `sent`.
+async fn a_burst_reaches_an_open_stream_once_each(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let desktop = device(&app, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let targets = json!({"registrations": [registration.id]});
+    let mut listener = desktop.listen(&registration.id);
+    let opening = send(
+        &app,
+        &notifier,
+        json!({"targets": targets, "notification": {"title": "open"}}),
+    )
+    .await;
+    let event = next_within(&mut listener, Duration::from_secs(20))
+        .await
+        .expect("the stream is open");
+    assert_eq!(event.notification["id"], opening["id"]);
+
+    let items: Vec<Value> = (0..40)
+        .map(|i| json!({"targets": targets, "notification": {"title": format!("burst {i}")}}))
+        .collect();
+    let path = format!("/v1/apps/{app_id}/notifications/batch");
+    let (status, answer) = with_jwt(
+        &app,
+        Method::POST,
+        &path,
+        &notifier.jwt("notify"),
+        Some(json!({"notifications": items})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let mut expected: Vec<String> = answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            r["notification"]["id"]
+                .as_str()
+                .expect("accepted")
+                .to_owned()
+        })
+        .collect();
+    let mut received = Vec::new();
+    while let Some(event) = next_within(&mut listener, Duration::from_secs(3)).await {
+        received.push(event.notification["id"].as_str().expect("id").to_owned());
+    }
+    let mut sorted = received.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), received.len(), "an event came twice");
+    expected.sort();
+    assert_eq!(sorted, expected, "every event of the burst, once");
+    for id in &expected {
+        wait_status(&app, &notifier, id, |s| s["counts"]["sent"] == 1).await;
+    }
+}
+both_backends!(
+    a_burst_reaches_an_open_stream_once_each,
+    super::a_burst_reaches_an_open_stream_once_each
+);

@@ -8,8 +8,8 @@ use push_service::delivery::{DeliveryState, ProviderKind};
 use push_service::ids::{new_id, now_millis};
 use push_service::store::batch::{DeliveryClaim, RegistrationGuard};
 use push_service::store::{
-    App, AuditEntry, AuditFilter, CredentialRecord, DeliveryUpdate, NotificationRow, Registration,
-    StoreError,
+    App, AuditEntry, AuditFilter, CredentialRecord, DeliveryUpdate, DirectHold, NotificationRow,
+    Registration, StoreError,
 };
 
 use crate::both_backends;
@@ -265,14 +265,27 @@ async fn contract(app: TestApp) {
         vec![direct.id.as_str()]
     );
 
-    // The direct channel: one event per notification and device, a cursor that only moves on.
-    let seq = store
-        .insert_direct_event(&direct.id, &row.id, "{}", far, now)
-        .await
-        .expect("event")
-        .expect("new");
+    // The direct channel: one event per notification and device (two holds
+    // racing in one group: one gets the number), a cursor that only moves on.
+    let hold = DirectHold {
+        registration_id: direct.id.clone(),
+        notification_id: row.id.clone(),
+        payload: "{}".into(),
+        expires_at: far,
+        now,
+    };
+    let (one, other) = tokio::join!(
+        store.insert_direct_event(hold.clone()),
+        store.insert_direct_event(hold.clone())
+    );
+    let (one, other) = (one.expect("event"), other.expect("again"));
+    let seq = one.or(other).expect("one of them is new");
+    assert!(
+        one.is_none() || other.is_none(),
+        "held twice: {one:?} {other:?}"
+    );
     assert!(store
-        .insert_direct_event(&direct.id, &row.id, "{}", far, now)
+        .insert_direct_event(hold)
         .await
         .expect("again")
         .is_none());
@@ -282,14 +295,22 @@ async fn contract(app: TestApp) {
         .expect("events");
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
     store
-        .set_direct_cursor(&direct.id, seq)
+        .streamed(&[(direct.id.clone(), row.id.clone(), seq)], now)
         .await
-        .expect("cursor");
+        .expect("streamed");
     store
-        .set_direct_cursor(&direct.id, seq - 1)
+        .streamed(&[(direct.id.clone(), row.id.clone(), seq - 1)], now)
         .await
-        .expect("older");
+        .expect("an older one");
     assert_eq!(store.direct_cursor(&direct.id).await.expect("cursor"), seq);
+    let unsent = store
+        .delivery_page(&row.id, "", 10, true)
+        .await
+        .expect("page");
+    assert!(
+        unsent.iter().all(|d| d.registration_id != direct.id),
+        "a streamed delivery is sent"
+    );
 
     // The audit log and the replay cache.
     let entry = AuditEntry {

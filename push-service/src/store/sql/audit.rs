@@ -89,5 +89,6 @@ where
                 now,
             })
             .await
+            .map(crate::store::batch::Answer::applied)
     }
 }

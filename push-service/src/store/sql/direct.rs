@@ -1,10 +1,12 @@
 //! Notifications held for the direct channel, and each device's cursor.
 
 use async_trait::async_trait;
-use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
+use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::{Column, SqlBackend, SqlStore};
-use crate::store::StoreError;
+use crate::store::batch::{Answer, Write};
+use crate::store::row_placeholders;
+use crate::store::{DirectHold, StoreError};
 
 #[async_trait]
 impl<DB> crate::store::DirectStore for SqlStore<DB>
@@ -24,27 +26,13 @@ where
     usize: ColumnIndex<DB::Row>,
     for<'n> &'n str: ColumnIndex<DB::Row>,
 {
-    async fn insert_direct_event(
-        &self,
-        registration_id: &str,
-        notification_id: &str,
-        payload: &str,
-        expires_at: i64,
-        now: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO direct_events (registration_id, notification_id, payload, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (registration_id, notification_id) DO NOTHING \
-             RETURNING seq",
-        )
-        .bind(registration_id)
-        .bind(notification_id)
-        .bind(payload)
-        .bind(expires_at)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(seq,)| seq))
+    async fn insert_direct_event(&self, hold: DirectHold) -> Result<Option<i64>, StoreError> {
+        match self.writer.write(Write::HoldDirect(Box::new(hold))).await? {
+            Answer::Held(seq) => Ok(seq),
+            other => Err(StoreError::Other(anyhow::anyhow!(
+                "a held event was answered {other:?}"
+            ))),
+        }
     }
 
     async fn direct_events_after(
@@ -66,14 +54,13 @@ where
         .await?)
     }
 
-    async fn set_direct_cursor(&self, registration_id: &str, seq: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE registrations SET direct_cursor = $2 WHERE id = $1 AND direct_cursor < $2",
-        )
-        .bind(registration_id)
-        .bind(seq)
-        .execute(&self.pool)
-        .await?;
+    async fn streamed(&self, events: &[(String, String, i64)], now: i64) -> Result<(), StoreError> {
+        self.writer
+            .write(Write::Streamed {
+                events: events.to_vec(),
+                now,
+            })
+            .await?;
         Ok(())
     }
 
@@ -93,4 +80,103 @@ where
             .await?;
         Ok(DB::rows_affected(&done))
     }
+}
+
+/// Holds a group's direct-channel events (`(place, event)`): each place's
+/// answer becomes `Held` with the new event's sequence number, or with none
+/// when the device already holds that notification.
+pub(in crate::store) async fn hold_direct<DB>(
+    tx: &mut Transaction<'_, DB>,
+    holds: &[(usize, &DirectHold)],
+    answers: &mut [Answer],
+) -> Result<(), StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+    String: Column<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    for chunk in holds.chunks(100) {
+        let values = row_placeholders(chunk.len(), 5);
+        let sql = format!(
+            "INSERT INTO direct_events (registration_id, notification_id, payload, expires_at, \
+             created_at) VALUES {values} ON CONFLICT (registration_id, notification_id) DO NOTHING \
+             RETURNING registration_id, notification_id, seq"
+        );
+        let mut query = sqlx::query_as::<_, (String, String, i64)>(&sql);
+        for (_, hold) in chunk {
+            query = query
+                .bind(&hold.registration_id)
+                .bind(&hold.notification_id)
+                .bind(&hold.payload)
+                .bind(hold.expires_at)
+                .bind(hold.now);
+        }
+        let mut held: std::collections::HashMap<(String, String), i64> = query
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|(r, n, seq)| ((r, n), seq))
+            .collect();
+        for (i, hold) in chunk {
+            let key = (hold.registration_id.clone(), hold.notification_id.clone());
+            // The same event twice in one group: the first place gets the number.
+            answers[*i] = Answer::Held(held.remove(&key));
+        }
+    }
+    Ok(())
+}
+
+/// Records what streams wrote (`(registration, notification, seq, now)`): the
+/// deliveries become `sent`, each device's cursor moves to the highest of its
+/// sequence numbers (never back).
+pub(in crate::store) async fn record_streamed<DB>(
+    tx: &mut Transaction<'_, DB>,
+    streamed: &[(&str, &str, i64, i64)],
+) -> Result<(), StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+{
+    for chunk in streamed.chunks(100) {
+        let values = row_placeholders(chunk.len(), 3);
+        let sql = format!(
+            "UPDATE deliveries AS d SET state = 'sent', updated_at = v.column3 \
+             FROM (VALUES {values}) AS v \
+             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
+             AND d.state IN ('queued', 'held')"
+        );
+        let mut query = sqlx::query(&sql);
+        for (registration, notification, _, now) in chunk {
+            query = query.bind(*notification).bind(*registration).bind(*now);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    // One row per device: an UPDATE … FROM joining two rows of one device
+    // would take either.
+    let mut cursors = std::collections::BTreeMap::<&str, i64>::new();
+    for &(registration, _, seq, _) in streamed {
+        let cursor = cursors.entry(registration).or_insert(seq);
+        *cursor = (*cursor).max(seq);
+    }
+    let cursors: Vec<_> = cursors.into_iter().collect();
+    for chunk in cursors.chunks(100) {
+        let values = row_placeholders(chunk.len(), 2);
+        let sql = format!(
+            "UPDATE registrations AS r SET direct_cursor = v.column2 FROM (VALUES {values}) AS v \
+             WHERE r.id = v.column1 AND r.direct_cursor < v.column2"
+        );
+        let mut query = sqlx::query(&sql);
+        for (registration, seq) in chunk {
+            query = query.bind(*registration).bind(*seq);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }

@@ -21,13 +21,14 @@ use async_trait::async_trait;
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Pool, Type};
 
 pub use super::backend::{Column, SqlBackend};
-use super::batch::GroupWriter;
+use super::batch::HotWriter;
 use super::StoreError;
+pub(super) use direct::{hold_direct, record_streamed};
 
 /// The store on one database: a pool, and the group-commit writer of its hot writes.
 pub struct SqlStore<DB: SqlBackend> {
     pub(super) pool: Pool<DB>,
-    pub(super) writer: GroupWriter,
+    pub(super) writer: HotWriter,
 }
 
 impl<DB: SqlBackend> Clone for SqlStore<DB> {

@@ -41,7 +41,8 @@ where
                 redrive_at,
                 audit: audit.map(|a| Box::new(a.clone())),
             })
-            .await?;
+            .await?
+            .applied();
         if inserted {
             Ok(())
         } else {
@@ -221,7 +222,10 @@ where
     }
 
     async fn claim_delivery(&self, claim: DeliveryClaim) -> Result<bool, StoreError> {
-        self.writer.write(Write::ClaimDelivery(claim)).await
+        self.writer
+            .write(Write::ClaimDelivery(claim))
+            .await
+            .map(crate::store::batch::Answer::applied)
     }
 
     async fn update_delivery(
@@ -288,24 +292,6 @@ where
         .execute(&self.pool)
         .await?;
         Ok(DB::rows_affected(&done))
-    }
-
-    async fn mark_streamed(
-        &self,
-        notification_id: &str,
-        registration_id: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE deliveries SET state = 'sent', updated_at = $3 \
-             WHERE notification_id = $1 AND registration_id = $2 AND state IN ('queued', 'held')",
-        )
-        .bind(notification_id)
-        .bind(registration_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     async fn claim_stalled_expansions(
