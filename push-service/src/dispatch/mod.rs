@@ -242,24 +242,36 @@ async fn deliver_pending(
             .or_default()
             .push(delivery);
     }
-    let runs = by_provider.into_values().map(|mut group| async move {
-        let rest = group.split_off(1);
-        let mut first_error = None;
-        for probe in group {
-            if let Err(e) = deliver_one(state, notification, content, probe, due, carried).await {
-                first_error.get_or_insert(e);
+    let runs = by_provider
+        .into_iter()
+        .map(|(provider, mut group)| async move {
+            // A direct delivery is a store write, not a provider request: no
+            // credential to probe, and all of a task's go at once (they share
+            // group commits).
+            let direct = provider.as_deref() == Some("direct");
+            let concurrency = if direct {
+                group.len()
+            } else {
+                CHUNK_CONCURRENCY
+            };
+            let rest = group.split_off(usize::from(!direct).min(group.len()));
+            let mut first_error = None;
+            for probe in group {
+                if let Err(e) = deliver_one(state, notification, content, probe, due, carried).await
+                {
+                    first_error.get_or_insert(e);
+                }
             }
-        }
-        let mut outcomes = futures_util::stream::iter(rest)
-            .map(|delivery| deliver_one(state, notification, content, delivery, due, carried))
-            .buffer_unordered(CHUNK_CONCURRENCY);
-        while let Some(outcome) = outcomes.next().await {
-            if let Err(e) = outcome {
-                first_error.get_or_insert(e);
+            let mut outcomes = futures_util::stream::iter(rest)
+                .map(|delivery| deliver_one(state, notification, content, delivery, due, carried))
+                .buffer_unordered(concurrency.max(1));
+            while let Some(outcome) = outcomes.next().await {
+                if let Err(e) = outcome {
+                    first_error.get_or_insert(e);
+                }
             }
-        }
-        first_error
-    });
+            first_error
+        });
     let errors = futures_util::future::join_all(runs).await;
     errors.into_iter().flatten().next().map_or(Ok(()), Err)
 }
