@@ -30,6 +30,11 @@ pub struct Problem {
 pub enum ApiError {
     #[error("{0}")]
     MalformedJson(String),
+    /// A request head that cannot be read as HTTP/1.1 (the direct channel's own path).
+    #[error("{0}")]
+    MalformedRequest(String),
+    #[error("{0}")]
+    HeadTooLarge(String),
     #[error("{0}")]
     InvalidBody(String),
     #[error("{0}")]
@@ -81,6 +86,16 @@ impl ApiError {
         use ApiError::*;
         match self {
             MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
+            MalformedRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-request",
+                "Malformed request",
+            ),
+            HeadTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request-head-too-large",
+                "Request header fields too large",
+            ),
             InvalidBody(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-request",

@@ -16,10 +16,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, Version};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::error::ApiError;
+use axum::response::IntoResponse;
 
 /// Longest request head of a stream request (its DPoP proof takes ~1 KiB).
 const MAX_HEAD: usize = 16 * 1024;
@@ -78,8 +81,8 @@ pub async fn serve(
             drop(setup);
             let _ = write_response(&mut tcp, response).await;
         }
-        Err((status, detail)) => {
-            let _ = write_response(&mut tcp, problem(status, detail)).await;
+        Err(refused) => {
+            let _ = write_response(&mut tcp, refused.into_response()).await;
             // What the client still sends is read away briefly, so closing
             // does not reset the connection before it read the answer.
             let mut rest = vec![0u8; 4096];
@@ -133,11 +136,11 @@ async fn read_head(tcp: &mut TcpStream) -> Result<Vec<u8>, Closed> {
 }
 
 /// The request a head describes, or why it is refused.
-fn parse(head: &[u8], remote: SocketAddr) -> Result<Request<Body>, (StatusCode, &'static str)> {
+fn parse(head: &[u8], remote: SocketAddr) -> Result<Request<Body>, ApiError> {
+    let malformed = |detail: &str| ApiError::MalformedRequest(detail.to_owned());
     if head.len() > MAX_HEAD {
-        return Err((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "the request head is longer than 16 KiB",
+        return Err(ApiError::HeadTooLarge(
+            "the request head is longer than 16 KiB".into(),
         ));
     }
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -145,18 +148,14 @@ fn parse(head: &[u8], remote: SocketAddr) -> Result<Request<Body>, (StatusCode, 
     match parsed.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         Err(httparse::Error::TooManyHeaders) => {
-            return Err((
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "a stream request has at most 64 header fields",
+            return Err(ApiError::HeadTooLarge(
+                "a stream request has at most 64 header fields".into(),
             ))
         }
-        _ => return Err((StatusCode::BAD_REQUEST, "the request head is malformed")),
+        _ => return Err(malformed("the request head is malformed")),
     }
     if parsed.method != Some("GET") || parsed.version != Some(1) {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "a stream is opened with GET over HTTP/1.1",
-        ));
+        return Err(malformed("a stream is opened with GET over HTTP/1.1"));
     }
     let mut request = Request::builder()
         .method(Method::GET)
@@ -164,43 +163,25 @@ fn parse(head: &[u8], remote: SocketAddr) -> Result<Request<Body>, (StatusCode, 
         .uri(parsed.path.unwrap_or("/"));
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| (StatusCode::BAD_REQUEST, "a header name is malformed"))?;
+            .map_err(|_| malformed("a header name is malformed"))?;
         // A GET that opens a stream has no body: a framed one is refused
         // rather than left unread on the connection.
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && field.value != b"0")
         {
-            return Err((StatusCode::BAD_REQUEST, "a stream request has no body"));
+            return Err(malformed("a stream request has no body"));
         }
         let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| (StatusCode::BAD_REQUEST, "a header value is malformed"))?;
+            .map_err(|_| malformed("a header value is malformed"))?;
         request = request.header(name, value);
     }
     let mut request = request
         .body(Body::empty())
-        .map_err(|_| (StatusCode::BAD_REQUEST, "the request target is malformed"))?;
+        .map_err(|_| malformed("the request target is malformed"))?;
     request
         .extensions_mut()
         .insert(axum::extract::ConnectInfo(remote));
     Ok(request)
-}
-
-/// A problem+json answer to a request the router never saw.
-fn problem(status: StatusCode, detail: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "type": "urn:push-service:problem:invalid-request",
-        "title": status.canonical_reason().unwrap_or("Bad request"),
-        "status": status.as_u16(),
-        "detail": detail,
-    })
-    .to_string();
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    response
 }
 
 /// Writes the status line and headers, then the body: whole with its length,
@@ -281,6 +262,7 @@ fn http_date() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn only_a_stream_request_line_is_taken() {
@@ -334,8 +316,13 @@ mod tests {
                 StatusCode::BAD_REQUEST,
             ),
         ] {
-            let refused = parse(head, remote).map(|_| ()).unwrap_err().0;
-            assert_eq!(refused, status, "{}", String::from_utf8_lossy(head));
+            let refused = parse(head, remote).map(|_| ()).unwrap_err();
+            assert_eq!(
+                refused.into_response().status(),
+                status,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
         }
         let mut many = b"GET /v1/registrations/r/events HTTP/1.1\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
@@ -343,7 +330,11 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(
-            parse(&many, remote).map(|_| ()).unwrap_err().0,
+            parse(&many, remote)
+                .map(|_| ())
+                .unwrap_err()
+                .into_response()
+                .status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
     }

@@ -248,13 +248,12 @@ async fn deliver_pending(
             // A direct delivery is a store write, not a provider request: no
             // credential to probe, and all of a task's go at once (they share
             // group commits).
-            let direct = provider.as_deref() == Some("direct");
-            let concurrency = if direct {
-                group.len()
-            } else {
-                CHUNK_CONCURRENCY
+            let kind = provider.as_deref().and_then(ProviderKind::parse);
+            let (probes, concurrency) = match kind {
+                Some(ProviderKind::Direct) => (0, group.len()),
+                _ => (1, CHUNK_CONCURRENCY),
             };
-            let rest = group.split_off(usize::from(!direct).min(group.len()));
+            let rest = group.split_off(probes);
             let mut first_error = None;
             for probe in group {
                 if let Err(e) = deliver_one(state, notification, content, probe, due, carried).await

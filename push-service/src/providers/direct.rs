@@ -113,12 +113,9 @@ impl DirectHub {
             None => None,
             Some(_) => serde_json::to_string(&event).ok(),
         };
-        self.publish(
-            &event.registration.clone(),
-            message,
-            Signal::Event(Arc::new(event)),
-        )
-        .await;
+        let event = Arc::new(event);
+        self.publish(&event.registration, message, Signal::Event(event.clone()))
+            .await;
     }
 
     /// Tells the device's streams, wherever they are, to read the store.
@@ -149,8 +146,8 @@ impl DirectHub {
     fn receive(&self, message: &str) {
         match serde_json::from_str::<Pushed>(message) {
             Ok(event) => {
-                let registration = event.registration.clone();
-                self.signal_local(&registration, Signal::Event(Arc::new(event)));
+                let event = Arc::new(event);
+                self.signal_local(&event.registration, Signal::Event(event.clone()));
             }
             Err(_) => self.signal_local(message, Signal::Look),
         }

@@ -313,6 +313,10 @@ async fn stream_requests_get_the_answers_and_limits_of_any_request() {
         "{framed}"
     );
     assert!(framed.contains("a stream request has no body"), "{framed}");
+    assert!(
+        framed.contains("urn:push-service:problem:malformed-request"),
+        "{framed}"
+    );
 
     let huge = format!(
         "GET {path} HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
