@@ -53,7 +53,8 @@ pub struct NotificationStatus {
     /// False while a fan-out is still being expanded.
     pub expanded: bool,
     pub counts: Counts,
-    /// A page of targets (for whole-app sends, only those not sent).
+    /// A page of targets (for alias and whole-app sends, only those not sent:
+    /// their successes are counted, not listed).
     pub targets: Vec<TargetState>,
     /// Pass as `after` for the next page.
     pub next: Option<String>,
@@ -269,7 +270,10 @@ async fn status(
         .ok_or_else(|| {
             ApiError::not_found(format!("notification `{id}` does not exist in this app"))
         })?;
-    let whole_app = matches!(parse_targets(&notification.targets), Ok(TargetSpec::All));
+    let fan_out = !matches!(
+        parse_targets(&notification.targets),
+        Ok(TargetSpec::Registrations(_))
+    );
     let mut counts = Counts::default();
     for (stored, n) in state.store.delivery_counts(&id).await? {
         match stored.public() {
@@ -282,7 +286,7 @@ async fn status(
     }
     let rows = state
         .store
-        .delivery_page(&id, page.after.as_deref().unwrap_or(""), limit, whole_app)
+        .delivery_page(&id, page.after.as_deref().unwrap_or(""), limit, fan_out)
         .await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.registration_id.clone()))

@@ -14,6 +14,10 @@ pub(super) struct Attempt<'a> {
     pub(super) registration_id: &'a str,
     /// The registration's provider; `None` when the stored name is unknown here.
     pub(super) provider: Option<ProviderKind>,
+    /// A fan-out chunk's target (it has no row yet): a success is counted
+    /// here, not written; any other outcome becomes its row. `None`: the
+    /// delivery has its row.
+    pub(super) sent: Option<&'a std::sync::atomic::AtomicI32>,
 }
 
 impl Attempt<'_> {
@@ -33,6 +37,27 @@ impl Attempt<'_> {
     /// next try scheduled (the sweep covers a lost queue entry).
     pub(super) async fn apply(&self, transition: Transition) -> Result<(), StoreError> {
         self.count(&transition);
+        match (&transition, self.sent) {
+            // The hold wrote the delivery's state in its own commit.
+            (
+                Transition::Finish {
+                    state: DeliveryState::Held,
+                    ..
+                },
+                _,
+            ) => return Ok(()),
+            (
+                Transition::Finish {
+                    state: DeliveryState::Sent,
+                    ..
+                },
+                Some(sent),
+            ) => {
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
+            _ => {}
+        }
         // `retry`: when the next try goes, and when the sweep re-drives it if that is lost.
         let (state, reason, attempts, retry) = match transition {
             Transition::Finish {
@@ -55,18 +80,20 @@ impl Attempt<'_> {
                 )
             }
         };
-        self.dispatcher
-            .store
-            .update_delivery(DeliveryUpdate {
-                notification_id: self.notification.id.clone(),
-                registration_id: self.registration_id.to_owned(),
-                state,
-                reason,
-                attempts: attempts as i32,
-                next_attempt_at: retry.map(|(_, redrive)| redrive),
-                now: now_millis(),
-            })
-            .await?;
+        let update = DeliveryUpdate {
+            notification_id: self.notification.id.clone(),
+            registration_id: self.registration_id.to_owned(),
+            state,
+            reason,
+            attempts: attempts as i32,
+            next_attempt_at: retry.map(|(_, redrive)| redrive),
+            now: now_millis(),
+        };
+        let store = &self.dispatcher.store;
+        match self.sent {
+            Some(_) => store.record_first_outcome(update).await?,
+            None => store.update_delivery(update).await?,
+        }
         if let Some((at, redrive)) = retry {
             let task = Task::Deliver {
                 notification: self.notification.id.clone(),

@@ -2,6 +2,7 @@
 //! retries per policy, and sweeps the store for work no queue finished.
 
 mod attempt;
+mod fanout;
 pub mod queue;
 pub mod redis_queue;
 mod sweep;
@@ -29,13 +30,12 @@ use crate::delivery::{
     after_answer, before_send, Answer, Attempted, DeliveryState, ProviderKind, Transition,
 };
 use crate::ids::now_millis;
-use crate::notification::{parse_targets, Content};
+use crate::notification::Content;
 use crate::providers::circuit::{Circuits, TokenVerdict};
 use crate::providers::{Delivery, Outcome, Providers};
 use crate::store::batch::{DeliveryClaim, RegistrationGuard};
 use crate::store::{NotificationRow, PendingDelivery, Store, StoreError};
 use crate::telemetry::names;
-use queue::TASK_CHUNK;
 
 /// What the dispatcher takes from the configuration.
 #[derive(Debug, Clone)]
@@ -119,9 +119,6 @@ pub struct Dispatcher {
     pub depths: QueueDepths,
 }
 
-/// Registrations per fan-out expansion chunk.
-const EXPAND_CHUNK: i64 = 500;
-
 /// Runs one task and acknowledges it to the queue it came `from`; on a store
 /// outage the task is released for later.
 #[tracing::instrument(skip_all, fields(task = ?leased.task))]
@@ -132,7 +129,12 @@ pub(crate) async fn work(state: &Dispatcher, leased: Leased, from: &Arc<dyn Queu
             registrations,
             due,
         } => deliver(state, notification, registrations, *due).await,
-        Task::Expand { notification } => expand(state, notification).await,
+        Task::Expand { notification } => fanout::expand(state, notification).await,
+        Task::Chunk {
+            notification,
+            registrations,
+            due,
+        } => fanout::deliver_chunk(state, notification, registrations, *due).await,
         Task::Carried(carried) => {
             deliver_pending(
                 state,
@@ -140,7 +142,7 @@ pub(crate) async fn work(state: &Dispatcher, leased: Leased, from: &Arc<dyn Queu
                 &carried.content,
                 carried.deliveries.clone(),
                 Some(carried.due),
-                true,
+                Source::Carried,
             )
             .await
         }
@@ -159,47 +161,6 @@ pub(crate) async fn work(state: &Dispatcher, leased: Leased, from: &Arc<dyn Queu
     }
 }
 
-/// Expands an alias or whole-app fan-out, chunk by chunk, saving progress as it goes.
-async fn expand(state: &Dispatcher, id: &str) -> Result<(), StoreError> {
-    let Some(mut notification) = state.store.get_notification(id).await? else {
-        return Ok(());
-    };
-    if !notification.is_expanding() {
-        return Ok(());
-    }
-    let targets =
-        parse_targets(&notification.targets).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?;
-    let aliases = targets.fanout_aliases().map(<[String]>::to_vec);
-    loop {
-        let redrive_at = now_millis() + state.settings.redrive_after.as_millis() as i64;
-        let chunk = state
-            .store
-            .expand_chunk(&notification, aliases.as_deref(), EXPAND_CHUNK, redrive_at)
-            .await?;
-        let tasks: Vec<Task> = chunk
-            .chunks(TASK_CHUNK)
-            .map(|c| Task::Deliver {
-                notification: notification.id.clone(),
-                registrations: c.to_vec(),
-                due: Some(redrive_at),
-            })
-            .collect();
-        if !tasks.is_empty() {
-            if let Err(e) = state.queue.push(tasks).await {
-                tracing::warn!(error = %e, "queue unavailable during fan-out; the sweep will re-drive");
-            }
-        }
-        if (chunk.len() as i64) < EXPAND_CHUNK {
-            break;
-        }
-        notification.expand_cursor = chunk.last().cloned();
-    }
-    state
-        .store
-        .finish_expansion(&notification.id, now_millis())
-        .await
-}
-
 /// Attempts the queued deliveries of one chunk. Finished ones are skipped, so a
 /// redelivered task is harmless.
 async fn deliver(
@@ -214,19 +175,31 @@ async fn deliver(
     };
     let content: Content =
         serde_json::from_str(&notification.content).map_err(|e| StoreError::Other(e.into()))?;
-    deliver_pending(state, &notification, &content, pending, due, false).await
+    deliver_pending(state, &notification, &content, pending, due, Source::Queued).await
+}
+
+/// How the deliveries of a run were taken, which decides what an attempt writes.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Read from the store as queued: each is claimed before it is sent.
+    Queued,
+    /// Carried from acceptance: claimed only while its registration is still
+    /// the one acceptance read (see `deliver_one`).
+    Carried,
+    /// A fan-out chunk, taken whole: a target has no row until an outcome
+    /// other than `sent`; successes are counted here.
+    Chunk(&'a std::sync::atomic::AtomicI32),
 }
 
 /// Sends `pending` deliveries of `notification`, each claimed first against
-/// the task's version `due`. `carried`: their registrations were read at
-/// acceptance, not now (see `deliver_one`).
+/// the task's version `due` (unless its chunk was claimed whole).
 async fn deliver_pending(
     state: &Dispatcher,
     notification: &NotificationRow,
     content: &Content,
     pending: Vec<PendingDelivery>,
     due: Option<i64>,
-    carried: bool,
+    source: Source<'_>,
 ) -> Result<(), StoreError> {
     // Per provider, one delivery goes first as a probe: a credential error opens
     // the circuit before the rest leave, so a broken credential costs one attempt
@@ -256,13 +229,13 @@ async fn deliver_pending(
             let rest = group.split_off(probes);
             let mut first_error = None;
             for probe in group {
-                if let Err(e) = deliver_one(state, notification, content, probe, due, carried).await
+                if let Err(e) = deliver_one(state, notification, content, probe, due, source).await
                 {
                     first_error.get_or_insert(e);
                 }
             }
             let mut outcomes = futures_util::stream::iter(rest)
-                .map(|delivery| deliver_one(state, notification, content, delivery, due, carried))
+                .map(|delivery| deliver_one(state, notification, content, delivery, due, source))
                 .buffer_unordered(concurrency.max(1));
             while let Some(outcome) = outcomes.next().await {
                 if let Err(e) = outcome {
@@ -293,7 +266,9 @@ async fn read_back(
         return Ok(());
     };
     match fresh.pop() {
-        Some(delivery) => deliver_one(state, notification, content, delivery, due, false).await,
+        Some(delivery) => {
+            deliver_one(state, notification, content, delivery, due, Source::Queued).await
+        }
         None => Ok(()),
     }
 }
@@ -307,7 +282,7 @@ async fn deliver_one(
     content: &Content,
     pending: PendingDelivery,
     due: Option<i64>,
-    carried: bool,
+    source: Source<'_>,
 ) -> Result<(), StoreError> {
     // Take the delivery just before sending it, against the version its task was
     // made for: when the sweep re-drove a delivery while the first task still
@@ -316,25 +291,28 @@ async fn deliver_one(
     // A carried delivery is taken only if its registration is still the one
     // acceptance read (active, same token): a registration deleted, invalidated
     // or rotated since is read afresh, as any other task's would be.
-    let lease = now_millis() + state.settings.redrive_after.as_millis() as i64;
-    let taken = state
-        .store
-        .claim_delivery(DeliveryClaim {
-            notification_id: notification.id.clone(),
-            registration_id: pending.registration_id.clone(),
-            attempts: pending.attempts,
-            due,
-            lease,
-            unchanged: carried.then(|| RegistrationGuard {
-                token: pending.token.clone(),
-            }),
-        })
-        .await?;
-    if !taken {
-        if carried {
-            return Box::pin(read_back(state, notification, content, pending, due)).await;
+    if !matches!(source, Source::Chunk(_)) {
+        let carried = matches!(source, Source::Carried);
+        let lease = now_millis() + state.settings.redrive_after.as_millis() as i64;
+        let taken = state
+            .store
+            .claim_delivery(DeliveryClaim {
+                notification_id: notification.id.clone(),
+                registration_id: pending.registration_id.clone(),
+                attempts: pending.attempts,
+                due,
+                lease,
+                unchanged: carried.then(|| RegistrationGuard {
+                    token: pending.token.clone(),
+                }),
+            })
+            .await?;
+        if !taken {
+            if carried {
+                return Box::pin(read_back(state, notification, content, pending, due)).await;
+            }
+            return Ok(());
         }
-        return Ok(());
     }
     let now = now_millis();
     let at = Attempted {
@@ -352,6 +330,10 @@ async fn deliver_one(
         notification,
         registration_id: &pending.registration_id,
         provider: pending.provider.as_deref().and_then(ProviderKind::parse),
+        sent: match source {
+            Source::Chunk(sent) => Some(sent),
+            _ => None,
+        },
     };
     let registration = match pending.registration_status.as_deref() {
         Some("active") => Registration::Active,

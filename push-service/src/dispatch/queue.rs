@@ -27,9 +27,17 @@ pub enum Task {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         due: Option<i64>,
     },
-    /// Expand an alias or whole-app fan-out into deliveries, chunk by chunk.
+    /// Expand an alias or whole-app fan-out into chunks of registrations.
     #[serde(rename = "expand.v1")]
     Expand { notification: String },
+    /// The first attempts of one fan-out chunk (its key is its first registration).
+    #[serde(rename = "chunk.v1")]
+    Chunk {
+        notification: String,
+        registrations: Vec<String>,
+        /// The chunk's re-drive time when this task was made (its claim's version).
+        due: i64,
+    },
     /// Deliveries this node has just accepted, with what their first attempt
     /// needs, so the worker reads nothing back. Only the in-process queue
     /// carries it; a shared queue is given the ids (`Task::shareable`).

@@ -20,8 +20,21 @@ pub async fn sweep_once(state: &Dispatcher) -> Result<usize, StoreError> {
         metrics::counter!(names::DELIVERIES_EXPIRED_BY_SWEEP).increment(expired);
     }
     let overdue = store.claim_overdue(now, redrive_at, SWEEP_BATCH).await?;
-    let redriven = overdue.len();
+    let mut redriven = overdue.len();
     let mut tasks = super::deliver_tasks(overdue, redrive_at);
+    // Fan-out chunks whose run did not finish (a lost task, a dead node).
+    let chunks_per_round = SWEEP_BATCH / super::queue::TASK_CHUNK as i64;
+    for (notification, registrations) in store
+        .claim_overdue_chunks(now, redrive_at, chunks_per_round)
+        .await?
+    {
+        redriven += registrations.len();
+        tasks.push(Task::Chunk {
+            notification,
+            registrations,
+            due: redrive_at,
+        });
+    }
     let stalled_before = now - state.settings.redrive_after.as_millis() as i64;
     for notification in store.claim_stalled_expansions(stalled_before, now).await? {
         tasks.push(Task::Expand { notification });

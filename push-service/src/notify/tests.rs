@@ -229,7 +229,7 @@ async fn a_caller_gone_during_the_commit_still_gets_its_notification_queued() {
         .iter()
         .map(|task| match task {
             Task::Deliver { registrations, .. } => registrations.len(),
-            Task::Expand { .. } | Task::Carried(_) => 0,
+            Task::Expand { .. } | Task::Chunk { .. } | Task::Carried(_) => 0,
         })
         .sum();
     let (apps, _) = core.store.queue_stats(i64::MAX).await.expect("stats");

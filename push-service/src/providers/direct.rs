@@ -243,6 +243,7 @@ impl Provider for DirectProvider {
                 notification_id: delivery.notification_id.to_owned(),
                 payload: payload.clone(),
                 expires_at,
+                attempts: delivery.attempt as i32,
                 now,
             })
             .await;

@@ -7,7 +7,9 @@ use sqlx::{ColumnIndex, Encode, IntoArguments, Pool, Transaction, Type};
 
 use super::backend::{row_placeholders, Column, SqlBackend};
 use super::group::{Executor, GroupWriter};
-use super::{AuditEntry, DeliveryUpdate, DirectHold, NotificationRow, StoreError};
+use super::{
+    AuditEntry, ChunkClaim, ChunkDone, DeliveryUpdate, DirectHold, NotificationRow, StoreError,
+};
 
 /// The writer of the hot writes.
 pub type HotWriter = GroupWriter<Write, Answer>;
@@ -52,8 +54,15 @@ pub enum Write {
     ClaimDelivery(DeliveryClaim),
     /// An audit-log entry (always applied).
     Audit(Box<AuditEntry>),
-    /// A notification held for a device on the direct channel.
+    /// A notification held for a device on the direct channel (its delivery
+    /// becomes `held`, its row written if it had none).
     HoldDirect(Box<DirectHold>),
+    /// A fan-out chunk taken for one run.
+    ClaimChunk(ChunkClaim),
+    /// A fan-out target's first outcome other than `sent`: its delivery row.
+    FirstOutcome(DeliveryUpdate),
+    /// A fan-out chunk's run is over.
+    FinishChunk(ChunkDone),
     /// A held event written to its device's stream: the delivery becomes
     /// `sent` and the device's cursor moves past it (never back).
     Streamed {
@@ -85,6 +94,9 @@ struct Sorted<'a> {
     updates: Vec<&'a DeliveryUpdate>,
     holds: Vec<(usize, &'a DirectHold)>,
     streamed: Vec<(&'a str, &'a str, i64, i64)>,
+    chunk_claims: Vec<(usize, &'a ChunkClaim)>,
+    first_outcomes: Vec<&'a DeliveryUpdate>,
+    chunks_done: Vec<&'a ChunkDone>,
 }
 
 fn sort(writes: &[Write]) -> Sorted<'_> {
@@ -108,6 +120,9 @@ fn sort(writes: &[Write]) -> Sorted<'_> {
             Write::ClaimDelivery(claim) => sorted.claims.push((i, claim)),
             Write::Audit(entry) => sorted.audits.push(entry),
             Write::HoldDirect(hold) => sorted.holds.push((i, hold)),
+            Write::ClaimChunk(claim) => sorted.chunk_claims.push((i, claim)),
+            Write::FirstOutcome(outcome) => sorted.first_outcomes.push(outcome),
+            Write::FinishChunk(done) => sorted.chunks_done.push(done),
             Write::Streamed { events, now } => {
                 sorted
                     .streamed
@@ -250,7 +265,18 @@ where
 
     // Claims: applied only where the attempt count is still the one read (and,
     // for a guarded claim, the registration is still active with its token).
-    for chunk in sorted.claims.chunks(100) {
+    // Of two claims of one delivery in a group only the first may take it
+    // (an UPDATE … FROM would apply either's values and return the row once).
+    let mut seen = std::collections::HashSet::new();
+    let mut claims = Vec::with_capacity(sorted.claims.len());
+    for &(i, claim) in &sorted.claims {
+        if seen.insert((&claim.notification_id, &claim.registration_id)) {
+            claims.push((i, claim));
+        } else {
+            applied[i] = Answer::NotApplied;
+        }
+    }
+    for chunk in claims.chunks(100) {
         let values = row_placeholders(chunk.len(), 7);
         // VALUES columns are column1…columnN in both SQLite and PostgreSQL.
         let sql = format!(
@@ -309,6 +335,11 @@ where
     }
     super::sql::hold_direct(&mut tx, &sorted.holds, &mut applied).await?;
     super::sql::record_streamed(&mut tx, &sorted.streamed).await?;
+    // Chunks: claims, then first outcomes, then the runs closed (a run's
+    // outcomes are awaited before its close is sent, so never in a later group).
+    super::sql::claim_chunks(&mut tx, &sorted.chunk_claims, &mut applied).await?;
+    super::sql::insert_first_outcomes(&mut tx, &sorted.first_outcomes).await?;
+    super::sql::finish_chunks(&mut tx, &sorted.chunks_done).await?;
     tx.commit().await?;
     Ok(applied)
 }

@@ -20,9 +20,9 @@ use crate::delivery::{DeliveryState, ProviderKind};
 pub use backend::{placeholders, row_placeholders, Column, SqlBackend};
 pub use postgres::PgStore;
 pub use rows::{
-    App, Attestation, AuditEntry, AuditFilter, CredentialRecord, DeliveryRow, DeliveryUpdate,
-    DirectEvent, DirectHold, NotificationRow, Notifier, PendingDelivery, Registration,
-    RegistrationState, TaskRow,
+    App, Attestation, AuditEntry, AuditFilter, ChunkClaim, ChunkDone, CredentialRecord,
+    DeliveryRow, DeliveryUpdate, DirectEvent, DirectHold, NotificationRow, Notifier,
+    PendingDelivery, Registration, RegistrationState, TaskRow,
 };
 pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
@@ -76,6 +76,7 @@ pub trait Store:
     + NotifierStore
     + RegistrationStore
     + NotificationStore
+    + FanoutStore
     + DirectStore
     + AuditStore
     + ReplayStore
@@ -217,15 +218,6 @@ pub trait NotificationStore: Send + Sync {
         app_id: &str,
         aliases: Option<&[String]>,
     ) -> Result<i64, StoreError>;
-    /// Expands the next chunk of a fan-out after `after`: queued deliveries are inserted
-    /// and the cursor saved in one transaction. Returns the chunk's registration ids.
-    async fn expand_chunk(
-        &self,
-        notification: &NotificationRow,
-        aliases: Option<&[String]>,
-        limit: i64,
-        redrive_at: i64,
-    ) -> Result<Vec<String>, StoreError>;
     /// Marks a fan-out as fully expanded.
     async fn finish_expansion(&self, id: &str, now: i64) -> Result<(), StoreError>;
     /// The notification and its queued deliveries among `registrations`, in one
@@ -292,6 +284,50 @@ pub trait NotificationStore: Send + Sync {
         &self,
         waiting_after: i64,
     ) -> Result<(Vec<(String, i64, i64)>, Option<i64>), StoreError>;
+}
+
+/// Fan-outs (alias and whole-app sends) in chunks of registrations: a row per
+/// chunk, and a delivery row only for a target whose first attempt did not
+/// end in `sent` (a failure, a retry, a hold on the direct channel).
+#[async_trait]
+pub trait FanoutStore: Send + Sync {
+    /// Expands the next page of a fan-out after its cursor: up to `limit`
+    /// active registrations saved as chunks of `per_chunk`, queued until
+    /// `redrive_at`, and the cursor moved, in one transaction. Returns the chunks.
+    async fn expand_page(
+        &self,
+        notification: &NotificationRow,
+        aliases: Option<&[String]>,
+        limit: i64,
+        per_chunk: usize,
+        redrive_at: i64,
+    ) -> Result<Vec<Vec<String>>, StoreError>;
+    /// Takes a queued chunk for one run (group-committed): applied only while
+    /// it is queued with the re-drive time its task was made for, so of two
+    /// copies of a task one runs it. Returns whether it was taken.
+    async fn claim_chunk(&self, claim: ChunkClaim) -> Result<bool, StoreError>;
+    /// The notification and what a first attempt needs for each of
+    /// `registrations` that has no delivery row yet (an earlier run's
+    /// failures and retries are left out); a deleted registration comes
+    /// without provider and status. `None` when the notification is gone.
+    async fn chunk_deliveries(
+        &self,
+        notification_id: &str,
+        registrations: &[String],
+    ) -> Result<Option<(NotificationRow, Vec<PendingDelivery>)>, StoreError>;
+    /// A target's first outcome other than `sent`, as its delivery row
+    /// (group-committed; nothing when the row exists already).
+    async fn record_first_outcome(&self, update: DeliveryUpdate) -> Result<(), StoreError>;
+    /// Closes a chunk's run with its count of sent (group-committed).
+    async fn finish_chunk(&self, done: ChunkDone) -> Result<(), StoreError>;
+    /// Claims up to `limit` chunks still queued at `now` after their re-drive
+    /// time, moving it to `redrive_at`: `(notification, registrations)`.
+    async fn claim_overdue_chunks(
+        &self,
+        now: i64,
+        redrive_at: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, Vec<String>)>, StoreError>;
 }
 
 /// Notifications held for devices on the direct channel, and each device's cursor.

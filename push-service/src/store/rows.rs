@@ -250,6 +250,8 @@ pub struct DirectHold {
     /// The SSE event's JSON.
     pub payload: String,
     pub expires_at: i64,
+    /// The attempt this hold is (its delivery row becomes `held` with it).
+    pub attempts: i32,
     pub now: i64,
 }
 
@@ -301,4 +303,27 @@ impl std::fmt::Debug for DeliveryClaim {
             .field("guarded", &self.unchanged.is_some())
             .finish()
     }
+}
+
+/// A queued fan-out chunk taken for one run: applied when it is still queued
+/// with re-drive time `due`; it then re-drives at `lease`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkClaim {
+    pub notification_id: String,
+    /// The chunk's key: its first registration.
+    pub first_registration: String,
+    pub due: i64,
+    pub lease: i64,
+}
+
+/// A chunk's run is over: `sent` of its registrations were sent, every other
+/// one has its delivery row. Applied only by the run holding the chunk's
+/// latest claim (`lease`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkDone {
+    pub notification_id: String,
+    pub first_registration: String,
+    pub lease: i64,
+    pub sent: i32,
+    pub now: i64,
 }

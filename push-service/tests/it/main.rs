@@ -12,6 +12,7 @@ mod connections;
 mod credentials;
 mod dashboards;
 mod docs;
+mod fanout;
 mod layers;
 mod limits;
 mod notifiers;

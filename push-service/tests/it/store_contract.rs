@@ -272,6 +272,7 @@ async fn contract(app: TestApp) {
         notification_id: row.id.clone(),
         payload: "{}".into(),
         expires_at: far,
+        attempts: 1,
         now,
     };
     let (one, other) = tokio::join!(

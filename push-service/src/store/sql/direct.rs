@@ -96,6 +96,7 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     i64: Column<DB>,
+    i32: Column<DB>,
     String: Column<DB>,
     usize: ColumnIndex<DB::Row>,
 {
@@ -126,6 +127,33 @@ where
             // The same event twice in one group: the first place gets the number.
             answers[*i] = Answer::Held(held.remove(&key));
         }
+        // The delivery is `held` from the same commit, before any stream can
+        // write the event and mark it `sent`; a fan-out target (no row yet)
+        // gets its row here.
+        // One row per key: an upsert may not touch a row twice in one statement.
+        let mut keys = std::collections::HashSet::new();
+        let rows: Vec<&DirectHold> = chunk
+            .iter()
+            .map(|(_, hold)| *hold)
+            .filter(|hold| keys.insert((&hold.notification_id, &hold.registration_id)))
+            .collect();
+        let values = row_placeholders(rows.len(), 5);
+        let sql = format!(
+            "INSERT INTO deliveries (notification_id, registration_id, attempts, updated_at, \
+             state) VALUES {values} ON CONFLICT (notification_id, registration_id) DO UPDATE SET \
+             state = excluded.state, attempts = excluded.attempts, \
+             updated_at = excluded.updated_at WHERE deliveries.state = 'queued'"
+        );
+        let mut query = sqlx::query(&sql);
+        for hold in rows {
+            query = query
+                .bind(&hold.notification_id)
+                .bind(&hold.registration_id)
+                .bind(hold.attempts)
+                .bind(hold.now)
+                .bind("held");
+        }
+        query.execute(&mut **tx).await?;
     }
     Ok(())
 }

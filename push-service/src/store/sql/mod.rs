@@ -13,6 +13,7 @@
 
 mod apps;
 mod audit;
+mod chunks;
 mod direct;
 mod notifications;
 mod registrations;
@@ -23,6 +24,7 @@ use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Pool, Type};
 pub use super::backend::{Column, SqlBackend};
 use super::batch::HotWriter;
 use super::StoreError;
+pub(super) use chunks::{claim_chunks, finish_chunks, insert_first_outcomes};
 pub(super) use direct::{hold_direct, record_streamed};
 
 /// The store on one database: a pool, and the group-commit writer of its hot writes.

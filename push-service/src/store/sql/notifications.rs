@@ -5,7 +5,7 @@ use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
 
 use super::{Column, SqlBackend, SqlStore};
 use crate::delivery::{DeliveryState, ProviderKind};
-use crate::store::batch::{insert_delivery_rows, DeliveryClaim, Write};
+use crate::store::batch::{DeliveryClaim, Write};
 use crate::store::StoreError;
 
 #[async_trait]
@@ -111,65 +111,6 @@ where
                 }
             };
         Ok(count)
-    }
-
-    async fn expand_chunk(
-        &self,
-        n: &crate::store::NotificationRow,
-        aliases: Option<&[String]>,
-        limit: i64,
-        redrive_at: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let after = n.expand_cursor.clone().unwrap_or_default();
-        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
-        let rows: Vec<(String,)> = match aliases {
-            None => {
-                sqlx::query_as(
-                    "SELECT id FROM registrations WHERE app_id = $1 AND status = 'active' \
-                     AND id > $2 ORDER BY id LIMIT $3",
-                )
-                .bind(&n.app_id)
-                .bind(&after)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            Some(aliases) => {
-                let sql = format!(
-                    "SELECT DISTINCT r.id FROM aliases a JOIN registrations r ON r.id = a.registration_id \
-                     WHERE a.app_id = $1 AND r.status = 'active' AND r.id > $2 AND a.alias IN ({}) \
-                     ORDER BY r.id LIMIT $3",
-                    crate::store::placeholders(4, aliases.len())
-                );
-                let mut query = sqlx::query_as(&sql)
-                    .bind(&n.app_id)
-                    .bind(&after)
-                    .bind(limit);
-                for alias in aliases {
-                    query = query.bind(alias);
-                }
-                query.fetch_all(&mut *tx).await?
-            }
-        };
-        let ids: Vec<String> = rows.into_iter().map(|(id,)| id).collect();
-        let now = crate::ids::now_millis();
-        let rows: Vec<(&str, &str, i64, i64)> = ids
-            .iter()
-            .map(|r| (n.id.as_str(), r.as_str(), redrive_at, now))
-            .collect();
-        insert_delivery_rows(&mut tx, &rows).await?;
-        if let Some(last) = ids.last() {
-            sqlx::query(
-                "UPDATE notifications SET expand_cursor = $2, updated_at = $3 WHERE id = $1",
-            )
-            .bind(&n.id)
-            .bind(last)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(ids)
     }
 
     async fn finish_expansion(&self, id: &str, now: i64) -> Result<(), StoreError> {
@@ -320,12 +261,24 @@ where
         .bind(notification_id)
         .fetch_all(&self.pool)
         .await?;
+        // A fan-out's successes are counted per chunk, not in rows.
+        let total = rows.iter().map(|(_, n)| n).sum();
+        let (sent, queued) =
+            super::chunks::chunk_counts(&self.pool, notification_id, total).await?;
         // A state this node does not know (written by a newer one) is left
         // out of the counts, as the status API always did.
-        Ok(rows
+        let mut counts: Vec<(DeliveryState, i64)> = rows
             .into_iter()
             .filter_map(|(name, n)| DeliveryState::parse(&name).map(|state| (state, n)))
-            .collect())
+            .collect();
+        for (state, n) in [(DeliveryState::Sent, sent), (DeliveryState::Queued, queued)] {
+            match counts.iter_mut().find(|(s, _)| *s == state) {
+                Some((_, count)) => *count += n,
+                None if n > 0 => counts.push((state, n)),
+                None => {}
+            }
+        }
+        Ok(counts)
     }
 
     async fn delivery_page(
@@ -362,9 +315,17 @@ where
         .bind(waiting_after)
         .fetch_all(&self.pool)
         .await?;
-        let oldest = rows.iter().filter_map(|r| r.3).min();
+        // Chunks of fan-outs not yet run count with their registrations.
+        let chunks = super::chunks::chunk_stats(&self.pool, waiting_after).await?;
+        let oldest = rows.iter().chain(&chunks).filter_map(|r| r.3).min();
+        let mut apps = std::collections::BTreeMap::<String, (i64, i64)>::new();
+        for (app, queued, waiting, _) in rows.into_iter().chain(chunks) {
+            let entry = apps.entry(app).or_default();
+            entry.0 += queued;
+            entry.1 += waiting;
+        }
         Ok((
-            rows.into_iter().map(|(a, q, w, _)| (a, q, w)).collect(),
+            apps.into_iter().map(|(a, (q, w))| (a, q, w)).collect(),
             oldest,
         ))
     }
