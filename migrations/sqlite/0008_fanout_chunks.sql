@@ -1,8 +1,10 @@
 -- A fan-out (an alias or whole-app send) is sent in chunks: one row per chunk
 -- of registrations, not one per target. A target gets a delivery row only
 -- when its first attempt does not end in `sent` (a failure, a retry, a hold
--- on the direct channel); successes are counted per chunk. The sweep re-drives
--- a chunk still queued after its lease, as it does a delivery.
+-- on the direct channel); successes are counted per chunk. A worker takes a
+-- chunk for a lease (`leased_until`) while no other holds it; the sweep
+-- re-drives a chunk still queued at `next_attempt_at` (its task lost, or its
+-- worker gone: a claim moves `next_attempt_at` to the end of its lease).
 CREATE TABLE fanout_chunks (
     notification_id  TEXT NOT NULL REFERENCES notifications (id) ON DELETE CASCADE,
     -- The chunk's first registration id: its key within the notification.
@@ -14,6 +16,7 @@ CREATE TABLE fanout_chunks (
     attempts         INTEGER NOT NULL DEFAULT 0,
     sent             INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  BIGINT NOT NULL,
+    leased_until     BIGINT NOT NULL DEFAULT 0,
     updated_at       BIGINT NOT NULL,
     PRIMARY KEY (notification_id, first_registration)
 );

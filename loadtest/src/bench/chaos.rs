@@ -194,23 +194,48 @@ fn seeded(g: usize) -> (String, String) {
 /// Registers one APNs and one FCM device through the API (so the rows are what the
 /// service writes), then copies them in SQL to `n` more (`seeded(0..n)`): registering
 /// 100,000 devices through DPoP would take minutes and prove nothing new here.
-async fn seed_registrations(service: &Service, tenant: &Tenant, n: usize) -> anyhow::Result<()> {
+/// On PostgreSQL through `psql`, on SQLite through `sqlite3`.
+pub async fn seed_registrations(
+    service: &Service,
+    tenant: &Tenant,
+    n: usize,
+) -> anyhow::Result<()> {
     scenarios::register(tenant, 2, 1, Devices::Mobile, "templates").await?;
     let app = &tenant.app_id;
+    let last = n.saturating_sub(1);
+    let columns = "INSERT INTO registrations (id, app_id, provider, token, environment, platform, \
+                   key_thumbprint, encryption_jwk, status, created_at, updated_at)";
+    let copy = "t.environment, t.platform, t.key_thumbprint, t.encryption_jwk, 'active', \
+                t.created_at, t.updated_at";
+    if let Some(path) = service.database_url.strip_prefix("sqlite://") {
+        let sql = format!(
+            "WITH RECURSIVE g(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM g WHERE x < {last}) \
+             {columns} SELECT 'reg_seed' || printf('%09d', x), t.app_id, t.provider, \
+               CASE WHEN t.provider = 'apns' THEN printf('%064x', x) \
+                    ELSE 'seed-' || printf('%012d', x) || '-' || '{f}' END, {copy} \
+             FROM g JOIN registrations t ON t.app_id = '{app}' AND t.id NOT LIKE 'reg_seed%' \
+               AND t.provider = CASE WHEN x % 2 = 0 THEN 'apns' ELSE 'fcm' END;",
+            f = "f".repeat(40)
+        );
+        let output = std::process::Command::new("sqlite3")
+            .args(["-cmd", ".timeout 30000", path, &sql])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "sqlite3 failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return Ok(());
+    }
     psql(
         &service.database_url,
         &format!(
-            "INSERT INTO registrations (id, app_id, provider, token, environment, platform, \
-             key_thumbprint, encryption_jwk, status, created_at, updated_at) \
-             SELECT 'reg_seed' || lpad(g::text, 9, '0'), t.app_id, t.provider, \
+            "{columns} SELECT 'reg_seed' || lpad(g::text, 9, '0'), t.app_id, t.provider, \
                CASE WHEN t.provider = 'apns' THEN lpad(to_hex(g), 64, '0') \
-                    ELSE 'seed-' || lpad(g::text, 12, '0') || '-' || repeat('f', 40) END, \
-               t.environment, t.platform, t.key_thumbprint, t.encryption_jwk, 'active', \
-               t.created_at, t.updated_at \
+                    ELSE 'seed-' || lpad(g::text, 12, '0') || '-' || repeat('f', 40) END, {copy} \
              FROM generate_series(0, {last}) g \
              JOIN registrations t ON t.app_id = '{app}' AND t.id NOT LIKE 'reg_seed%' \
-               AND t.provider = CASE WHEN g % 2 = 0 THEN 'apns' ELSE 'fcm' END",
-            last = n.saturating_sub(1)
+               AND t.provider = CASE WHEN g % 2 = 0 THEN 'apns' ELSE 'fcm' END"
         ),
     )?;
     Ok(())

@@ -63,6 +63,11 @@ enum Scenario {
         service: ServiceArgs,
         #[arg(long, default_value_t = 100_000)]
         registrations: usize,
+        /// Register two devices through the API and copy them in SQL to the
+        /// rest (proof of possession for a million devices would take half an
+        /// hour and measure registration, not the broadcast).
+        #[arg(long)]
+        seed: bool,
     },
     /// A registration storm through the sdk-client (DPoP).
     Register {
@@ -261,12 +266,20 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Broadcast {
             service,
             registrations,
+            seed,
         } => {
             let svc = Service::start(&service).await?;
             let tenant = scenarios::tenant(&svc).await?;
-            let (_, reg_latency, reg_seconds) =
-                scenarios::register(&tenant, registrations, 64, Devices::Mobile, "registering")
-                    .await?;
+            let (reg_latency, reg_seconds) = if seed {
+                let start = std::time::Instant::now();
+                loadtest::bench::chaos::seed_registrations(&svc, &tenant, registrations).await?;
+                (Default::default(), start.elapsed().as_secs_f64())
+            } else {
+                let (_, latency, seconds) =
+                    scenarios::register(&tenant, registrations, 64, Devices::Mobile, "registering")
+                        .await?;
+                (latency, seconds)
+            };
             let cpu = svc.cpu_seconds();
             let figures = scenarios::broadcast(&svc, &tenant, registrations).await?;
             let line = service_line(&svc, &cpu, figures.seconds);

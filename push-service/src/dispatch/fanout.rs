@@ -46,7 +46,6 @@ pub(super) async fn expand(state: &Dispatcher, id: &str) -> Result<(), StoreErro
             .map(|registrations| Task::Chunk {
                 notification: notification.id.clone(),
                 registrations,
-                due: redrive_at,
             })
             .collect();
         if !tasks.is_empty() {
@@ -65,27 +64,33 @@ pub(super) async fn expand(state: &Dispatcher, id: &str) -> Result<(), StoreErro
         .await
 }
 
-/// Runs one chunk: claims it against the task's version `due`, sends the
-/// first attempt of each target that has no row yet, then closes the run
-/// with its count of sent. A run cut short (a crash, a store error) leaves
-/// the chunk queued; the sweep re-drives it once its lease is over, and the
-/// targets that got a row meanwhile are not sent again.
+/// Runs one chunk: takes it (while no other run holds it), sends the first
+/// attempt of each target that has no row yet, then closes the run with its
+/// count of sent. A run cut short (a crash, a store error) leaves the chunk
+/// queued; the sweep re-drives it once its lease is over, and the targets
+/// that got a row meanwhile are not sent again.
+///
+/// A chunk is not versioned by its re-drive time as a delivery is: when a
+/// fan-out's tasks wait in the queue longer than `redrive_after`, the sweep
+/// queues copies, and a version would make the first copy to arrive (the
+/// original) fail its claim, then the next, for as long as the queue stays
+/// that slow.
 pub(super) async fn deliver_chunk(
     state: &Dispatcher,
     notification_id: &str,
     registrations: &[String],
-    due: i64,
 ) -> Result<(), StoreError> {
     let Some(first) = registrations.first() else {
         return Ok(());
     };
-    let lease = now_millis() + state.settings.redrive_after.as_millis() as i64;
+    let now = now_millis();
+    let lease = now + state.settings.redrive_after.as_millis() as i64;
     let taken = state
         .store
         .claim_chunk(ChunkClaim {
             notification_id: notification_id.to_owned(),
             first_registration: first.clone(),
-            due,
+            now,
             lease,
         })
         .await?;
@@ -107,7 +112,7 @@ pub(super) async fn deliver_chunk(
         &notification,
         &content,
         pending,
-        Some(due),
+        None,
         Source::Chunk(&sent),
     )
     .await?;

@@ -133,8 +133,7 @@ pub(crate) async fn work(state: &Dispatcher, leased: Leased, from: &Arc<dyn Queu
         Task::Chunk {
             notification,
             registrations,
-            due,
-        } => fanout::deliver_chunk(state, notification, registrations, *due).await,
+        } => fanout::deliver_chunk(state, notification, registrations).await,
         Task::Carried(carried) => {
             deliver_pending(
                 state,

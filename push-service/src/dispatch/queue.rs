@@ -30,13 +30,12 @@ pub enum Task {
     /// Expand an alias or whole-app fan-out into chunks of registrations.
     #[serde(rename = "expand.v1")]
     Expand { notification: String },
-    /// The first attempts of one fan-out chunk (its key is its first registration).
+    /// The first attempts of one fan-out chunk (its key is its first
+    /// registration). Any copy may run it while no other holds its lease.
     #[serde(rename = "chunk.v1")]
     Chunk {
         notification: String,
         registrations: Vec<String>,
-        /// The chunk's re-drive time when this task was made (its claim's version).
-        due: i64,
     },
     /// Deliveries this node has just accepted, with what their first attempt
     /// needs, so the worker reads nothing back. Only the in-process queue

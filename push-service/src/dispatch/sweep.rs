@@ -32,7 +32,6 @@ pub async fn sweep_once(state: &Dispatcher) -> Result<usize, StoreError> {
         tasks.push(Task::Chunk {
             notification,
             registrations,
-            due: redrive_at,
         });
     }
     let stalled_before = now - state.settings.redrive_after.as_millis() as i64;

@@ -303,8 +303,8 @@ pub trait FanoutStore: Send + Sync {
         redrive_at: i64,
     ) -> Result<Vec<Vec<String>>, StoreError>;
     /// Takes a queued chunk for one run (group-committed): applied only while
-    /// it is queued with the re-drive time its task was made for, so of two
-    /// copies of a task one runs it. Returns whether it was taken.
+    /// it is queued and not leased, so of two copies of its task one runs it
+    /// at a time. Returns whether it was taken.
     async fn claim_chunk(&self, claim: ChunkClaim) -> Result<bool, StoreError>;
     /// The notification and what a first attempt needs for each of
     /// `registrations` that has no delivery row yet (an earlier run's

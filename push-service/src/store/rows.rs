@@ -306,13 +306,15 @@ impl std::fmt::Debug for DeliveryClaim {
 }
 
 /// A queued fan-out chunk taken for one run: applied when it is still queued
-/// with re-drive time `due`; it then re-drives at `lease`.
+/// and no lease on it runs at `now`; it is then leased (and re-driven by the
+/// sweep) until `lease`. Copies of its task that wait in a slow queue are
+/// harmless: the first to come runs it, the others find it done or leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkClaim {
     pub notification_id: String,
     /// The chunk's key: its first registration.
     pub first_registration: String,
-    pub due: i64,
+    pub now: i64,
     pub lease: i64,
 }
 

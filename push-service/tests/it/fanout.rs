@@ -153,7 +153,8 @@ fn registration(app: &str, token: &str) -> Registration {
 
 /// The store's side, on both backends: expansion pages into chunks, one of
 /// two racing claims wins, a run whose claim was taken over cannot close the
-/// chunk, an unfinished chunk is re-driven, and the counts follow.
+/// chunk, an unfinished chunk is re-driven and runs once at a time whichever
+/// copy of its task comes first, and the counts follow.
 async fn chunks_are_claimed_once_and_redriven(app: TestApp) {
     let store = push_service::store::connect(&app.database_url, 2, true, None)
         .await
@@ -217,10 +218,10 @@ async fn chunks_are_claimed_once_and_redriven(app: TestApp) {
         .expect("end")
         .is_empty());
 
-    let claim = |first: &str, due: i64, lease: i64| ChunkClaim {
+    let claim = |first: &str, now: i64, lease: i64| ChunkClaim {
         notification_id: row.id.clone(),
         first_registration: first.into(),
-        due,
+        now,
         lease,
     };
     // Two copies of the first chunk's task: one runs it.
@@ -288,7 +289,8 @@ async fn chunks_are_claimed_once_and_redriven(app: TestApp) {
     assert_eq!(again[0].registration_id, ids[0]);
 
     // The second chunk's task was lost: once its re-drive time passes the
-    // sweep takes it (once), with a new version to claim against.
+    // sweep takes it (once); then one copy at a time runs it, another again
+    // only when that one's lease is over.
     let overdue = store
         .claim_overdue_chunks(far + 1, far + 500, 100)
         .await
@@ -302,14 +304,18 @@ async fn chunks_are_claimed_once_and_redriven(app: TestApp) {
             (row.id.clone(), rest[0].clone())
         ]
     );
-    assert!(!store
-        .claim_chunk(claim(&ids[2], far, far + 20))
-        .await
-        .expect("old version"));
     assert!(store
-        .claim_chunk(claim(&ids[2], far + 500, far + 600))
+        .claim_chunk(claim(&ids[2], far + 1, far + 600))
         .await
-        .expect("new version"));
+        .expect("first copy"));
+    assert!(!store
+        .claim_chunk(claim(&ids[2], far + 2, far + 700))
+        .await
+        .expect("second copy"));
+    assert!(store
+        .claim_chunk(claim(&ids[2], far + 601, far + 1200))
+        .await
+        .expect("after the lease"));
     let again = store
         .claim_overdue_chunks(far + 1, far + 700, 100)
         .await

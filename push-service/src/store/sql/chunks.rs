@@ -307,10 +307,11 @@ where
     for chunk in first.chunks(100) {
         let values = row_placeholders(chunk.len(), 4);
         let sql = format!(
-            "UPDATE fanout_chunks AS c SET attempts = c.attempts + 1, next_attempt_at = v.column4 \
+            "UPDATE fanout_chunks AS c SET attempts = c.attempts + 1, \
+             leased_until = v.column4, next_attempt_at = v.column4 \
              FROM (VALUES {values}) AS v \
              WHERE c.notification_id = v.column1 AND c.first_registration = v.column2 \
-             AND c.state = 'queued' AND c.next_attempt_at = v.column3 \
+             AND c.state = 'queued' AND c.leased_until <= v.column3 \
              RETURNING notification_id, first_registration"
         );
         let mut query = sqlx::query_as::<_, (String, String)>(&sql);
@@ -318,7 +319,7 @@ where
             query = query
                 .bind(&claim.notification_id)
                 .bind(&claim.first_registration)
-                .bind(claim.due)
+                .bind(claim.now)
                 .bind(claim.lease);
         }
         let taken: std::collections::HashSet<(String, String)> =
@@ -356,7 +357,7 @@ where
             "UPDATE fanout_chunks AS c SET state = 'done', sent = v.column4, updated_at = v.column5 \
              FROM (VALUES {values}) AS v \
              WHERE c.notification_id = v.column1 AND c.first_registration = v.column2 \
-             AND c.state = 'queued' AND c.next_attempt_at = v.column3"
+             AND c.state = 'queued' AND c.leased_until = v.column3"
         );
         let mut query = sqlx::query(&sql);
         for done in chunk {
