@@ -265,17 +265,9 @@ where
 
     // Claims: applied only where the attempt count is still the one read (and,
     // for a guarded claim, the registration is still active with its token).
-    // Of two claims of one delivery in a group only the first may take it
-    // (an UPDATE … FROM would apply either's values and return the row once).
-    let mut seen = std::collections::HashSet::new();
-    let mut claims = Vec::with_capacity(sorted.claims.len());
-    for &(i, claim) in &sorted.claims {
-        if seen.insert((&claim.notification_id, &claim.registration_id)) {
-            claims.push((i, claim));
-        } else {
-            applied[i] = Answer::NotApplied;
-        }
-    }
+    let claims = first_of_each(&sorted.claims, &mut applied, |c| {
+        (&c.notification_id, &c.registration_id)
+    });
     for chunk in claims.chunks(100) {
         let values = row_placeholders(chunk.len(), 7);
         // VALUES columns are column1…columnN in both SQLite and PostgreSQL.
@@ -342,6 +334,28 @@ where
     super::sql::finish_chunks(&mut tx, &sorted.chunks_done).await?;
     tx.commit().await?;
     Ok(applied)
+}
+
+/// The first claim of each key among a group's `(place, claim)`s; the places
+/// of later claims of the same key are answered `NotApplied`. An
+/// `UPDATE … FROM (VALUES …)` joining two rows to one target applies either
+/// row's values and returns the target once, so two claims of one row in one
+/// statement would both seem taken.
+pub(super) fn first_of_each<'a, T, K: std::hash::Hash + Eq>(
+    claims: &[(usize, &'a T)],
+    answers: &mut [Answer],
+    key: impl Fn(&'a T) -> K,
+) -> Vec<(usize, &'a T)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut first = Vec::with_capacity(claims.len());
+    for &(i, claim) in claims {
+        if seen.insert(key(claim)) {
+            first.push((i, claim));
+        } else {
+            answers[i] = Answer::NotApplied;
+        }
+    }
+    first
 }
 
 /// Inserts queued deliveries `(notification, registration, redrive_at, now)`

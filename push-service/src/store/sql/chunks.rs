@@ -292,18 +292,10 @@ where
     String: Column<DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    // Two copies of one chunk's task in a group: the first place may take it,
-    // the other is refused before the statement (an UPDATE … FROM would apply
-    // either's values and report the row once for both).
-    let mut seen = std::collections::HashSet::new();
-    let mut first = Vec::with_capacity(claims.len());
-    for &(i, claim) in claims {
-        if seen.insert((&claim.notification_id, &claim.first_registration)) {
-            first.push((i, claim));
-        } else {
-            answers[i] = Answer::NotApplied;
-        }
-    }
+    // Two copies of one chunk's task in a group: only the first may take it.
+    let first = crate::store::batch::first_of_each(claims, answers, |c| {
+        (&c.notification_id, &c.first_registration)
+    });
     for chunk in first.chunks(100) {
         let values = row_placeholders(chunk.len(), 4);
         let sql = format!(
