@@ -10,7 +10,12 @@ use crate::delivery::ProviderKind;
 
 /// Associated data binding a sealed credential to its row (app and provider).
 pub fn credential_aad(app_id: &str, provider: ProviderKind) -> String {
-    format!("{app_id}/{}", provider.as_str())
+    credential_aad_str(app_id, provider.as_str())
+}
+
+/// [`credential_aad`] with the provider as the store names it (`apns`, `fcm`).
+pub fn credential_aad_str(app_id: &str, provider: &str) -> String {
+    format!("{app_id}/{provider}")
 }
 
 /// Why an uploaded credential was refused. Messages never quote secret material.

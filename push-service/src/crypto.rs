@@ -1,4 +1,9 @@
-//! Encryption of stored credentials under the master key (AES-256-GCM).
+//! Encryption of stored credentials under the master key ring (AES-256-GCM).
+//!
+//! A node holds a ring: its current master key and, during a key rotation, the
+//! previous one. A blob is sealed once under every key of the sealing node's
+//! ring, each copy tagged with its key's id, so any node whose ring shares one
+//! key with the blob opens it (`docs/OPERATIONS.md`, "Rotating the master key").
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -6,67 +11,155 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 const NONCE_LEN: usize = 12;
-/// Version byte in front of every sealed blob, so the format can change later.
+const KEY_ID_LEN: usize = 8;
+/// Version byte of a blob sealed under one unnamed key (written before key rings).
 const FORMAT_V1: u8 = 1;
+/// Version byte of a blob sealed under one or more keys, each copy with its key id:
+/// `2 ‖ count ‖ (key id ‖ nonce ‖ length (u16, big-endian) ‖ ciphertext+tag)*`.
+const FORMAT_V2: u8 = 2;
+/// At most this many keys in a ring (current + previous ones).
+pub const MAX_KEYS: usize = 4;
+
+/// A master key's public name: the first 8 bytes of a SHA-256 over a label and
+/// the key (says which key sealed a copy; reveals nothing of the key).
+pub fn key_id(master_key: &[u8; 32]) -> [u8; KEY_ID_LEN] {
+    let digest = Sha256::new()
+        .chain_update(b"push-service master key id\0")
+        .chain_update(master_key)
+        .finalize();
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&digest[..KEY_ID_LEN]);
+    id
+}
+
+#[derive(Clone)]
+struct RingKey {
+    id: [u8; KEY_ID_LEN],
+    cipher: Aes256Gcm,
+}
 
 /// Seals and opens credential blobs. The associated data binds a blob to its row
 /// (app and provider), so a ciphertext copied to another row does not open.
 #[derive(Clone)]
 pub struct Sealer {
-    cipher: Aes256Gcm,
+    /// The current key first, then the previous ones.
+    keys: Vec<RingKey>,
 }
 
-/// A sealed blob failed to open: wrong master key, or tampered data.
+/// A sealed blob failed to open: no key of the ring sealed it, or tampered data.
 #[derive(Debug, thiserror::Error)]
-#[error("stored credential cannot be decrypted (wrong master key or corrupted data)")]
+#[error("stored credential cannot be decrypted (no key of this node's master key ring sealed it, or the data is corrupted)")]
 pub struct OpenError;
 
 impl Sealer {
-    /// A sealer keyed by the 32-byte master key.
+    /// A sealer keyed by one 32-byte master key.
     pub fn new(master_key: &[u8; 32]) -> Self {
-        Sealer {
-            cipher: Aes256Gcm::new(master_key.into()),
-        }
+        Self::ring(master_key, &[])
     }
 
-    /// Encrypts `plaintext`; output is version ‖ nonce ‖ ciphertext+tag.
+    /// A ring: seals under `current` and every `previous` key, opens with any.
+    pub fn ring(current: &[u8; 32], previous: &[[u8; 32]]) -> Self {
+        let keys = std::iter::once(current)
+            .chain(previous.iter().filter(|key| *key != current))
+            .take(MAX_KEYS)
+            .map(|key| RingKey {
+                id: key_id(key),
+                cipher: Aes256Gcm::new(key.into()),
+            })
+            .collect();
+        Sealer { keys }
+    }
+
+    /// The ids of the ring's keys, current first.
+    pub fn key_ids(&self) -> Vec<[u8; KEY_ID_LEN]> {
+        self.keys.iter().map(|key| key.id).collect()
+    }
+
+    /// Encrypts `plaintext` under every key of the ring (a V2 blob).
     pub fn seal(&self, plaintext: &[u8], aad: &str) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
-        out.push(FORMAT_V1);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
+        let mut out = vec![FORMAT_V2, self.keys.len() as u8];
+        for key in &self.keys {
+            let mut nonce = [0u8; NONCE_LEN];
+            rand::rngs::OsRng.fill_bytes(&mut nonce);
+            let ciphertext = key
+                .cipher
+                .encrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: plaintext,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+            let len = u16::try_from(ciphertext.len())
+                .expect("credential secrets are far below 64 KiB (the upload limit)");
+            out.extend_from_slice(&key.id);
+            out.extend_from_slice(&nonce);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&ciphertext);
+        }
         out
     }
 
-    /// Decrypts a blob made by [`Sealer::seal`] with the same associated data.
+    /// Decrypts a blob made by [`Sealer::seal`] (or a V1 blob) with the same
+    /// associated data, using whichever key of the ring sealed a copy.
     pub fn open(&self, sealed: &[u8], aad: &str) -> Result<Vec<u8>, OpenError> {
-        if sealed.len() < 1 + NONCE_LEN || sealed[0] != FORMAT_V1 {
-            return Err(OpenError);
+        let decrypt = |key: &RingKey, nonce: &[u8], ciphertext: &[u8]| {
+            let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError)?;
+            key.cipher
+                .decrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: ciphertext,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .map_err(|_| OpenError)
+        };
+        match sealed.first() {
+            Some(&FORMAT_V1) if sealed.len() >= 1 + NONCE_LEN => {
+                let (nonce, ciphertext) = sealed[1..].split_at(NONCE_LEN);
+                self.keys
+                    .iter()
+                    .find_map(|key| decrypt(key, nonce, ciphertext).ok())
+                    .ok_or(OpenError)
+            }
+            Some(&FORMAT_V2) => {
+                for (id, nonce, ciphertext) in copies(sealed).ok_or(OpenError)? {
+                    if let Some(key) = self.keys.iter().find(|key| key.id == id) {
+                        return decrypt(key, nonce, ciphertext);
+                    }
+                }
+                Err(OpenError)
+            }
+            _ => Err(OpenError),
         }
-        let (nonce, ciphertext) = sealed[1..].split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError)?;
-        self.cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map_err(|_| OpenError)
     }
+
+    /// Whether `sealed` holds exactly one copy per key of this ring (V2), so
+    /// resealing it would change nothing but its nonces.
+    pub fn sealed_as_ring(&self, sealed: &[u8]) -> bool {
+        sealed.first() == Some(&FORMAT_V2)
+            && copies(sealed).is_some_and(|copies| {
+                copies.iter().map(|(id, _, _)| *id).collect::<Vec<_>>() == self.key_ids()
+            })
+    }
+}
+
+/// The copies of a V2 blob: (key id, nonce, ciphertext); `None` when malformed.
+fn copies(sealed: &[u8]) -> Option<Vec<([u8; KEY_ID_LEN], &[u8], &[u8])>> {
+    let (&count, mut rest) = sealed.get(1..)?.split_first()?;
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let id: [u8; KEY_ID_LEN] = rest.get(..KEY_ID_LEN)?.try_into().ok()?;
+        let nonce = rest.get(KEY_ID_LEN..KEY_ID_LEN + NONCE_LEN)?;
+        let at = KEY_ID_LEN + NONCE_LEN;
+        let len = u16::from_be_bytes(rest.get(at..at + 2)?.try_into().ok()?) as usize;
+        let ciphertext = rest.get(at + 2..at + 2 + len)?;
+        out.push((id, nonce, ciphertext));
+        rest = &rest[at + 2 + len..];
+    }
+    rest.is_empty().then_some(out)
 }
 
 /// `sha256:<hex>` of some bytes (a public key or certificate), shown to operators.
@@ -89,5 +182,63 @@ mod tests {
         );
         assert!(sealer.open(&blob, "app_2/apns").is_err());
         assert!(Sealer::new(&[8u8; 32]).open(&blob, "app_1/apns").is_err());
+    }
+
+    #[test]
+    fn a_ring_opens_what_any_of_its_keys_sealed() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let only_a = Sealer::new(&a);
+        let b_then_a = Sealer::ring(&b, &[a]);
+        let only_b = Sealer::new(&b);
+        let sealed_by_a = only_a.seal(b"k", "x");
+        let sealed_by_ring = b_then_a.seal(b"k", "x");
+        // (sealer, blob, opens?)
+        let cases = [
+            (&only_a, &sealed_by_a, true),
+            (&b_then_a, &sealed_by_a, true),
+            (&only_b, &sealed_by_a, false),
+            (&only_a, &sealed_by_ring, true),
+            (&only_b, &sealed_by_ring, true),
+            (&b_then_a, &sealed_by_ring, true),
+            (&Sealer::new(&c), &sealed_by_ring, false),
+        ];
+        for (i, (sealer, blob, opens)) in cases.into_iter().enumerate() {
+            assert_eq!(sealer.open(blob, "x").is_ok(), opens, "case {i}");
+        }
+        assert!(b_then_a.sealed_as_ring(&sealed_by_ring));
+        assert!(!only_b.sealed_as_ring(&sealed_by_ring));
+        assert!(only_b.sealed_as_ring(&only_b.seal(b"k", "x")));
+    }
+
+    #[test]
+    fn version_one_blobs_still_open() {
+        // A blob as the single-key format wrote it: 1 ‖ nonce ‖ ciphertext+tag.
+        let key = [9u8; 32];
+        let nonce = [4u8; NONCE_LEN];
+        let ciphertext = Aes256Gcm::new((&key).into())
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: b"old".as_slice(),
+                    aad: b"app/fcm".as_slice(),
+                },
+            )
+            .unwrap();
+        let blob = [&[FORMAT_V1][..], &nonce, &ciphertext].concat();
+        assert_eq!(Sealer::ring(&[5u8; 32], &[key]).open(&blob, "app/fcm").unwrap(), b"old");
+        assert!(Sealer::new(&[5u8; 32]).open(&blob, "app/fcm").is_err());
+    }
+
+    #[test]
+    fn malformed_blobs_are_refused_not_panicked_on() {
+        let sealer = Sealer::new(&[7u8; 32]);
+        let good = sealer.seal(b"secret", "a");
+        for cut in 0..good.len() {
+            assert!(sealer.open(&good[..cut], "a").is_err(), "cut at {cut}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(sealer.open(&longer, "a").is_err());
+        assert!(sealer.open(&[2, 200], "a").is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod ids;
 pub mod keys;
 pub mod limits;
+pub mod maintenance;
 pub mod net;
 pub mod notification;
 pub mod notify;

@@ -27,6 +27,26 @@ enum Command {
     Migrate,
     /// Print the built-in default configuration, with comments.
     DefaultConfig,
+    /// Rotate the master key that seals stored APNs/FCM credentials (docs/OPERATIONS.md).
+    /// With --new-key-file: seal every credential under the new key and, still, under
+    /// the configured one. With --finish (run with the new key configured): drop the
+    /// old key's copies.
+    #[command(group(clap::ArgGroup::new("step").required(true).args(["new_key_file", "finish"])))]
+    RotateMasterKey {
+        /// File holding the new key (32 bytes, base64).
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+        /// Finish a rotation: every credential under the configured key alone.
+        #[arg(long)]
+        finish: bool,
+    },
+    /// Copy the SQLite database to a new file while the service runs (VACUUM INTO).
+    /// PostgreSQL: use pg_dump (docs/OPERATIONS.md).
+    Backup {
+        /// Where to write the copy (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Exit 0 when the service answers /healthz (for a container HEALTHCHECK). Without
     /// --url, the address comes from the configuration: `admin_listen` if set, else
     /// `listen`, over https when the service terminates TLS; a wildcard address is
@@ -200,6 +220,27 @@ fn main() -> std::process::ExitCode {
                 .await?;
                 store.migrate().await?;
                 tracing::info!(backend = store.backend(), "migrations applied");
+                Ok(())
+            }
+            Some(Command::RotateMasterKey {
+                new_key_file: Some(file),
+                ..
+            }) => {
+                println!(
+                    "{}",
+                    push_service::maintenance::rotate_master_key(&config, &file).await?
+                );
+                Ok(())
+            }
+            Some(Command::RotateMasterKey { finish: true, .. }) => {
+                println!(
+                    "{}",
+                    push_service::maintenance::finish_master_key_rotation(&config).await?
+                );
+                Ok(())
+            }
+            Some(Command::Backup { out }) => {
+                println!("{}", push_service::maintenance::backup(&config, &out).await?);
                 Ok(())
             }
             _ => serve(config).await,

@@ -58,6 +58,17 @@ pub mod names {
     pub const NOTIFICATIONS_SHED: &str = "push_notifications_shed_total";
     /// Histogram: writes per group-commit transaction.
     pub const STORE_BATCH_SIZE: &str = "push_store_batch_size";
+    /// Counter: rows deleted by retention, by kind (`notifications`, `direct_events`, `audit`).
+    pub const RETENTION_DELETED: &str = "push_retention_deleted_total";
+    /// Counter: retention's delete statements, by kind.
+    pub const RETENTION_BATCHES: &str = "push_retention_batches_total";
+    /// Gauge: how long the oldest notification due for deletion has been due
+    /// (0 when retention keeps up), in seconds.
+    pub const RETENTION_LAG: &str = "push_retention_lag_seconds";
+    /// Gauge: age of the oldest notification kept, in seconds.
+    pub const NOTIFICATIONS_OLDEST_AGE: &str = "push_notifications_oldest_age_seconds";
+    /// Gauge: bytes on disk by table (PostgreSQL), or `all` and `free` (SQLite).
+    pub const STORE_BYTES: &str = "push_store_bytes";
 }
 
 /// Logs `what` at WARN with the client address and request path, at most once a
@@ -104,6 +115,8 @@ pub fn register_zeroes() {
         names::QUEUE_DEPTH,
         names::QUEUE_OLDEST_AGE,
         names::DIRECT_STREAMS,
+        names::RETENTION_LAG,
+        names::NOTIFICATIONS_OLDEST_AGE,
     ] {
         metrics::gauge!(gauge).increment(0.0);
     }

@@ -5,7 +5,6 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
@@ -128,8 +127,7 @@ impl FromRequestParts<AppState> for AdminAuth {
         let token = bearer_token(parts).ok_or_else(|| {
             ApiError::Unauthorized("missing `Authorization: Bearer <admin token>`".into())
         })?;
-        let expected = state.config.admin_token.expose().as_bytes();
-        if bool::from(token.as_bytes().ct_eq(expected)) {
+        if state.config.admin_token_matches(token) {
             Ok(AdminAuth {
                 source: crate::api::client_addr::source(parts),
             })

@@ -124,7 +124,7 @@ impl AppState {
         let hub = providers::direct::DirectHub::new(
             redis_conn.map(|conn| (conn, config.redis_key_prefix.clone())),
         );
-        let sealer = crypto::Sealer::new(config.master_key.expose());
+        let sealer = config.sealer();
         let source = providers::http::CredentialSource {
             store: store.clone(),
             sealer: sealer.clone(),

@@ -3,6 +3,7 @@
 //! their validation, `secrets.rs` the generated secret files.
 
 mod raw;
+pub use raw::decode_master_key;
 mod secrets;
 
 use std::fmt;
@@ -90,6 +91,11 @@ pub struct Config {
     pub providers: ProviderSettings,
     pub admin_token: Secret<String>,
     pub master_key: Secret<[u8; 32]>,
+    /// The key being rotated away from: opens what it sealed, and gets a copy of
+    /// every new seal, until the rotation is finished (`docs/OPERATIONS.md`).
+    pub master_key_previous: Option<Secret<[u8; 32]>>,
+    /// A second valid admin token, for the time of a token switch.
+    pub admin_token_previous: Option<Secret<String>>,
     pub max_body_bytes: usize,
     pub request_timeout: std::time::Duration,
     pub shutdown_grace: std::time::Duration,
@@ -106,6 +112,11 @@ pub struct Config {
     pub limits: crate::limits::LimitSettings,
     /// Audit entries older than this are deleted by the sweep (0: kept forever).
     pub audit_retention: std::time::Duration,
+    /// Notifications (with their deliveries) older than this, whose TTL has
+    /// passed, are deleted by the sweep (0: kept forever).
+    pub notification_retention: std::time::Duration,
+    /// Notifications deleted per retention statement.
+    pub retention_batch: u32,
     /// Peers whose `Forwarded` / `X-Forwarded-For` name the client address.
     pub trusted_proxies: Vec<crate::net::Cidr>,
     /// What outbound fetches named by others (JWKS URLs, `token_uri`) may reach.
@@ -136,6 +147,30 @@ pub struct TlsFiles {
     pub reload_every: std::time::Duration,
 }
 
+impl Config {
+    /// The master key ring: the current key, and the previous one during a rotation.
+    pub fn sealer(&self) -> crate::crypto::Sealer {
+        let previous: Vec<[u8; 32]> = self
+            .master_key_previous
+            .iter()
+            .map(|key| *key.expose())
+            .collect();
+        crate::crypto::Sealer::ring(self.master_key.expose(), &previous)
+    }
+
+    /// Whether `token` is a valid admin token (the current one, or the previous
+    /// one during a switch), compared in constant time.
+    pub fn admin_token_matches(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let current = token.as_bytes().ct_eq(self.admin_token.expose().as_bytes());
+        let previous = match &self.admin_token_previous {
+            Some(previous) => token.as_bytes().ct_eq(previous.expose().as_bytes()),
+            None => subtle::Choice::from(0),
+        };
+        bool::from(current | previous)
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
@@ -146,6 +181,8 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url)
             .field("admin_token", &self.admin_token)
             .field("master_key", &self.master_key)
+            .field("master_key_previous", &self.master_key_previous)
+            .field("admin_token_previous", &self.admin_token_previous)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish_non_exhaustive()
     }

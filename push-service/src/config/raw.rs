@@ -47,6 +47,9 @@ pub(super) struct RawConfig {
     admin_token_file: String,
     master_key: String,
     master_key_file: String,
+    master_key_previous: String,
+    master_key_previous_file: String,
+    admin_token_previous: String,
     max_body_bytes: usize,
     request_timeout_seconds: u64,
     shutdown_grace_seconds: u64,
@@ -64,6 +67,8 @@ pub(super) struct RawConfig {
     rate_limit_address_requests_per_second: f64,
     rate_limit_burst_seconds: f64,
     audit_retention_days: u64,
+    notification_retention_days: u64,
+    retention_batch: u32,
     trusted_proxies: String,
     allow_private_fetch: bool,
     fcm_token_uri_allow: String,
@@ -407,11 +412,41 @@ impl RawConfig {
                 base64::engine::general_purpose::STANDARD.encode(key)
             })?
         };
-        let master_key = base64::engine::general_purpose::STANDARD
-            .decode(master_key_b64.trim())
-            .ok()
-            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        let master_key = decode_master_key(&master_key_b64)
             .ok_or_else(|| invalid("master_key", "must be 32 bytes, base64-encoded"))?;
+        // The previous key of a rotation: given inline or in a file that must exist.
+        let previous_b64 = if !raw.master_key_previous.is_empty() {
+            Some(raw.master_key_previous.clone())
+        } else if !raw.master_key_previous_file.is_empty() {
+            let path = PathBuf::from(&raw.master_key_previous_file);
+            Some(std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+                key: "master_key_previous_file",
+                path,
+                source,
+            })?)
+        } else {
+            None
+        };
+        let master_key_previous = previous_b64
+            .map(|b64| {
+                decode_master_key(&b64).ok_or_else(|| {
+                    invalid("master_key_previous", "must be 32 bytes, base64-encoded")
+                })
+            })
+            .transpose()?;
+        let admin_token_previous = match raw.admin_token_previous.trim() {
+            "" => None,
+            token if token.len() < 16 => {
+                return Err(invalid(
+                    "admin_token_previous",
+                    "must be at least 16 characters",
+                ))
+            }
+            token => Some(Secret::new(token.to_owned())),
+        };
+        if !(1..=10_000).contains(&raw.retention_batch) {
+            return Err(invalid("retention_batch", "must be between 1 and 10000"));
+        }
 
         Ok(Config {
             listen,
@@ -452,6 +487,8 @@ impl RawConfig {
             },
             admin_token: Secret::new(admin_token),
             master_key: Secret::new(master_key),
+            master_key_previous: master_key_previous.map(Secret::new),
+            admin_token_previous,
             max_body_bytes: raw.max_body_bytes,
             request_timeout: std::time::Duration::from_secs(raw.request_timeout_seconds),
             shutdown_grace: std::time::Duration::from_secs(raw.shutdown_grace_seconds),
@@ -463,6 +500,10 @@ impl RawConfig {
             redis_ca_file,
             limits,
             audit_retention: std::time::Duration::from_secs(raw.audit_retention_days * 86_400),
+            notification_retention: std::time::Duration::from_secs(
+                raw.notification_retention_days * 86_400,
+            ),
+            retention_batch: raw.retention_batch,
             trusted_proxies,
             fetch,
             max_registrations_per_key: raw.max_registrations_per_key,
@@ -475,4 +516,12 @@ impl RawConfig {
             max_unattested_registrations_per_app: raw.max_unattested_registrations_per_app,
         })
     }
+}
+
+/// A master key as configured: 32 bytes, base64 (surrounding whitespace ignored).
+pub fn decode_master_key(b64: &str) -> Option<[u8; 32]> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
 }

@@ -5,6 +5,7 @@ mod attempt;
 mod fanout;
 pub mod queue;
 pub mod redis_queue;
+mod retention;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,10 @@ pub struct DispatchSettings {
     pub max_queue_depth: u64,
     /// Audit entries older than this are dropped by the sweep (0: kept).
     pub audit_retention: Duration,
+    /// Notifications older than this (and past their TTL) are dropped (0: kept).
+    pub notification_retention: Duration,
+    /// Rows per retention statement.
+    pub retention_batch: u32,
 }
 
 impl DispatchSettings {
@@ -67,6 +72,8 @@ impl DispatchSettings {
             invalidation_guard_min: config.providers.invalidation_guard_min,
             max_queue_depth: config.max_queue_depth,
             audit_retention: config.audit_retention,
+            notification_retention: config.notification_retention,
+            retention_batch: config.retention_batch,
         }
     }
 }

@@ -64,13 +64,8 @@ pub async fn sweep_once(state: &Dispatcher) -> Result<usize, StoreError> {
             }
         }
     }
-    store.delete_expired_direct_events(now).await?;
-    let retention = state.settings.audit_retention.as_millis() as i64;
-    // About once a minute is plenty for a retention counted in days.
-    if retention > 0 && rand::random::<u8>() < 16 {
-        store.delete_audit_before(now - retention).await?;
-    }
     measure_queue(state).await?;
+    super::retention::retention_round(state, now).await?;
     Ok(redriven)
 }
 

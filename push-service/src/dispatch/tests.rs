@@ -19,7 +19,7 @@ use crate::testing::{app_with_notifier, core, registration, Core};
 fn dispatcher(core: &Core) -> Dispatcher {
     let source = CredentialSource {
         store: core.store.clone(),
-        sealer: crate::crypto::Sealer::new(core.config.master_key.expose()),
+        sealer: core.config.sealer(),
     };
     let settings = core.config.providers.clone();
     Dispatcher {

@@ -79,6 +79,7 @@ pub trait Store:
     + FanoutStore
     + DirectStore
     + AuditStore
+    + RetentionStore
     + ReplayStore
     + Send
     + Sync
@@ -121,6 +122,14 @@ pub trait AppStore: Send + Sync {
         error: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError>;
+    /// Re-seals every stored credential in one transaction (a master key
+    /// rotation): `reseal(app, provider, sealed)` gives the new blob, `None` to
+    /// leave it, or an error that rolls the whole change back. Metadata and
+    /// `updated_at` stay: the credential is the same. Returns how many changed.
+    async fn reseal_credentials(
+        &self,
+        reseal: &crate::store::Reseal,
+    ) -> Result<usize, StoreError>;
 
     async fn put_attestation(&self, attestation: &Attestation) -> Result<(), StoreError>;
     async fn get_attestation(&self, app_id: &str) -> Result<Option<Attestation>, StoreError>;
@@ -350,8 +359,6 @@ pub trait DirectStore: Send + Sync {
     /// highest.
     async fn streamed(&self, events: &[(String, String, i64)], now: i64) -> Result<(), StoreError>;
     async fn direct_cursor(&self, registration_id: &str) -> Result<i64, StoreError>;
-    /// Drops held events past their TTL.
-    async fn delete_expired_direct_events(&self, now: i64) -> Result<u64, StoreError>;
 }
 
 /// The audit log.
@@ -360,8 +367,47 @@ pub trait AuditStore: Send + Sync {
     /// Appends to the audit log (group-committed with other hot writes).
     async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
-    /// Drops audit entries older than `at` (retention); returns how many.
-    async fn delete_audit_before(&self, at: i64) -> Result<u64, StoreError>;
+}
+
+/// How [`AppStore::reseal_credentials`] turns `(app, provider, sealed)` into a new blob.
+pub type Reseal =
+    dyn for<'a> Fn(&'a str, &'a str, &'a [u8]) -> Result<Option<Vec<u8>>, String> + Send + Sync;
+
+/// What the store keeps, and how long: deletions past retention, in bounded
+/// batches (each its own short statement), and the figures that show whether
+/// they keep up. Each `delete_*` removes at most `limit` rows and returns how many.
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Notifications created before `before` whose TTL ended before `now`, with
+    /// their deliveries and fan-out chunks (and so their idempotency keys).
+    async fn delete_old_notifications(
+        &self,
+        before: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+    /// Direct-channel events held past their TTL.
+    async fn delete_expired_direct_events(&self, now: i64, limit: u32) -> Result<u64, StoreError>;
+    /// Audit entries older than `at`.
+    async fn delete_audit_before(&self, at: i64, limit: u32) -> Result<u64, StoreError>;
+    /// The oldest notification kept (creation time, ms), and of those the
+    /// retention may delete (created before `before`, TTL ended before `now`)
+    /// the oldest one's creation time and end of TTL.
+    async fn retention_stats(&self, before: i64, now: i64) -> Result<RetentionStats, StoreError>;
+    /// Bytes on disk: per table on PostgreSQL (indexes and TOAST included), the
+    /// whole file (`all`) and its free pages (`free`) on SQLite.
+    async fn storage_bytes(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Gives free pages back to the file system (SQLite's incremental vacuum, at
+    /// most `pages` of them); PostgreSQL's autovacuum does this on its own.
+    async fn compact(&self, pages: u32) -> Result<(), StoreError>;
+}
+
+/// See [`RetentionStore::retention_stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionStats {
+    pub oldest_created_at: Option<i64>,
+    /// `(created_at, expires_at)` of the oldest notification due for deletion.
+    pub oldest_due: Option<(i64, i64)>,
 }
 
 /// Keys seen once (token ids, DPoP proofs) until they expire.

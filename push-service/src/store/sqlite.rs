@@ -3,7 +3,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use futures_util::future::BoxFuture;
 
@@ -34,6 +36,10 @@ impl SqlStore<sqlx::Sqlite> {
                 SqliteSynchronous::Normal
             })
             .busy_timeout(Duration::from_secs(5))
+            // Pages freed by retention go back to the file system a batch at a
+            // time (`PRAGMA incremental_vacuum`); takes effect on a new file,
+            // an older one is converted once by `migrate`.
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .foreign_keys(true);
         if let Some(parent) = options.get_filename().parent() {
             if !parent.as_os_str().is_empty() {
@@ -57,7 +63,22 @@ impl SqlBackend for sqlx::Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
     fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
-        Box::pin(MIGRATOR.run(pool))
+        Box::pin(async move {
+            MIGRATOR.run(pool).await?;
+            // A file made before incremental auto-vacuum keeps `none` until a
+            // full VACUUM rewrites it: done once, here, at upgrade time.
+            let (mode,): (i64,) = sqlx::query_as("PRAGMA auto_vacuum")
+                .fetch_one(pool)
+                .await?;
+            if mode != 2 {
+                tracing::info!("converting the SQLite file to incremental auto-vacuum (one VACUUM)");
+                sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+                    .execute(pool)
+                    .await?;
+                sqlx::query("VACUUM").execute(pool).await?;
+            }
+            Ok(())
+        })
     }
 
     fn rows_affected(result: &Self::QueryResult) -> u64 {

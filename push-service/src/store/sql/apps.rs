@@ -136,6 +136,41 @@ where
         Ok(())
     }
 
+    async fn reseal_credentials(
+        &self,
+        reseal: &crate::store::Reseal,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let lock = if <DB as SqlBackend>::NAME == "postgres" {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(&format!(
+            "SELECT app_id, provider, sealed FROM credentials ORDER BY app_id, provider{lock}"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = 0;
+        for (app_id, provider, sealed) in rows {
+            let Some(new) = reseal(&app_id, &provider, &sealed).map_err(|e| {
+                StoreError::Conflict(format!("credential {provider} of app {app_id}: {e}"))
+            })?
+            else {
+                continue;
+            };
+            sqlx::query("UPDATE credentials SET sealed = $3 WHERE app_id = $1 AND provider = $2")
+                .bind(&app_id)
+                .bind(&provider)
+                .bind(new)
+                .execute(&mut *tx)
+                .await?;
+            changed += 1;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
     async fn put_attestation(&self, a: &crate::store::Attestation) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO attestation (app_id, jwks, required, updated_at) VALUES ($1, $2, $3, $4) \

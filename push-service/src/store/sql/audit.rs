@@ -48,14 +48,6 @@ where
         .fetch_all(&self.pool)
         .await?)
     }
-
-    async fn delete_audit_before(&self, at: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM audit_log WHERE at < $1")
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
-        Ok(DB::rows_affected(&done))
-    }
 }
 
 #[async_trait]

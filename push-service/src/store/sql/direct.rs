@@ -72,14 +72,6 @@ where
                 .await?;
         Ok(row.map(|(c,)| c).unwrap_or(0))
     }
-
-    async fn delete_expired_direct_events(&self, now: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM direct_events WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(DB::rows_affected(&done))
-    }
 }
 
 /// Holds a group's direct-channel events (`(place, event)`): each place's

@@ -17,6 +17,7 @@ mod chunks;
 mod direct;
 mod notifications;
 mod registrations;
+mod retention;
 
 use async_trait::async_trait;
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Pool, Type};

@@ -1,0 +1,102 @@
+//! Retention, run by every node's sweep: notifications past their keeping time
+//! (and their TTL), expired direct-channel events and old audit entries are
+//! deleted a bounded batch at a time, a bounded number of batches a round, so
+//! a backlog is worked off over several rounds instead of in one long
+//! transaction. The figures it leaves (`push_retention_lag_seconds` and the
+//! rest) show whether it keeps up.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::Dispatcher;
+use crate::store::StoreError;
+use crate::telemetry::names;
+
+/// Batches of one kind per round, at most.
+const BATCHES_PER_ROUND: usize = 20;
+/// Time a round may spend deleting, at most (then the next round goes on).
+const ROUND_BUDGET: Duration = Duration::from_millis(500);
+/// SQLite pages given back to the file system per round, at most.
+const COMPACT_PAGES: u32 = 4096;
+/// Store sizes are measured this often (ms); the queries are cheap, not free.
+const MEASURE_EVERY_MS: i64 = 60_000;
+
+static LAST_MEASURED: AtomicI64 = AtomicI64::new(0);
+
+/// One round; returns how many notifications it deleted.
+pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<u64, StoreError> {
+    let store = state.store.as_ref();
+    let settings = &state.settings;
+    let limit = settings.retention_batch;
+    let started = Instant::now();
+    let notification_cutoff = (settings.notification_retention.as_millis() > 0)
+        .then(|| now - settings.notification_retention.as_millis() as i64);
+
+    let mut notifications = 0;
+    if let Some(before) = notification_cutoff {
+        notifications = drain(started, "notifications", || {
+            store.delete_old_notifications(before, now, limit)
+        })
+        .await?;
+    }
+    let events = drain(started, "direct_events", || {
+        store.delete_expired_direct_events(now, limit)
+    })
+    .await?;
+    if settings.audit_retention.as_millis() > 0 {
+        let before = now - settings.audit_retention.as_millis() as i64;
+        drain(started, "audit", || store.delete_audit_before(before, limit)).await?;
+    }
+    if notifications + events > 0 {
+        store.compact(COMPACT_PAGES).await?;
+    }
+
+    let stats = store
+        .retention_stats(notification_cutoff.unwrap_or(i64::MIN), now)
+        .await?;
+    metrics::gauge!(names::NOTIFICATIONS_OLDEST_AGE).set(
+        stats
+            .oldest_created_at
+            .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
+    );
+    let lag = match (stats.oldest_due, notification_cutoff) {
+        // Due since both its keeping time and its TTL ended.
+        (Some((created, expires)), Some(cutoff)) => {
+            let due_since = (created + (now - cutoff)).max(expires);
+            (now - due_since).max(0) as f64 / 1000.0
+        }
+        _ => 0.0,
+    };
+    metrics::gauge!(names::RETENTION_LAG).set(lag);
+    let last = LAST_MEASURED.load(Ordering::Relaxed);
+    if now - last >= MEASURE_EVERY_MS
+        && LAST_MEASURED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        for (table, bytes) in store.storage_bytes().await? {
+            metrics::gauge!(names::STORE_BYTES, "table" => table).set(bytes as f64);
+        }
+    }
+    Ok(notifications)
+}
+
+/// Runs `batch` until it deletes less than a full batch, the round's batches
+/// or its time are used up; counts what it deleted.
+async fn drain<F, Fut>(started: Instant, kind: &'static str, batch: F) -> Result<u64, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    for _ in 0..BATCHES_PER_ROUND {
+        let deleted = batch().await?;
+        total += deleted;
+        metrics::counter!(names::RETENTION_BATCHES, "kind" => kind).increment(1);
+        if deleted == 0 || started.elapsed() > ROUND_BUDGET {
+            break;
+        }
+    }
+    metrics::counter!(names::RETENTION_DELETED, "kind" => kind).increment(total);
+    Ok(total)
+}
