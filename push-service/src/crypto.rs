@@ -225,7 +225,12 @@ mod tests {
             )
             .unwrap();
         let blob = [&[FORMAT_V1][..], &nonce, &ciphertext].concat();
-        assert_eq!(Sealer::ring(&[5u8; 32], &[key]).open(&blob, "app/fcm").unwrap(), b"old");
+        assert_eq!(
+            Sealer::ring(&[5u8; 32], &[key])
+                .open(&blob, "app/fcm")
+                .unwrap(),
+            b"old"
+        );
         assert!(Sealer::new(&[5u8; 32]).open(&blob, "app/fcm").is_err());
     }
 

@@ -240,7 +240,10 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Some(Command::Backup { out }) => {
-                println!("{}", push_service::maintenance::backup(&config, &out).await?);
+                println!(
+                    "{}",
+                    push_service::maintenance::backup(&config, &out).await?
+                );
                 Ok(())
             }
             _ => serve(config).await,

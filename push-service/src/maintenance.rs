@@ -113,5 +113,8 @@ pub async fn backup(config: &Config, out: &Path) -> anyhow::Result<String> {
         .await
         .with_context(|| format!("writing the backup to {}", out.display()))?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(format!("backup written to {} ({bytes} bytes)", out.display()))
+    Ok(format!(
+        "backup written to {} ({bytes} bytes)",
+        out.display()
+    ))
 }

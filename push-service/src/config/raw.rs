@@ -419,11 +419,13 @@ impl RawConfig {
             Some(raw.master_key_previous.clone())
         } else if !raw.master_key_previous_file.is_empty() {
             let path = PathBuf::from(&raw.master_key_previous_file);
-            Some(std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
-                key: "master_key_previous_file",
-                path,
-                source,
-            })?)
+            Some(
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+                    key: "master_key_previous_file",
+                    path,
+                    source,
+                })?,
+            )
         } else {
             None
         };

@@ -45,7 +45,10 @@ pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<u64, StoreE
     .await?;
     if settings.audit_retention.as_millis() > 0 {
         let before = now - settings.audit_retention.as_millis() as i64;
-        drain(started, "audit", || store.delete_audit_before(before, limit)).await?;
+        drain(started, "audit", || {
+            store.delete_audit_before(before, limit)
+        })
+        .await?;
     }
     if notifications + events > 0 {
         store.compact(COMPACT_PAGES).await?;

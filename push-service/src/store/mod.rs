@@ -126,10 +126,7 @@ pub trait AppStore: Send + Sync {
     /// rotation): `reseal(app, provider, sealed)` gives the new blob, `None` to
     /// leave it, or an error that rolls the whole change back. Metadata and
     /// `updated_at` stay: the credential is the same. Returns how many changed.
-    async fn reseal_credentials(
-        &self,
-        reseal: &crate::store::Reseal,
-    ) -> Result<usize, StoreError>;
+    async fn reseal_credentials(&self, reseal: &crate::store::Reseal) -> Result<usize, StoreError>;
 
     async fn put_attestation(&self, attestation: &Attestation) -> Result<(), StoreError>;
     async fn get_attestation(&self, app_id: &str) -> Result<Option<Attestation>, StoreError>;

@@ -67,11 +67,11 @@ impl SqlBackend for sqlx::Sqlite {
             MIGRATOR.run(pool).await?;
             // A file made before incremental auto-vacuum keeps `none` until a
             // full VACUUM rewrites it: done once, here, at upgrade time.
-            let (mode,): (i64,) = sqlx::query_as("PRAGMA auto_vacuum")
-                .fetch_one(pool)
-                .await?;
+            let (mode,): (i64,) = sqlx::query_as("PRAGMA auto_vacuum").fetch_one(pool).await?;
             if mode != 2 {
-                tracing::info!("converting the SQLite file to incremental auto-vacuum (one VACUUM)");
+                tracing::info!(
+                    "converting the SQLite file to incremental auto-vacuum (one VACUUM)"
+                );
                 sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
                     .execute(pool)
                     .await?;

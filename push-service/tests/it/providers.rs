@@ -16,8 +16,8 @@ use crate::both_backends;
 use crate::helpers::{spawn, Backend, Options, TestApp};
 use crate::notify::{send, wait_status};
 
-const TEAM: &str = "TEAM123456";
-const KEY_ID: &str = "KEY1234567";
+pub const TEAM: &str = "TEAM123456";
+pub const KEY_ID: &str = "KEY1234567";
 pub const BUNDLE: &str = "com.acme.auth";
 
 /// Simulators, and a node configured to use them.
@@ -37,6 +37,17 @@ pub fn p8() -> (String, p256::ecdsa::VerifyingKey) {
 }
 
 pub async fn rig(backend: Backend, token_lifetime_seconds: i64, extra: &str) -> Rig {
+    rig_with(backend, token_lifetime_seconds, extra, false).await
+}
+
+/// [`rig`] for several nodes (`cluster`): each node keeps its own APNs provider
+/// token, so the simulator applies Apple's 20-minute rule per connection.
+pub async fn rig_with(
+    backend: Backend,
+    token_lifetime_seconds: i64,
+    extra: &str,
+    cluster: bool,
+) -> Rig {
     let pki = TestPki::generate().expect("pki");
     let ca = tempfile::NamedTempFile::new().expect("ca file");
     std::fs::write(ca.path(), &pki.ca_pem).expect("write ca");
@@ -50,7 +61,7 @@ pub async fn rig(backend: Backend, token_lifetime_seconds: i64, extra: &str) -> 
             }],
             topics: vec![BUNDLE.into()],
             max_concurrent_streams: 1000,
-            tokens_per_key: true,
+            tokens_per_key: !cluster,
         },
         &pki,
         0,

@@ -136,10 +136,7 @@ where
         Ok(())
     }
 
-    async fn reseal_credentials(
-        &self,
-        reseal: &crate::store::Reseal,
-    ) -> Result<usize, StoreError> {
+    async fn reseal_credentials(&self, reseal: &crate::store::Reseal) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
         let lock = if <DB as SqlBackend>::NAME == "postgres" {
             " FOR UPDATE"

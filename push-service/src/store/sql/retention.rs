@@ -117,10 +117,11 @@ where
         if <DB as SqlBackend>::NAME == "postgres" {
             let mut out = Vec::with_capacity(SIZED_TABLES.len());
             for table in SIZED_TABLES {
-                let (bytes,): (i64,) = sqlx::query_as("SELECT pg_total_relation_size($1::regclass)")
-                    .bind(table)
-                    .fetch_one(&self.pool)
-                    .await?;
+                let (bytes,): (i64,) =
+                    sqlx::query_as("SELECT pg_total_relation_size($1::regclass)")
+                        .bind(table)
+                        .fetch_one(&self.pool)
+                        .await?;
                 out.push((table.to_owned(), bytes));
             }
             Ok(out)
