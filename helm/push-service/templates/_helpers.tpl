@@ -62,5 +62,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secretKeys.masterKey }}}}
 - name: PUSH_ADMIN_TOKEN
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secretKeys.adminToken }}}}
+- name: PUSH_MASTER_KEY_PREVIOUS
+  valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secretKeys.masterKeyPrevious }}, optional: true}}
+- name: PUSH_ADMIN_TOKEN_PREVIOUS
+  valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secretKeys.adminTokenPrevious }}, optional: true}}
 {{- end -}}
 {{- end -}}

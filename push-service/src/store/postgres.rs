@@ -12,7 +12,14 @@ use super::batch::{executor, HotWriter};
 use super::sql::SqlStore;
 use super::StoreError;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+/// The migrations this build carries. A database migrated by a newer build
+/// (migrations unknown here) is accepted: they only add, so a rolled-back or
+/// not yet upgraded node keeps working on it (docs/OPERATIONS.md).
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../migrations/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// Store on a PostgreSQL database.
 pub type PgStore = SqlStore<sqlx::Postgres>;
@@ -49,7 +56,7 @@ impl SqlBackend for sqlx::Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
 
     fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
-        Box::pin(MIGRATOR.run(pool))
+        Box::pin(async move { migrator().run(pool).await })
     }
 
     fn rows_affected(result: &Self::QueryResult) -> u64 {

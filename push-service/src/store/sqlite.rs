@@ -14,7 +14,14 @@ use super::batch::{executor, HotWriter};
 use super::sql::SqlStore;
 use super::StoreError;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+/// The migrations this build carries. A database migrated by a newer build
+/// (migrations unknown here) is accepted: they only add, so a rolled-back or
+/// not yet upgraded node keeps working on it (docs/OPERATIONS.md).
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../migrations/sqlite");
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// Store on a SQLite file.
 pub type SqliteStore = SqlStore<sqlx::Sqlite>;
@@ -64,7 +71,7 @@ impl SqlBackend for sqlx::Sqlite {
 
     fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
         Box::pin(async move {
-            MIGRATOR.run(pool).await?;
+            migrator().run(pool).await?;
             // A file made before incremental auto-vacuum keeps `none` until a
             // full VACUUM rewrites it: done once, here, at upgrade time.
             let (mode,): (i64,) = sqlx::query_as("PRAGMA auto_vacuum").fetch_one(pool).await?;

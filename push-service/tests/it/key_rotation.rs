@@ -36,7 +36,7 @@ async fn node(rig: &Rig, extra: &str) -> TestApp {
 }
 
 /// One notification through `api` to `device`, sent by the provider.
-async fn delivers(api: &Api, notifier: &TestNotifier, device: &str, what: &str) {
+pub async fn delivers(api: &Api, notifier: &TestNotifier, device: &str, what: &str) {
     let answer = send(
         api,
         notifier,

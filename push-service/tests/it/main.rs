@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod notifiers;
 mod notify;
+mod operations;
 mod ops;
 mod outbound;
 mod pinning;

@@ -120,9 +120,13 @@ impl Rig {
 
     /// An app with both credentials and a notifier.
     pub async fn tenant(&self, p8: &str) -> (String, TestNotifier) {
-        let app_id = self.app.create_app("Acme").await;
-        let (status, body) = self
-            .app
+        self.tenant_on(&self.app, p8).await
+    }
+
+    /// [`Rig::tenant`] through another node's API.
+    pub async fn tenant_on(&self, api: &crate::helpers::Api, p8: &str) -> (String, TestNotifier) {
+        let app_id = api.create_app("Acme").await;
+        let (status, body) = api
             .admin(
                 Method::PUT,
                 &format!("/v1/apps/{app_id}/credentials/apns"),
@@ -133,8 +137,7 @@ impl Rig {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let (status, body) = self
-            .app
+        let (status, body) = api
             .admin(
                 Method::PUT,
                 &format!("/v1/apps/{app_id}/credentials/fcm"),
@@ -142,8 +145,7 @@ impl Rig {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let notifier =
-            TestNotifier::create(&self.app, &app_id, &["notify", "registrations:read"]).await;
+        let notifier = TestNotifier::create(api, &app_id, &["notify", "registrations:read"]).await;
         (app_id, notifier)
     }
 }
