@@ -117,7 +117,7 @@ impl Sealer {
                 .map_err(|_| OpenError)
         };
         match sealed.first() {
-            Some(&FORMAT_V1) if sealed.len() >= 1 + NONCE_LEN => {
+            Some(&FORMAT_V1) if sealed.len() > NONCE_LEN => {
                 let (nonce, ciphertext) = sealed[1..].split_at(NONCE_LEN);
                 self.keys
                     .iter()
@@ -146,8 +146,11 @@ impl Sealer {
     }
 }
 
-/// The copies of a V2 blob: (key id, nonce, ciphertext); `None` when malformed.
-fn copies(sealed: &[u8]) -> Option<Vec<([u8; KEY_ID_LEN], &[u8], &[u8])>> {
+/// One sealed copy of a V2 blob: (key id, nonce, ciphertext).
+type SealedCopy<'a> = ([u8; KEY_ID_LEN], &'a [u8], &'a [u8]);
+
+/// The copies of a V2 blob; `None` when malformed.
+fn copies(sealed: &[u8]) -> Option<Vec<SealedCopy<'_>>> {
     let (&count, mut rest) = sealed.get(1..)?.split_first()?;
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {

@@ -3,7 +3,7 @@
 //! their validation, `secrets.rs` the generated secret files.
 
 mod raw;
-pub use raw::decode_master_key;
+pub use secrets::decode_master_key;
 mod secrets;
 
 use std::fmt;

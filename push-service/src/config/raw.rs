@@ -4,10 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use base64::Engine;
 use serde::Deserialize;
 
-use super::secrets::{ensure_private_dir, file_or_default, read_or_create_secret};
 use super::{invalid, Config, ConfigError, LogFormat, ProviderSettings, TlsFiles};
 use crate::secret::Secret;
 
@@ -16,7 +14,7 @@ use crate::secret::Secret;
 pub(super) struct RawConfig {
     listen: String,
     public_url: String,
-    data_dir: PathBuf,
+    pub(super) data_dir: PathBuf,
     database_url: String,
     database_max_connections: u32,
     sqlite_synchronous: String,
@@ -43,13 +41,13 @@ pub(super) struct RawConfig {
     provider_timeout_seconds: u64,
     circuit_open_seconds: u64,
     invalidation_guard_min: usize,
-    admin_token: String,
-    admin_token_file: String,
-    master_key: String,
-    master_key_file: String,
-    master_key_previous: String,
-    master_key_previous_file: String,
-    admin_token_previous: String,
+    pub(super) admin_token: String,
+    pub(super) admin_token_file: String,
+    pub(super) master_key: String,
+    pub(super) master_key_file: String,
+    pub(super) master_key_previous: String,
+    pub(super) master_key_previous_file: String,
+    pub(super) admin_token_previous: String,
     max_body_bytes: usize,
     request_timeout_seconds: u64,
     shutdown_grace_seconds: u64,
@@ -387,65 +385,8 @@ impl RawConfig {
             burst_seconds: raw.rate_limit_burst_seconds,
         };
 
-        let mut created_files = Vec::new();
-        let needs_files = raw.admin_token.is_empty() || raw.master_key.is_empty();
-        if needs_files {
-            ensure_private_dir(&raw.data_dir)?;
-        }
-        let admin_token = if !raw.admin_token.is_empty() {
-            raw.admin_token.clone()
-        } else {
-            let path = file_or_default(&raw.admin_token_file, &raw.data_dir, "admin.token");
-            read_or_create_secret("admin_token_file", &path, &mut created_files, || {
-                crate::ids::random_token(32)
-            })?
-        };
-        if admin_token.len() < 16 {
-            return Err(invalid("admin_token", "must be at least 16 characters"));
-        }
-        let master_key_b64 = if !raw.master_key.is_empty() {
-            raw.master_key.clone()
-        } else {
-            let path = file_or_default(&raw.master_key_file, &raw.data_dir, "master.key");
-            read_or_create_secret("master_key_file", &path, &mut created_files, || {
-                let key: [u8; 32] = rand::random();
-                base64::engine::general_purpose::STANDARD.encode(key)
-            })?
-        };
-        let master_key = decode_master_key(&master_key_b64)
-            .ok_or_else(|| invalid("master_key", "must be 32 bytes, base64-encoded"))?;
-        // The previous key of a rotation: given inline or in a file that must exist.
-        let previous_b64 = if !raw.master_key_previous.is_empty() {
-            Some(raw.master_key_previous.clone())
-        } else if !raw.master_key_previous_file.is_empty() {
-            let path = PathBuf::from(&raw.master_key_previous_file);
-            Some(
-                std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
-                    key: "master_key_previous_file",
-                    path,
-                    source,
-                })?,
-            )
-        } else {
-            None
-        };
-        let master_key_previous = previous_b64
-            .map(|b64| {
-                decode_master_key(&b64).ok_or_else(|| {
-                    invalid("master_key_previous", "must be 32 bytes, base64-encoded")
-                })
-            })
-            .transpose()?;
-        let admin_token_previous = match raw.admin_token_previous.trim() {
-            "" => None,
-            token if token.len() < 16 => {
-                return Err(invalid(
-                    "admin_token_previous",
-                    "must be at least 16 characters",
-                ))
-            }
-            token => Some(Secret::new(token.to_owned())),
-        };
+        let (admin_token, admin_token_previous, master_key, master_key_previous, created_files) =
+            raw.secrets()?;
         if !(1..=10_000).contains(&raw.retention_batch) {
             return Err(invalid("retention_batch", "must be between 1 and 10000"));
         }
@@ -518,12 +459,4 @@ impl RawConfig {
             max_unattested_registrations_per_app: raw.max_unattested_registrations_per_app,
         })
     }
-}
-
-/// A master key as configured: 32 bytes, base64 (surrounding whitespace ignored).
-pub fn decode_master_key(b64: &str) -> Option<[u8; 32]> {
-    base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
 }
