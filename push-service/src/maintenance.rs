@@ -47,7 +47,7 @@ async fn reseal_all(
             return Ok(None);
         }
         let aad = crate::credentials::credential_aad_str(app_id, provider);
-        let secret = open_with.open(sealed, &aad).map_err(|e| e.to_string())?;
+        let secret = open_with.open(sealed, &aad)?;
         Ok(Some(seal_with.seal(&secret, &aad)))
     };
     Ok(store.reseal_credentials(&reseal).await?)

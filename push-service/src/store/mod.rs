@@ -367,8 +367,9 @@ pub trait AuditStore: Send + Sync {
 }
 
 /// How [`AppStore::reseal_credentials`] turns `(app, provider, sealed)` into a new blob.
-pub type Reseal =
-    dyn for<'a> Fn(&'a str, &'a str, &'a [u8]) -> Result<Option<Vec<u8>>, String> + Send + Sync;
+pub type Reseal = dyn for<'a> Fn(&'a str, &'a str, &'a [u8]) -> Result<Option<Vec<u8>>, crate::crypto::OpenError>
+    + Send
+    + Sync;
 
 /// What the store keeps, and how long: deletions past retention, in bounded
 /// batches (each its own short statement), and the figures that show whether

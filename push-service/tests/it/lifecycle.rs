@@ -261,8 +261,8 @@ async fn retention_batches_postgres() {
 }
 
 /// A node's own sweep deletes 1,000 notifications past retention, 100 a
-/// statement, while 60 new ones are sent: every new one is delivered, every
-/// old one is gone.
+/// statement, while they are being seeded and 60 new ones are sent: every new
+/// one is delivered, every old one is gone.
 async fn the_sweep_deletes_while_notifications_flow(backend: Backend) {
     let rig = rig(
         backend,
@@ -281,7 +281,6 @@ async fn the_sweep_deletes_while_notifications_flow(backend: Backend) {
         "SELECT COUNT(*) FROM notifications WHERE app_id = $1 AND created_at < {}",
         now_millis() - 30 * DAY
     );
-    assert_eq!(scalar(&url, &old_left, &app_id).await, 1000);
     let mut ids = Vec::new();
     for i in 0..60 {
         let answer = send(
