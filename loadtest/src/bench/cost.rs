@@ -15,6 +15,9 @@ pub struct Counters {
     pub pg_transactions: Option<i64>,
     pub pg_statements: Option<i64>,
     pub redis_commands: Option<i64>,
+    /// Bytes the database takes (PostgreSQL: the database; SQLite: its pages).
+    #[serde(default)]
+    pub store_bytes: Option<i64>,
 }
 
 /// Per delivered notification.
@@ -23,6 +26,8 @@ pub struct Cost {
     pub pg_transactions: Option<f64>,
     pub pg_statements: Option<f64>,
     pub redis_commands: Option<f64>,
+    /// Bytes the store grew by (× 1,000,000: bytes per million notifications).
+    pub store_bytes: Option<f64>,
 }
 
 /// Reads the counters of the database at `database_url` (PostgreSQL only) and of
@@ -52,7 +57,29 @@ pub fn read(database_url: &str, redis_url: &str) -> Counters {
         redis_commands: (!redis_url.is_empty())
             .then(|| redis_commands(redis_url).ok())
             .flatten(),
+        store_bytes: if postgres {
+            pg("SELECT pg_database_size(current_database())")
+        } else {
+            sqlite_bytes(database_url)
+        },
     }
+}
+
+/// Pages × page size of the SQLite file of `url` (WAL content included), by
+/// the `sqlite3` tool.
+fn sqlite_bytes(url: &str) -> Option<i64> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next()?;
+    let output = std::process::Command::new("sqlite3")
+        .arg(path)
+        .arg("PRAGMA page_count; PRAGMA page_size;")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut numbers = text.lines().filter_map(|l| l.trim().parse::<i64>().ok());
+    Some(numbers.next()? * numbers.next()?)
 }
 
 /// Makes `pg_stat_statements` readable in the database when the server loads it.
@@ -83,6 +110,10 @@ impl Counters {
             pg_transactions: delta(self.pg_transactions, after.pg_transactions, 2),
             pg_statements: delta(self.pg_statements, after.pg_statements, 2),
             redis_commands: delta(self.redis_commands, after.redis_commands, 1),
+            store_bytes: self
+                .store_bytes
+                .zip(after.store_bytes)
+                .map(|(a, b)| (b - a) as f64 / n),
         }
     }
 }
@@ -95,13 +126,17 @@ impl Cost {
             None => format!("n/a {what}"),
         };
         format!(
-            "{} · {} · {}",
+            "{} · {} · {} · {}",
             show(self.pg_transactions, "PostgreSQL transactions"),
             show(
                 self.pg_statements,
                 "statements (pg_stat_statements; n/a when not preloaded)"
             ),
-            show(self.redis_commands, "Redis commands")
+            show(self.redis_commands, "Redis commands"),
+            match self.store_bytes {
+                Some(b) => format!("{:.0} MB stored per million", b),
+                None => "n/a MB stored per million".to_owned(),
+            }
         )
     }
 }
@@ -152,15 +187,23 @@ mod tests {
             pg_transactions: Some(100),
             pg_statements: None,
             redis_commands: Some(1000),
+            store_bytes: Some(1_000_000),
         };
         let after = Counters {
             pg_transactions: Some(302),
             pg_statements: Some(7),
             redis_commands: Some(1301),
+            store_bytes: Some(1_050_000),
         };
         let cost = before.per(&after, 100);
         assert_eq!(cost.pg_transactions, Some(2.0));
         assert_eq!(cost.pg_statements, None, "unknown before: unknown");
         assert_eq!(cost.redis_commands, Some(3.0));
+        assert_eq!(cost.store_bytes, Some(500.0), "bytes per notification");
+        assert!(
+            cost.line().contains("500 MB stored per million"),
+            "{}",
+            cost.line()
+        );
     }
 }

@@ -318,3 +318,49 @@ async fn retention_under_load_sqlite() {
 async fn retention_under_load_postgres() {
     the_sweep_deletes_while_notifications_flow(Backend::Postgres).await;
 }
+
+/// A database that a newer build migrated further (a migration this build
+/// does not carry) is accepted, so a rolled-back node starts.
+async fn a_database_migrated_further_is_accepted(backend: Backend) {
+    use sqlx::Connection;
+    let app = quiet_node(backend).await;
+    let sql =
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+               VALUES (99990101, 'from a newer build', TRUE, $1, 0)";
+    let checksum = vec![0u8; 48];
+    if app.database_url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
+            .await
+            .expect("sqlite");
+        sqlx::query(sql)
+            .bind(checksum)
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&app.database_url)
+            .await
+            .expect("postgres");
+        sqlx::query(sql)
+            .bind(checksum)
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+    }
+    let store = push_service::store::connect(&app.database_url, 2, true, None)
+        .await
+        .expect("store");
+    store.migrate().await.expect("a newer schema is accepted");
+    let applied = "SELECT COUNT(*) FROM _sqlx_migrations WHERE description <> $1";
+    assert!(scalar(&app.database_url, applied, "").await >= 9);
+}
+
+#[tokio::test]
+async fn newer_schema_sqlite() {
+    a_database_migrated_further_is_accepted(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn newer_schema_postgres() {
+    a_database_migrated_further_is_accepted(Backend::Postgres).await;
+}
