@@ -260,6 +260,17 @@ mod tests {
                 "admin_listen = \"127.0.0.1:9090\"\nadmin_tls = true",
                 "`admin_tls`",
             ),
+            (
+                "master_key_previous = \"c2hvcnQ=\"",
+                "`master_key_previous`",
+            ),
+            (
+                "master_key_previous_file = \"/nonexistent/old.key\"",
+                "`master_key_previous_file`",
+            ),
+            ("admin_token_previous = \"short\"", "`admin_token_previous`"),
+            ("retention_batch = 0", "`retention_batch`"),
+            ("retention_batch = 10001", "`retention_batch`"),
         ];
         for (line, key) in cases {
             let err = Config::from_toml(&format!("{base}{line}\n")).unwrap_err();
@@ -291,5 +302,39 @@ mod tests {
         }
         let debug = format!("{first:?}");
         assert!(!debug.contains(first.admin_token.expose().as_str()));
+    }
+
+    #[test]
+    fn a_switch_accepts_both_admin_tokens_and_both_master_keys() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (old, new) = ([1u8; 32], [2u8; 32]);
+        let b64 = |k: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(k);
+        let config = Config::from_toml(&format!(
+            "data_dir = {:?}\nadmin_token = \"new-admin-token-0123456789\"\n\
+             admin_token_previous = \"old-admin-token-0123456789\"\n\
+             master_key = {:?}\nmaster_key_previous = {:?}\n",
+            dir.path().display().to_string(),
+            b64(&new),
+            b64(&old)
+        ))
+        .expect("valid");
+        // (token, accepted?)
+        for (token, accepted) in [
+            ("new-admin-token-0123456789", true),
+            ("old-admin-token-0123456789", true),
+            ("new-admin-token-012345678", false),
+            ("", false),
+        ] {
+            assert_eq!(config.admin_token_matches(token), accepted, "{token:?}");
+        }
+        let sealed = config.sealer().seal(b"secret", "a/apns");
+        for key in [old, new] {
+            let alone = crate::crypto::Sealer::new(&key);
+            assert_eq!(alone.open(&sealed, "a/apns").expect("opens"), b"secret");
+        }
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("old-admin-token"), "{debug}");
+        assert!(!debug.contains(&b64(&old)), "{debug}");
     }
 }

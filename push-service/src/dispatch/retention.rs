@@ -62,15 +62,8 @@ pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<u64, StoreE
             .oldest_created_at
             .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
     );
-    let lag = match (stats.oldest_due, notification_cutoff) {
-        // Due since both its keeping time and its TTL ended.
-        (Some((created, expires)), Some(cutoff)) => {
-            let due_since = (created + (now - cutoff)).max(expires);
-            (now - due_since).max(0) as f64 / 1000.0
-        }
-        _ => 0.0,
-    };
-    metrics::gauge!(names::RETENTION_LAG).set(lag);
+    let keep = settings.notification_retention.as_millis() as i64;
+    metrics::gauge!(names::RETENTION_LAG).set(lag_seconds(stats.oldest_due, keep, now));
     let last = LAST_MEASURED.load(Ordering::Relaxed);
     if now - last >= MEASURE_EVERY_MS
         && LAST_MEASURED
@@ -82,6 +75,19 @@ pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<u64, StoreE
         }
     }
     Ok(notifications)
+}
+
+/// How long the oldest notification due for deletion (`(created_at,
+/// expires_at)`) has been due, in seconds: since both its keeping time (`keep`
+/// ms after creation) and its TTL ended. 0 when none is due or nothing expires.
+fn lag_seconds(oldest_due: Option<(i64, i64)>, keep: i64, now: i64) -> f64 {
+    match oldest_due {
+        Some((created, expires)) if keep > 0 => {
+            let due_since = (created + keep).max(expires);
+            (now - due_since).max(0) as f64 / 1000.0
+        }
+        _ => 0.0,
+    }
 }
 
 /// Runs `batch` until it deletes less than a full batch, the round's batches
@@ -102,4 +108,37 @@ where
     }
     metrics::counter!(names::RETENTION_DELETED, "kind" => kind).increment(total);
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lag_seconds;
+
+    #[test]
+    fn lag_counts_from_the_later_of_keeping_time_and_ttl() {
+        const DAY: i64 = 86_400_000;
+        let now = 100 * DAY;
+        // (oldest due, keep, expected seconds)
+        let cases = [
+            (None, 30 * DAY, 0.0),
+            (
+                Some((now - 40 * DAY, now - 39 * DAY)),
+                30 * DAY,
+                10.0 * 86_400.0,
+            ),
+            // The TTL ended after the keeping time: due since the TTL.
+            (
+                Some((now - 40 * DAY, now - 2 * DAY)),
+                30 * DAY,
+                2.0 * 86_400.0,
+            ),
+            // Just due: no lag yet.
+            (Some((now - 30 * DAY, now - 29 * DAY)), 30 * DAY, 0.0),
+            // Retention off: never behind.
+            (Some((now - 400 * DAY, now - 399 * DAY)), 0, 0.0),
+        ];
+        for (i, (due, keep, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(lag_seconds(due, keep, now), expected, "case {i}");
+        }
+    }
 }

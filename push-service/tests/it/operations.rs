@@ -153,3 +153,40 @@ async fn backup_and_restore_as_documented_sqlite() {
 async fn backup_and_restore_as_documented_postgres() {
     backup_and_restore(Backend::Postgres).await;
 }
+
+/// `push-service backup` never overwrites a file, and sends PostgreSQL
+/// operators to `pg_dump` instead of half-doing it.
+#[test]
+fn backup_refuses_what_it_cannot_do_well() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let existing = dir.path().join("taken.db");
+    std::fs::write(&existing, b"keep me").expect("file");
+    // (database URL, out, what the refusal says)
+    let cases = [
+        (
+            format!("sqlite://{}", dir.path().join("push.db").display()),
+            existing.clone(),
+            "exists already",
+        ),
+        (
+            "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+            dir.path().join("new.db"),
+            "pg_dump",
+        ),
+    ];
+    for (database, out, says) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_push-service"))
+            .env_clear()
+            .env("PUSH_DATABASE_URL", &database)
+            .env("PUSH_DATA_DIR", dir.path().join("data"))
+            .arg("backup")
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{database}: {stderr}");
+        assert!(stderr.contains(says), "{database}: {stderr}");
+    }
+    assert_eq!(std::fs::read(&existing).expect("still there"), b"keep me");
+}
