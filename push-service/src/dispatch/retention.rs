@@ -23,14 +23,14 @@ const MEASURE_EVERY_MS: i64 = 60_000;
 
 static LAST_MEASURED: AtomicI64 = AtomicI64::new(0);
 
-/// One round; returns how many notifications it deleted.
-pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<u64, StoreError> {
+/// One round.
+pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<(), StoreError> {
     let store = state.store.as_ref();
     let settings = &state.settings;
     let limit = settings.retention_batch;
     let started = Instant::now();
-    let notification_cutoff = (settings.notification_retention.as_millis() > 0)
-        .then(|| now - settings.notification_retention.as_millis() as i64);
+    let keep = settings.notification_retention.as_millis() as i64;
+    let notification_cutoff = (keep > 0).then(|| now - keep);
 
     let mut notifications = 0;
     if let Some(before) = notification_cutoff {
@@ -62,7 +62,6 @@ pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<u64, StoreE
             .oldest_created_at
             .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
     );
-    let keep = settings.notification_retention.as_millis() as i64;
     metrics::gauge!(names::RETENTION_LAG).set(lag_seconds(stats.oldest_due, keep, now));
     let last = LAST_MEASURED.load(Ordering::Relaxed);
     if now - last >= MEASURE_EVERY_MS
@@ -74,7 +73,7 @@ pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<u64, StoreE
             metrics::gauge!(names::STORE_BYTES, "table" => table).set(bytes as f64);
         }
     }
-    Ok(notifications)
+    Ok(())
 }
 
 /// How long the oldest notification due for deletion (`(created_at,

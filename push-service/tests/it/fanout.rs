@@ -14,7 +14,7 @@ use crate::notify::{send, wait_status};
 use crate::providers::{apns_token, fcm_token, register, rig};
 
 /// Rows in the database of `url` that `sql` (one `$1` parameter) counts.
-async fn count(url: &str, sql: &str, param: &str) -> i64 {
+pub async fn count(url: &str, sql: &str, param: &str) -> i64 {
     use sqlx::Connection;
     if url.starts_with("sqlite:") {
         let mut conn = sqlx::SqliteConnection::connect(url).await.expect("sqlite");

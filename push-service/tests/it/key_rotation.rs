@@ -24,14 +24,7 @@ fn new_key() -> ([u8; 32], String) {
 async fn node(rig: &Rig, extra: &str) -> TestApp {
     let mut options = Options::new(rig.app.backend);
     options.join = Some((rig.app.database_url.clone(), rig.app.prefix.clone()));
-    options.extra = format!(
-        "apns_production_url = {:?}\napns_sandbox_url = {:?}\nfcm_url = {:?}\nprovider_ca_file = {:?}\n\
-         allow_private_fetch = true\nfcm_token_uri_allow = \"https://127.0.0.1:\"\n{extra}",
-        rig.apns.url,
-        rig.apns.url,
-        rig.fcm.url,
-        rig.ca_path(),
-    );
+    options.extra = format!("{}{extra}", rig.provider_lines());
     spawn(options).await
 }
 

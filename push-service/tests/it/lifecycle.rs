@@ -4,36 +4,19 @@
 
 use std::time::Duration;
 
+use push_service::delivery::ProviderKind;
 use push_service::ids::{new_id, now_millis};
-use push_service::store::{App, AuditEntry, NotificationRow, Registration, Store};
+use push_service::store::{App, AuditEntry, NotificationRow, Store};
 use sdk_client::NewRegistration;
 use serde_json::json;
 
+use crate::fanout::count;
 use crate::helpers::{spawn, Backend, Options, TestApp};
 use crate::notify::{send, wait_status};
 use crate::providers::{apns_token, register, rig};
+use crate::store_contract::registration;
 
 const DAY: i64 = 86_400_000;
-
-/// A number `sql` (one `$1` parameter) reads from the database of `url`.
-pub async fn scalar(url: &str, sql: &str, param: &str) -> i64 {
-    use sqlx::Connection;
-    if url.starts_with("sqlite:") {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
-        sqlx::query_scalar(sql)
-            .bind(param)
-            .fetch_one(&mut conn)
-            .await
-            .expect("scalar")
-    } else {
-        let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
-        sqlx::query_scalar(sql)
-            .bind(param)
-            .fetch_one(&mut conn)
-            .await
-            .expect("scalar")
-    }
-}
 
 fn notification(app_id: &str, created_at: i64, expires_at: i64) -> NotificationRow {
     NotificationRow {
@@ -117,22 +100,12 @@ async fn batches_are_bounded_and_spare_what_may_still_be_delivered(app: TestApp)
         .await
         .expect("fan-out");
     for _ in 0..3 {
-        let r = Registration {
-            id: new_id("reg"),
-            app_id: a.id.clone(),
-            provider: "fcm".into(),
-            token: Some(new_id("tok")),
-            environment: None,
-            platform: "android".into(),
-            key_thumbprint: new_id("key"),
-            encryption_jwk: None,
-            status: "active".into(),
-            invalid_reason: None,
-            invalidated_at: None,
-            created_at: now,
-            updated_at: now,
-            attested: false,
-        };
+        let r = registration(
+            &a.id,
+            ProviderKind::Fcm,
+            Some(&new_id("tok")),
+            &new_id("key"),
+        );
         store.create_registration(&r).await.expect("registration");
     }
     let chunks = store
@@ -142,7 +115,7 @@ async fn batches_are_bounded_and_spare_what_may_still_be_delivered(app: TestApp)
     assert_eq!(chunks.len(), 2);
     let url = &app.database_url;
     let chunk_rows = "SELECT COUNT(*) FROM fanout_chunks WHERE notification_id = $1";
-    assert_eq!(scalar(url, chunk_rows, &fanout.id).await, 2);
+    assert_eq!(count(url, chunk_rows, &fanout.id).await, 2);
 
     let before = now - 30 * DAY;
     let stats = store.retention_stats(before, now).await.expect("stats");
@@ -180,13 +153,13 @@ async fn batches_are_bounded_and_spare_what_may_still_be_delivered(app: TestApp)
         "SELECT COUNT(*) FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
                 WHERE n.app_id = $1";
     assert_eq!(
-        scalar(url, rows, &a.id).await,
+        count(url, rows, &a.id).await,
         0,
         "deliveries went with them"
     );
     let all_deliveries = "SELECT COUNT(*) FROM deliveries WHERE notification_id <> $1";
-    assert_eq!(scalar(url, all_deliveries, "").await, 0);
-    assert_eq!(scalar(url, chunk_rows, &fanout.id).await, 0, "chunks too");
+    assert_eq!(count(url, all_deliveries, "").await, 0);
+    assert_eq!(count(url, chunk_rows, &fanout.id).await, 0, "chunks too");
     let stats = store.retention_stats(before, now).await.expect("stats");
     assert_eq!(stats.oldest_due, None);
     assert_eq!(
@@ -234,7 +207,7 @@ async fn batches_are_bounded_and_spare_what_may_still_be_delivered(app: TestApp)
         0
     );
     let audit_left = "SELECT COUNT(*) FROM audit_log WHERE app_id = $1";
-    assert_eq!(scalar(url, audit_left, &a.id).await, 1);
+    assert_eq!(count(url, audit_left, &a.id).await, 1);
 
     let sizes = store.storage_bytes().await.expect("sizes");
     assert!(!sizes.is_empty());
@@ -297,7 +270,7 @@ async fn the_sweep_deletes_while_notifications_flow(backend: Backend) {
         wait_status(&rig.app, &notifier, id, |s| s["counts"]["sent"] == 1).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while scalar(&url, &old_left, &app_id).await > 0 {
+    while count(&url, &old_left, &app_id).await > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "retention did not finish"
@@ -306,7 +279,7 @@ async fn the_sweep_deletes_while_notifications_flow(backend: Backend) {
     }
     assert_eq!(rig.apns.receipt_count(), 60);
     let kept = "SELECT COUNT(*) FROM notifications WHERE app_id = $1";
-    assert_eq!(scalar(&url, kept, &app_id).await, 60);
+    assert_eq!(count(&url, kept, &app_id).await, 60);
 }
 
 #[tokio::test]
@@ -352,7 +325,7 @@ async fn a_database_migrated_further_is_accepted(backend: Backend) {
         .expect("store");
     store.migrate().await.expect("a newer schema is accepted");
     let applied = "SELECT COUNT(*) FROM _sqlx_migrations WHERE description <> $1";
-    assert!(scalar(&app.database_url, applied, "").await >= 9);
+    assert!(count(&app.database_url, applied, "").await >= 9);
 }
 
 #[tokio::test]

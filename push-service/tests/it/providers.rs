@@ -93,13 +93,8 @@ pub async fn rig_with(
     service_account["token_uri"] = json!(fcm.token_uri);
     let mut options = Options::new(backend);
     options.extra = format!(
-        "apns_production_url = {:?}\napns_sandbox_url = {:?}\nfcm_url = {:?}\nprovider_ca_file = {:?}\n\
-         circuit_open_seconds = 2\ninvalidation_guard_min = 5\nretry_max_attempts = 3\n\
-         allow_private_fetch = true\nfcm_token_uri_allow = \"https://127.0.0.1:\"\n{extra}",
-        apns.url,
-        apns.url,
-        fcm.url,
-        ca.path().display().to_string()
+        "{}circuit_open_seconds = 2\ninvalidation_guard_min = 5\nretry_max_attempts = 3\n{extra}",
+        provider_lines(&apns.url, &fcm.url, &ca.path().display().to_string()),
     );
     let app = spawn(options).await;
     Rig {
@@ -112,7 +107,21 @@ pub async fn rig_with(
     }
 }
 
+/// Configuration lines that point a node at the simulators (`ca`: their CA file).
+fn provider_lines(apns_url: &str, fcm_url: &str, ca: &str) -> String {
+    format!(
+        "apns_production_url = {apns_url:?}\napns_sandbox_url = {apns_url:?}\nfcm_url = {fcm_url:?}\n\
+         provider_ca_file = {ca:?}\nallow_private_fetch = true\n\
+         fcm_token_uri_allow = \"https://127.0.0.1:\"\n"
+    )
+}
+
 impl Rig {
+    /// Configuration lines that point another node at this rig's simulators.
+    pub fn provider_lines(&self) -> String {
+        provider_lines(&self.apns.url, &self.fcm.url, &self.ca_path())
+    }
+
     /// The simulators' CA file.
     pub fn ca_path(&self) -> String {
         self._ca.path().display().to_string()

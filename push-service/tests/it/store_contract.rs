@@ -15,7 +15,12 @@ use push_service::store::{
 use crate::both_backends;
 use crate::helpers::TestApp;
 
-fn registration(app: &str, provider: ProviderKind, token: Option<&str>, key: &str) -> Registration {
+pub fn registration(
+    app: &str,
+    provider: ProviderKind,
+    token: Option<&str>,
+    key: &str,
+) -> Registration {
     let now = now_millis();
     Registration {
         id: new_id("reg"),

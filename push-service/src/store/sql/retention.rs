@@ -21,15 +21,35 @@ const SIZED_TABLES: [&str; 7] = [
     "replay_cache",
 ];
 
-/// `DELETE` of the rows `pick` selects by `key` (a subquery with `LIMIT`), with
-/// the row locks skipped by other deleters on PostgreSQL.
-fn delete_picked<DB: SqlBackend>(table: &str, key: &str, pick: &str) -> String {
+/// Runs one `DELETE` of the rows `pick` selects by `key` (a subquery with
+/// `LIMIT`, its `$n` parameters bound from `params` in order), with the row
+/// locks skipped by other deleters on PostgreSQL; returns how many went.
+async fn delete_picked<DB>(
+    pool: &sqlx::Pool<DB>,
+    table: &str,
+    key: &str,
+    pick: &str,
+    params: &[i64],
+) -> Result<u64, StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    i64: Column<DB>,
+{
     let skip = if <DB as SqlBackend>::NAME == "postgres" {
         " FOR UPDATE SKIP LOCKED"
     } else {
         ""
     };
-    format!("DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {pick}{skip})")
+    let sql = format!(
+        "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {pick}{skip})"
+    );
+    let mut query = sqlx::query(&sql);
+    for param in params {
+        query = query.bind(*param);
+    }
+    Ok(DB::rows_affected(&query.execute(pool).await?))
 }
 
 #[async_trait]
@@ -56,42 +76,32 @@ where
         now: i64,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let sql = delete_picked::<DB>(
+        let pick = "created_at < $1 AND expires_at < $2 ORDER BY created_at LIMIT $3";
+        delete_picked(
+            &self.pool,
             "notifications",
             "id",
-            "created_at < $1 AND expires_at < $2 ORDER BY created_at LIMIT $3",
-        );
-        let done = sqlx::query(&sql)
-            .bind(before)
-            .bind(now)
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-        Ok(DB::rows_affected(&done))
+            pick,
+            &[before, now, limit.into()],
+        )
+        .await
     }
 
     async fn delete_expired_direct_events(&self, now: i64, limit: u32) -> Result<u64, StoreError> {
-        let sql = delete_picked::<DB>(
+        let pick = "expires_at <= $1 ORDER BY expires_at LIMIT $2";
+        delete_picked(
+            &self.pool,
             "direct_events",
             "seq",
-            "expires_at <= $1 ORDER BY expires_at LIMIT $2",
-        );
-        let done = sqlx::query(&sql)
-            .bind(now)
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-        Ok(DB::rows_affected(&done))
+            pick,
+            &[now, limit.into()],
+        )
+        .await
     }
 
     async fn delete_audit_before(&self, at: i64, limit: u32) -> Result<u64, StoreError> {
-        let sql = delete_picked::<DB>("audit_log", "seq", "at < $1 ORDER BY at LIMIT $2");
-        let done = sqlx::query(&sql)
-            .bind(at)
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-        Ok(DB::rows_affected(&done))
+        let pick = "at < $1 ORDER BY at LIMIT $2";
+        delete_picked(&self.pool, "audit_log", "seq", pick, &[at, limit.into()]).await
     }
 
     async fn retention_stats(&self, before: i64, now: i64) -> Result<RetentionStats, StoreError> {
