@@ -16,6 +16,50 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", random_token(16))
 }
 
+/// A notification id that carries its creation time: the kind prefix, then
+/// base64url of 6 bytes of `created_at` (milliseconds, big-endian) and 128
+/// random bits. The store partitions notifications by creation time and finds
+/// the partition of an id from the id alone ([`created_of`]).
+pub fn new_timed_id(prefix: &str, created_at: i64) -> String {
+    let mut buf = [0u8; TIMED_BYTES];
+    buf[..6].copy_from_slice(&created_at.to_be_bytes()[2..]);
+    rand::rngs::OsRng.fill_bytes(&mut buf[6..]);
+    format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(buf))
+}
+
+/// Bytes behind a timed id: 6 of time, 16 random.
+const TIMED_BYTES: usize = 22;
+
+/// The creation time a [`new_timed_id`] carries; `None` for any other id (an
+/// id from before time was carried, or one that is not ours).
+pub fn created_of(id: &str) -> Option<i64> {
+    let (_, encoded) = id.split_once('_')?;
+    if encoded.len() != 30 {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+    let mut time = [0u8; 8];
+    time[2..].copy_from_slice(bytes.get(..6)?);
+    Some(i64::from_be_bytes(time))
+}
+
+/// The span of creation times `ids` may have been created in: exact for timed
+/// ids, everything when one of them is not timed. Statements bound by it read
+/// only the partitions that can hold those ids.
+pub fn created_span<'a>(ids: impl IntoIterator<Item = &'a str>) -> (i64, i64) {
+    let mut span: Option<(i64, i64)> = None;
+    for id in ids {
+        let Some(t) = created_of(id) else {
+            return (i64::MIN, i64::MAX);
+        };
+        span = Some(match span {
+            None => (t, t),
+            Some((lo, hi)) => (lo.min(t), hi.max(t)),
+        });
+    }
+    span.unwrap_or((i64::MIN, i64::MAX))
+}
+
 /// Milliseconds since the Unix epoch, the store's time unit.
 pub fn now_millis() -> i64 {
     let now = time::OffsetDateTime::now_utc();
@@ -38,6 +82,46 @@ pub fn rfc3339(millis: i64) -> String {
         .ok()
         .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod timed_id_tests {
+    use super::{created_of, created_span, new_id, new_timed_id};
+
+    #[test]
+    fn a_timed_id_gives_back_its_time_and_nothing_else_does() {
+        for t in [0, 1, 1_796_000_000_500, (1 << 47) - 1] {
+            let id = new_timed_id("ntf", t);
+            assert_eq!(created_of(&id), Some(t), "{id}");
+            assert!(id.starts_with("ntf_") && id.len() == 34, "{id}");
+        }
+        assert_ne!(new_timed_id("ntf", 5), new_timed_id("ntf", 5));
+        for other in [
+            new_id("ntf"),
+            "ntf_1".to_owned(),
+            "ntf".to_owned(),
+            "ntf_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(created_of(&other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_span_is_exact_for_timed_ids_and_everything_otherwise() {
+        let (a, b) = (new_timed_id("ntf", 100), new_timed_id("ntf", 300));
+        let legacy = new_id("ntf");
+        let cases: [(&[&str], (i64, i64)); 5] = [
+            (&[&a], (100, 100)),
+            (&[&b, &a], (100, 300)),
+            (&[&a, &legacy], (i64::MIN, i64::MAX)),
+            (&[&legacy], (i64::MIN, i64::MAX)),
+            (&[], (i64::MIN, i64::MAX)),
+        ];
+        for (ids, span) in cases {
+            assert_eq!(created_span(ids.iter().copied()), span, "{ids:?}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Longest TTL a notification may have: FCM's 28 days. Retention counts on
+/// it: a day of notifications is past every TTL 28 days after it ended.
+pub const MAX_TTL_SECONDS: u64 = 2_419_200;
+
 /// A target spec that names no valid set of targets: what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -67,6 +67,8 @@ pub mod names {
     pub const RETENTION_LAG: &str = "push_retention_lag_seconds";
     /// Gauge: age of the oldest notification kept, in seconds.
     pub const NOTIFICATIONS_OLDEST_AGE: &str = "push_notifications_oldest_age_seconds";
+    /// Counter: partitions made and dropped by retention (PostgreSQL), by `change`.
+    pub const PARTITIONS: &str = "push_partitions_total";
     /// Gauge: bytes on disk by table (PostgreSQL), or `all` and `free` (SQLite).
     pub const STORE_BYTES: &str = "push_store_bytes";
 }

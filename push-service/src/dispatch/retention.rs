@@ -4,6 +4,12 @@
 //! a backlog is worked off over several rounds instead of in one long
 //! transaction. The figures it leaves (`push_retention_lag_seconds` and the
 //! rest) show whether it keeps up.
+//!
+//! On PostgreSQL notifications, deliveries and chunks are partitioned by day:
+//! each round makes the week ahead and drops a day whole once its end is past
+//! both the keeping time and the longest TTL. Batches there run a day behind,
+//! so they take only what no partition drop will (rows of the default
+//! partition, a notification whose short TTL ended long before its day's).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +26,7 @@ const ROUND_BUDGET: Duration = Duration::from_millis(500);
 const COMPACT_PAGES: u32 = 4096;
 /// Store sizes are measured this often (ms); the queries are cheap, not free.
 const MEASURE_EVERY_MS: i64 = 60_000;
+const DAY_MS: i64 = 86_400_000;
 
 static LAST_MEASURED: AtomicI64 = AtomicI64::new(0);
 
@@ -31,11 +38,31 @@ pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<(), StoreEr
     let started = Instant::now();
     let keep = settings.notification_retention.as_millis() as i64;
     let notification_cutoff = (keep > 0).then(|| now - keep);
+    // Batches wait a day longer where a day goes whole by its partition.
+    let slack = if store.partitioned() { DAY_MS } else { 0 };
+    let batch_cutoff = notification_cutoff.map(|cutoff| cutoff - slack);
 
+    if store.partitioned() {
+        let change = store
+            .maintain_partitions(now, drop_before(keep, now))
+            .await?;
+        for (kind, list) in [("created", &change.created), ("dropped", &change.dropped)] {
+            metrics::counter!(names::PARTITIONS, "change" => kind).increment(list.len() as u64);
+            for name in list {
+                tracing::info!(partition = %name, "partition {kind}");
+            }
+        }
+    }
     let mut notifications = 0;
-    if let Some(before) = notification_cutoff {
+    if let Some(before) = batch_cutoff {
         notifications = drain(started, "notifications", || {
             store.delete_old_notifications(before, now, limit)
+        })
+        .await?;
+    }
+    if let Some(before) = notification_cutoff {
+        drain(started, "idempotency_keys", || {
+            store.delete_old_keys(before, limit)
         })
         .await?;
     }
@@ -55,14 +82,19 @@ pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<(), StoreEr
     }
 
     let stats = store
-        .retention_stats(notification_cutoff.unwrap_or(i64::MIN), now)
+        .retention_stats(batch_cutoff.unwrap_or(i64::MIN), now)
         .await?;
     metrics::gauge!(names::NOTIFICATIONS_OLDEST_AGE).set(
         stats
             .oldest_created_at
             .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
     );
-    metrics::gauge!(names::RETENTION_LAG).set(lag_seconds(stats.oldest_due, keep, now));
+    let lag = lag_seconds(
+        stats.oldest_due,
+        if keep > 0 { keep + slack } else { 0 },
+        now,
+    );
+    metrics::gauge!(names::RETENTION_LAG).set(lag);
     let last = LAST_MEASURED.load(Ordering::Relaxed);
     if now - last >= MEASURE_EVERY_MS
         && LAST_MEASURED
@@ -74,6 +106,13 @@ pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<(), StoreEr
         }
     }
     Ok(())
+}
+
+/// Where a day's partition may go: days that ended before this are past the
+/// keeping time `keep` and every TTL (`None`: retention is off).
+fn drop_before(keep: i64, now: i64) -> Option<i64> {
+    let longest_ttl = crate::notification::MAX_TTL_SECONDS as i64 * 1000;
+    (keep > 0).then(|| now - keep.max(longest_ttl))
 }
 
 /// How long the oldest notification due for deletion (`(created_at,
@@ -111,7 +150,24 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::lag_seconds;
+    use super::{drop_before, lag_seconds, DAY_MS};
+
+    #[test]
+    fn a_day_goes_after_the_keeping_time_and_the_longest_ttl() {
+        let now = 1_000 * DAY_MS;
+        // (keep, drop days that ended before)
+        let cases = [
+            (30 * DAY_MS, Some(now - 30 * DAY_MS)),
+            // A keeping time shorter than FCM's 28-day TTL waits for the TTL.
+            (7 * DAY_MS, Some(now - 28 * DAY_MS)),
+            (365 * DAY_MS, Some(now - 365 * DAY_MS)),
+            // Retention off.
+            (0, None),
+        ];
+        for (keep, expected) in cases {
+            assert_eq!(drop_before(keep, now), expected, "keep {keep}");
+        }
+    }
 
     #[test]
     fn lag_counts_from_the_later_of_keeping_time_and_ttl() {

@@ -8,7 +8,7 @@ use super::commit::{commit, Row};
 use super::{validate, AcceptError, Accepted, Acceptor, NotifyRequest, Rejected, Submission};
 use crate::auth::notifier::NotifierAuth;
 use crate::delivery::NotificationPhase;
-use crate::ids::{new_id, now_millis};
+use crate::ids::{new_timed_id, now_millis};
 use crate::notification::{Content, TargetSpec};
 use crate::store::{AuditEntry, NotificationRow, PendingDelivery, RegistrationState, StoreError};
 
@@ -259,7 +259,7 @@ impl Acceptor {
         states: &HashMap<String, RegistrationState>,
     ) -> Result<Prepared, AcceptError> {
         let now = now_millis();
-        let id = new_id("ntf");
+        let id = new_timed_id("ntf", now);
         let (deliveries, accepted, rejected) = match &draft.targets {
             TargetSpec::Registrations(ids) => {
                 let mut ok = Vec::with_capacity(ids.len());

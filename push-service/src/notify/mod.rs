@@ -82,8 +82,7 @@ pub struct Acceptor {
 
 /// Largest payload (title, body, data and overrides, as JSON) accepted: the APNs and FCM limit.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
-/// Longest TTL: FCM's 28 days.
-pub const MAX_TTL_SECONDS: u64 = 2_419_200;
+pub use crate::notification::MAX_TTL_SECONDS;
 /// TTL when the request gives none.
 pub const DEFAULT_TTL_SECONDS: u64 = 86_400;
 

@@ -19,6 +19,14 @@ pub trait SqlBackend: Database {
     ) -> futures_util::future::BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
     /// Rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
+    /// Whether notifications, deliveries and chunks are partitioned by day.
+    const PARTITIONED: bool;
+    /// See [`super::RetentionStore::maintain_partitions`].
+    fn maintain_partitions(
+        pool: &Pool<Self>,
+        now: i64,
+        drop_before: Option<i64>,
+    ) -> futures_util::future::BoxFuture<'_, Result<super::PartitionChange, super::StoreError>>;
 }
 
 /// A column type both ways: bound as a parameter and read from a row.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sqlx::{ColumnIndex, Encode, IntoArguments, Pool, Transaction, Type};
+use sqlx::{ColumnIndex, Encode, IntoArguments, Pool, Type};
 
 use super::backend::{row_placeholders, Column, SqlBackend};
 use super::group::{Executor, GroupWriter};
@@ -74,14 +74,7 @@ pub enum Write {
 
 pub use super::rows::{DeliveryClaim, RegistrationGuard};
 
-/// A notification insert of a group: its place, row, registrations, re-drive time and audit entry.
-type Insert<'a> = (
-    usize,
-    &'a NotificationRow,
-    &'a [String],
-    i64,
-    Option<&'a AuditEntry>,
-);
+use super::sql::Insert;
 
 /// A group's writes by kind, each with its place in the group (one
 /// exhaustive match, so a new kind of write cannot be left out).
@@ -200,49 +193,8 @@ where
         }
     }
 
-    // Notifications: an id not returned collided (idempotency key) and gets nothing else.
-    let mut inserted = std::collections::HashSet::new();
-    for chunk in sorted.inserts.chunks(64) {
-        let values = row_placeholders(chunk.len(), 13);
-        let sql = format!(
-            "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
-             targets, content, expires_at, state, created_at, response, expand_cursor, \
-             updated_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
-        );
-        let mut query = sqlx::query_as::<_, (String,)>(&sql);
-        for (_, n, ..) in chunk {
-            query = query
-                .bind(&n.id)
-                .bind(&n.app_id)
-                .bind(&n.notifier_id)
-                .bind(&n.idempotency_key)
-                .bind(&n.request_hash)
-                .bind(&n.targets)
-                .bind(&n.content)
-                .bind(n.expires_at)
-                .bind(&n.state)
-                .bind(n.created_at)
-                .bind(&n.response)
-                .bind(&n.expand_cursor)
-                .bind(n.updated_at);
-        }
-        inserted.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
-    }
-    let mut deliveries: Vec<(&str, &str, i64, i64)> = Vec::new();
     let mut audits = sorted.audits;
-    for &(i, row, registrations, redrive_at, audit) in &sorted.inserts {
-        if !inserted.contains(&row.id) {
-            applied[i] = Answer::NotApplied;
-            continue;
-        }
-        deliveries.extend(
-            registrations
-                .iter()
-                .map(|r| (row.id.as_str(), r.as_str(), redrive_at, row.created_at)),
-        );
-        audits.extend(audit);
-    }
-    insert_delivery_rows(&mut tx, &deliveries).await?;
+    super::sql::insert_notifications(&mut tx, &sorted.inserts, &mut applied, &mut audits).await?;
     for chunk in audits.chunks(100) {
         let values = row_placeholders(chunk.len(), 7);
         let sql = format!(
@@ -270,11 +222,12 @@ where
     });
     for chunk in claims.chunks(100) {
         let values = row_placeholders(chunk.len(), 7);
+        let span = span_placeholders(chunk.len() * 7);
         // VALUES columns are column1…columnN in both SQLite and PostgreSQL.
         let sql = format!(
             "UPDATE deliveries AS d SET attempts = d.attempts + 1, next_attempt_at = v.column4 \
              FROM (VALUES {values}) AS v \
-             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
+             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 {span} \
              AND d.attempts = v.column3 AND d.state = 'queued' \
              AND (v.column5 IS NULL OR d.next_attempt_at = v.column5) \
              AND (v.column6 = 0 OR EXISTS (SELECT 1 FROM registrations r \
@@ -293,6 +246,9 @@ where
                 .bind(i32::from(claim.unchanged.is_some()))
                 .bind(claim.unchanged.as_ref().and_then(|g| g.token.clone()));
         }
+        let (lo, hi) =
+            crate::ids::created_span(chunk.iter().map(|(_, c)| c.notification_id.as_str()));
+        query = query.bind(lo).bind(hi);
         let taken: std::collections::HashSet<(String, String)> =
             query.fetch_all(&mut *tx).await?.into_iter().collect();
         for (i, claim) in chunk {
@@ -305,11 +261,12 @@ where
     // Outcomes: applied only to deliveries still queued.
     for chunk in sorted.updates.chunks(100) {
         let values = row_placeholders(chunk.len(), 7);
+        let span = span_placeholders(chunk.len() * 7);
         let sql = format!(
             "UPDATE deliveries AS d SET state = v.column3, reason = v.column4, \
              attempts = v.column5, next_attempt_at = COALESCE(v.column6, d.next_attempt_at), \
              updated_at = v.column7 FROM (VALUES {values}) AS v \
-             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
+             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 {span} \
              AND d.state = 'queued'"
         );
         let mut query = sqlx::query(&sql);
@@ -323,7 +280,8 @@ where
                 .bind(update.next_attempt_at)
                 .bind(update.now);
         }
-        query.execute(&mut *tx).await?;
+        let (lo, hi) = crate::ids::created_span(chunk.iter().map(|u| u.notification_id.as_str()));
+        query.bind(lo).bind(hi).execute(&mut *tx).await?;
     }
     super::sql::hold_direct(&mut tx, &sorted.holds, &mut applied).await?;
     super::sql::record_streamed(&mut tx, &sorted.streamed).await?;
@@ -334,6 +292,18 @@ where
     super::sql::finish_chunks(&mut tx, &sorted.chunks_done).await?;
     tx.commit().await?;
     Ok(applied)
+}
+
+/// `AND d.created_at BETWEEN $n+1 AND $n+2` after `n` parameters: the span of
+/// creation times of a statement's notifications ([`crate::ids::created_span`]),
+/// so that on PostgreSQL it reads only the partitions that hold them.
+pub(super) fn span_placeholders(n: usize) -> String {
+    span_of("d", n)
+}
+
+/// [`span_placeholders`] for the table called `alias`.
+pub(super) fn span_of(alias: &str, n: usize) -> String {
+    format!("AND {alias}.created_at BETWEEN ${} AND ${}", n + 1, n + 2)
 }
 
 /// The first claim of each key among a group's `(place, claim)`s; the places
@@ -356,50 +326,6 @@ pub(super) fn first_of_each<'a, T, K: std::hash::Hash + Eq>(
         }
     }
     first
-}
-
-/// Inserts queued deliveries `(notification, registration, redrive_at, now)`
-/// in multi-row statements (250 rows each).
-pub(super) async fn insert_delivery_rows<DB>(
-    tx: &mut Transaction<'_, DB>,
-    rows: &[(&str, &str, i64, i64)],
-) -> Result<(), StoreError>
-where
-    DB: SqlBackend,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    i64: Column<DB>,
-{
-    for chunk in rows.chunks(250) {
-        let values = (0..chunk.len())
-            .map(|r| {
-                let b = r * 4;
-                format!(
-                    "(${}, ${}, 'queued', 0, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO deliveries (notification_id, registration_id, state, attempts, \
-             next_attempt_at, updated_at) VALUES {values} ON CONFLICT DO NOTHING"
-        );
-        let mut query = sqlx::query(&sql);
-        for (notification, registration, redrive_at, now) in chunk {
-            query = query
-                .bind(*notification)
-                .bind(*registration)
-                .bind(*redrive_at)
-                .bind(*now);
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 mod backend;
 pub mod batch;
 pub mod group;
+mod partitions;
 mod postgres;
 mod rows;
 mod sql;
@@ -398,6 +399,25 @@ pub trait RetentionStore: Send + Sync {
     /// Gives free pages back to the file system (SQLite's incremental vacuum, at
     /// most `pages` of them); PostgreSQL's autovacuum does this on its own.
     async fn compact(&self, pages: u32) -> Result<(), StoreError>;
+    /// Idempotency keys of notifications created before `before`.
+    async fn delete_old_keys(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
+    /// Whether notifications are partitioned by day (PostgreSQL): a day goes
+    /// whole, by [`RetentionStore::maintain_partitions`], not in batches.
+    fn partitioned(&self) -> bool;
+    /// Makes the partitions of the days ahead and drops those whose day ended
+    /// at or before `drop_before` (`None`: drops nothing). SQLite has none.
+    async fn maintain_partitions(
+        &self,
+        now: i64,
+        drop_before: Option<i64>,
+    ) -> Result<PartitionChange, StoreError>;
+}
+
+/// See [`RetentionStore::maintain_partitions`]: partition names made and dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionChange {
+    pub created: Vec<String>,
+    pub dropped: Vec<String>,
 }
 
 /// See [`RetentionStore::retention_stats`].

@@ -62,4 +62,14 @@ impl SqlBackend for sqlx::Postgres {
     fn rows_affected(result: &Self::QueryResult) -> u64 {
         result.rows_affected()
     }
+
+    const PARTITIONED: bool = true;
+
+    fn maintain_partitions(
+        pool: &sqlx::Pool<Self>,
+        now: i64,
+        drop_before: Option<i64>,
+    ) -> BoxFuture<'_, Result<super::PartitionChange, StoreError>> {
+        Box::pin(super::partitions::maintain(pool, now, drop_before))
+    }
 }

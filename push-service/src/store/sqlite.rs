@@ -91,4 +91,14 @@ impl SqlBackend for sqlx::Sqlite {
     fn rows_affected(result: &Self::QueryResult) -> u64 {
         result.rows_affected()
     }
+
+    const PARTITIONED: bool = false;
+
+    fn maintain_partitions(
+        _pool: &sqlx::Pool<Self>,
+        _now: i64,
+        _drop_before: Option<i64>,
+    ) -> BoxFuture<'_, Result<super::PartitionChange, StoreError>> {
+        Box::pin(async { Ok(super::PartitionChange::default()) })
+    }
 }

@@ -10,8 +10,9 @@ use push_service::store::{App, AuditEntry, NotificationRow, Store};
 use sdk_client::NewRegistration;
 use serde_json::json;
 
+use crate::actors::TestNotifier;
 use crate::fanout::count;
-use crate::helpers::{spawn, Backend, Options, TestApp};
+use crate::helpers::{spawn, Api, Backend, Options, TestApp};
 use crate::notify::{send, wait_status};
 use crate::providers::{apns_token, register, rig};
 use crate::store_contract::registration;
@@ -233,6 +234,26 @@ async fn retention_batches_postgres() {
         .await;
 }
 
+/// Sends `n` notifications to `device` through `api`, one every 50 ms, and
+/// waits until each was sent.
+pub async fn send_paced(api: &Api, notifier: &TestNotifier, device: &str, n: usize) {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let answer = send(
+            api,
+            notifier,
+            json!({"targets": {"registrations": [device]},
+                   "notification": {"title": format!("n{i}")}, "ttl_seconds": 60}),
+        )
+        .await;
+        ids.push(answer["id"].as_str().expect("id").to_owned());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &ids {
+        wait_status(api, notifier, id, |s| s["counts"]["sent"] == 1).await;
+    }
+}
+
 /// A node's own sweep deletes 1,000 notifications past retention, 100 a
 /// statement, while they are being seeded and 60 new ones are sent: every new
 /// one is delivered, every old one is gone.
@@ -254,21 +275,7 @@ async fn the_sweep_deletes_while_notifications_flow(backend: Backend) {
         "SELECT COUNT(*) FROM notifications WHERE app_id = $1 AND created_at < {}",
         now_millis() - 30 * DAY
     );
-    let mut ids = Vec::new();
-    for i in 0..60 {
-        let answer = send(
-            &rig.app,
-            &notifier,
-            json!({"targets": {"registrations": [device]},
-                   "notification": {"title": format!("n{i}")}, "ttl_seconds": 60}),
-        )
-        .await;
-        ids.push(answer["id"].as_str().expect("id").to_owned());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for id in &ids {
-        wait_status(&rig.app, &notifier, id, |s| s["counts"]["sent"] == 1).await;
-    }
+    send_paced(&rig.app, &notifier, &device, 60).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while count(&url, &old_left, &app_id).await > 0 {
         assert!(

@@ -22,6 +22,7 @@ mod notify;
 mod operations;
 mod ops;
 mod outbound;
+mod partitions;
 mod pinning;
 mod process;
 mod provider_semantics;

@@ -59,10 +59,24 @@ where
     }
 
     async fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        // Everything else of the app follows by foreign keys; deliveries and
+        // chunks do not reference notifications by one on PostgreSQL (its
+        // partitioning migration says why), so they go first, here.
+        for table in ["deliveries", "fanout_chunks"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE (notification_id, created_at) IN \
+                 (SELECT id, created_at FROM notifications WHERE app_id = $1)"
+            ))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         let done = sqlx::query("DELETE FROM apps WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(DB::rows_affected(&done) > 0)
     }
 

@@ -73,10 +73,11 @@ where
         let chunks: Vec<Vec<String>> = ids.chunks(per_chunk.max(1)).map(<[_]>::to_vec).collect();
         let now = crate::ids::now_millis();
         for group in chunks.chunks(50) {
-            let values = row_placeholders(group.len(), 7);
+            let values = row_placeholders(group.len(), 8);
             let sql = format!(
                 "INSERT INTO fanout_chunks (notification_id, first_registration, registrations, \
-                 size, next_attempt_at, updated_at, state) VALUES {values} ON CONFLICT DO NOTHING"
+                 size, next_attempt_at, updated_at, state, created_at) VALUES {values} \
+                 ON CONFLICT DO NOTHING"
             );
             let mut query = sqlx::query(&sql);
             for chunk in group {
@@ -88,17 +89,20 @@ where
                     .bind(chunk.len() as i32)
                     .bind(redrive_at)
                     .bind(now)
-                    .bind("queued");
+                    .bind("queued")
+                    .bind(n.created_at);
             }
             query.execute(&mut *tx).await?;
         }
         if let Some(last) = ids.last() {
             sqlx::query(
-                "UPDATE notifications SET expand_cursor = $2, updated_at = $3 WHERE id = $1",
+                "UPDATE notifications SET expand_cursor = $2, updated_at = $3 \
+                 WHERE id = $1 AND created_at = $4",
             )
             .bind(&n.id)
             .bind(last)
             .bind(now)
+            .bind(n.created_at)
             .execute(&mut *tx)
             .await?;
         }
@@ -126,12 +130,14 @@ where
         if registrations.is_empty() {
             return Ok(Some((notification, Vec::new())));
         }
-        let list = placeholders(2, registrations.len());
+        let list = placeholders(3, registrations.len());
         let sql = format!(
             "SELECT registration_id FROM deliveries WHERE notification_id = $1 \
-             AND registration_id IN ({list})"
+             AND created_at = $2 AND registration_id IN ({list})"
         );
-        let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(notification_id);
+        let mut query = sqlx::query_as::<_, (String,)>(&sql)
+            .bind(notification_id)
+            .bind(notification.created_at);
         for id in registrations {
             query = query.bind(id);
         }
@@ -240,9 +246,11 @@ where
         "SELECT COALESCE(SUM(CASE WHEN state = 'done' THEN sent ELSE 0 END), 0), \
          COALESCE(SUM(CASE WHEN state = 'done' THEN size - sent ELSE 0 END), 0), \
          COALESCE(SUM(CASE WHEN state = 'queued' THEN size ELSE 0 END), 0) \
-         FROM fanout_chunks WHERE notification_id = $1",
+         FROM fanout_chunks WHERE notification_id = $1 AND created_at BETWEEN $2 AND $3",
     )
     .bind(notification_id)
+    .bind(crate::ids::created_span([notification_id]).0)
+    .bind(crate::ids::created_span([notification_id]).1)
     .fetch_one(pool)
     .await?;
     let rows_of_running = (rows - unsent).max(0);
@@ -268,7 +276,8 @@ where
         "SELECT n.app_id, COALESCE(SUM(c.size), 0), \
          COALESCE(SUM(CASE WHEN c.next_attempt_at > $1 THEN c.size ELSE 0 END), 0), \
          MIN(c.updated_at) \
-         FROM fanout_chunks c JOIN notifications n ON n.id = c.notification_id \
+         FROM fanout_chunks c JOIN notifications n \
+         ON n.id = c.notification_id AND n.created_at = c.created_at \
          WHERE c.state = 'queued' GROUP BY n.app_id",
     )
     .bind(waiting_after)
@@ -298,11 +307,12 @@ where
     });
     for chunk in first.chunks(100) {
         let values = row_placeholders(chunk.len(), 4);
+        let span = crate::store::batch::span_of("c", chunk.len() * 4);
         let sql = format!(
             "UPDATE fanout_chunks AS c SET attempts = c.attempts + 1, \
              leased_until = v.column4, next_attempt_at = v.column4 \
              FROM (VALUES {values}) AS v \
-             WHERE c.notification_id = v.column1 AND c.first_registration = v.column2 \
+             WHERE c.notification_id = v.column1 AND c.first_registration = v.column2 {span} \
              AND c.state = 'queued' AND c.leased_until <= v.column3 \
              RETURNING notification_id, first_registration"
         );
@@ -314,6 +324,9 @@ where
                 .bind(claim.now)
                 .bind(claim.lease);
         }
+        let (lo, hi) =
+            crate::ids::created_span(chunk.iter().map(|(_, c)| c.notification_id.as_str()));
+        query = query.bind(lo).bind(hi);
         let taken: std::collections::HashSet<(String, String)> =
             query.fetch_all(&mut **tx).await?.into_iter().collect();
         for (i, claim) in chunk {
@@ -345,10 +358,11 @@ where
 {
     for chunk in done.chunks(100) {
         let values = row_placeholders(chunk.len(), 5);
+        let span = crate::store::batch::span_of("c", chunk.len() * 5);
         let sql = format!(
             "UPDATE fanout_chunks AS c SET state = 'done', sent = v.column4, updated_at = v.column5 \
              FROM (VALUES {values}) AS v \
-             WHERE c.notification_id = v.column1 AND c.first_registration = v.column2 \
+             WHERE c.notification_id = v.column1 AND c.first_registration = v.column2 {span} \
              AND c.state = 'queued' AND c.leased_until = v.column3"
         );
         let mut query = sqlx::query(&sql);
@@ -360,7 +374,8 @@ where
                 .bind(done.sent)
                 .bind(done.now);
         }
-        query.execute(&mut **tx).await?;
+        let (lo, hi) = crate::ids::created_span(chunk.iter().map(|d| d.notification_id.as_str()));
+        query.bind(lo).bind(hi).execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -381,15 +396,26 @@ where
     String: Column<DB>,
     Option<i64>: Column<DB>,
     Option<String>: Column<DB>,
+    usize: ColumnIndex<DB::Row>,
 {
     for chunk in outcomes.chunks(100) {
-        let values = row_placeholders(chunk.len(), 7);
+        let created =
+            super::creation_times(tx, chunk.iter().map(|u| u.notification_id.as_str())).await?;
+        // A notification gone (retention, its app deleted) gets no rows.
+        let chunk: Vec<(&DeliveryUpdate, i64)> = chunk
+            .iter()
+            .filter_map(|u| Some((*u, *created.get(&u.notification_id)?)))
+            .collect();
+        if chunk.is_empty() {
+            continue;
+        }
+        let values = row_placeholders(chunk.len(), 8);
         let sql = format!(
             "INSERT INTO deliveries (notification_id, registration_id, state, reason, attempts, \
-             next_attempt_at, updated_at) VALUES {values} ON CONFLICT DO NOTHING"
+             next_attempt_at, updated_at, created_at) VALUES {values} ON CONFLICT DO NOTHING"
         );
         let mut query = sqlx::query(&sql);
-        for update in chunk {
+        for (update, created_at) in chunk {
             query = query
                 .bind(&update.notification_id)
                 .bind(&update.registration_id)
@@ -397,7 +423,8 @@ where
                 .bind(&update.reason)
                 .bind(update.attempts)
                 .bind(update.next_attempt_at)
-                .bind(update.now);
+                .bind(update.now)
+                .bind(created_at);
         }
         query.execute(&mut **tx).await?;
     }

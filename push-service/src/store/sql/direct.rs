@@ -129,21 +129,33 @@ where
             .map(|(_, hold)| *hold)
             .filter(|hold| keys.insert((&hold.notification_id, &hold.registration_id)))
             .collect();
-        let values = row_placeholders(rows.len(), 5);
+        let created =
+            super::creation_times(tx, rows.iter().map(|h| h.notification_id.as_str())).await?;
+        // A notification gone (retention, its app deleted) gets no row.
+        let rows: Vec<(&DirectHold, i64)> = rows
+            .into_iter()
+            .filter_map(|hold| Some((hold, *created.get(&hold.notification_id)?)))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let values = row_placeholders(rows.len(), 6);
         let sql = format!(
             "INSERT INTO deliveries (notification_id, registration_id, attempts, updated_at, \
-             state) VALUES {values} ON CONFLICT (notification_id, registration_id) DO UPDATE SET \
+             state, created_at) VALUES {values} \
+             ON CONFLICT (notification_id, registration_id, created_at) DO UPDATE SET \
              state = excluded.state, attempts = excluded.attempts, \
              updated_at = excluded.updated_at WHERE deliveries.state = 'queued'"
         );
         let mut query = sqlx::query(&sql);
-        for hold in rows {
+        for (hold, created_at) in rows {
             query = query
                 .bind(&hold.notification_id)
                 .bind(&hold.registration_id)
                 .bind(hold.attempts)
                 .bind(hold.now)
-                .bind("held");
+                .bind("held")
+                .bind(created_at);
         }
         query.execute(&mut **tx).await?;
     }
@@ -166,17 +178,19 @@ where
 {
     for chunk in streamed.chunks(100) {
         let values = row_placeholders(chunk.len(), 3);
+        let span = crate::store::batch::span_placeholders(chunk.len() * 3);
         let sql = format!(
             "UPDATE deliveries AS d SET state = 'sent', updated_at = v.column3 \
              FROM (VALUES {values}) AS v \
-             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 \
+             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 {span} \
              AND d.state IN ('queued', 'held')"
         );
         let mut query = sqlx::query(&sql);
         for (registration, notification, _, now) in chunk {
             query = query.bind(*notification).bind(*registration).bind(*now);
         }
-        query.execute(&mut **tx).await?;
+        let (lo, hi) = crate::ids::created_span(chunk.iter().map(|(_, n, ..)| *n));
+        query.bind(lo).bind(hi).execute(&mut **tx).await?;
     }
     // One row per device: an UPDATE … FROM joining two rows of one device
     // would take either.

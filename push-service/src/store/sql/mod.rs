@@ -15,6 +15,7 @@ mod apps;
 mod audit;
 mod chunks;
 mod direct;
+mod inserts;
 mod notifications;
 mod registrations;
 mod retention;
@@ -27,6 +28,7 @@ use super::batch::HotWriter;
 use super::StoreError;
 pub(super) use chunks::{claim_chunks, finish_chunks, insert_first_outcomes};
 pub(super) use direct::{hold_direct, record_streamed};
+pub(super) use inserts::{creation_times, insert_notifications, Insert};
 
 /// The store on one database: a pool, and the group-commit writer of its hot writes.
 pub struct SqlStore<DB: SqlBackend> {

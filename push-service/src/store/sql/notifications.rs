@@ -58,11 +58,14 @@ where
     ) -> Result<Option<crate::store::NotificationRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, app_id, notifier_id, idempotency_key, request_hash, targets, content, \
-             expires_at, state, created_at, response, expand_cursor, updated_at FROM notifications WHERE id = $1",
+             expires_at, state, created_at, response, expand_cursor, updated_at FROM notifications \
+             WHERE id = $1 AND created_at BETWEEN $2 AND $3",
         )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        .bind(id)
+        .bind(crate::ids::created_span([id]).0)
+        .bind(crate::ids::created_span([id]).1)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn find_idempotent(
@@ -72,9 +75,11 @@ where
         key: &str,
     ) -> Result<Option<crate::store::NotificationRow>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT id, app_id, notifier_id, idempotency_key, request_hash, targets, content, \
-             expires_at, state, created_at, response, expand_cursor, updated_at FROM notifications \
-             WHERE app_id = $1 AND notifier_id = $2 AND idempotency_key = $3",
+            "SELECT n.id, n.app_id, n.notifier_id, n.idempotency_key, n.request_hash, n.targets, \
+             n.content, n.expires_at, n.state, n.created_at, n.response, n.expand_cursor, \
+             n.updated_at FROM notification_keys k JOIN notifications n \
+             ON n.id = k.notification_id AND n.created_at = k.created_at \
+             WHERE k.app_id = $1 AND k.notifier_id = $2 AND k.idempotency_key = $3",
         )
         .bind(app_id)
         .bind(notifier_id)
@@ -115,10 +120,13 @@ where
 
     async fn finish_expansion(&self, id: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE notifications SET state = 'dispatching', updated_at = $2 WHERE id = $1",
+            "UPDATE notifications SET state = 'dispatching', updated_at = $2 \
+             WHERE id = $1 AND created_at BETWEEN $3 AND $4",
         )
         .bind(id)
         .bind(now)
+        .bind(crate::ids::created_span([id]).0)
+        .bind(crate::ids::created_span([id]).1)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -145,10 +153,15 @@ where
              r.status AS registration_status FROM notifications n \
              JOIN deliveries d ON d.notification_id = n.id \
              LEFT JOIN registrations r ON r.id = d.registration_id \
-             WHERE n.id = $1 AND d.state = 'queued' AND d.registration_id IN ({})",
-            crate::store::placeholders(2, registrations.len())
+             WHERE n.id = $1 AND n.created_at BETWEEN $2 AND $3 AND d.created_at = n.created_at \
+             AND d.state = 'queued' AND d.registration_id IN ({})",
+            crate::store::placeholders(4, registrations.len())
         );
-        let mut query = sqlx::query_as::<_, crate::store::TaskRow>(&sql).bind(notification_id);
+        let (lo, hi) = crate::ids::created_span([notification_id]);
+        let mut query = sqlx::query_as::<_, crate::store::TaskRow>(&sql)
+            .bind(notification_id)
+            .bind(lo)
+            .bind(hi);
         for id in registrations {
             query = query.bind(id);
         }
@@ -227,7 +240,8 @@ where
         let done = sqlx::query(
             "UPDATE deliveries SET state = 'expired', reason = 'ttl', updated_at = $1 \
              WHERE ((state = 'queued' AND next_attempt_at <= $1) OR state = 'held') AND EXISTS \
-             (SELECT 1 FROM notifications n WHERE n.id = deliveries.notification_id AND n.expires_at <= $1)",
+             (SELECT 1 FROM notifications n WHERE n.id = deliveries.notification_id \
+              AND n.created_at = deliveries.created_at AND n.expires_at <= $1)",
         )
         .bind(now)
         .execute(&self.pool)
@@ -256,9 +270,12 @@ where
         notification_id: &str,
     ) -> Result<Vec<(DeliveryState, i64)>, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM deliveries WHERE notification_id = $1 GROUP BY state",
+            "SELECT state, COUNT(*) FROM deliveries \
+             WHERE notification_id = $1 AND created_at BETWEEN $2 AND $3 GROUP BY state",
         )
         .bind(notification_id)
+        .bind(crate::ids::created_span([notification_id]).0)
+        .bind(crate::ids::created_span([notification_id]).1)
         .fetch_all(&self.pool)
         .await?;
         // A fan-out's successes are counted per chunk, not in rows.
@@ -291,12 +308,14 @@ where
         Ok(sqlx::query_as(
             "SELECT registration_id, state, reason, attempts, updated_at FROM deliveries \
              WHERE notification_id = $1 AND registration_id > $2 AND (state <> 'sent' OR NOT $4) \
-             ORDER BY registration_id LIMIT $3",
+             AND created_at BETWEEN $5 AND $6 ORDER BY registration_id LIMIT $3",
         )
         .bind(notification_id)
         .bind(after)
         .bind(limit)
         .bind(skip_sent)
+        .bind(crate::ids::created_span([notification_id]).0)
+        .bind(crate::ids::created_span([notification_id]).1)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -309,7 +328,8 @@ where
             "SELECT n.app_id, COUNT(*), \
              COALESCE(SUM(CASE WHEN d.next_attempt_at > $1 THEN 1 ELSE 0 END), 0), \
              MIN(d.updated_at) \
-             FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
+             FROM deliveries d JOIN notifications n \
+             ON n.id = d.notification_id AND n.created_at = d.created_at \
              WHERE d.state = 'queued' GROUP BY n.app_id",
         )
         .bind(waiting_after)

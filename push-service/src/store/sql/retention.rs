@@ -1,8 +1,10 @@
 //! Retention: deletions in bounded batches, and the figures that show whether
-//! they keep up. A batch is one statement that picks at most `limit` rows by
-//! an index and deletes them (their deliveries and chunks follow by cascade),
-//! so no statement holds locks for long and none scans a whole table. On
-//! PostgreSQL two nodes' sweeps skip each other's rows (`SKIP LOCKED`).
+//! they keep up. A batch picks at most `limit` rows by an index and deletes
+//! them (a notification's deliveries and chunks with it), so no statement
+//! holds locks for long and none scans a whole table. On PostgreSQL two
+//! nodes' sweeps skip each other's rows (`SKIP LOCKED`), and whole days of
+//! notifications go by their partitions (`partitions.rs`); batches take what
+//! a partition did not hold.
 
 use async_trait::async_trait;
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
@@ -11,10 +13,11 @@ use super::{Column, SqlBackend, SqlStore};
 use crate::store::{RetentionStats, StoreError};
 
 /// Tables whose size PostgreSQL reports (the ones that grow with traffic first).
-const SIZED_TABLES: [&str; 7] = [
+const SIZED_TABLES: [&str; 8] = [
     "notifications",
     "deliveries",
     "fanout_chunks",
+    "notification_keys",
     "direct_events",
     "registrations",
     "audit_log",
@@ -43,7 +46,7 @@ where
         ""
     };
     let sql = format!(
-        "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {pick}{skip})"
+        "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {pick}{skip})"
     );
     let mut query = sqlx::query(&sql);
     for param in params {
@@ -76,15 +79,68 @@ where
         now: i64,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let pick = "created_at < $1 AND expires_at < $2 ORDER BY created_at LIMIT $3";
+        // Deliveries and chunks do not follow by a foreign key on PostgreSQL
+        // (see the partitioning migration): they go in the same transaction.
+        let skip = if DB::PARTITIONED {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let picked: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT id, created_at FROM notifications WHERE created_at < $1 AND expires_at < $2 \
+             ORDER BY created_at LIMIT $3{skip}"
+        ))
+        .bind(before)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        for chunk in picked.chunks(500) {
+            let lo = chunk.iter().map(|(_, t)| *t).min().unwrap_or(0);
+            let hi = chunk.iter().map(|(_, t)| *t).max().unwrap_or(0);
+            let ids = crate::store::placeholders(3, chunk.len());
+            for (table, key) in [
+                ("deliveries", "notification_id"),
+                ("fanout_chunks", "notification_id"),
+                ("notifications", "id"),
+            ] {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE created_at BETWEEN $1 AND $2 AND {key} IN ({ids})"
+                );
+                let mut query = sqlx::query(&sql).bind(lo).bind(hi);
+                for (id, _) in chunk {
+                    query = query.bind(id.as_str());
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(picked.len() as u64)
+    }
+
+    async fn delete_old_keys(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        let pick = "created_at < $1 ORDER BY created_at LIMIT $2";
         delete_picked(
             &self.pool,
-            "notifications",
-            "id",
+            "notification_keys",
+            "app_id, notifier_id, idempotency_key",
             pick,
-            &[before, now, limit.into()],
+            &[before, limit.into()],
         )
         .await
+    }
+
+    fn partitioned(&self) -> bool {
+        DB::PARTITIONED
+    }
+
+    async fn maintain_partitions(
+        &self,
+        now: i64,
+        drop_before: Option<i64>,
+    ) -> Result<crate::store::PartitionChange, StoreError> {
+        DB::maintain_partitions(&self.pool, now, drop_before).await
     }
 
     async fn delete_expired_direct_events(&self, now: i64, limit: u32) -> Result<u64, StoreError> {
@@ -127,11 +183,14 @@ where
         if <DB as SqlBackend>::NAME == "postgres" {
             let mut out = Vec::with_capacity(SIZED_TABLES.len());
             for table in SIZED_TABLES {
-                let (bytes,): (i64,) =
-                    sqlx::query_as("SELECT pg_total_relation_size($1::regclass)")
-                        .bind(table)
-                        .fetch_one(&self.pool)
-                        .await?;
+                // A partitioned table's size is its partitions'.
+                let (bytes,): (i64,) = sqlx::query_as(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(relid)), 0)::BIGINT \
+                     FROM pg_partition_tree($1::regclass)",
+                )
+                .bind(table)
+                .fetch_one(&self.pool)
+                .await?;
                 out.push((table.to_owned(), bytes));
             }
             Ok(out)

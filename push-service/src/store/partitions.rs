@@ -1,0 +1,301 @@
+//! PostgreSQL's partitions of notifications, deliveries and fan-out chunks:
+//! one per day of creation time (UTC), `<table>_dYYYYMMDD`, made a week
+//! ahead; the copy of what a database held before partitioning,
+//! `<table>_before_YYYYMMDD` (everything created before that day); and
+//! `<table>_default` for a row whose day has no partition yet. A day (or the
+//! copy) is dropped whole, in all three tables at once, when its end is past
+//! the point retention was given ([`maintain`]).
+//!
+//! What to create and drop is worked out from the partitions' names alone
+//! ([`plan`]), so the rule is tested without a database.
+
+use sqlx::{PgPool, Row};
+use time::{Date, Month, OffsetDateTime};
+
+use super::{PartitionChange, StoreError};
+
+/// The partitioned tables, in the order every writer locks them.
+pub const TABLES: [&str; 3] = ["notifications", "deliveries", "fanout_chunks"];
+/// Days made ahead of today.
+pub const DAYS_AHEAD: i64 = 7;
+const DAY_MS: i64 = 86_400_000;
+/// Held for the length of one maintenance, so two nodes do not race.
+const LOCK_KEY: i64 = 0x7075_7368_7061_7274; // "pushpart"
+
+/// A partition read from its name: the span of creation times it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Span {
+    /// One day, `[start, start + a day)`.
+    Day(i64),
+    /// Everything before `end`.
+    Before(i64),
+    /// The catch-all.
+    Default,
+}
+
+/// Parses one of `table`'s partition names; `None` for a name this build did not make.
+pub fn span_of(table: &str, name: &str) -> Option<Span> {
+    let rest = name.strip_prefix(table)?.strip_prefix('_')?;
+    if rest == "default" {
+        return Some(Span::Default);
+    }
+    if let Some(day) = rest.strip_prefix("before_") {
+        return day_start(day).map(Span::Before);
+    }
+    day_start(rest.strip_prefix('d')?).map(Span::Day)
+}
+
+/// `YYYYMMDD` to the day's first millisecond (UTC).
+fn day_start(text: &str) -> Option<i64> {
+    if text.len() != 8 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year: i32 = text[..4].parse().ok()?;
+    let month = Month::try_from(text[4..6].parse::<u8>().ok()?).ok()?;
+    let day: u8 = text[6..].parse().ok()?;
+    let date = Date::from_calendar_date(year, month, day).ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+/// The `YYYYMMDD` of the day holding `millis`.
+fn day_name(millis: i64) -> String {
+    let date = OffsetDateTime::from_unix_timestamp(millis.div_euclid(1000))
+        .map(|t| t.date())
+        .unwrap_or(Date::MIN);
+    format!(
+        "{:04}{:02}{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// What one maintenance does to one table.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// `(name, from, to)` of days to make.
+    pub create: Vec<(String, i64, i64)>,
+    /// Names to drop.
+    pub drop: Vec<String>,
+}
+
+/// From a table's partition names: the days from today to [`DAYS_AHEAD`]
+/// that no partition covers yet, and the partitions whose end is at or
+/// before `drop_before` (none when it is `None`: retention is off).
+pub fn plan(table: &str, existing: &[String], now: i64, drop_before: Option<i64>) -> Plan {
+    let spans: Vec<(&String, Span)> = existing
+        .iter()
+        .filter_map(|name| span_of(table, name).map(|span| (name, span)))
+        .collect();
+    let covered = |start: i64| {
+        spans.iter().any(|(_, span)| match span {
+            Span::Day(day) => *day == start,
+            Span::Before(end) => start < *end,
+            Span::Default => false,
+        })
+    };
+    let today = now.div_euclid(DAY_MS) * DAY_MS;
+    let create = (0..=DAYS_AHEAD)
+        .map(|i| today + i * DAY_MS)
+        .filter(|start| !covered(*start))
+        .map(|start| {
+            (
+                format!("{table}_d{}", day_name(start)),
+                start,
+                start + DAY_MS,
+            )
+        })
+        .collect();
+    let drop = match drop_before {
+        None => Vec::new(),
+        Some(before) => spans
+            .iter()
+            .filter(|(_, span)| match span {
+                Span::Day(start) => start + DAY_MS <= before,
+                Span::Before(end) => *end <= before,
+                Span::Default => false,
+            })
+            .map(|(name, _)| (*name).clone())
+            .collect(),
+    };
+    Plan { create, drop }
+}
+
+/// Makes the days ahead and drops the days past `drop_before`, for every
+/// partitioned table, in one transaction that waits at most 2 s for a lock
+/// (then the next round tries again). A node that finds another one at it
+/// does nothing. A day whose rows went to the default partition meanwhile is
+/// not made (PostgreSQL would refuse); those rows are deleted in batches.
+pub async fn maintain(
+    pool: &PgPool,
+    now: i64,
+    drop_before: Option<i64>,
+) -> Result<PartitionChange, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '2s'")
+        .execute(&mut *tx)
+        .await?;
+    let (ours,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut change = PartitionChange::default();
+    if !ours {
+        return Ok(change);
+    }
+    // Read first, without locks; most rounds have nothing to do.
+    let mut plans = Vec::with_capacity(TABLES.len());
+    for table in TABLES {
+        let existing: Vec<String> = sqlx::query(
+            "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = $1::regclass",
+        )
+        .bind(table)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+        plans.push((table, plan(table, &existing, now, drop_before)));
+    }
+    if plans
+        .iter()
+        .all(|(_, p)| p.create.is_empty() && p.drop.is_empty())
+    {
+        tx.commit().await?;
+        return Ok(change);
+    }
+    // Making or dropping a partition locks its table whole. All three are
+    // locked at once, in the order writers take them (a notification, then
+    // its deliveries, then its chunks), so no writer deadlocks with this.
+    sqlx::query("LOCK TABLE notifications, deliveries, fanout_chunks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    for (table, plan) in plans {
+        for (name, from, to) in plan.create {
+            let (stray,): (bool,) = sqlx::query_as(&format!(
+                "SELECT EXISTS (SELECT 1 FROM \"{table}_default\" \
+                 WHERE created_at >= $1 AND created_at < $2)"
+            ))
+            .bind(from)
+            .bind(to)
+            .fetch_one(&mut *tx)
+            .await?;
+            if stray {
+                tracing::warn!(partition = %name, "rows of this day are in the default partition; not made");
+                continue;
+            }
+            sqlx::query(&format!(
+                "CREATE TABLE IF NOT EXISTS \"{name}\" PARTITION OF \"{table}\" \
+                 FOR VALUES FROM ({from}) TO ({to})"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            change.created.push(name);
+        }
+        for name in plan.drop {
+            sqlx::query(&format!("DROP TABLE IF EXISTS \"{name}\""))
+                .execute(&mut *tx)
+                .await?;
+            change.dropped.push(name);
+        }
+    }
+    tx.commit().await?;
+    Ok(change)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEC_1: i64 = 1_796_083_200_000; // 2026-12-01T00:00:00Z
+
+    #[test]
+    fn names_are_read_back_and_strangers_ignored() {
+        let cases = [
+            ("deliveries_d20261201", Some(Span::Day(DEC_1))),
+            (
+                "deliveries_before_20261202",
+                Some(Span::Before(DEC_1 + DAY_MS)),
+            ),
+            ("deliveries_default", Some(Span::Default)),
+            ("deliveries_d2026120", None),
+            ("deliveries_d20261301", None),
+            ("deliveries_x20261201", None),
+            ("notifications_d20261201", None),
+            ("deliveries_d2026120a", None),
+        ];
+        for (name, span) in cases {
+            assert_eq!(span_of("deliveries", name), span, "{name}");
+        }
+        assert_eq!(day_name(DEC_1), "20261201");
+        assert_eq!(day_name(DEC_1 + DAY_MS - 1), "20261201");
+        assert_eq!(day_name(DEC_1 + DAY_MS), "20261202");
+    }
+
+    #[test]
+    fn plans_make_the_week_ahead_and_drop_what_ended_before_the_cutoff() {
+        // Today (December 1st) and the seven days after it.
+        let week: Vec<String> = (1..=8).map(|d| format!("t_d202612{d:02}")).collect();
+        let with = |extra: &[&str], days: &[String]| {
+            let mut all: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            all.extend(days.iter().cloned());
+            all
+        };
+        let noon = DEC_1 + DAY_MS / 2;
+        let cutoff = Some(DEC_1 - 30 * DAY_MS); // November 1st
+                                                // (existing, drop before, days made, dropped)
+        type Case = (Vec<String>, Option<i64>, Vec<String>, Vec<&'static str>);
+        let cases: [Case; 5] = [
+            // Right after the migration: the copy covers today.
+            (
+                with(&["t_before_20261202", "t_default"], &[]),
+                None,
+                week[1..].to_vec(),
+                vec![],
+            ),
+            // All there: nothing to do.
+            (with(&["t_default"], &week), cutoff, vec![], vec![]),
+            // Old days go when their end is at or before the cutoff, the copy too.
+            (
+                with(
+                    &[
+                        "t_before_20261020",
+                        "t_d20261020",
+                        "t_d20261031",
+                        "t_d20261101",
+                        "t_default",
+                    ],
+                    &week,
+                ),
+                cutoff,
+                vec![],
+                vec!["t_before_20261020", "t_d20261020", "t_d20261031"],
+            ),
+            // Retention off: nothing dropped, however old.
+            (
+                with(&["t_d20200101", "t_default"], &[]),
+                None,
+                week.clone(),
+                vec![],
+            ),
+            // Another table's names and strangers are left alone.
+            (
+                with(&["u_d20200101", "t_archive", "t_default"], &[]),
+                Some(DEC_1),
+                week.clone(),
+                vec![],
+            ),
+        ];
+        for (i, (existing, before, made, dropped)) in cases.into_iter().enumerate() {
+            let plan = plan("t", &existing, noon, before);
+            let got: Vec<&String> = plan.create.iter().map(|(n, ..)| n).collect();
+            assert_eq!(got, made.iter().collect::<Vec<_>>(), "case {i}: made");
+            assert_eq!(plan.drop, dropped, "case {i}: dropped");
+            for (name, from, to) in &plan.create {
+                assert_eq!(span_of("t", name), Some(Span::Day(*from)), "case {i}");
+                assert_eq!(to - from, DAY_MS, "case {i}");
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! A group's new notifications: their idempotency keys, rows, queued
+//! deliveries and audit entries, in multi-row statements.
+//!
+//! Every delivery and fan-out chunk carries its notification's creation time
+//! (`created_at`), the key PostgreSQL partitions the three tables by; a
+//! statement that names rows by notification id also bounds them by
+//! [`crate::ids::created_span`], so it reads only the partitions that can
+//! hold them.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
+
+use super::{Column, SqlBackend};
+use crate::store::backend::{placeholders, row_placeholders};
+use crate::store::batch::Answer;
+use crate::store::{AuditEntry, NotificationRow, StoreError};
+
+/// A notification insert of a group: its place, row, registrations, re-drive time and audit entry.
+pub(in crate::store) type Insert<'a> = (
+    usize,
+    &'a NotificationRow,
+    &'a [String],
+    i64,
+    Option<&'a AuditEntry>,
+);
+
+/// Inserts a group's notifications. A notification whose idempotency key is
+/// taken already (by an earlier request or an earlier place in this group),
+/// or whose id is, is answered `NotApplied` and gets nothing else; the others
+/// get their queued deliveries, and their audit entries are added to `audits`.
+pub(in crate::store) async fn insert_notifications<'a, DB>(
+    tx: &mut Transaction<'_, DB>,
+    inserts: &[Insert<'a>],
+    answers: &mut [Answer],
+    audits: &mut Vec<&'a AuditEntry>,
+) -> Result<(), StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+    String: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<String>: Column<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    // Keys first: the first place of a key in the group, or none if stored.
+    let keyed: Vec<&Insert<'a>> = inserts
+        .iter()
+        .filter(|(_, n, ..)| n.idempotency_key.is_some())
+        .collect();
+    let mut keys_won = HashSet::new();
+    for chunk in keyed.chunks(64) {
+        let values = row_placeholders(chunk.len(), 5);
+        let sql = format!(
+            "INSERT INTO notification_keys (app_id, notifier_id, idempotency_key, \
+             notification_id, created_at) VALUES {values} ON CONFLICT DO NOTHING \
+             RETURNING notification_id"
+        );
+        let mut query = sqlx::query_as::<_, (String,)>(&sql);
+        for (_, n, ..) in chunk {
+            query = query
+                .bind(&n.app_id)
+                .bind(&n.notifier_id)
+                .bind(&n.idempotency_key)
+                .bind(&n.id)
+                .bind(n.created_at);
+        }
+        keys_won.extend(
+            query
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(|(id,)| id),
+        );
+    }
+    let mut rows = Vec::with_capacity(inserts.len());
+    for insert in inserts {
+        let (i, n, ..) = *insert;
+        if n.idempotency_key.is_some() && !keys_won.contains(&n.id) {
+            answers[i] = Answer::NotApplied;
+        } else {
+            rows.push(insert);
+        }
+    }
+
+    // Notifications: an id not returned collided and gets nothing else.
+    let mut inserted = HashSet::new();
+    for chunk in rows.chunks(64) {
+        let values = row_placeholders(chunk.len(), 13);
+        let sql = format!(
+            "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
+             targets, content, expires_at, state, created_at, response, expand_cursor, \
+             updated_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
+        );
+        let mut query = sqlx::query_as::<_, (String,)>(&sql);
+        for (_, n, ..) in chunk {
+            query = query
+                .bind(&n.id)
+                .bind(&n.app_id)
+                .bind(&n.notifier_id)
+                .bind(&n.idempotency_key)
+                .bind(&n.request_hash)
+                .bind(&n.targets)
+                .bind(&n.content)
+                .bind(n.expires_at)
+                .bind(&n.state)
+                .bind(n.created_at)
+                .bind(&n.response)
+                .bind(&n.expand_cursor)
+                .bind(n.updated_at);
+        }
+        inserted.extend(
+            query
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(|(id,)| id),
+        );
+    }
+    let mut deliveries = Vec::new();
+    for &&(i, row, registrations, redrive_at, audit) in &rows {
+        if !inserted.contains(&row.id) {
+            answers[i] = Answer::NotApplied;
+            continue;
+        }
+        deliveries.extend(registrations.iter().map(|r| QueuedRow {
+            notification: &row.id,
+            registration: r,
+            redrive_at,
+            created_at: row.created_at,
+        }));
+        audits.extend(audit);
+    }
+    insert_delivery_rows(tx, &deliveries).await
+}
+
+/// A queued delivery, new with its notification.
+struct QueuedRow<'a> {
+    notification: &'a str,
+    registration: &'a str,
+    redrive_at: i64,
+    /// The notification's creation time (also the row's first `updated_at`).
+    created_at: i64,
+}
+
+/// Inserts queued deliveries in multi-row statements (250 rows each).
+async fn insert_delivery_rows<DB>(
+    tx: &mut Transaction<'_, DB>,
+    rows: &[QueuedRow<'_>],
+) -> Result<(), StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+{
+    for chunk in rows.chunks(250) {
+        let values = (0..chunk.len())
+            .map(|r| {
+                let b = r * 4;
+                format!(
+                    "(${}, ${}, 'queued', 0, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 4
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO deliveries (notification_id, registration_id, state, attempts, \
+             next_attempt_at, updated_at, created_at) VALUES {values} ON CONFLICT DO NOTHING"
+        );
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = query
+                .bind(row.notification)
+                .bind(row.registration)
+                .bind(row.redrive_at)
+                .bind(row.created_at);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// The creation times of the notifications `ids`: read from the id where it
+/// carries it, from the store otherwise (notifications from before ids
+/// carried their time). An id not found is left out.
+pub(in crate::store) async fn creation_times<'a, DB>(
+    tx: &mut Transaction<'_, DB>,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<HashMap<String, i64>, StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+    String: Column<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let mut times = HashMap::new();
+    let mut unknown = Vec::new();
+    for id in ids {
+        match crate::ids::created_of(id) {
+            Some(t) => {
+                times.insert(id.to_owned(), t);
+            }
+            None => unknown.push(id),
+        }
+    }
+    unknown.sort_unstable();
+    unknown.dedup();
+    for chunk in unknown.chunks(100) {
+        let sql = format!(
+            "SELECT id, created_at FROM notifications WHERE id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        times.extend(query.fetch_all(&mut **tx).await?);
+    }
+    Ok(times)
+}
