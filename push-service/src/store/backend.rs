@@ -5,7 +5,7 @@
 use sqlx::{Database, Decode, Encode, Pool, Type};
 
 /// One of the two databases: what the shared SQL cannot say for itself.
-pub trait SqlBackend: Database {
+pub trait SqlBackend: Database + sqlx::database::HasStatementCache {
     /// `sqlite` or `postgres`.
     const NAME: &'static str;
     /// Starts a transaction that will write. SQLite: `BEGIN IMMEDIATE`, so the
@@ -21,6 +21,12 @@ pub trait SqlBackend: Database {
     fn rows_affected(result: &Self::QueryResult) -> u64;
     /// Whether notifications, deliveries and chunks are partitioned by day.
     const PARTITIONED: bool;
+    /// Whether the hot statements on those tables keep a prepared statement.
+    /// Not on PostgreSQL: a cached generic plan of a partitioned table opens
+    /// and locks every partition and prunes at run time (10–15 % fewer
+    /// notifications a second with ten partitions, measured); an unnamed
+    /// statement is planned for its parameters, pruned to their day.
+    const PREPARE_PARTITIONED: bool;
     /// See [`super::RetentionStore::maintain_partitions`].
     fn maintain_partitions(
         pool: &Pool<Self>,

@@ -7,6 +7,7 @@ use sqlx::{ColumnIndex, Encode, IntoArguments, Pool, Type};
 
 use super::backend::{row_placeholders, Column, SqlBackend};
 use super::group::{Executor, GroupWriter};
+use super::partitions::{pieces, Days};
 use super::{
     AuditEntry, ChunkClaim, ChunkDone, DeliveryUpdate, DirectHold, NotificationRow, StoreError,
 };
@@ -129,7 +130,7 @@ fn sort(writes: &[Write]) -> Sorted<'_> {
 }
 
 /// The executor of a store on `pool`: each group in one transaction.
-pub(super) fn executor<DB>(pool: Pool<DB>) -> Executor<Write, Answer>
+pub(super) fn executor<DB>(pool: Pool<DB>, days: Arc<Days>) -> Executor<Write, Answer>
 where
     DB: SqlBackend,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
@@ -144,7 +145,8 @@ where
 {
     Arc::new(move |writes| {
         let pool = pool.clone();
-        Box::pin(async move { write_group(&pool, &writes).await })
+        let days = days.clone();
+        Box::pin(async move { write_group(&pool, &days, &writes).await })
     })
 }
 
@@ -152,7 +154,11 @@ where
 /// deliveries and audit entries as multi-row inserts, claims and outcomes as
 /// one `UPDATE … FROM (VALUES …)` per chunk, direct-channel events and their
 /// streaming likewise. Returns what each write did.
-async fn write_group<DB>(pool: &Pool<DB>, writes: &[Write]) -> Result<Vec<Answer>, StoreError>
+async fn write_group<DB>(
+    pool: &Pool<DB>,
+    days: &Days,
+    writes: &[Write],
+) -> Result<Vec<Answer>, StoreError>
 where
     DB: SqlBackend,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
@@ -194,7 +200,8 @@ where
     }
 
     let mut audits = sorted.audits;
-    super::sql::insert_notifications(&mut tx, &sorted.inserts, &mut applied, &mut audits).await?;
+    super::sql::insert_notifications(&mut tx, days, &sorted.inserts, &mut applied, &mut audits)
+        .await?;
     for chunk in audits.chunks(100) {
         let values = row_placeholders(chunk.len(), 7);
         let sql = format!(
@@ -220,12 +227,13 @@ where
     let claims = first_of_each(&sorted.claims, &mut applied, |c| {
         (&c.notification_id, &c.registration_id)
     });
-    for chunk in claims.chunks(100) {
+    let by_day = days.group("deliveries", &claims, |(_, c)| &c.notification_id);
+    for (relation, chunk) in pieces(&by_day, 100) {
         let values = row_placeholders(chunk.len(), 7);
         let span = span_placeholders(chunk.len() * 7);
         // VALUES columns are column1…columnN in both SQLite and PostgreSQL.
         let sql = format!(
-            "UPDATE deliveries AS d SET attempts = d.attempts + 1, next_attempt_at = v.column4 \
+            "UPDATE {relation} AS d SET attempts = d.attempts + 1, next_attempt_at = v.column4 \
              FROM (VALUES {values}) AS v \
              WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 {span} \
              AND d.attempts = v.column3 AND d.state = 'queued' \
@@ -235,8 +243,9 @@ where
                   AND r.token IS NOT DISTINCT FROM v.column7)) \
              RETURNING notification_id, registration_id"
         );
-        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
-        for (_, claim) in chunk {
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql)
+            .persistent(prepare::<DB>(relation, "deliveries"));
+        for (_, claim) in chunk.iter().copied() {
             query = query
                 .bind(&claim.notification_id)
                 .bind(&claim.registration_id)
@@ -251,7 +260,7 @@ where
         query = query.bind(lo).bind(hi);
         let taken: std::collections::HashSet<(String, String)> =
             query.fetch_all(&mut *tx).await?.into_iter().collect();
-        for (i, claim) in chunk {
+        for (i, claim) in chunk.iter().copied() {
             if !taken.contains(&(claim.notification_id.clone(), claim.registration_id.clone())) {
                 applied[*i] = Answer::NotApplied;
             }
@@ -259,18 +268,19 @@ where
     }
 
     // Outcomes: applied only to deliveries still queued.
-    for chunk in sorted.updates.chunks(100) {
+    let by_day = days.group("deliveries", &sorted.updates, |u| &u.notification_id);
+    for (relation, chunk) in pieces(&by_day, 100) {
         let values = row_placeholders(chunk.len(), 7);
         let span = span_placeholders(chunk.len() * 7);
         let sql = format!(
-            "UPDATE deliveries AS d SET state = v.column3, reason = v.column4, \
+            "UPDATE {relation} AS d SET state = v.column3, reason = v.column4, \
              attempts = v.column5, next_attempt_at = COALESCE(v.column6, d.next_attempt_at), \
              updated_at = v.column7 FROM (VALUES {values}) AS v \
              WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 {span} \
              AND d.state = 'queued'"
         );
-        let mut query = sqlx::query(&sql);
-        for update in chunk {
+        let mut query = sqlx::query(&sql).persistent(prepare::<DB>(relation, "deliveries"));
+        for update in chunk.iter().copied() {
             query = query
                 .bind(&update.notification_id)
                 .bind(&update.registration_id)
@@ -283,8 +293,8 @@ where
         let (lo, hi) = crate::ids::created_span(chunk.iter().map(|u| u.notification_id.as_str()));
         query.bind(lo).bind(hi).execute(&mut *tx).await?;
     }
-    super::sql::hold_direct(&mut tx, &sorted.holds, &mut applied).await?;
-    super::sql::record_streamed(&mut tx, &sorted.streamed).await?;
+    super::sql::hold_direct(&mut tx, days, &sorted.holds, &mut applied).await?;
+    super::sql::record_streamed(&mut tx, days, &sorted.streamed).await?;
     // Chunks: claims, then first outcomes, then the runs closed (a run's
     // outcomes are awaited before its close is sent, so never in a later group).
     super::sql::claim_chunks(&mut tx, &sorted.chunk_claims, &mut applied).await?;
@@ -292,6 +302,13 @@ where
     super::sql::finish_chunks(&mut tx, &sorted.chunks_done).await?;
     tx.commit().await?;
     Ok(applied)
+}
+
+/// Whether a statement on `relation` keeps a prepared statement: always on a
+/// day's partition or a plain table; on a partitioned `table` itself only
+/// where the backend wants it ([`SqlBackend::PREPARE_PARTITIONED`]).
+pub(super) fn prepare<DB: SqlBackend>(relation: &str, table: &str) -> bool {
+    relation != table || DB::PREPARE_PARTITIONED
 }
 
 /// `AND d.created_at BETWEEN $n+1 AND $n+2` after `n` parameters: the span of

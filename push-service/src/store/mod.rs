@@ -418,6 +418,8 @@ pub trait RetentionStore: Send + Sync {
 pub struct PartitionChange {
     pub created: Vec<String>,
     pub dropped: Vec<String>,
+    /// Every partition after the change.
+    pub present: Vec<String>,
 }
 
 /// See [`RetentionStore::retention_stats`].

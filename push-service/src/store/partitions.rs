@@ -9,6 +9,9 @@
 //! What to create and drop is worked out from the partitions' names alone
 //! ([`plan`]), so the rule is tested without a database.
 
+use std::collections::HashSet;
+use std::sync::RwLock;
+
 use sqlx::{PgPool, Row};
 use time::{Date, Month, OffsetDateTime};
 
@@ -21,6 +24,104 @@ pub const DAYS_AHEAD: i64 = 7;
 const DAY_MS: i64 = 86_400_000;
 /// Held for the length of one maintenance, so two nodes do not race.
 const LOCK_KEY: i64 = 0x7075_7368_7061_7274; // "pushpart"
+
+/// The day partitions a node knows to exist, so that its hot statements name
+/// a day's partition directly: PostgreSQL (before 18) locks every partition
+/// a cached generic plan of the parent may touch, and re-planning each time
+/// costs as much; a statement on one partition is as cheap as on a plain
+/// table. Refreshed by every maintenance (each sweep round); a day is dropped
+/// only when its notifications' TTLs ended weeks before, so a name known a
+/// few seconds too long is never written to.
+#[derive(Debug, Default)]
+pub struct Days {
+    known: RwLock<Known>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    /// Day partitions by name.
+    days: HashSet<String>,
+    /// The copies from before partitioning: `(name, end)`.
+    copies: Vec<(String, i64)>,
+}
+
+impl Days {
+    /// Replaces what is known by `names` (partition names of all tables).
+    pub fn set(&self, names: impl IntoIterator<Item = String>) {
+        let mut known = Known::default();
+        for name in names {
+            let copy_end = TABLES.iter().find_map(|table| match span_of(table, &name) {
+                Some(Span::Before(end)) => Some(end),
+                _ => None,
+            });
+            match copy_end {
+                Some(end) => known.copies.push((name, end)),
+                None => {
+                    known.days.insert(name);
+                }
+            }
+        }
+        if let Ok(mut slot) = self.known.write() {
+            *slot = known;
+        }
+    }
+
+    /// The relation a statement on `table` names for rows of the notification
+    /// `id`: the known partition that holds its creation time (its day's, or
+    /// the copy from before partitioning) when the id carries its time,
+    /// `table` itself otherwise.
+    pub fn relation(&self, table: &str, id: &str) -> String {
+        let Some(created) = crate::ids::created_of(id) else {
+            return table.to_owned();
+        };
+        let Ok(known) = self.known.read() else {
+            return table.to_owned();
+        };
+        let day = format!("{table}_d{}", day_name(created));
+        if known.days.contains(&day) {
+            return day;
+        }
+        known
+            .copies
+            .iter()
+            .find(|(name, end)| {
+                created < *end && matches!(span_of(table, name), Some(Span::Before(_)))
+            })
+            .map_or_else(|| table.to_owned(), |(name, _)| name.clone())
+    }
+
+    /// `rows` grouped by [`Days::relation`] (of `id(row)`), in order of first appearance.
+    pub fn group<'r, T>(
+        &self,
+        table: &str,
+        rows: &'r [T],
+        id: impl Fn(&T) -> &str,
+    ) -> Vec<(String, Vec<&'r T>)> {
+        let mut groups: Vec<(String, Vec<&'r T>)> = Vec::new();
+        for row in rows {
+            let relation = self.relation(table, id(row));
+            match groups.iter_mut().find(|(r, _)| *r == relation) {
+                Some((_, members)) => members.push(row),
+                None => groups.push((relation, vec![row])),
+            }
+        }
+        groups
+    }
+}
+
+/// [`Days::group`]'s groups cut in pieces of at most `size` rows, each with its relation.
+pub fn pieces<'g, 'r, T>(
+    groups: &'g [(String, Vec<&'r T>)],
+    size: usize,
+) -> Vec<(&'g str, &'g [&'r T])> {
+    let mut out = Vec::new();
+    for (relation, rows) in groups {
+        for piece in rows.chunks(size) {
+            out.push((relation.as_str(), piece));
+        }
+    }
+    out
+}
 
 /// A partition read from its name: the span of creation times it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +242,8 @@ pub async fn maintain(
         .await?;
     let mut change = PartitionChange::default();
     if !ours {
+        tx.commit().await?;
+        change.present = present(pool).await?;
         return Ok(change);
     }
     // Read first, without locks; most rounds have nothing to do.
@@ -163,6 +266,7 @@ pub async fn maintain(
         .all(|(_, p)| p.create.is_empty() && p.drop.is_empty())
     {
         tx.commit().await?;
+        change.present = present(pool).await?;
         return Ok(change);
     }
     // Making or dropping a partition locks its table whole. All three are
@@ -201,7 +305,19 @@ pub async fn maintain(
         }
     }
     tx.commit().await?;
+    change.present = present(pool).await?;
     Ok(change)
+}
+
+/// The partitions of every partitioned table, as they are now.
+async fn present(pool: &PgPool) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = ANY($1::regclass[])",
+    )
+    .bind(TABLES.to_vec())
+    .fetch_all(pool)
+    .await?)
 }
 
 #[cfg(test)]
@@ -297,5 +413,58 @@ mod tests {
                 assert_eq!(to - from, DAY_MS, "case {i}");
             }
         }
+    }
+
+    #[test]
+    fn statements_name_a_known_day_and_the_table_otherwise() {
+        let days = Days::default();
+        let dec_1 = crate::ids::new_timed_id("ntf", DEC_1 + 5);
+        let dec_2 = crate::ids::new_timed_id("ntf", DEC_1 + DAY_MS);
+        let nov_1 = crate::ids::new_timed_id("ntf", DEC_1 - 30 * DAY_MS);
+        let legacy = crate::ids::new_id("ntf");
+        assert_eq!(
+            days.relation("deliveries", &dec_1),
+            "deliveries",
+            "nothing known yet"
+        );
+        days.set(
+            [
+                "deliveries_d20261201",
+                "deliveries_d20261202",
+                "deliveries_default",
+                "notifications_before_20261101",
+            ]
+            .map(str::to_owned),
+        );
+        let oct_31 = crate::ids::new_timed_id("ntf", DEC_1 - 31 * DAY_MS);
+        // (table, id, relation)
+        let cases = [
+            ("deliveries", &dec_1, "deliveries_d20261201"),
+            ("deliveries", &dec_2, "deliveries_d20261202"),
+            ("deliveries", &nov_1, "deliveries"),
+            ("deliveries", &legacy, "deliveries"),
+            ("deliveries", &oct_31, "deliveries"),
+            ("notifications", &oct_31, "notifications_before_20261101"),
+            ("notifications", &nov_1, "notifications"),
+            ("notifications", &legacy, "notifications"),
+        ];
+        for (table, id, relation) in cases {
+            assert_eq!(days.relation(table, id), relation, "{table} {id}");
+        }
+        assert_eq!(days.relation("notifications", &dec_1), "notifications");
+        let rows = [&dec_1, &legacy, &dec_2, &dec_1, &nov_1];
+        let groups = days.group("deliveries", &rows, |id| id.as_str());
+        let shape: Vec<(&str, usize)> = groups.iter().map(|(r, m)| (r.as_str(), m.len())).collect();
+        assert_eq!(
+            shape,
+            [
+                ("deliveries_d20261201", 2),
+                ("deliveries", 2),
+                ("deliveries_d20261202", 1)
+            ]
+        );
+        let cut = pieces(&groups, 1);
+        assert_eq!(cut.len(), 5);
+        assert!(cut.iter().all(|(_, piece)| piece.len() == 1));
     }
 }

@@ -46,8 +46,9 @@ impl SqlStore<sqlx::Postgres> {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        let writer = HotWriter::spawn(GROUP_WRITERS, executor(pool.clone()));
-        Ok(SqlStore { pool, writer })
+        let days = std::sync::Arc::new(super::partitions::Days::default());
+        let writer = HotWriter::spawn(GROUP_WRITERS, executor(pool.clone(), days.clone()));
+        Ok(SqlStore { pool, writer, days })
     }
 }
 
@@ -64,6 +65,7 @@ impl SqlBackend for sqlx::Postgres {
     }
 
     const PARTITIONED: bool = true;
+    const PREPARE_PARTITIONED: bool = false;
 
     fn maintain_partitions(
         pool: &sqlx::Pool<Self>,

@@ -60,8 +60,9 @@ impl SqlStore<sqlx::Sqlite> {
             .connect_with(options)
             .await?;
         // One writer: SQLite has one write lock; batches share its commit (and fsync).
-        let writer = HotWriter::spawn(1, executor(pool.clone()));
-        Ok(SqlStore { pool, writer })
+        let days = std::sync::Arc::new(super::partitions::Days::default());
+        let writer = HotWriter::spawn(1, executor(pool.clone(), days.clone()));
+        Ok(SqlStore { pool, writer, days })
     }
 }
 
@@ -93,6 +94,7 @@ impl SqlBackend for sqlx::Sqlite {
     }
 
     const PARTITIONED: bool = false;
+    const PREPARE_PARTITIONED: bool = true;
 
     fn maintain_partitions(
         _pool: &sqlx::Pool<Self>,

@@ -79,7 +79,7 @@ where
                  size, next_attempt_at, updated_at, state, created_at) VALUES {values} \
                  ON CONFLICT DO NOTHING"
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(&sql).persistent(DB::PREPARE_PARTITIONED);
             for chunk in group {
                 let list = serde_json::to_string(chunk).map_err(|e| StoreError::Other(e.into()))?;
                 query = query
@@ -136,6 +136,7 @@ where
              AND created_at = $2 AND registration_id IN ({list})"
         );
         let mut query = sqlx::query_as::<_, (String,)>(&sql)
+            .persistent(DB::PREPARE_PARTITIONED)
             .bind(notification_id)
             .bind(notification.created_at);
         for id in registrations {
@@ -316,7 +317,8 @@ where
              AND c.state = 'queued' AND c.leased_until <= v.column3 \
              RETURNING notification_id, first_registration"
         );
-        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        let mut query =
+            sqlx::query_as::<_, (String, String)>(&sql).persistent(DB::PREPARE_PARTITIONED);
         for (_, claim) in chunk {
             query = query
                 .bind(&claim.notification_id)
@@ -365,7 +367,7 @@ where
              WHERE c.notification_id = v.column1 AND c.first_registration = v.column2 {span} \
              AND c.state = 'queued' AND c.leased_until = v.column3"
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).persistent(DB::PREPARE_PARTITIONED);
         for done in chunk {
             query = query
                 .bind(&done.notification_id)
@@ -414,7 +416,7 @@ where
             "INSERT INTO deliveries (notification_id, registration_id, state, reason, attempts, \
              next_attempt_at, updated_at, created_at) VALUES {values} ON CONFLICT DO NOTHING"
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).persistent(DB::PREPARE_PARTITIONED);
         for (update, created_at) in chunk {
             query = query
                 .bind(&update.notification_id)

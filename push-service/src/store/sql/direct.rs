@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::{Column, SqlBackend, SqlStore};
-use crate::store::batch::{Answer, Write};
+use crate::store::batch::{prepare, Answer, Write};
+use crate::store::partitions::{pieces, Days};
 use crate::store::row_placeholders;
 use crate::store::{DirectHold, StoreError};
 
@@ -79,6 +80,7 @@ where
 /// when the device already holds that notification.
 pub(in crate::store) async fn hold_direct<DB>(
     tx: &mut Transaction<'_, DB>,
+    days: &Days,
     holds: &[(usize, &DirectHold)],
     answers: &mut [Answer],
 ) -> Result<(), StoreError>
@@ -136,28 +138,27 @@ where
             .into_iter()
             .filter_map(|hold| Some((hold, *created.get(&hold.notification_id)?)))
             .collect();
-        if rows.is_empty() {
-            continue;
+        for (relation, rows) in days.group("deliveries", &rows, |(h, _)| &h.notification_id) {
+            let values = row_placeholders(rows.len(), 6);
+            let sql = format!(
+                "INSERT INTO {relation} AS d (notification_id, registration_id, attempts, \
+                 updated_at, state, created_at) VALUES {values} \
+                 ON CONFLICT (notification_id, registration_id, created_at) DO UPDATE SET \
+                 state = excluded.state, attempts = excluded.attempts, \
+                 updated_at = excluded.updated_at WHERE d.state = 'queued'"
+            );
+            let mut query = sqlx::query(&sql).persistent(prepare::<DB>(&relation, "deliveries"));
+            for (hold, created_at) in rows {
+                query = query
+                    .bind(&hold.notification_id)
+                    .bind(&hold.registration_id)
+                    .bind(hold.attempts)
+                    .bind(hold.now)
+                    .bind("held")
+                    .bind(*created_at);
+            }
+            query.execute(&mut **tx).await?;
         }
-        let values = row_placeholders(rows.len(), 6);
-        let sql = format!(
-            "INSERT INTO deliveries (notification_id, registration_id, attempts, updated_at, \
-             state, created_at) VALUES {values} \
-             ON CONFLICT (notification_id, registration_id, created_at) DO UPDATE SET \
-             state = excluded.state, attempts = excluded.attempts, \
-             updated_at = excluded.updated_at WHERE deliveries.state = 'queued'"
-        );
-        let mut query = sqlx::query(&sql);
-        for (hold, created_at) in rows {
-            query = query
-                .bind(&hold.notification_id)
-                .bind(&hold.registration_id)
-                .bind(hold.attempts)
-                .bind(hold.now)
-                .bind("held")
-                .bind(created_at);
-        }
-        query.execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -167,6 +168,7 @@ where
 /// sequence numbers (never back).
 pub(in crate::store) async fn record_streamed<DB>(
     tx: &mut Transaction<'_, DB>,
+    days: &Days,
     streamed: &[(&str, &str, i64, i64)],
 ) -> Result<(), StoreError>
 where
@@ -176,17 +178,18 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     i64: Column<DB>,
 {
-    for chunk in streamed.chunks(100) {
+    let by_day = days.group("deliveries", streamed, |(_, n, ..)| n);
+    for (relation, chunk) in pieces(&by_day, 100) {
         let values = row_placeholders(chunk.len(), 3);
         let span = crate::store::batch::span_placeholders(chunk.len() * 3);
         let sql = format!(
-            "UPDATE deliveries AS d SET state = 'sent', updated_at = v.column3 \
+            "UPDATE {relation} AS d SET state = 'sent', updated_at = v.column3 \
              FROM (VALUES {values}) AS v \
              WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 {span} \
              AND d.state IN ('queued', 'held')"
         );
-        let mut query = sqlx::query(&sql);
-        for (registration, notification, _, now) in chunk {
+        let mut query = sqlx::query(&sql).persistent(prepare::<DB>(relation, "deliveries"));
+        for (registration, notification, _, now) in chunk.iter().copied() {
             query = query.bind(*notification).bind(*registration).bind(*now);
         }
         let (lo, hi) = crate::ids::created_span(chunk.iter().map(|(_, n, ..)| *n));

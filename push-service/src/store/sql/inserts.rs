@@ -13,7 +13,8 @@ use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::{Column, SqlBackend};
 use crate::store::backend::{placeholders, row_placeholders};
-use crate::store::batch::Answer;
+use crate::store::batch::{prepare, Answer};
+use crate::store::partitions::{pieces, Days};
 use crate::store::{AuditEntry, NotificationRow, StoreError};
 
 /// A notification insert of a group: its place, row, registrations, re-drive time and audit entry.
@@ -31,6 +32,7 @@ pub(in crate::store) type Insert<'a> = (
 /// get their queued deliveries, and their audit entries are added to `audits`.
 pub(in crate::store) async fn insert_notifications<'a, DB>(
     tx: &mut Transaction<'_, DB>,
+    days: &Days,
     inserts: &[Insert<'a>],
     answers: &mut [Answer],
     audits: &mut Vec<&'a AuditEntry>,
@@ -88,15 +90,17 @@ where
 
     // Notifications: an id not returned collided and gets nothing else.
     let mut inserted = HashSet::new();
-    for chunk in rows.chunks(64) {
+    let by_day = days.group("notifications", &rows, |(_, n, ..)| &n.id);
+    for (relation, chunk) in pieces(&by_day, 64) {
         let values = row_placeholders(chunk.len(), 13);
         let sql = format!(
-            "INSERT INTO notifications (id, app_id, notifier_id, idempotency_key, request_hash, \
+            "INSERT INTO {relation} (id, app_id, notifier_id, idempotency_key, request_hash, \
              targets, content, expires_at, state, created_at, response, expand_cursor, \
              updated_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
         );
-        let mut query = sqlx::query_as::<_, (String,)>(&sql);
-        for (_, n, ..) in chunk {
+        let mut query = sqlx::query_as::<_, (String,)>(&sql)
+            .persistent(prepare::<DB>(relation, "notifications"));
+        for (_, n, ..) in chunk.iter().copied().copied() {
             query = query
                 .bind(&n.id)
                 .bind(&n.app_id)
@@ -134,7 +138,7 @@ where
         }));
         audits.extend(audit);
     }
-    insert_delivery_rows(tx, &deliveries).await
+    insert_delivery_rows(tx, days, &deliveries).await
 }
 
 /// A queued delivery, new with its notification.
@@ -149,6 +153,7 @@ struct QueuedRow<'a> {
 /// Inserts queued deliveries in multi-row statements (250 rows each).
 async fn insert_delivery_rows<DB>(
     tx: &mut Transaction<'_, DB>,
+    days: &Days,
     rows: &[QueuedRow<'_>],
 ) -> Result<(), StoreError>
 where
@@ -158,7 +163,8 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     i64: Column<DB>,
 {
-    for chunk in rows.chunks(250) {
+    let by_day = days.group("deliveries", rows, |r| r.notification);
+    for (relation, chunk) in pieces(&by_day, 250) {
         let values = (0..chunk.len())
             .map(|r| {
                 let b = r * 4;
@@ -174,11 +180,11 @@ where
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "INSERT INTO deliveries (notification_id, registration_id, state, attempts, \
+            "INSERT INTO {relation} (notification_id, registration_id, state, attempts, \
              next_attempt_at, updated_at, created_at) VALUES {values} ON CONFLICT DO NOTHING"
         );
-        let mut query = sqlx::query(&sql);
-        for row in chunk {
+        let mut query = sqlx::query(&sql).persistent(prepare::<DB>(relation, "deliveries"));
+        for row in chunk.iter().copied() {
             query = query
                 .bind(row.notification)
                 .bind(row.registration)
@@ -223,7 +229,8 @@ where
             "SELECT id, created_at FROM notifications WHERE id IN ({})",
             placeholders(1, chunk.len())
         );
-        let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+        let mut query =
+            sqlx::query_as::<_, (String, i64)>(&sql).persistent(DB::PREPARE_PARTITIONED);
         for id in chunk {
             query = query.bind(*id);
         }

@@ -34,6 +34,8 @@ pub(super) use inserts::{creation_times, insert_notifications, Insert};
 pub struct SqlStore<DB: SqlBackend> {
     pub(super) pool: Pool<DB>,
     pub(super) writer: HotWriter,
+    /// The day partitions the hot statements may name (PostgreSQL).
+    pub(super) days: std::sync::Arc<super::partitions::Days>,
 }
 
 impl<DB: SqlBackend> Clone for SqlStore<DB> {
@@ -41,6 +43,7 @@ impl<DB: SqlBackend> Clone for SqlStore<DB> {
         SqlStore {
             pool: self.pool.clone(),
             writer: self.writer.clone(),
+            days: self.days.clone(),
         }
     }
 }

@@ -61,6 +61,7 @@ where
              expires_at, state, created_at, response, expand_cursor, updated_at FROM notifications \
              WHERE id = $1 AND created_at BETWEEN $2 AND $3",
         )
+        .persistent(DB::PREPARE_PARTITIONED)
         .bind(id)
         .bind(crate::ids::created_span([id]).0)
         .bind(crate::ids::created_span([id]).1)
@@ -159,6 +160,7 @@ where
         );
         let (lo, hi) = crate::ids::created_span([notification_id]);
         let mut query = sqlx::query_as::<_, crate::store::TaskRow>(&sql)
+            .persistent(DB::PREPARE_PARTITIONED)
             .bind(notification_id)
             .bind(lo)
             .bind(hi);

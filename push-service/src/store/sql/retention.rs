@@ -140,7 +140,9 @@ where
         now: i64,
         drop_before: Option<i64>,
     ) -> Result<crate::store::PartitionChange, StoreError> {
-        DB::maintain_partitions(&self.pool, now, drop_before).await
+        let change = DB::maintain_partitions(&self.pool, now, drop_before).await?;
+        self.days.set(change.present.iter().cloned());
+        Ok(change)
     }
 
     async fn delete_expired_direct_events(&self, now: i64, limit: u32) -> Result<u64, StoreError> {
