@@ -56,7 +56,8 @@ pub mod names {
     /// Counter: audit entries that could not be written.
     pub const AUDIT_WRITE_FAILURES: &str = "push_audit_write_failures_total";
     pub const NOTIFICATIONS_SHED: &str = "push_notifications_shed_total";
-    /// Histogram: writes per group-commit transaction.
+    /// Histogram: writes per group-commit transaction (`kind="writes"`), and
+    /// registration lookups per grouped statement (`kind="lookups"`).
     pub const STORE_BATCH_SIZE: &str = "push_store_batch_size";
     /// Counter: rows deleted by retention, by kind (`notifications`, `direct_events`, `audit`).
     pub const RETENTION_DELETED: &str = "push_retention_deleted_total";

@@ -1,6 +1,8 @@
 //! Group commit's writer: the writes of many concurrent requests, workers and
 //! streams wait together and run as one group (one transaction, see
-//! `batch.rs` for what a group of hot writes becomes).
+//! `batch.rs` for what a group of hot writes becomes). The same machinery
+//! groups the hot reads: the registration lookups of concurrent acceptances
+//! become one statement (`sql/registrations.rs`).
 //!
 //! Callers still wait for their own write to commit (a `202` still means
 //! committed); they just pay for one commit together instead of one each. A
@@ -39,13 +41,31 @@ impl<W, R> Clone for GroupWriter<W, R> {
     }
 }
 
+/// What a group holds, for `push_store_batch_size{kind}`.
+#[derive(Debug, Clone, Copy)]
+pub enum GroupKind {
+    /// Hot writes, one transaction per group.
+    Writes,
+    /// Registration lookups, one statement per group.
+    Lookups,
+}
+
+impl GroupKind {
+    fn label(self) -> &'static str {
+        match self {
+            GroupKind::Writes => "writes",
+            GroupKind::Lookups => "lookups",
+        }
+    }
+}
+
 impl<W, R> GroupWriter<W, R>
 where
     W: Clone + Send + 'static,
     R: Send + 'static,
 {
     /// Starts `writers` tasks (1 for SQLite, a few for PostgreSQL) running `exec`.
-    pub fn spawn(writers: usize, exec: Executor<W, R>) -> Self {
+    pub fn spawn(kind: GroupKind, writers: usize, exec: Executor<W, R>) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..writers.max(1) {
@@ -65,7 +85,7 @@ where
                         }
                         group
                     };
-                    run_group(&exec, group).await;
+                    run_group(kind, &exec, group).await;
                 }
             });
         }
@@ -85,8 +105,9 @@ where
     }
 }
 
-async fn run_group<W: Clone, R>(exec: &Executor<W, R>, group: Vec<(W, Reply<R>)>) {
-    metrics::histogram!(crate::telemetry::names::STORE_BATCH_SIZE).record(group.len() as f64);
+async fn run_group<W: Clone, R>(kind: GroupKind, exec: &Executor<W, R>, group: Vec<(W, Reply<R>)>) {
+    metrics::histogram!(crate::telemetry::names::STORE_BATCH_SIZE, "kind" => kind.label())
+        .record(group.len() as f64);
     let (writes, replies): (Vec<W>, Vec<Reply<R>>) = group.into_iter().unzip();
     if writes.len() == 1 {
         let result = exec(writes).await.and_then(first);

@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 
 use super::backend::SqlBackend;
 use super::batch::{executor, HotWriter};
+use super::group::GroupKind;
 use super::sql::SqlStore;
 use super::StoreError;
 
@@ -47,8 +48,18 @@ impl SqlStore<sqlx::Postgres> {
             .connect_with(options)
             .await?;
         let days = std::sync::Arc::new(super::partitions::Days::default());
-        let writer = HotWriter::spawn(GROUP_WRITERS, executor(pool.clone(), days.clone()));
-        Ok(SqlStore { pool, writer, days })
+        let writer = HotWriter::spawn(
+            GroupKind::Writes,
+            GROUP_WRITERS,
+            executor(pool.clone(), days.clone()),
+        );
+        let lookups = super::sql::lookups(pool.clone());
+        Ok(SqlStore {
+            pool,
+            writer,
+            days,
+            lookups,
+        })
     }
 }
 

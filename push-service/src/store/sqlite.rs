@@ -11,6 +11,7 @@ use futures_util::future::BoxFuture;
 
 use super::backend::SqlBackend;
 use super::batch::{executor, HotWriter};
+use super::group::GroupKind;
 use super::sql::SqlStore;
 use super::StoreError;
 
@@ -61,8 +62,14 @@ impl SqlStore<sqlx::Sqlite> {
             .await?;
         // One writer: SQLite has one write lock; batches share its commit (and fsync).
         let days = std::sync::Arc::new(super::partitions::Days::default());
-        let writer = HotWriter::spawn(1, executor(pool.clone(), days.clone()));
-        Ok(SqlStore { pool, writer, days })
+        let writer = HotWriter::spawn(GroupKind::Writes, 1, executor(pool.clone(), days.clone()));
+        let lookups = super::sql::lookups(pool.clone());
+        Ok(SqlStore {
+            pool,
+            writer,
+            days,
+            lookups,
+        })
     }
 }
 

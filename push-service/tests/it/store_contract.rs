@@ -356,3 +356,74 @@ async fn contract(app: TestApp) {
         .is_none());
 }
 both_backends!(store_contract, super::contract);
+
+/// Registration lookups asked at once (grouped into shared statements) each
+/// get the states of their own ids and only those: overlapping asks, an
+/// unknown id, an empty ask, another app's registration.
+async fn concurrent_lookups_get_their_own_answers(app: TestApp) {
+    let store = push_service::store::connect(&app.database_url, 2, true, None)
+        .await
+        .expect("store");
+    let now = now_millis();
+    let a = App {
+        id: new_id("app"),
+        name: "lookups".into(),
+        created_at: now,
+    };
+    store.create_app(&a).await.expect("app");
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let provider = if i % 2 == 0 {
+            ProviderKind::Apns
+        } else {
+            ProviderKind::Fcm
+        };
+        let token = format!("tok-{i}");
+        let mut r = registration(&a.id, provider, Some(&token), &new_id("key"));
+        if i % 5 == 0 {
+            r.status = "invalid".into();
+        }
+        store.create_registration(&r).await.expect("registration");
+        ids.push(r.id);
+    }
+    // 64 asks at once: a window of five ids each, overlapping the next, one
+    // unknown id in every fourth, every eighth empty.
+    let asks: Vec<Vec<String>> = (0..64)
+        .map(|k| match k % 8 {
+            0 => Vec::new(),
+            _ => {
+                let mut ask: Vec<String> =
+                    (0..5).map(|j| ids[(k + j) % ids.len()].clone()).collect();
+                if k % 4 == 1 {
+                    ask.push(new_id("reg"));
+                }
+                ask
+            }
+        })
+        .collect();
+    let answers =
+        futures_util::future::join_all(asks.iter().map(|ask| store.registration_states(ask))).await;
+    for (ask, answer) in asks.iter().zip(answers) {
+        let answer = answer.expect("lookup");
+        let mut got: Vec<&str> = answer.iter().map(|s| s.id.as_str()).collect();
+        got.sort_unstable();
+        let mut known: Vec<&str> = ask
+            .iter()
+            .filter(|id| ids.contains(id))
+            .map(String::as_str)
+            .collect();
+        known.sort_unstable();
+        assert_eq!(got, known, "ask {ask:?}");
+        for state in &answer {
+            let i = ids.iter().position(|id| *id == state.id).expect("ours");
+            assert_eq!(state.app_id, a.id);
+            assert_eq!(state.token.as_deref(), Some(format!("tok-{i}").as_str()));
+            assert_eq!(state.active(), i % 5 != 0, "{i}");
+        }
+    }
+}
+
+both_backends!(
+    grouped_lookups,
+    super::concurrent_lookups_get_their_own_answers
+);

@@ -29,6 +29,7 @@ use super::StoreError;
 pub(super) use chunks::{claim_chunks, finish_chunks, insert_first_outcomes};
 pub(super) use direct::{hold_direct, record_streamed};
 pub(super) use inserts::{creation_times, insert_notifications, Insert};
+pub(super) use registrations::lookups;
 
 /// The store on one database: a pool, and the group-commit writer of its hot writes.
 pub struct SqlStore<DB: SqlBackend> {
@@ -36,6 +37,8 @@ pub struct SqlStore<DB: SqlBackend> {
     pub(super) writer: HotWriter,
     /// The day partitions the hot statements may name (PostgreSQL).
     pub(super) days: std::sync::Arc<super::partitions::Days>,
+    /// The registration lookups of concurrent acceptances, grouped.
+    pub(super) lookups: registrations::Lookups,
 }
 
 impl<DB: SqlBackend> Clone for SqlStore<DB> {
@@ -44,6 +47,7 @@ impl<DB: SqlBackend> Clone for SqlStore<DB> {
             pool: self.pool.clone(),
             writer: self.writer.clone(),
             days: self.days.clone(),
+            lookups: self.lookups.clone(),
         }
     }
 }

@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
 
 use super::{Column, SqlBackend, SqlStore};
-use crate::store::StoreError;
+use crate::store::group::{GroupKind, GroupWriter};
+use crate::store::{RegistrationState, StoreError};
 
 #[async_trait]
 impl<DB> crate::store::RegistrationStore for SqlStore<DB>
@@ -112,16 +113,7 @@ where
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT id, app_id, status, provider, token, environment FROM registrations \
-             WHERE id IN ({})",
-            crate::store::placeholders(1, ids.len())
-        );
-        let mut query = sqlx::query_as::<_, crate::store::RegistrationState>(&sql);
-        for id in ids {
-            query = query.bind(id);
-        }
-        Ok(query.fetch_all(&self.pool).await?)
+        self.lookups.write(ids.to_vec()).await
     }
 
     async fn rotate_registration_token(
@@ -217,4 +209,57 @@ where
                 .await?;
         Ok(rows.into_iter().map(|(alias,)| alias).collect())
     }
+}
+
+/// The grouped registration lookups of a store: concurrent acceptances ask
+/// together, one statement per group.
+pub(in crate::store) type Lookups = GroupWriter<Vec<String>, Vec<RegistrationState>>;
+
+/// Readers of grouped lookups: one statement each at a time.
+const LOOKUP_READERS: usize = 2;
+/// Ids per statement, at most (well within both databases' parameter limits).
+const LOOKUP_IDS: usize = 1000;
+
+/// Starts the grouped registration lookups on `pool`: a group's ids (each
+/// asked once) in one `SELECT … WHERE id IN (…)`, each asker answered with
+/// the states of its own ids.
+pub(in crate::store) fn lookups<DB>(pool: sqlx::Pool<DB>) -> Lookups
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    String: Column<DB>,
+    Option<String>: Column<DB>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    let exec: crate::store::group::Executor<Vec<String>, Vec<RegistrationState>> =
+        std::sync::Arc::new(move |asks: Vec<Vec<String>>| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let mut ids: Vec<&str> = asks.iter().flatten().map(String::as_str).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let mut found = std::collections::HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks(LOOKUP_IDS) {
+                    let sql = format!(
+                        "SELECT id, app_id, status, provider, token, environment \
+                         FROM registrations WHERE id IN ({})",
+                        crate::store::placeholders(1, chunk.len())
+                    );
+                    let mut query = sqlx::query_as::<_, RegistrationState>(&sql);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    for state in query.fetch_all(&pool).await? {
+                        found.insert(state.id.clone(), state);
+                    }
+                }
+                Ok(asks
+                    .iter()
+                    .map(|ask| ask.iter().filter_map(|id| found.get(id).cloned()).collect())
+                    .collect())
+            })
+        });
+    GroupWriter::spawn(GroupKind::Lookups, LOOKUP_READERS, exec)
 }
