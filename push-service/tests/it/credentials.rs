@@ -86,7 +86,7 @@ async fn credentials_round_trip_without_secrets(app: TestApp) {
 
     // The database dump holds no key material in clear: not the PEM bodies, not the
     // raw key bytes (hex, as dumps print blobs), not the .p12 or its password.
-    let dump = app.dump_database();
+    let dump = app.dump_database().await;
     assert!(dump.contains("XYZ9876543"), "metadata is stored in clear");
     for secret in [
         pem_body(&p8)[..48].to_owned(),

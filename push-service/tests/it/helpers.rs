@@ -324,20 +324,36 @@ impl Api {
     }
 }
 
+/// Runs `command` to its end off this test's runtime thread: a test's nodes
+/// run on that thread, and one of them may hold a lock the command waits for
+/// (a `pg_dump` behind a node making partitions) until it can go on.
+pub async fn output_of(
+    mut command: std::process::Command,
+) -> std::io::Result<std::process::Output> {
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("the command's thread")
+}
+
 impl TestApp {
     /// Full text dump of the database, made by the backend's own tool.
-    pub fn dump_database(&self) -> String {
-        let output = match &self.sqlite_path {
-            Some(path) => std::process::Command::new("sqlite3")
-                .arg(path)
-                .arg(".dump")
-                .output(),
-            None => std::process::Command::new("pg_dump")
-                .arg("--data-only")
-                .arg(&self.database_url)
-                .output(),
-        }
-        .expect("the database dump tool (sqlite3 / pg_dump) is installed");
+    pub async fn dump_database(&self) -> String {
+        let mut command = match &self.sqlite_path {
+            Some(path) => {
+                let mut c = std::process::Command::new("sqlite3");
+                c.arg(path).arg(".dump");
+                c
+            }
+            None => {
+                let mut c = std::process::Command::new("pg_dump");
+                c.arg("--data-only").arg(&self.database_url);
+                c
+            }
+        };
+        command.stdin(std::process::Stdio::null());
+        let output = output_of(command)
+            .await
+            .expect("the database dump tool (sqlite3 / pg_dump) is installed");
         assert!(
             output.status.success(),
             "dump failed: {}",

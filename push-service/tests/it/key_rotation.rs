@@ -45,7 +45,7 @@ pub async fn delivers(api: &Api, notifier: &TestNotifier, device: &str, what: &s
 }
 
 /// `push-service rotate-master-key …` on the rig's database with `keys` configured.
-fn rotate(app: &TestApp, keys: &[(&str, &str)], args: &[&str]) -> String {
+async fn rotate(app: &TestApp, keys: &[(&str, &str)], args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_push-service"));
     command
@@ -59,7 +59,9 @@ fn rotate(app: &TestApp, keys: &[(&str, &str)], args: &[&str]) -> String {
     for (key, value) in keys {
         command.env(key, value);
     }
-    let output = command.output().expect("the binary runs");
+    let output = crate::helpers::output_of(command)
+        .await
+        .expect("the binary runs");
     assert!(
         output.status.success(),
         "rotate-master-key {args:?}: {}",
@@ -83,7 +85,8 @@ async fn rotation(backend: Backend) {
         &rig.app,
         &[("PUSH_MASTER_KEY", &a)],
         &["--new-key-file", new_key_file.to_str().expect("utf-8")],
-    );
+    )
+    .await;
     assert!(
         said.starts_with("2 credential(s) now sealed under the new key"),
         "{said}"
@@ -140,9 +143,10 @@ async fn rotation(backend: Backend) {
         &rig.app,
         &[("PUSH_MASTER_KEY", &b), ("PUSH_MASTER_KEY_PREVIOUS", &a)],
         &["--finish"],
-    );
+    )
+    .await;
     assert!(said.starts_with("2 credential(s) re-sealed"), "{said}");
-    let said = rotate(&rig.app, &[("PUSH_MASTER_KEY", &b)], &["--finish"]);
+    let said = rotate(&rig.app, &[("PUSH_MASTER_KEY", &b)], &["--finish"]).await;
     assert!(
         said.starts_with("0 credential(s) re-sealed"),
         "again: {said}"

@@ -28,7 +28,7 @@ fn block(name: &str) -> String {
 }
 
 /// Runs a documented block with bash, the binary on PATH, `envs` set.
-fn run_block(name: &str, envs: &[(&str, String)]) {
+async fn run_block(name: &str, envs: &[(&str, String)]) {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_push-service"))
         .parent()
         .expect("bin dir")
@@ -48,7 +48,7 @@ fn run_block(name: &str, envs: &[(&str, String)]) {
     for (key, value) in envs {
         command.env(key, value);
     }
-    let output = command.output().expect("bash runs");
+    let output = crate::helpers::output_of(command).await.expect("bash runs");
     assert!(
         output.status.success(),
         "block {name} failed: {}{}",
@@ -111,8 +111,8 @@ async fn backup_and_restore(backend: Backend) {
     let mut block_envs = envs.clone();
     block_envs.push(("BACKUP_DIR", backups.display().to_string()));
     match backend {
-        Backend::Sqlite => run_block("sqlite-backup", &block_envs),
-        Backend::Postgres => run_block("postgres-backup", &block_envs),
+        Backend::Sqlite => run_block("sqlite-backup", &block_envs).await,
+        Backend::Postgres => run_block("postgres-backup", &block_envs).await,
     }
     drop(server);
 
@@ -134,8 +134,8 @@ async fn backup_and_restore(backend: Backend) {
         }
     }
     match backend {
-        Backend::Sqlite => run_block("sqlite-restore", &block_envs),
-        Backend::Postgres => run_block("postgres-restore", &block_envs),
+        Backend::Sqlite => run_block("sqlite-restore", &block_envs).await,
+        Backend::Postgres => run_block("postgres-restore", &block_envs).await,
     }
 
     let _server = node(&envs);

@@ -285,7 +285,7 @@ async fn copy_tenants(backend: Backend, from: &str, to: &str) {
             for table in COPIED {
                 dump.args(["--table", table]);
             }
-            let out = dump.output().expect("pg_dump runs");
+            let out = crate::helpers::output_of(dump).await.expect("pg_dump runs");
             assert!(
                 out.status.success(),
                 "{}",
