@@ -230,7 +230,7 @@ where
     let by_day = days.group("deliveries", &claims, |(_, c)| &c.notification_id);
     for (relation, chunk) in pieces(&by_day, 100) {
         let values = row_placeholders(chunk.len(), 7);
-        let span = span_placeholders(chunk.len() * 7);
+        let span = span_of("d", chunk.len() * 7);
         // VALUES columns are column1…columnN in both SQLite and PostgreSQL.
         let sql = format!(
             "UPDATE {relation} AS d SET attempts = d.attempts + 1, next_attempt_at = v.column4 \
@@ -271,7 +271,7 @@ where
     let by_day = days.group("deliveries", &sorted.updates, |u| &u.notification_id);
     for (relation, chunk) in pieces(&by_day, 100) {
         let values = row_placeholders(chunk.len(), 7);
-        let span = span_placeholders(chunk.len() * 7);
+        let span = span_of("d", chunk.len() * 7);
         let sql = format!(
             "UPDATE {relation} AS d SET state = v.column3, reason = v.column4, \
              attempts = v.column5, next_attempt_at = COALESCE(v.column6, d.next_attempt_at), \
@@ -311,14 +311,10 @@ pub(super) fn prepare<DB: SqlBackend>(relation: &str, table: &str) -> bool {
     relation != table || DB::PREPARE_PARTITIONED
 }
 
-/// `AND d.created_at BETWEEN $n+1 AND $n+2` after `n` parameters: the span of
-/// creation times of a statement's notifications ([`crate::ids::created_span`]),
-/// so that on PostgreSQL it reads only the partitions that hold them.
-pub(super) fn span_placeholders(n: usize) -> String {
-    span_of("d", n)
-}
-
-/// [`span_placeholders`] for the table called `alias`.
+/// `AND {alias}.created_at BETWEEN $n+1 AND $n+2` after `n` parameters: the
+/// span of creation times of a statement's notifications
+/// ([`crate::ids::created_span`]), so that on PostgreSQL it reads only the
+/// partitions that hold them.
 pub(super) fn span_of(alias: &str, n: usize) -> String {
     format!("AND {alias}.created_at BETWEEN ${} AND ${}", n + 1, n + 2)
 }

@@ -243,6 +243,7 @@ where
     i64: Column<DB>,
     usize: ColumnIndex<DB::Row>,
 {
+    let (lo, hi) = crate::ids::created_span([notification_id]);
     let (sent, unsent, queued): (i64, i64, i64) = sqlx::query_as(
         "SELECT COALESCE(SUM(CASE WHEN state = 'done' THEN sent ELSE 0 END), 0), \
          COALESCE(SUM(CASE WHEN state = 'done' THEN size - sent ELSE 0 END), 0), \
@@ -250,8 +251,8 @@ where
          FROM fanout_chunks WHERE notification_id = $1 AND created_at BETWEEN $2 AND $3",
     )
     .bind(notification_id)
-    .bind(crate::ids::created_span([notification_id]).0)
-    .bind(crate::ids::created_span([notification_id]).1)
+    .bind(lo)
+    .bind(hi)
     .fetch_one(pool)
     .await?;
     let rows_of_running = (rows - unsent).max(0);

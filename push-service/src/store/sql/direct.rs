@@ -181,7 +181,7 @@ where
     let by_day = days.group("deliveries", streamed, |(_, n, ..)| n);
     for (relation, chunk) in pieces(&by_day, 100) {
         let values = row_placeholders(chunk.len(), 3);
-        let span = crate::store::batch::span_placeholders(chunk.len() * 3);
+        let span = crate::store::batch::span_of("d", chunk.len() * 3);
         let sql = format!(
             "UPDATE {relation} AS d SET state = 'sent', updated_at = v.column3 \
              FROM (VALUES {values}) AS v \

@@ -56,6 +56,7 @@ where
         &self,
         id: &str,
     ) -> Result<Option<crate::store::NotificationRow>, StoreError> {
+        let (lo, hi) = crate::ids::created_span([id]);
         Ok(sqlx::query_as(
             "SELECT id, app_id, notifier_id, idempotency_key, request_hash, targets, content, \
              expires_at, state, created_at, response, expand_cursor, updated_at FROM notifications \
@@ -63,8 +64,8 @@ where
         )
         .persistent(DB::PREPARE_PARTITIONED)
         .bind(id)
-        .bind(crate::ids::created_span([id]).0)
-        .bind(crate::ids::created_span([id]).1)
+        .bind(lo)
+        .bind(hi)
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -120,14 +121,15 @@ where
     }
 
     async fn finish_expansion(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        let (lo, hi) = crate::ids::created_span([id]);
         sqlx::query(
             "UPDATE notifications SET state = 'dispatching', updated_at = $2 \
              WHERE id = $1 AND created_at BETWEEN $3 AND $4",
         )
         .bind(id)
         .bind(now)
-        .bind(crate::ids::created_span([id]).0)
-        .bind(crate::ids::created_span([id]).1)
+        .bind(lo)
+        .bind(hi)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -271,13 +273,14 @@ where
         &self,
         notification_id: &str,
     ) -> Result<Vec<(DeliveryState, i64)>, StoreError> {
+        let (lo, hi) = crate::ids::created_span([notification_id]);
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT state, COUNT(*) FROM deliveries \
              WHERE notification_id = $1 AND created_at BETWEEN $2 AND $3 GROUP BY state",
         )
         .bind(notification_id)
-        .bind(crate::ids::created_span([notification_id]).0)
-        .bind(crate::ids::created_span([notification_id]).1)
+        .bind(lo)
+        .bind(hi)
         .fetch_all(&self.pool)
         .await?;
         // A fan-out's successes are counted per chunk, not in rows.
@@ -307,6 +310,7 @@ where
         limit: i64,
         skip_sent: bool,
     ) -> Result<Vec<crate::store::DeliveryRow>, StoreError> {
+        let (lo, hi) = crate::ids::created_span([notification_id]);
         Ok(sqlx::query_as(
             "SELECT registration_id, state, reason, attempts, updated_at FROM deliveries \
              WHERE notification_id = $1 AND registration_id > $2 AND (state <> 'sent' OR NOT $4) \
@@ -316,8 +320,8 @@ where
         .bind(after)
         .bind(limit)
         .bind(skip_sent)
-        .bind(crate::ids::created_span([notification_id]).0)
-        .bind(crate::ids::created_span([notification_id]).1)
+        .bind(lo)
+        .bind(hi)
         .fetch_all(&self.pool)
         .await?)
     }
