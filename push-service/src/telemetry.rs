@@ -59,6 +59,10 @@ pub mod names {
     /// Histogram: writes per group-commit transaction (`kind="writes"`), and
     /// registration lookups per grouped statement (`kind="lookups"`).
     pub const STORE_BATCH_SIZE: &str = "push_store_batch_size";
+    /// Counter: how deliveries were taken for an attempt, by `app` and `kind`: `born`
+    /// (the first attempt of one this node just accepted: no claim written),
+    /// `written` (a claim written first).
+    pub const DELIVERY_CLAIMS: &str = "push_delivery_claims_total";
     /// Counter: rows deleted by retention, by kind (`notifications`, `direct_events`, `audit`).
     pub const RETENTION_DELETED: &str = "push_retention_deleted_total";
     /// Counter: retention's delete statements, by kind.

@@ -167,6 +167,7 @@ impl AppState {
             circuits: circuits.clone(),
             settings: Arc::new(dispatch::DispatchSettings::from_config(&config)),
             depths: depths.clone(),
+            invalidated: Arc::default(),
         };
         let acceptor = Acceptor {
             store: store.clone(),

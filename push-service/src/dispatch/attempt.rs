@@ -18,6 +18,10 @@ pub(super) struct Attempt<'a> {
     /// here, not written; any other outcome becomes its row. `None`: the
     /// delivery has its row.
     pub(super) sent: Option<&'a std::sync::atomic::AtomicI32>,
+    /// An attempt made without a claim (born claimed): until this time (ms)
+    /// its outcome write is tried again rather than the attempt failed, so a
+    /// short store outage does not send it twice.
+    pub(super) patience_until: Option<i64>,
 }
 
 impl Attempt<'_> {
@@ -92,7 +96,7 @@ impl Attempt<'_> {
         let store = &self.dispatcher.store;
         match self.sent {
             Some(_) => store.record_first_outcome(update).await?,
-            None => store.update_delivery(update).await?,
+            None => self.write_outcome(update).await?,
         }
         if let Some((at, redrive)) = retry {
             let task = Task::Deliver {
@@ -105,5 +109,28 @@ impl Attempt<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Writes a delivery's outcome; an unclaimed attempt's write is tried
+    /// again (100 ms, doubling to 2 s) until its patience runs out: the
+    /// provider has the notification, and a write lost here would send it
+    /// again once the task or the sweep runs it.
+    async fn write_outcome(&self, update: DeliveryUpdate) -> Result<(), StoreError> {
+        let store = &self.dispatcher.store;
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            match store.update_delivery(update.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let until = self.patience_until.unwrap_or(i64::MIN);
+                    if now_millis() + pause.as_millis() as i64 >= until {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "outcome not written; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! retries per policy, and sweeps the store for work no queue finished.
 
 mod attempt;
+mod born;
 mod fanout;
 pub mod queue;
 pub mod redis_queue;
@@ -124,6 +125,8 @@ pub struct Dispatcher {
     pub circuits: Arc<Circuits>,
     pub settings: Arc<DispatchSettings>,
     pub depths: QueueDepths,
+    /// Registrations this node invalidated in the last seconds (see `born`).
+    pub invalidated: Arc<born::Invalidated>,
 }
 
 /// Runs one task and acknowledges it to the queue it came `from`; on a store
@@ -297,9 +300,28 @@ async fn deliver_one(
     // A carried delivery is taken only if its registration is still the one
     // acceptance read (active, same token): a registration deleted, invalidated
     // or rotated since is read afresh, as any other task's would be.
+    // A carried delivery's first attempt, within a second of its acceptance,
+    // goes without a claim: the row acceptance wrote is its lease (`born`).
+    let redrive_ms = state.settings.redrive_after.as_millis() as i64;
+    let unclaimed = matches!(source, Source::Carried)
+        && born::first_attempt_unclaimed(
+            now_millis(),
+            notification.created_at,
+            due,
+            pending.attempts,
+            redrive_ms,
+        )
+        && !state
+            .invalidated
+            .contains(&pending.registration_id, now_millis());
     if !matches!(source, Source::Chunk(_)) {
+        let kind = if unclaimed { "born" } else { "written" };
+        metrics::counter!(names::DELIVERY_CLAIMS, "app" => notification.app_id.clone(), "kind" => kind)
+            .increment(1);
+    }
+    if !matches!(source, Source::Chunk(_)) && !unclaimed {
         let carried = matches!(source, Source::Carried);
-        let lease = now_millis() + state.settings.redrive_after.as_millis() as i64;
+        let lease = now_millis() + redrive_ms;
         let taken = state
             .store
             .claim_delivery(DeliveryClaim {
@@ -340,6 +362,7 @@ async fn deliver_one(
             Source::Chunk(sent) => Some(sent),
             _ => None,
         },
+        patience_until: unclaimed.then(|| born::patience_until(now, due)),
     };
     let registration = match pending.registration_status.as_deref() {
         Some("active") => Registration::Active,
@@ -410,6 +433,7 @@ async fn deliver_one(
                 .rejected_token(app, kind, now, guard_min, open_ms)
             {
                 TokenVerdict::Invalidate => {
+                    state.invalidated.record(&pending.registration_id, now);
                     store
                         .invalidate_registration(&pending.registration_id, &reason, now)
                         .await?;

@@ -37,6 +37,7 @@ fn dispatcher(core: &Core) -> Dispatcher {
         circuits: Arc::default(),
         settings: Arc::new(DispatchSettings::from_config(&core.config)),
         depths: QueueDepths::default(),
+        invalidated: Arc::default(),
     }
 }
 

@@ -865,3 +865,64 @@ both_backends!(
     a_burst_reaches_an_open_stream_once_each,
     super::a_burst_reaches_an_open_stream_once_each
 );
+
+/// The value of counter `name` with exactly these labels (0 when absent).
+fn labelled_counter(metrics: &str, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The first attempt of a delivery this node has just accepted goes without a
+/// claim write: the row acceptance wrote is its lease (docs/architecture.md,
+/// "Deliveries born claimed").
+async fn first_attempts_of_accepted_deliveries_write_no_claim(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let desktop = device(&app, DeviceKey::generate_p256());
+    let registration = desktop
+        .register(&app_id, &NewRegistration::direct("linux"))
+        .await
+        .expect("register");
+    let mut listener = desktop.listen(&registration.id);
+    assert!(next_within(&mut listener, Duration::from_millis(300))
+        .await
+        .is_none());
+    let body = json!({"targets": {"registrations": [registration.id]},
+        "notification": {"title": "Sign in?"}});
+    for _ in 0..5 {
+        let answer = send(&app, &notifier, body.clone()).await;
+        let event = next_within(&mut listener, Duration::from_secs(5))
+            .await
+            .expect("delivered");
+        assert_eq!(event.notification["id"], answer["id"]);
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let claims = |kind: &str| {
+        labelled_counter(
+            &metrics,
+            "push_delivery_claims_total",
+            &format!("app=\"{app_id}\",kind=\"{kind}\""),
+        )
+    };
+    assert_eq!(
+        (claims("born"), claims("written")),
+        (5.0, 0.0),
+        "five first attempts, none claimed by a write"
+    );
+}
+both_backends!(
+    first_attempts_of_accepted_deliveries_write_no_claim,
+    super::first_attempts_of_accepted_deliveries_write_no_claim
+);
