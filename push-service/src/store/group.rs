@@ -64,7 +64,8 @@ where
     W: Clone + Send + 'static,
     R: Send + 'static,
 {
-    /// Starts `writers` tasks (1 for SQLite, a few for PostgreSQL) running `exec`.
+    /// Starts `writers` tasks running `exec` (the store starts one: see
+    /// `postgres.rs` for why not more).
     pub fn spawn(kind: GroupKind, writers: usize, exec: Executor<W, R>) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let rx = Arc::new(Mutex::new(rx));
