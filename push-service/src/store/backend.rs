@@ -27,6 +27,10 @@ pub trait SqlBackend: Database + sqlx::database::HasStatementCache {
     /// notifications a second with ten partitions, measured); an unnamed
     /// statement is planned for its parameters, pruned to their day.
     const PREPARE_PARTITIONED: bool;
+    /// Whether a statement may hold several inserts (data-modifying `WITH`):
+    /// a new notification, its deliveries and its audit entry then go as one
+    /// statement (PostgreSQL; SQLite has no such `WITH`).
+    const INSERTS_WITH: bool;
     /// See [`super::RetentionStore::maintain_partitions`].
     fn maintain_partitions(
         pool: &Pool<Self>,

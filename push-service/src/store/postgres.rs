@@ -82,6 +82,7 @@ impl SqlBackend for sqlx::Postgres {
 
     const PARTITIONED: bool = true;
     const PREPARE_PARTITIONED: bool = false;
+    const INSERTS_WITH: bool = true;
 
     fn maintain_partitions(
         pool: &sqlx::Pool<Self>,

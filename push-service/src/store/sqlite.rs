@@ -102,6 +102,7 @@ impl SqlBackend for sqlx::Sqlite {
 
     const PARTITIONED: bool = false;
     const PREPARE_PARTITIONED: bool = true;
+    const INSERTS_WITH: bool = false;
 
     fn maintain_partitions(
         _pool: &sqlx::Pool<Self>,

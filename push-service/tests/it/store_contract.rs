@@ -427,3 +427,134 @@ both_backends!(
     grouped_lookups,
     super::concurrent_lookups_get_their_own_answers
 );
+
+/// Notifications inserted at once share group commits (on PostgreSQL each
+/// day's go with their deliveries and audit entries as one statement): each
+/// gets its own deliveries and audit entry, and one whose id is taken already
+/// gets neither (a `Conflict`), while the others are stored.
+async fn concurrent_inserts_get_their_own_rows(app: TestApp) {
+    let store = push_service::store::connect(&app.database_url, 2, true, None)
+        .await
+        .expect("store");
+    let now = now_millis();
+    let far = now + 3_600_000;
+    let a = App {
+        id: new_id("app"),
+        name: "inserts".into(),
+        created_at: now,
+    };
+    store.create_app(&a).await.expect("app");
+    let mut registrations = Vec::new();
+    for i in 0..3 {
+        let r = registration(&a.id, ProviderKind::Fcm, Some(&format!("t-{i}")), "k");
+        store.create_registration(&r).await.expect("registration");
+        registrations.push(r.id);
+    }
+    let row = |id: String| NotificationRow {
+        id,
+        app_id: a.id.clone(),
+        notifier_id: "ntr_inserts".into(),
+        idempotency_key: None,
+        request_hash: "h".into(),
+        targets: "{}".into(),
+        content: "{}".into(),
+        expires_at: far,
+        state: "dispatching".into(),
+        created_at: now,
+        response: None,
+        expand_cursor: None,
+        updated_at: now,
+    };
+    let audit = |target: &str| AuditEntry {
+        seq: 0,
+        at: now,
+        actor: "notifier:ntr_inserts".into(),
+        action: "notification.create".into(),
+        app_id: Some(a.id.clone()),
+        target: Some(target.into()),
+        source: None,
+        details: None,
+    };
+    let taken = push_service::ids::new_timed_id("ntf", now);
+    store
+        .insert_notification(
+            &row(taken.clone()),
+            &registrations[..1],
+            far,
+            Some(&audit(&taken)),
+        )
+        .await
+        .expect("first");
+    // Twelve at once, each to a different number of the registrations; the
+    // seventh reuses the id taken above, with all three registrations.
+    let ids: Vec<String> = (0..12)
+        .map(|k| match k {
+            6 => taken.clone(),
+            _ => push_service::ids::new_timed_id("ntf", now),
+        })
+        .collect();
+    let targets = |k: usize| {
+        if k == 6 {
+            registrations.clone()
+        } else {
+            registrations[..1 + k % 3].to_vec()
+        }
+    };
+    let rows: Vec<NotificationRow> = ids.iter().map(|id| row(id.clone())).collect();
+    let entries: Vec<AuditEntry> = ids.iter().map(|id| audit(id)).collect();
+    let all_targets: Vec<Vec<String>> = (0..12).map(targets).collect();
+    let answers = futures_util::future::join_all(
+        (0..12)
+            .map(|k| store.insert_notification(&rows[k], &all_targets[k], far, Some(&entries[k]))),
+    )
+    .await;
+    for (k, answer) in answers.into_iter().enumerate() {
+        match k {
+            6 => assert!(
+                matches!(answer, Err(StoreError::Conflict(_))),
+                "a taken id: {answer:?}"
+            ),
+            _ => answer.expect("stored"),
+        }
+    }
+    for (k, id) in ids.iter().enumerate() {
+        let (_, pending) = store
+            .task_deliveries(id, &registrations)
+            .await
+            .expect("task")
+            .expect("queued");
+        let mut got: Vec<String> = pending.into_iter().map(|p| p.registration_id).collect();
+        got.sort_unstable();
+        let mut expected = if k == 6 {
+            registrations[..1].to_vec()
+        } else {
+            targets(k)
+        };
+        expected.sort_unstable();
+        assert_eq!(got, expected, "notification {k}");
+    }
+    let logged = store
+        .list_audit(&AuditFilter {
+            after: 0,
+            app_id: Some(a.id.clone()),
+            actor: None,
+            action: Some("notification.create".into()),
+            limit: 100,
+        })
+        .await
+        .expect("audit");
+    let mut targets_logged: Vec<String> = logged.into_iter().filter_map(|e| e.target).collect();
+    targets_logged.sort_unstable();
+    let mut expected: Vec<String> = ids.clone();
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(
+        targets_logged, expected,
+        "one entry per stored notification, none for the taken id's second insert"
+    );
+}
+
+both_backends!(
+    grouped_inserts,
+    super::concurrent_inserts_get_their_own_rows
+);

@@ -88,6 +88,27 @@ where
         }
     }
 
+    // Where one statement may hold several inserts, each day's notifications
+    // go with their deliveries and audit entries in one statement.
+    if DB::INSERTS_WITH {
+        let by_day = days.group("notifications", &rows, |(_, n, ..)| &n.id);
+        let mut rest = Vec::new();
+        for (relation, chunk) in pieces(&by_day, 64) {
+            let deliveries: usize = chunk.iter().map(|(_, _, r, ..)| r.len()).sum();
+            if deliveries > TOGETHER_DELIVERIES {
+                rest.extend(chunk.iter().map(|insert| **insert));
+                continue;
+            }
+            let inserted = insert_together(tx, days, relation, chunk).await?;
+            for &&&(i, row, ..) in chunk {
+                if !inserted.contains(&row.id) {
+                    answers[i] = Answer::NotApplied;
+                }
+            }
+        }
+        rows = rest;
+    }
+
     // Notifications: an id not returned collided and gets nothing else.
     let mut inserted = HashSet::new();
     let by_day = days.group("notifications", &rows, |(_, n, ..)| &n.id);
@@ -139,6 +160,127 @@ where
         audits.extend(audit);
     }
     insert_delivery_rows(tx, days, &deliveries).await
+}
+
+/// Most deliveries in a statement that also inserts their notifications;
+/// a piece with more goes as separate statements.
+const TOGETHER_DELIVERIES: usize = 1_000;
+
+/// Inserts a piece of one day's notifications (`relation`), their queued
+/// deliveries and their audit entries as one statement (data-modifying
+/// `WITH`): deliveries and entries only of the notifications inserted.
+/// Returns the ids inserted (an id taken already is not).
+async fn insert_together<DB>(
+    tx: &mut Transaction<'_, DB>,
+    days: &Days,
+    relation: &str,
+    chunk: &[&&Insert<'_>],
+) -> Result<HashSet<String>, StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+    String: Column<DB>,
+    Option<i64>: Column<DB>,
+    Option<String>: Column<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    // The deliveries' partition: their day's when all of them share one.
+    let mut deliveries_in: Option<String> = None;
+    for (_, n, ..) in chunk.iter().copied().copied() {
+        let relation = days.relation("deliveries", &n.id);
+        match &deliveries_in {
+            None => deliveries_in = Some(relation),
+            Some(known) if *known == relation => {}
+            Some(_) => {
+                deliveries_in = Some("deliveries".into());
+                break;
+            }
+        }
+    }
+    let deliveries_in = deliveries_in.unwrap_or_else(|| "deliveries".into());
+    let deliveries: usize = chunk.iter().map(|(_, _, r, ..)| r.len()).sum();
+    let audits: Vec<&AuditEntry> = chunk.iter().filter_map(|(.., a)| *a).collect();
+    let mut sql = format!(
+        "WITH n AS (INSERT INTO {relation} (id, app_id, notifier_id, idempotency_key, \
+         request_hash, targets, content, expires_at, state, created_at, response, \
+         expand_cursor, updated_at) VALUES {} ON CONFLICT DO NOTHING RETURNING id)",
+        row_placeholders(chunk.len(), 13)
+    );
+    let mut used = chunk.len() * 13;
+    if deliveries > 0 {
+        sql.push_str(&format!(
+            ", d AS (INSERT INTO {deliveries_in} (notification_id, registration_id, state, \
+             attempts, next_attempt_at, updated_at, created_at) \
+             SELECT v.column1, v.column2, 'queued', 0, v.column3, v.column4, v.column4 \
+             FROM (VALUES {}) AS v WHERE v.column1 IN (SELECT id FROM n) \
+             ON CONFLICT DO NOTHING)",
+            values_from(used, deliveries, 4)
+        ));
+        used += deliveries * 4;
+    }
+    if !audits.is_empty() {
+        sql.push_str(&format!(
+            ", a AS (INSERT INTO audit_log (at, actor, action, app_id, target, source, details) \
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7 \
+             FROM (VALUES {}) AS v WHERE v.column5 IN (SELECT id FROM n))",
+            values_from(used, audits.len(), 7)
+        ));
+    }
+    sql.push_str(" SELECT id FROM n");
+    let mut query =
+        sqlx::query_as::<_, (String,)>(&sql).persistent(prepare::<DB>(relation, "notifications"));
+    for (_, n, ..) in chunk.iter().copied().copied() {
+        query = query
+            .bind(&n.id)
+            .bind(&n.app_id)
+            .bind(&n.notifier_id)
+            .bind(&n.idempotency_key)
+            .bind(&n.request_hash)
+            .bind(&n.targets)
+            .bind(&n.content)
+            .bind(n.expires_at)
+            .bind(&n.state)
+            .bind(n.created_at)
+            .bind(&n.response)
+            .bind(&n.expand_cursor)
+            .bind(n.updated_at);
+    }
+    for &&&(_, n, registrations, redrive_at, _) in chunk {
+        for registration in registrations {
+            query = query
+                .bind(&n.id)
+                .bind(registration)
+                .bind(redrive_at)
+                .bind(n.created_at);
+        }
+    }
+    for e in audits {
+        query = query
+            .bind(e.at)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.app_id)
+            .bind(&e.target)
+            .bind(&e.source)
+            .bind(&e.details);
+    }
+    Ok(query
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect())
+}
+
+/// `row_placeholders` numbered after the `used` parameters before them.
+fn values_from(used: usize, rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(used + r * cols + 1, cols)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A queued delivery, new with its notification.
