@@ -215,9 +215,10 @@ where
 /// together, one statement per group.
 pub(in crate::store) type Lookups = GroupWriter<Vec<String>, Vec<RegistrationState>>;
 
-/// Readers of grouped lookups, one statement at a time: with two, most
-/// groups held one lookup (BENCHMARKS.md, "One writer").
-const LOOKUP_READERS: usize = 1;
+/// Readers of grouped lookups (a second one reads only beside a large
+/// group, see `group::GATHER`; two taking whatever waited left most groups
+/// with one lookup: BENCHMARKS.md, "One writer").
+const LOOKUP_READERS: usize = 2;
 /// Ids per statement, at most (well within both databases' parameter limits).
 const LOOKUP_IDS: usize = 1000;
 
