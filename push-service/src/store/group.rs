@@ -193,14 +193,14 @@ mod tests {
 
     /// A writer whose groups take `pause` each, recording their sizes and
     /// how many ran at once at most.
-    fn recording(
-        writers: usize,
-        pause: Duration,
-    ) -> (
+    /// The writer, the sizes of its groups, the most groups written at once.
+    type Recording = (
         GroupWriter<u32, u32>,
         Arc<std::sync::Mutex<Vec<usize>>>,
         Arc<AtomicUsize>,
-    ) {
+    );
+
+    fn recording(writers: usize, pause: Duration) -> Recording {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let exec: Executor<u32, u32> = {
