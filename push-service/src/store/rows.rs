@@ -329,3 +329,61 @@ pub struct ChunkDone {
     pub sent: i32,
     pub now: i64,
 }
+
+/// A notification row's columns as inserted; [`bind_notification`] binds
+/// them in this order.
+pub(in crate::store) const NOTIFICATION_COLUMNS: &str = "id, app_id, notifier_id, \
+    idempotency_key, request_hash, targets, content, expires_at, state, created_at, response, \
+    expand_cursor, updated_at";
+
+/// A query returning rows of `O`, with its arguments.
+type QueryOf<'q, DB, O> = sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>;
+
+/// Binds a notification row's [`NOTIFICATION_COLUMNS`].
+pub(in crate::store) fn bind_notification<'q, DB, O>(
+    query: QueryOf<'q, DB, O>,
+    n: &'q NotificationRow,
+) -> QueryOf<'q, DB, O>
+where
+    DB: sqlx::Database,
+    String: super::backend::Column<DB>,
+    Option<String>: super::backend::Column<DB>,
+    i64: super::backend::Column<DB>,
+{
+    query
+        .bind(&n.id)
+        .bind(&n.app_id)
+        .bind(&n.notifier_id)
+        .bind(&n.idempotency_key)
+        .bind(&n.request_hash)
+        .bind(&n.targets)
+        .bind(&n.content)
+        .bind(n.expires_at)
+        .bind(&n.state)
+        .bind(n.created_at)
+        .bind(&n.response)
+        .bind(&n.expand_cursor)
+        .bind(n.updated_at)
+}
+
+/// Binds an audit entry's columns, in the order of `audit_log (at, actor,
+/// action, app_id, target, source, details)`.
+pub(in crate::store) fn bind_audit<'q, DB, O>(
+    query: QueryOf<'q, DB, O>,
+    e: &'q AuditEntry,
+) -> QueryOf<'q, DB, O>
+where
+    DB: sqlx::Database,
+    String: super::backend::Column<DB>,
+    Option<String>: super::backend::Column<DB>,
+    i64: super::backend::Column<DB>,
+{
+    query
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.app_id)
+        .bind(&e.target)
+        .bind(&e.source)
+        .bind(&e.details)
+}

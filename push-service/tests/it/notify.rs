@@ -703,18 +703,24 @@ fn app_counter(metrics: &str, name: &str, app_id: &str) -> f64 {
         .sum()
 }
 
-async fn callers_that_go_away_after_the_commit_still_get_delivered_and_counted(app: TestApp) {
-    let app_id = app.create_app("Acme").await;
-    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
-    let desktop = device(&app, DeviceKey::generate_p256());
+/// A desktop with a direct registration in `app_id`, its stream open and quiet.
+async fn listening_desktop(app: &Api, app_id: &str) -> (sdk_client::RegistrationInfo, Listener) {
+    let desktop = device(app, DeviceKey::generate_p256());
     let registration = desktop
-        .register(&app_id, &NewRegistration::direct("linux"))
+        .register(app_id, &NewRegistration::direct("linux"))
         .await
         .expect("register");
     let mut listener = desktop.listen(&registration.id);
     assert!(next_within(&mut listener, Duration::from_millis(300))
         .await
         .is_none());
+    (registration, listener)
+}
+
+async fn callers_that_go_away_after_the_commit_still_get_delivered_and_counted(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let (registration, mut listener) = listening_desktop(&app, &app_id).await;
     let path = app.url(&format!("/v1/apps/{app_id}/notifications"));
     let body =
         json!({"targets": {"registrations": [registration.id]}, "notification": {"title": "t"}});
@@ -882,15 +888,7 @@ fn labelled_counter(metrics: &str, name: &str, labels: &str) -> f64 {
 async fn first_attempts_of_accepted_deliveries_write_no_claim(app: TestApp) {
     let app_id = app.create_app("Acme").await;
     let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
-    let desktop = device(&app, DeviceKey::generate_p256());
-    let registration = desktop
-        .register(&app_id, &NewRegistration::direct("linux"))
-        .await
-        .expect("register");
-    let mut listener = desktop.listen(&registration.id);
-    assert!(next_within(&mut listener, Duration::from_millis(300))
-        .await
-        .is_none());
+    let (registration, mut listener) = listening_desktop(&app, &app_id).await;
     let body = json!({"targets": {"registrations": [registration.id]},
         "notification": {"title": "Sign in?"}});
     for _ in 0..5 {

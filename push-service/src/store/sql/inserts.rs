@@ -15,6 +15,7 @@ use super::{Column, SqlBackend};
 use crate::store::backend::{placeholders, row_placeholders};
 use crate::store::batch::{prepare, Answer};
 use crate::store::partitions::{pieces, Days};
+use crate::store::rows::{bind_audit, bind_notification, NOTIFICATION_COLUMNS};
 use crate::store::{AuditEntry, NotificationRow, StoreError};
 
 /// A notification insert of a group: its place, row, registrations, re-drive time and audit entry.
@@ -115,27 +116,13 @@ where
     for (relation, chunk) in pieces(&by_day, 64) {
         let values = row_placeholders(chunk.len(), 13);
         let sql = format!(
-            "INSERT INTO {relation} (id, app_id, notifier_id, idempotency_key, request_hash, \
-             targets, content, expires_at, state, created_at, response, expand_cursor, \
-             updated_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING id"
+            "INSERT INTO {relation} ({NOTIFICATION_COLUMNS}) VALUES {values} \
+             ON CONFLICT DO NOTHING RETURNING id"
         );
         let mut query = sqlx::query_as::<_, (String,)>(&sql)
             .persistent(prepare::<DB>(relation, "notifications"));
         for (_, n, ..) in chunk.iter().copied().copied() {
-            query = query
-                .bind(&n.id)
-                .bind(&n.app_id)
-                .bind(&n.notifier_id)
-                .bind(&n.idempotency_key)
-                .bind(&n.request_hash)
-                .bind(&n.targets)
-                .bind(&n.content)
-                .bind(n.expires_at)
-                .bind(&n.state)
-                .bind(n.created_at)
-                .bind(&n.response)
-                .bind(&n.expand_cursor)
-                .bind(n.updated_at);
+            query = bind_notification(query, n);
         }
         inserted.extend(
             query
@@ -204,9 +191,8 @@ where
     let deliveries: usize = chunk.iter().map(|(_, _, r, ..)| r.len()).sum();
     let audits: Vec<&AuditEntry> = chunk.iter().filter_map(|(.., a)| *a).collect();
     let mut sql = format!(
-        "WITH n AS (INSERT INTO {relation} (id, app_id, notifier_id, idempotency_key, \
-         request_hash, targets, content, expires_at, state, created_at, response, \
-         expand_cursor, updated_at) VALUES {} ON CONFLICT DO NOTHING RETURNING id)",
+        "WITH n AS (INSERT INTO {relation} ({NOTIFICATION_COLUMNS}) VALUES {} \
+         ON CONFLICT DO NOTHING RETURNING id)",
         row_placeholders(chunk.len(), 13)
     );
     let mut used = chunk.len() * 13;
@@ -233,20 +219,7 @@ where
     let mut query =
         sqlx::query_as::<_, (String,)>(&sql).persistent(prepare::<DB>(relation, "notifications"));
     for (_, n, ..) in chunk.iter().copied().copied() {
-        query = query
-            .bind(&n.id)
-            .bind(&n.app_id)
-            .bind(&n.notifier_id)
-            .bind(&n.idempotency_key)
-            .bind(&n.request_hash)
-            .bind(&n.targets)
-            .bind(&n.content)
-            .bind(n.expires_at)
-            .bind(&n.state)
-            .bind(n.created_at)
-            .bind(&n.response)
-            .bind(&n.expand_cursor)
-            .bind(n.updated_at);
+        query = bind_notification(query, n);
     }
     for &&&(_, n, registrations, redrive_at, _) in chunk {
         for registration in registrations {
@@ -258,14 +231,7 @@ where
         }
     }
     for e in audits {
-        query = query
-            .bind(e.at)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.app_id)
-            .bind(&e.target)
-            .bind(&e.source)
-            .bind(&e.details);
+        query = bind_audit(query, e);
     }
     Ok(query
         .fetch_all(&mut **tx)
