@@ -297,15 +297,16 @@ async fn deliver_one(
     // made for: when the sweep re-drove a delivery while the first task still
     // waited in the queue, only one of the two takes it. The lease covers this
     // one attempt; if the node dies, the sweep re-drives it once the lease is over.
-    // A carried delivery is taken only if its registration is still the one
-    // acceptance read (active, same token): a registration deleted, invalidated
-    // or rotated since is read afresh, as any other task's would be.
     // A carried delivery's first attempt, within a second of its acceptance,
     // goes without a claim: the row acceptance wrote is its lease (`born`).
+    // Otherwise a carried delivery is taken only if its registration is still
+    // the one acceptance read (active, same token): a registration deleted,
+    // invalidated or rotated since is read afresh, as any other task's would be.
+    let taken_at = now_millis();
     let redrive_ms = state.settings.redrive_after.as_millis() as i64;
     let unclaimed = matches!(source, Source::Carried)
         && born::first_attempt_unclaimed(
-            now_millis(),
+            taken_at,
             notification.created_at,
             due,
             pending.attempts,
@@ -313,7 +314,7 @@ async fn deliver_one(
         )
         && !state
             .invalidated
-            .contains(&pending.registration_id, now_millis());
+            .contains(&pending.registration_id, taken_at);
     if !matches!(source, Source::Chunk(_)) {
         let kind = if unclaimed { "born" } else { "written" };
         metrics::counter!(names::DELIVERY_CLAIMS, "app" => notification.app_id.clone(), "kind" => kind)
@@ -321,7 +322,7 @@ async fn deliver_one(
     }
     if !matches!(source, Source::Chunk(_)) && !unclaimed {
         let carried = matches!(source, Source::Carried);
-        let lease = now_millis() + redrive_ms;
+        let lease = taken_at + redrive_ms;
         let taken = state
             .store
             .claim_delivery(DeliveryClaim {

@@ -694,11 +694,16 @@ mod a_delivery_is_taken_by_one_task {
 
 /// The value of a counter of one app in a Prometheus text page (the tests of
 /// this process share one registry).
-fn app_counter(metrics: &str, name: &str, app_id: &str) -> f64 {
-    let label = format!("app=\"{app_id}\"");
+/// The sum of counter `name` over its series carrying every one of `labels`
+/// (`key="value"`).
+fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with(name) && l.contains(&label))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && labels.iter().all(|label| l.contains(label))
+        })
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
@@ -767,17 +772,13 @@ async fn callers_that_go_away_after_the_commit_still_get_delivered_and_counted(a
         "delivered within {:?} of the last caller hanging up",
         hung_up.elapsed()
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert_eq!(
-        app_counter(&metrics, "push_notifications_accepted_total", &app_id) as usize,
+        counter(
+            &metrics,
+            "push_notifications_accepted_total",
+            &[&format!("app=\"{app_id}\"")]
+        ) as usize,
         committed,
         "every committed notification was counted"
     );
@@ -872,16 +873,6 @@ both_backends!(
     super::a_burst_reaches_an_open_stream_once_each
 );
 
-/// The value of counter `name` with exactly these labels (0 when absent).
-fn labelled_counter(metrics: &str, name: &str, labels: &str) -> f64 {
-    let prefix = format!("{name}{{{labels}}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The first attempt of a delivery this node has just accepted goes without a
 /// claim write: the row acceptance wrote is its lease (docs/architecture.md,
 /// "Deliveries born claimed").
@@ -898,20 +889,13 @@ async fn first_attempts_of_accepted_deliveries_write_no_claim(app: TestApp) {
             .expect("delivered");
         assert_eq!(event.notification["id"], answer["id"]);
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
+    let app_label = format!("app=\"{app_id}\"");
     let claims = |kind: &str| {
-        labelled_counter(
+        counter(
             &metrics,
             "push_delivery_claims_total",
-            &format!("app=\"{app_id}\",kind=\"{kind}\""),
+            &[&app_label, &format!("kind=\"{kind}\"")],
         )
     };
     assert_eq!(

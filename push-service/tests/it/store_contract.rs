@@ -4,12 +4,14 @@
 //! audit log, the replay cache). The node of the test runs beside it; the
 //! rows written here are its own app's and are never due for its sweep.
 
+use std::sync::Arc;
+
 use push_service::delivery::{DeliveryState, ProviderKind};
 use push_service::ids::{new_id, now_millis};
 use push_service::store::batch::{DeliveryClaim, RegistrationGuard};
 use push_service::store::{
     App, AuditEntry, AuditFilter, CredentialRecord, DeliveryUpdate, DirectHold, NotificationRow,
-    Registration, StoreError,
+    Registration, Store, StoreError,
 };
 
 use crate::both_backends;
@@ -38,6 +40,20 @@ pub fn registration(
         updated_at: now,
         attested: false,
     }
+}
+
+/// A store on the test node's database, with an app of its own named `name`.
+async fn store_with_app(app: &TestApp, name: &str) -> (Arc<dyn Store>, App) {
+    let store = push_service::store::connect(&app.database_url, 2, true, None)
+        .await
+        .expect("store");
+    let a = App {
+        id: new_id("app"),
+        name: name.into(),
+        created_at: now_millis(),
+    };
+    store.create_app(&a).await.expect("app");
+    (store, a)
 }
 
 async fn contract(app: TestApp) {
@@ -361,16 +377,7 @@ both_backends!(store_contract, super::contract);
 /// get the states of their own ids and only those: overlapping asks, an
 /// unknown id, an empty ask, another app's registration.
 async fn concurrent_lookups_get_their_own_answers(app: TestApp) {
-    let store = push_service::store::connect(&app.database_url, 2, true, None)
-        .await
-        .expect("store");
-    let now = now_millis();
-    let a = App {
-        id: new_id("app"),
-        name: "lookups".into(),
-        created_at: now,
-    };
-    store.create_app(&a).await.expect("app");
+    let (store, a) = store_with_app(&app, "lookups").await;
     let mut ids = Vec::new();
     for i in 0..40 {
         let provider = if i % 2 == 0 {
@@ -433,17 +440,9 @@ both_backends!(
 /// gets its own deliveries and audit entry, and one whose id is taken already
 /// gets neither (a `Conflict`), while the others are stored.
 async fn concurrent_inserts_get_their_own_rows(app: TestApp) {
-    let store = push_service::store::connect(&app.database_url, 2, true, None)
-        .await
-        .expect("store");
+    let (store, a) = store_with_app(&app, "inserts").await;
     let now = now_millis();
     let far = now + 3_600_000;
-    let a = App {
-        id: new_id("app"),
-        name: "inserts".into(),
-        created_at: now,
-    };
-    store.create_app(&a).await.expect("app");
     let mut registrations = Vec::new();
     for i in 0..3 {
         let r = registration(&a.id, ProviderKind::Fcm, Some(&format!("t-{i}")), "k");

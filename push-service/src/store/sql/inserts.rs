@@ -175,19 +175,11 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     // The deliveries' partition: their day's when all of them share one.
-    let mut deliveries_in: Option<String> = None;
-    for (_, n, ..) in chunk.iter().copied().copied() {
-        let relation = days.relation("deliveries", &n.id);
-        match &deliveries_in {
-            None => deliveries_in = Some(relation),
-            Some(known) if *known == relation => {}
-            Some(_) => {
-                deliveries_in = Some("deliveries".into());
-                break;
-            }
-        }
-    }
-    let deliveries_in = deliveries_in.unwrap_or_else(|| "deliveries".into());
+    let by_day = days.group("deliveries", chunk, |(_, n, ..)| &n.id);
+    let deliveries_in = match by_day.as_slice() {
+        [(relation, _)] => relation.as_str(),
+        _ => "deliveries",
+    };
     let deliveries: usize = chunk.iter().map(|(_, _, r, ..)| r.len()).sum();
     let audits: Vec<&AuditEntry> = chunk.iter().filter_map(|(.., a)| *a).collect();
     let mut sql = format!(
