@@ -20,7 +20,7 @@ fn opens_what_jwcrypto_sealed_for_each_key_type_and_nothing_else() {
             header.kid.as_deref(),
             Some(keys[i].public().thumbprint().as_str())
         );
-        let plaintext = open(jwe, &keys[i]).expect(vector["key"].as_str().unwrap_or("key"));
+        let plaintext = open(jwe, &keys[i]).unwrap_or_else(|e| panic!("{}: {e}", vector["key"]));
         assert_eq!(
             plaintext,
             vector["plaintext"].as_str().expect("text").as_bytes()
