@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod dispatch;
 pub mod ids;
+pub mod inbox;
 pub mod keys;
 pub mod limits;
 pub mod maintenance;

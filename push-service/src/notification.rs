@@ -97,6 +97,10 @@ pub struct Content {
     pub apns: Option<ApnsOverride>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fcm: Option<serde_json::Value>,
+    /// The notification has sealed content in its targets' inboxes: provider
+    /// payloads name it (and carry the JWE when it fits).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inbox: bool,
 }
 
 /// The target form after validation.

@@ -82,9 +82,22 @@ pub struct CreateRegistration {
     pub environment: Option<String>,
     /// `ios`, `ipados`, `macos`, `watchos`, `tvos`, `visionos`, `android`, `windows`, `linux`, `web`.
     pub platform: String,
-    /// Public JWK the device wants payloads encrypted to (optional).
+    /// The public key content is sealed to (optional; rotatable with
+    /// `PUT /v1/registrations/{id}`): a JWK with `use` `enc` when given —
+    /// RSA of 2048 to 4096 bits (`RSA-OAEP-256`), EC P-256 or OKP X25519
+    /// (`ECDH-ES+A256KW`). Sent in this DPoP-proven request, it is bound to
+    /// the device key. `encryption_jwk` is an older name of the field.
+    #[serde(alias = "encryption_jwk")]
     #[schema(value_type = Option<Object>)]
-    pub encryption_jwk: Option<serde_json::Value>,
+    pub encryption_key: Option<serde_json::Value>,
+}
+
+/// Checks an encryption key and gives the JWK the store keeps (the key's
+/// members, `use`, `alg` and `kid`: its thumbprint).
+pub fn encryption_key(jwk: &serde_json::Value) -> Result<String, InvalidRegistration> {
+    push_jose::PublicKey::from_jwk(jwk)
+        .map(|key| key.to_jwk().to_string())
+        .map_err(|e| format!("`encryption_key`: {e}").into())
 }
 
 /// A validated registration request.
@@ -118,13 +131,11 @@ pub fn validate(body: CreateRegistration) -> Result<NewRegistration, InvalidRegi
         (_, None) => None,
         (_, Some(_)) => return Err("`environment` applies to APNs registrations only".into()),
     };
-    let encryption_jwk = match body.encryption_jwk {
-        None => None,
-        Some(jwk) => {
-            crate::keys::validate_public_jwk(&jwk).map_err(|e| format!("`encryption_jwk`: {e}"))?;
-            Some(jwk.to_string())
-        }
-    };
+    let encryption_jwk = body
+        .encryption_key
+        .as_ref()
+        .map(encryption_key)
+        .transpose()?;
     Ok(NewRegistration {
         provider: body.provider,
         token,
@@ -181,12 +192,27 @@ pub struct RegistrationView {
     /// Identity aliases bound by the auth server (shown to the auth server only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aliases: Option<Vec<String>>,
+    /// The public key content is sealed to, if the device registered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub encryption_key: Option<serde_json::Value>,
+    /// Its RFC 7638 thumbprint: the `kid` of a JWE sealed to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_thumbprint: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
 
 impl RegistrationView {
     pub fn new(r: Registration, aliases: Option<Vec<String>>) -> Self {
+        let encryption_key: Option<serde_json::Value> = r
+            .encryption_jwk
+            .as_deref()
+            .and_then(|jwk| serde_json::from_str(jwk).ok());
+        let encryption_key_thumbprint = encryption_key
+            .as_ref()
+            .and_then(|jwk| push_jose::PublicKey::from_jwk(jwk).ok())
+            .map(|key| key.thumbprint());
         RegistrationView {
             id: r.id,
             app: r.app_id,
@@ -197,6 +223,8 @@ impl RegistrationView {
             invalid_reason: r.invalid_reason,
             invalidated_at: r.invalidated_at.map(rfc3339),
             aliases,
+            encryption_key,
+            encryption_key_thumbprint,
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
         }

@@ -15,15 +15,21 @@ use crate::auth::attestation::{verify_attestation, ATTESTATION_HEADER};
 use crate::auth::dpop::DeviceProof;
 use crate::auth::now_seconds;
 use crate::ids::{new_id, now_millis};
-use crate::registrations::{validate, CreateRegistration, ProviderKind, RegistrationView};
+use crate::registrations::{
+    encryption_key, validate, CreateRegistration, ProviderKind, RegistrationView,
+};
 use crate::store::Registration;
 
-/// Body of `PUT /v1/registrations/{id}`.
+/// Body of `PUT /v1/registrations/{id}`: a new token, a new encryption key, or both.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateToken {
     /// The provider's new token for this device.
-    pub token: String,
+    pub token: Option<String>,
+    /// A new public key for sealed content (see `encryption_key` of the
+    /// registration): items sealed before stay sealed to the old key.
+    #[schema(value_type = Option<Object>)]
+    pub encryption_key: Option<serde_json::Value>,
 }
 
 pub fn router() -> Router<AppState> {
@@ -173,21 +179,48 @@ async fn rotate_token(
     ApiJson(body): ApiJson<RotateToken>,
 ) -> Result<Json<RegistrationView>, ApiError> {
     let registration = owned(&state, &id, &proof).await?;
-    let provider = ProviderKind::parse(&registration.provider).ok_or_else(|| {
-        ApiError::Internal(anyhow::anyhow!(
-            "stored provider `{}` is not one this node knows",
-            registration.provider
-        ))
-    })?;
-    let token = provider
-        .check_token(Some(&body.token))
-        .map_err(ApiError::invalid)?
-        .ok_or_else(|| ApiError::invalid("`token`: this registration takes no token"))?;
-    let replaced = state
-        .store
-        .rotate_registration_token(&id, &token, now_millis())
-        .await?;
-    tracing::info!(replaced = replaced.len(), "registration token rotated");
+    if body.token.is_none() && body.encryption_key.is_none() {
+        return Err(ApiError::invalid("give `token`, `encryption_key` or both"));
+    }
+    let jwk = body
+        .encryption_key
+        .as_ref()
+        .map(encryption_key)
+        .transpose()
+        .map_err(ApiError::invalid)?;
+    let token = match &body.token {
+        None => None,
+        Some(token) => {
+            let provider = ProviderKind::parse(&registration.provider).ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "stored provider `{}` is not one this node knows",
+                    registration.provider
+                ))
+            })?;
+            Some(
+                provider
+                    .check_token(Some(token))
+                    .map_err(ApiError::invalid)?
+                    .ok_or_else(|| {
+                        ApiError::invalid("`token`: this registration takes no token")
+                    })?,
+            )
+        }
+    };
+    if let Some(jwk) = &jwk {
+        state
+            .store
+            .set_encryption_key(&id, jwk, now_millis())
+            .await?;
+        tracing::info!("registration encryption key rotated");
+    }
+    if let Some(token) = &token {
+        let replaced = state
+            .store
+            .rotate_registration_token(&id, token, now_millis())
+            .await?;
+        tracing::info!(replaced = replaced.len(), "registration token rotated");
+    }
     let updated = owned(&state, &id, &proof).await?;
     Ok(Json(RegistrationView::new(updated, None)))
 }

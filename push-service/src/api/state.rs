@@ -180,7 +180,9 @@ impl AppState {
                 max_queue_depth: config.max_queue_depth,
                 // Four tasks per worker may wait for them.
                 handoff_limit: config.dispatch_workers * HANDOFF_PER_WORKER,
+                max_content_bytes: config.max_content_bytes,
             },
+            sealer: config.sealer(),
         };
         let notifiers = NotifierVerifier::new(
             store.clone(),

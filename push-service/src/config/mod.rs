@@ -97,6 +97,8 @@ pub struct Config {
     /// A second valid admin token, for the time of a token switch.
     pub admin_token_previous: Option<Secret<String>>,
     pub max_body_bytes: usize,
+    /// Largest sealed content of one notification (0: content refused).
+    pub max_content_bytes: usize,
     pub request_timeout: std::time::Duration,
     pub shutdown_grace: std::time::Duration,
     pub log_format: LogFormat,
@@ -184,6 +186,7 @@ impl fmt::Debug for Config {
             .field("master_key_previous", &self.master_key_previous)
             .field("admin_token_previous", &self.admin_token_previous)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_content_bytes", &self.max_content_bytes)
             .finish_non_exhaustive()
     }
 }

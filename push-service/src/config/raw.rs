@@ -49,6 +49,7 @@ pub(super) struct RawConfig {
     pub(super) master_key_previous_file: String,
     pub(super) admin_token_previous: String,
     max_body_bytes: usize,
+    max_content_bytes: usize,
     request_timeout_seconds: u64,
     shutdown_grace_seconds: u64,
     log_format: String,
@@ -233,6 +234,12 @@ impl RawConfig {
             return Err(invalid(
                 "queue_visibility_seconds",
                 "must be longer than provider_timeout_seconds",
+            ));
+        }
+        if raw.max_content_bytes > 16 << 20 {
+            return Err(invalid(
+                "max_content_bytes",
+                "must be at most 16777216 (16 MiB)",
             ));
         }
         if raw.max_body_bytes < 1024 {
@@ -433,6 +440,7 @@ impl RawConfig {
             master_key_previous: master_key_previous.map(Secret::new),
             admin_token_previous,
             max_body_bytes: raw.max_body_bytes,
+            max_content_bytes: raw.max_content_bytes,
             request_timeout: std::time::Duration::from_secs(raw.request_timeout_seconds),
             shutdown_grace: std::time::Duration::from_secs(raw.shutdown_grace_seconds),
             log_format,

@@ -401,6 +401,7 @@ async fn deliver_one(
         token: pending.token.as_deref(),
         environment: pending.environment.as_deref(),
         attempt: at.number(),
+        sealed: pending.sealed.as_deref(),
     };
     let outcome = provider.send(&delivery).await;
     // The answer's effects beyond this delivery (circuits, credential status,

@@ -53,7 +53,9 @@ async fn notify(core: &Core, notifier: &Notifier, targets: &[&str], ttl: u64) ->
             redrive_after: core.config.redrive_after,
             max_queue_depth: 0,
             handoff_limit: 0,
+            max_content_bytes: core.config.max_content_bytes,
         },
+        sealer: core.config.sealer(),
     };
     let auth = NotifierAuth::verified(notifier.clone(), &["notify"]);
     let body = json!({

@@ -10,7 +10,9 @@ use crate::auth::notifier::NotifierAuth;
 use crate::delivery::NotificationPhase;
 use crate::ids::{new_timed_id, now_millis};
 use crate::notification::{Content, TargetSpec};
-use crate::store::{AuditEntry, NotificationRow, PendingDelivery, RegistrationState, StoreError};
+use crate::store::{
+    AuditEntry, InboxItem, NotificationRow, PendingDelivery, RegistrationState, StoreError,
+};
 
 /// Registration ids looked up per statement.
 const LOOKUP_CHUNK: usize = 1000;
@@ -23,6 +25,8 @@ struct Draft {
     targets_json: String,
     content: Content,
     ttl: u64,
+    /// Content for the targets' inboxes, checked, not yet sealed.
+    plan: Option<crate::inbox::Plan>,
 }
 
 /// Where a submission stands on its way through acceptance.
@@ -37,6 +41,7 @@ struct Prepared {
     /// The row's content, parsed: what a carried task hands the worker.
     content: Content,
     deliveries: Vec<PendingDelivery>,
+    inbox: Vec<InboxItem>,
     audit: AuditEntry,
     answer: Accepted,
     key: Option<String>,
@@ -118,6 +123,7 @@ impl Acceptor {
                     notification: p.row,
                     content: p.content,
                     deliveries: p.deliveries,
+                    inbox: p.inbox,
                     audit: p.audit,
                 });
                 (p.answer, p.key, p.request_hash)
@@ -185,21 +191,28 @@ impl Acceptor {
                 Err(e) => return Item::Done(Err(e)),
             }
         }
+        let max_content = self.settings.max_content_bytes;
         let parsed = serde_json::from_value::<NotifyRequest>(body)
             .map_err(|e| AcceptError::Invalid(e.to_string()))
-            .and_then(|request| {
+            .and_then(|mut request| {
                 let targets_json = serde_json::to_string(&request.targets)?;
-                let (targets, content, ttl) = validate(request)?;
-                Ok((targets_json, targets, content, ttl))
+                let plan = request.content.take();
+                let (targets, mut content, ttl) = validate(request)?;
+                let plan = plan
+                    .map(|c| super::content::plan(c, &targets, max_content))
+                    .transpose()?;
+                content.inbox = plan.is_some();
+                Ok((targets_json, targets, content, ttl, plan))
             });
         match parsed {
-            Ok((targets_json, targets, content, ttl)) => Item::New(Box::new(Draft {
+            Ok((targets_json, targets, content, ttl, plan)) => Item::New(Box::new(Draft {
                 key,
                 request_hash,
                 targets,
                 targets_json,
                 content,
                 ttl,
+                plan,
             })),
             Err(e) => Item::Done(Err(e)),
         }
@@ -260,7 +273,7 @@ impl Acceptor {
     ) -> Result<Prepared, AcceptError> {
         let now = now_millis();
         let id = new_timed_id("ntf", now);
-        let (deliveries, accepted, rejected) = match &draft.targets {
+        let (mut deliveries, mut accepted, mut rejected) = match &draft.targets {
             TargetSpec::Registrations(ids) => {
                 let mut ok = Vec::with_capacity(ids.len());
                 let mut rejected = Vec::new();
@@ -289,6 +302,18 @@ impl Acceptor {
                 (Vec::new(), count, Vec::new())
             }
         };
+        let expires_at = now + (draft.ttl as i64) * 1000;
+        let inbox = match &draft.plan {
+            None => Vec::new(),
+            Some(plan) => {
+                let sealed = self
+                    .seal(plan, &auth.app_id, &id, (now, expires_at), &mut deliveries)
+                    .await?;
+                accepted = deliveries.len() as i64;
+                rejected.extend(sealed.rejected);
+                sealed.items
+            }
+        };
         let answer = Accepted {
             id: id.clone(),
             accepted,
@@ -302,7 +327,7 @@ impl Acceptor {
             request_hash: draft.request_hash.clone(),
             targets: draft.targets_json.clone(),
             content: serde_json::to_string(&draft.content)?,
-            expires_at: now + (draft.ttl as i64) * 1000,
+            expires_at,
             state: match draft.targets {
                 TargetSpec::Registrations(_) => NotificationPhase::Dispatching,
                 _ => NotificationPhase::Expanding,
@@ -328,6 +353,7 @@ impl Acceptor {
             row,
             content: draft.content.clone(),
             deliveries,
+            inbox,
             audit,
             answer,
             key: draft.key.clone(),

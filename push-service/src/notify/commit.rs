@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::dispatch::queue::{Carried, TASK_CHUNK};
 use crate::dispatch::{Queue, Task};
 use crate::notification::Content;
-use crate::store::{AuditEntry, NotificationRow, PendingDelivery, Store, StoreError};
+use crate::store::{AuditEntry, InboxItem, NotificationRow, PendingDelivery, Store, StoreError};
 
 /// Longest an answer waits for room at the node's own workers.
 const HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -18,6 +18,9 @@ pub(super) struct Row {
     pub notification: NotificationRow,
     pub content: Content,
     pub deliveries: Vec<PendingDelivery>,
+    /// Its inbox items: written before the notification, removed if its
+    /// insert fails.
+    pub inbox: Vec<InboxItem>,
     pub audit: AuditEntry,
 }
 
@@ -29,14 +32,15 @@ pub(super) async fn commit(
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     handoff: Arc<dyn Queue>,
-    rows: Vec<Row>,
+    mut rows: Vec<Row>,
     redrive_at: i64,
     handoff_limit: usize,
 ) -> Vec<Result<(), StoreError>> {
     // One task per row: their inserts reach the group writer together.
     let writes: Vec<_> = rows
-        .iter()
+        .iter_mut()
         .map(|r| {
+            let inbox = std::mem::take(&mut r.inbox);
             let registrations: Vec<String> = r
                 .deliveries
                 .iter()
@@ -44,9 +48,22 @@ pub(super) async fn commit(
                 .collect();
             let (store, row, audit) = (store.clone(), r.notification.clone(), r.audit.clone());
             tokio::spawn(async move {
-                store
+                if inbox.is_empty() {
+                    return store
+                        .insert_notification(&row, &registrations, redrive_at, Some(&audit))
+                        .await;
+                }
+                // The items first: the notification is accepted only with them.
+                store.put_inbox_items(&inbox).await?;
+                let inserted = store
                     .insert_notification(&row, &registrations, redrive_at, Some(&audit))
-                    .await
+                    .await;
+                if inserted.is_err() {
+                    if let Err(e) = store.drop_inbox_items(&row.id).await {
+                        tracing::warn!(error = %e, "inbox items of a notification not stored stay hidden until they expire");
+                    }
+                }
+                inserted
             })
         })
         .collect();

@@ -13,6 +13,7 @@ use crate::store::{Store, StoreError};
 
 mod accept;
 mod commit;
+mod content;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -62,6 +63,8 @@ pub struct AcceptSettings {
     /// Tasks waiting for this node's own workers past which acceptance waits
     /// before answering (0: never waits; a node without workers).
     pub handoff_limit: usize,
+    /// Largest sealed content of one notification.
+    pub max_content_bytes: usize,
 }
 
 /// Acceptance of notifications: validated, limited, made durable, queued.
@@ -78,6 +81,8 @@ pub struct Acceptor {
     /// The queue's depths as the dispatcher last counted them (backpressure).
     pub depths: QueueDepths,
     pub settings: AcceptSettings,
+    /// Seals inbox items at rest.
+    pub sealer: crate::crypto::Sealer,
 }
 
 /// Largest payload (title, body, data and overrides, as JSON) accepted: the APNs and FCM limit.
@@ -115,13 +120,20 @@ pub struct NotifyRequest {
     /// rules of `apns.headers`, `data` values are strings.
     #[schema(value_type = Option<Object>)]
     pub fcm: Option<serde_json::Value>,
+    /// Content for the targets' inboxes, sealed to each registration's
+    /// encryption key: plaintext the service seals at acceptance (never
+    /// stored in clear), or the notifier's own JWE per registration. Only
+    /// with `targets.registrations` (at most 64). A target without an
+    /// encryption key is rejected (`no_encryption_key`).
+    pub content: Option<crate::inbox::ContentRequest>,
 }
 
 /// A registration refused at acceptance.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Rejected {
     pub registration: String,
-    /// `unknown` (no such registration in this app) or `invalid`.
+    /// `unknown` (no such registration in this app), `invalid`, or
+    /// `no_encryption_key` (content for a registration without an encryption key).
     pub reason: String,
 }
 

@@ -23,7 +23,9 @@ fn acceptor(core: &Core, max_queue_depth: u64) -> Acceptor {
             redrive_after: core.config.redrive_after,
             max_queue_depth,
             handoff_limit: 0,
+            max_content_bytes: core.config.max_content_bytes,
         },
+        sealer: core.config.sealer(),
     }
 }
 

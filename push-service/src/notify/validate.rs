@@ -309,6 +309,7 @@ pub fn validate(request: NotifyRequest) -> Result<(TargetSpec, Content, u64), In
         push_type,
         apns,
         fcm: request.fcm,
+        inbox: false,
     };
     let size = serde_json::to_vec(&content)
         .map(|v| v.len())

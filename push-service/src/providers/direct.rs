@@ -205,7 +205,7 @@ pub struct DirectProvider {
 
 /// The JSON of an SSE `notification` event.
 pub fn event_payload(delivery: &Delivery<'_>) -> String {
-    serde_json::json!({
+    let mut event = serde_json::json!({
         "id": delivery.notification_id,
         "title": delivery.content.title,
         "body": delivery.content.body,
@@ -213,8 +213,15 @@ pub fn event_payload(delivery: &Delivery<'_>) -> String {
         "priority": delivery.content.priority,
         "collapse_key": delivery.content.collapse_key,
         "created_at": crate::ids::rfc3339(delivery.created_at),
-    })
-    .to_string()
+    });
+    if delivery.content.inbox {
+        // The inbox item to fetch (`GET /v1/registrations/{id}/inbox/{item}`).
+        event["inbox"] = serde_json::json!({
+            "id": delivery.notification_id,
+            "expires_at": crate::ids::rfc3339(delivery.expires_at),
+        });
+    }
+    event.to_string()
 }
 
 /// How long a zero-TTL event waits for an open stream to write it.

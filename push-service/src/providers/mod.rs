@@ -27,6 +27,31 @@ pub struct Delivery<'a> {
     pub environment: Option<&'a str>,
     /// 1 for the first try.
     pub attempt: u32,
+    /// The content sealed to this registration, when acceptance found it
+    /// small enough to ride on the first attempt's payload.
+    pub sealed: Option<&'a str>,
+}
+
+/// The inbox item a provider payload names: the notification id (the item's
+/// id in the device's inbox) and, when it fits, the JWE itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxRef<'a> {
+    pub id: &'a str,
+    pub jwe: Option<&'a str>,
+}
+
+/// The largest payload APNs and FCM take (APNs VoIP takes 5 KiB; 4 KiB is
+/// kept for all): an inline JWE goes only when the whole fits.
+pub const MAX_PROVIDER_PAYLOAD: usize = 4096;
+
+impl<'a> Delivery<'a> {
+    /// The inbox item, for a notification with content.
+    pub fn inbox(&self) -> Option<InboxRef<'a>> {
+        self.content.inbox.then_some(InboxRef {
+            id: self.notification_id,
+            jwe: self.sealed,
+        })
+    }
 }
 
 impl Delivery<'_> {

@@ -22,8 +22,8 @@ pub use backend::{placeholders, row_placeholders, Column, SqlBackend};
 pub use postgres::PgStore;
 pub use rows::{
     App, Attestation, AuditEntry, AuditFilter, ChunkClaim, ChunkDone, CredentialRecord,
-    DeliveryRow, DeliveryUpdate, DirectEvent, DirectHold, NotificationRow, Notifier,
-    PendingDelivery, Registration, RegistrationState, TaskRow,
+    DeliveryRow, DeliveryUpdate, DirectEvent, DirectHold, InboxContent, InboxEntry, InboxItem,
+    NotificationRow, Notifier, PendingDelivery, Registration, RegistrationState, TaskRow,
 };
 pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
@@ -79,6 +79,7 @@ pub trait Store:
     + NotificationStore
     + FanoutStore
     + DirectStore
+    + InboxStore
     + AuditStore
     + RetentionStore
     + ReplayStore
@@ -180,6 +181,8 @@ pub trait RegistrationStore: Send + Sync {
         token: &str,
         now: i64,
     ) -> Result<Vec<String>, StoreError>;
+    /// Sets the public key content is sealed to (a JWK).
+    async fn set_encryption_key(&self, id: &str, jwk: &str, now: i64) -> Result<(), StoreError>;
     /// Marks a registration invalid with a reason (token hygiene).
     async fn invalidate_registration(
         &self,
@@ -357,6 +360,51 @@ pub trait DirectStore: Send + Sync {
     /// highest.
     async fn streamed(&self, events: &[(String, String, i64)], now: i64) -> Result<(), StoreError>;
     async fn direct_cursor(&self, registration_id: &str) -> Result<i64, StoreError>;
+}
+
+/// Each registration's inbox: content sealed to its encryption key.
+#[async_trait]
+pub trait InboxStore: Send + Sync {
+    /// Writes the items of a notification before the notification itself (one
+    /// transaction): an item is shown only once its notification exists, so a
+    /// notification is never accepted without its items, and items whose
+    /// notification was never stored stay hidden until they expire.
+    async fn put_inbox_items(&self, items: &[InboxItem]) -> Result<(), StoreError>;
+    /// Removes the items of a notification whose insert failed.
+    async fn drop_inbox_items(&self, notification_id: &str) -> Result<(), StoreError>;
+    /// A registration's pending items (content held, TTL not ended), by
+    /// notification id after `after`.
+    async fn inbox(
+        &self,
+        registration_id: &str,
+        now: i64,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<InboxEntry>, StoreError>;
+    /// One pending item with its content; the first fetch is recorded.
+    async fn fetch_inbox_item(
+        &self,
+        registration_id: &str,
+        notification_id: &str,
+        now: i64,
+    ) -> Result<Option<InboxContent>, StoreError>;
+    /// Acknowledges a pending item: its content goes, `acked_at` is set.
+    /// False when there was no pending item.
+    async fn ack_inbox_item(
+        &self,
+        registration_id: &str,
+        notification_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Every item of a notification, for its status (by registration id).
+    async fn inbox_of_notification(
+        &self,
+        notification_id: &str,
+    ) -> Result<Vec<InboxEntry>, StoreError>;
+    /// Removes the content of up to `limit` items whose TTL ended; how many.
+    async fn expire_inbox_items(&self, now: i64, limit: u32) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` items created before `before`; how many.
+    async fn delete_old_inbox_items(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
 }
 
 /// The audit log.

@@ -167,6 +167,11 @@ pub struct PendingDelivery {
     pub token: Option<String>,
     pub environment: Option<String>,
     pub registration_status: Option<String>,
+    /// The content sealed to this registration, when it fits in a provider
+    /// payload: set by acceptance for the first attempt, never read from the
+    /// store (a later attempt sends the inbox id alone).
+    #[sqlx(skip)]
+    pub sealed: Option<std::sync::Arc<str>>,
 }
 
 /// Without the device token: a secret.
@@ -179,6 +184,7 @@ impl std::fmt::Debug for PendingDelivery {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("environment", &self.environment)
             .field("registration_status", &self.registration_status)
+            .field("sealed", &self.sealed.as_ref().map(|s| s.len()))
             .finish()
     }
 }
@@ -209,6 +215,7 @@ impl RegistrationState {
             token: self.token.clone(),
             environment: self.environment.clone(),
             registration_status: Some(self.status.clone()),
+            sealed: None,
         }
     }
 }
@@ -386,4 +393,53 @@ where
         .bind(&e.target)
         .bind(&e.source)
         .bind(&e.details)
+}
+
+/// Content sealed to one registration, in its inbox.
+#[derive(Clone)]
+pub struct InboxItem {
+    pub registration_id: String,
+    pub notification_id: String,
+    pub app_id: String,
+    /// The notification's creation time: the item shows once the notification
+    /// with this id and time exists.
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// Bytes of the compact JWE.
+    pub size: i64,
+    /// The JWE, sealed again with the master key (`crypto::Sealer`).
+    pub content: Vec<u8>,
+}
+
+/// Without the content.
+impl std::fmt::Debug for InboxItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxItem")
+            .field("registration_id", &self.registration_id)
+            .field("notification_id", &self.notification_id)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An inbox item as lists and statuses show it: no content.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct InboxEntry {
+    pub registration_id: String,
+    pub notification_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub size: i64,
+    pub fetched_at: Option<i64>,
+    pub acked_at: Option<i64>,
+    /// The content is still there (neither acked nor expired).
+    pub held: bool,
+}
+
+/// An inbox item with its content (still sealed at rest).
+#[derive(sqlx::FromRow)]
+pub struct InboxContent {
+    #[sqlx(flatten)]
+    pub entry: InboxEntry,
+    pub content: Vec<u8>,
 }

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::notification::{Content, Priority};
 use crate::providers::outcome::{apns_class, Class};
-use crate::providers::Outcome;
+use crate::providers::{InboxRef, Outcome, MAX_PROVIDER_PAYLOAD};
 
 /// The `apns-topic` suffix a push type needs (docs/providers.md, "Requests").
 pub fn topic_for(bundle: &str, push_type: &str) -> String {
@@ -76,8 +76,12 @@ pub fn headers(
     headers
 }
 
-/// The JSON payload: `aps` from the content, custom data beside it, then the raw override merged.
-pub fn payload(content: &Content) -> Value {
+/// The JSON payload: `aps` from the content, custom data beside it, then the
+/// raw override merged. A notification with inbox content names its item in
+/// `push-inbox` (`id`, and `jwe` when the payload stays within 4 KiB) and,
+/// when it shows an alert, sets `mutable-content` so the app's notification
+/// service extension can open the JWE and show what it says.
+pub fn payload(content: &Content, inbox: Option<InboxRef<'_>>) -> Value {
     let mut aps = Map::new();
     if content.title.is_some() || content.body.is_some() {
         let mut alert = Map::new();
@@ -92,6 +96,9 @@ pub fn payload(content: &Content) -> Value {
     if content.push_type == "background" {
         aps.insert("content-available".into(), json!(1));
     }
+    if inbox.is_some() && aps.contains_key("alert") {
+        aps.insert("mutable-content".into(), json!(1));
+    }
     let mut root = Map::new();
     for (key, value) in &content.data {
         if key != "aps" {
@@ -102,6 +109,16 @@ pub fn payload(content: &Content) -> Value {
     let mut payload = Value::Object(root);
     if let Some(extra) = content.apns.as_ref().and_then(|a| a.payload.as_ref()) {
         merge(&mut payload, extra);
+    }
+    if let Some(inbox) = inbox {
+        payload["push-inbox"] = json!({"id": inbox.id});
+        if let Some(jwe) = inbox.jwe {
+            let mut with = payload.clone();
+            with["push-inbox"]["jwe"] = json!(jwe);
+            if with.to_string().len() <= MAX_PROVIDER_PAYLOAD {
+                payload = with;
+            }
+        }
     }
     payload
 }
@@ -153,6 +170,7 @@ mod tests {
             push_type: "alert".into(),
             apns: None,
             fcm: None,
+            inbox: false,
         }
     }
 
@@ -163,7 +181,7 @@ mod tests {
             headers: [("apns-priority".to_owned(), "5".to_owned())].into(),
             payload: Some(json!({"aps": {"sound": "default"}, "extra": 1})),
         });
-        let p = payload(&c);
+        let p = payload(&c, None);
         assert_eq!(
             p,
             json!({"aps": {"alert": {"title": "Hi", "body": "There"}, "sound": "default"},
@@ -177,6 +195,45 @@ mod tests {
         assert_eq!(apns_id("n", "r"), apns_id("n", "r"));
         assert_ne!(apns_id("n", "r"), apns_id("n", "s"));
         assert_eq!(apns_id("n", "r").len(), 36);
+    }
+
+    /// Content in the inbox: its id always, the JWE only while the payload
+    /// stays within 4 KiB, `mutable-content` only with an alert.
+    #[test]
+    fn an_inbox_item_is_named_and_its_jwe_rides_when_it_fits() {
+        let mut c = content();
+        c.inbox = true;
+        let small = "h.k.i.c.t";
+        let p = payload(
+            &c,
+            Some(InboxRef {
+                id: "ntf_1",
+                jwe: Some(small),
+            }),
+        );
+        assert_eq!(p["push-inbox"], json!({"id": "ntf_1", "jwe": small}));
+        assert_eq!(p["aps"]["mutable-content"], json!(1));
+        let large = "x".repeat(4000);
+        let p = payload(
+            &c,
+            Some(InboxRef {
+                id: "ntf_1",
+                jwe: Some(&large),
+            }),
+        );
+        assert_eq!(p["push-inbox"], json!({"id": "ntf_1"}));
+        assert!(p.to_string().len() <= MAX_PROVIDER_PAYLOAD);
+        c.title = None;
+        c.body = None;
+        c.push_type = "background".into();
+        let p = payload(
+            &c,
+            Some(InboxRef {
+                id: "ntf_1",
+                jwe: None,
+            }),
+        );
+        assert_eq!(p["aps"], json!({"content-available": 1}));
     }
 
     #[test]

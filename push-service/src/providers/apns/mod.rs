@@ -238,7 +238,7 @@ impl ApnsProvider {
         let mut request = connection
             .post(format!("{base}/3/device/{token}"))
             .header("content-type", "application/json")
-            .body(message::payload(delivery.content).to_string());
+            .body(message::payload(delivery.content, delivery.inbox()).to_string());
         for (name, value) in message::headers(delivery.content, &client.bundle, expiration, &id) {
             request = request.header(name, value);
         }

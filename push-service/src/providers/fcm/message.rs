@@ -7,10 +7,18 @@ use serde_json::{json, Map, Value};
 use crate::notification::{Content, Priority};
 use crate::providers::apns::message::merge;
 use crate::providers::outcome::{fcm_class, Class};
-use crate::providers::Outcome;
+use crate::providers::{InboxRef, Outcome, MAX_PROVIDER_PAYLOAD};
 
-/// The `message` of `messages:send` for one registration token.
-pub fn message(content: &Content, token: &str, ttl_seconds: i64) -> Value {
+/// The `message` of `messages:send` for one registration token. A
+/// notification with inbox content names its item in `data`
+/// (`push_inbox_id`, and `push_inbox_jwe` when the message's data and
+/// notification stay within 4 KiB); on iOS an alert gets `mutable-content`.
+pub fn message(
+    content: &Content,
+    token: &str,
+    ttl_seconds: i64,
+    inbox: Option<InboxRef<'_>>,
+) -> Value {
     let mut message = Map::new();
     message.insert("token".into(), json!(token));
     if content.title.is_some() || content.body.is_some() {
@@ -68,6 +76,21 @@ pub fn message(content: &Content, token: &str, ttl_seconds: i64) -> Value {
     let mut message = Value::Object(message);
     if let Some(extra) = &content.fcm {
         merge(&mut message, extra);
+    }
+    if let Some(inbox) = inbox {
+        if alert {
+            message["apns"]["payload"]["aps"]["mutable-content"] = json!(1);
+        }
+        message["data"]["push_inbox_id"] = json!(inbox.id);
+        if let Some(jwe) = inbox.jwe {
+            let size =
+                |m: &Value| m["data"].to_string().len() + m["notification"].to_string().len();
+            let mut with = message.clone();
+            with["data"]["push_inbox_jwe"] = json!(jwe);
+            if size(&with) <= MAX_PROVIDER_PAYLOAD {
+                message = with;
+            }
+        }
     }
     message
 }
@@ -197,6 +220,47 @@ mod tests {
     }
 
     #[test]
+    fn an_inbox_item_is_named_in_data_and_its_jwe_rides_when_it_fits() {
+        let content = Content {
+            title: Some("Sign in?".into()),
+            body: None,
+            data: Default::default(),
+            priority: Priority::High,
+            collapse_key: None,
+            push_type: "alert".into(),
+            apns: None,
+            fcm: None,
+            inbox: true,
+        };
+        let small = "h.k.i.c.t";
+        let m = message(
+            &content,
+            "tok",
+            60,
+            Some(InboxRef {
+                id: "ntf_1",
+                jwe: Some(small),
+            }),
+        );
+        assert_eq!(
+            m["data"],
+            json!({"push_inbox_id": "ntf_1", "push_inbox_jwe": small})
+        );
+        assert_eq!(m["apns"]["payload"]["aps"]["mutable-content"], json!(1));
+        let large = "x".repeat(4090);
+        let m = message(
+            &content,
+            "tok",
+            60,
+            Some(InboxRef {
+                id: "ntf_1",
+                jwe: Some(&large),
+            }),
+        );
+        assert_eq!(m["data"], json!({"push_inbox_id": "ntf_1"}));
+    }
+
+    #[test]
     fn message_shape() {
         let content = Content {
             title: Some("T".into()),
@@ -207,8 +271,9 @@ mod tests {
             push_type: "alert".into(),
             apns: None,
             fcm: Some(json!({"android": {"notification": {"channel_id": "login"}}})),
+            inbox: false,
         };
-        let m = message(&content, "tok", 120);
+        let m = message(&content, "tok", 120, None);
         assert_eq!(m["token"], "tok");
         assert_eq!(m["notification"], json!({"title": "T"}));
         assert_eq!(m["data"], json!({"k": "v"}));

@@ -207,7 +207,7 @@ impl FcmProvider {
             ((delivery.expires_at - crate::ids::now_millis()) / 1000).max(1)
         };
         let body = serde_json::json!({
-            "message": message::message(delivery.content, delivery.token.unwrap_or_default(), ttl)
+            "message": message::message(delivery.content, delivery.token.unwrap_or_default(), ttl, delivery.inbox())
         });
         let url = format!(
             "{}/v1/projects/{}/messages:send",

@@ -181,6 +181,7 @@ where
                     token,
                     environment,
                     registration_status: status,
+                    sealed: None,
                 }
             })
             .collect();

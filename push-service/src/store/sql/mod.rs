@@ -15,6 +15,7 @@ mod apps;
 mod audit;
 mod chunks;
 mod direct;
+mod inbox;
 mod inserts;
 mod notifications;
 mod registrations;

@@ -152,6 +152,16 @@ where
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    async fn set_encryption_key(&self, id: &str, jwk: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE registrations SET encryption_jwk = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(jwk)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn invalidate_registration(
         &self,
         id: &str,
