@@ -204,6 +204,17 @@ pub fn at_rest_aad(registration_id: &str, notification_id: &str) -> String {
     format!("inbox/{registration_id}/{notification_id}")
 }
 
+/// An item's state: `pending` (never fetched), `fetched`, `acked`, or
+/// `expired` (its content gone with the TTL).
+pub fn item_state(entry: &crate::store::InboxEntry) -> &'static str {
+    match (entry.acked_at, entry.held, entry.fetched_at) {
+        (Some(_), _, _) => "acked",
+        (None, false, _) => "expired",
+        (None, true, Some(_)) => "fetched",
+        (None, true, None) => "pending",
+    }
+}
+
 /// Why one registration gets no item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unsealable {

@@ -16,41 +16,75 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let json_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase())
-            .is_some_and(|v| {
-                v.strip_prefix("application/")
-                    .is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
-            });
-        if !json_type {
-            return Err(ApiError::UnsupportedMediaType(
-                "expected a body with `Content-Type: application/json`".into(),
-            ));
-        }
-        let limit = state.config.max_body_bytes;
-        let bytes = axum::body::Bytes::from_request(req, state)
+        read_json(req, state, state.config.max_body_bytes)
             .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(limit)
-                } else {
-                    ApiError::MalformedJson(rejection.body_text())
-                }
-            })?;
-        // PostgreSQL cannot store a NUL in text: refused here, on every backend.
-        if contains_escaped_nul(&bytes) {
-            return Err(ApiError::invalid(
-                "a string holds a NUL character (\\u0000), which cannot be stored",
-            ));
-        }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection, limit)),
-        }
+            .map(ApiJson)
+    }
+}
+
+/// The body of a notify request: larger than others by what the largest
+/// content (`max_content_bytes`) takes in base64. The route's own
+/// `DefaultBodyLimit` lets it through.
+pub struct NotifyJson<T>(pub T);
+
+/// The body limit of a notify request.
+pub fn notify_body_limit(config: &crate::Config) -> usize {
+    match config.max_content_bytes {
+        0 => config.max_body_bytes,
+        max => config.max_body_bytes + crate::inbox::max_jwe_bytes(max),
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for NotifyJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        read_json(req, state, notify_body_limit(&state.config))
+            .await
+            .map(NotifyJson)
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes (the route's `DefaultBodyLimit`
+/// must allow as much).
+async fn read_json<T: DeserializeOwned>(
+    req: Request,
+    state: &AppState,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let json_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            v.strip_prefix("application/")
+                .is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
+        });
+    if !json_type {
+        return Err(ApiError::UnsupportedMediaType(
+            "expected a body with `Content-Type: application/json`".into(),
+        ));
+    }
+    let bytes = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::MalformedJson(rejection.body_text())
+            }
+        })?;
+    // PostgreSQL cannot store a NUL in text: refused here, on every backend.
+    if contains_escaped_nul(&bytes) {
+        return Err(ApiError::invalid(
+            "a string holds a NUL character (\\u0000), which cannot be stored",
+        ));
+    }
+    match axum::Json::<T>::from_bytes(&bytes) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => Err(json_rejection(rejection, limit)),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod inbox;
 pub mod limits;
 pub mod notifications;
 pub mod notifiers;
@@ -48,7 +49,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         notifiers::create_notifier, notifiers::list_notifiers, notifiers::get_notifier,
         notifiers::delete_notifier, notifiers::put_attestation, notifiers::get_attestation,
         registrations::create_registration, registrations::get_own, registrations::rotate_token,
-        registrations::delete_own, app_registrations::get_registration,
+        registrations::delete_own, inbox::list, inbox::fetch, inbox::ack, inbox::delete,
+        app_registrations::get_registration,
         app_registrations::delete_registration, app_registrations::put_aliases,
         events::events, notifications::notify, notifications::notify_batch, notifications::status,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
@@ -175,8 +177,9 @@ pub fn router(state: AppState) -> Router {
         .merge(credentials::router())
         .merge(notifiers::router())
         .merge(registrations::router())
+        .merge(inbox::router())
         .merge(app_registrations::router())
-        .merge(notifications::router())
+        .merge(notifications::router(&state.config))
         .merge(events::router())
         .merge(ops::router(state.config.admin_listen.is_none()))
         .merge(limits::router())

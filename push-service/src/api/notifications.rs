@@ -8,17 +8,21 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{notify_body_limit, ApiJson, ApiQuery, NotifyJson};
 use crate::api::error::{ApiError, Problem};
 use crate::api::AppState;
 use crate::auth::notifier::NotifierAuth;
 use crate::ids::rfc3339;
 use crate::notification::{parse_targets, TargetSpec};
 use crate::notify::{Accepted, NotifyRequest, Submission, MAX_BATCH};
+use axum::extract::DefaultBodyLimit;
 
-pub fn router() -> Router<AppState> {
+pub fn router(config: &crate::Config) -> Router<AppState> {
     Router::new()
-        .route("/v1/apps/{app}/notifications", post(notify))
+        .route(
+            "/v1/apps/{app}/notifications",
+            post(notify).layer(DefaultBodyLimit::max(notify_body_limit(config))),
+        )
         .route("/v1/apps/{app}/notifications/batch", post(notify_batch))
         .route("/v1/apps/{app}/notifications/{id}", get(status))
 }
@@ -58,6 +62,24 @@ pub struct NotificationStatus {
     pub targets: Vec<TargetState>,
     /// Pass as `after` for the next page.
     pub next: Option<String>,
+    /// A notification with content: its inbox item per registration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbox: Vec<InboxStatus>,
+}
+
+/// One registration's inbox item, as the notifier sees it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InboxStatus {
+    pub registration: String,
+    /// `pending`, `fetched`, `acked` or `expired` (the content went with the TTL).
+    pub state: String,
+    /// The provider took the notification that names the item (or the
+    /// device's stream received it).
+    pub delivered: bool,
+    /// Bytes of the sealed content.
+    pub size: i64,
+    pub fetched_at: Option<String>,
+    pub acked_at: Option<String>,
 }
 
 /// Paging of targets.
@@ -90,7 +112,7 @@ async fn notify(
     State(state): State<AppState>,
     auth: NotifierAuth,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<serde_json::Value>,
+    NotifyJson(body): NotifyJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     auth.require("notify")?;
     let key = match headers.get("idempotency-key") {
@@ -305,6 +327,28 @@ async fn status(
             updated_at: rfc3339(row.updated_at),
         })
         .collect();
+    let entries = state.store.inbox_of_notification(&id).await?;
+    let mut inbox = Vec::with_capacity(entries.len());
+    if !entries.is_empty() {
+        let sent: std::collections::HashSet<String> = state
+            .store
+            .delivery_page(&id, "", crate::inbox::MAX_CONTENT_TARGETS as i64, false)
+            .await?
+            .into_iter()
+            .filter(|d| DeliveryState::parse(&d.state) == Some(DeliveryState::Sent))
+            .map(|d| d.registration_id)
+            .collect();
+        for entry in entries {
+            inbox.push(InboxStatus {
+                state: crate::inbox::item_state(&entry).to_owned(),
+                delivered: sent.contains(&entry.registration_id),
+                size: entry.size,
+                fetched_at: entry.fetched_at.map(rfc3339),
+                acked_at: entry.acked_at.map(rfc3339),
+                registration: entry.registration_id,
+            });
+        }
+    }
     let expanded = !notification.is_expanding();
     Ok(Json(NotificationStatus {
         id: notification.id,
@@ -314,5 +358,6 @@ async fn status(
         counts,
         targets,
         next,
+        inbox,
     }))
 }

@@ -65,7 +65,16 @@ pub async fn retention_round(state: &Dispatcher, now: i64) -> Result<(), StoreEr
             store.delete_old_keys(before, limit)
         })
         .await?;
+        drain(started, "inbox_items", || {
+            store.delete_old_inbox_items(before, limit)
+        })
+        .await?;
     }
+    // Sealed content goes with its TTL; the item's row stays for the status.
+    drain(started, "inbox_content", || {
+        store.expire_inbox_items(now, limit)
+    })
+    .await?;
     let events = drain(started, "direct_events", || {
         store.delete_expired_direct_events(now, limit)
     })
