@@ -1,4 +1,5 @@
-//! Encryption of stored credentials under the master key ring (AES-256-GCM).
+//! Encryption at rest under the master key ring (AES-256-GCM): provider
+//! credentials, and sealed inbox content.
 //!
 //! A node holds a ring: its current master key and, during a key rotation, the
 //! previous one. A blob is sealed once under every key of the sealing node's
@@ -17,6 +18,12 @@ const FORMAT_V1: u8 = 1;
 /// Version byte of a blob sealed under one or more keys, each copy with its key id:
 /// `2 ‖ count ‖ (key id ‖ nonce ‖ length (u16, big-endian) ‖ ciphertext+tag)*`.
 const FORMAT_V2: u8 = 2;
+/// Version byte of a blob too large for a V2 copy (inbox content): a random
+/// data key sealed as a V2 blob, then the plaintext under the data key:
+/// `3 ‖ length of the V2 blob (u16, big-endian) ‖ V2 blob ‖ nonce ‖ ciphertext+tag`.
+const FORMAT_V3: u8 = 3;
+/// Largest plaintext a V2 copy holds (its length field is 16 bits).
+const MAX_V2_PLAINTEXT: usize = u16::MAX as usize - 16;
 /// At most this many keys in a ring (current + previous ones).
 pub const MAX_KEYS: usize = 4;
 
@@ -75,8 +82,38 @@ impl Sealer {
         self.keys.iter().map(|key| key.id).collect()
     }
 
-    /// Encrypts `plaintext` under every key of the ring (a V2 blob).
+    /// Encrypts `plaintext` under every key of the ring: a V2 blob, or for a
+    /// plaintext larger than a V2 copy holds, a V3 blob (a data key sealed
+    /// under every key, the plaintext once under the data key).
     pub fn seal(&self, plaintext: &[u8], aad: &str) -> Vec<u8> {
+        if plaintext.len() <= MAX_V2_PLAINTEXT {
+            return self.seal_v2(plaintext, aad);
+        }
+        let mut data_key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut data_key);
+        let wrapped = self.seal_v2(&data_key, aad);
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ciphertext = Aes256Gcm::new(&data_key.into())
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(3 + wrapped.len() + NONCE_LEN + ciphertext.len());
+        out.push(FORMAT_V3);
+        // A ring of at most MAX_KEYS copies of a 48-byte ciphertext.
+        out.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
+        out.extend_from_slice(&wrapped);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        out
+    }
+
+    fn seal_v2(&self, plaintext: &[u8], aad: &str) -> Vec<u8> {
         let mut out = vec![FORMAT_V2, self.keys.len() as u8];
         for key in &self.keys {
             let mut nonce = [0u8; NONCE_LEN];
@@ -92,7 +129,7 @@ impl Sealer {
                 )
                 .expect("AES-GCM encryption of an in-memory buffer cannot fail");
             let len = u16::try_from(ciphertext.len())
-                .expect("credential secrets are far below 64 KiB (the upload limit)");
+                .expect("a V2 copy holds at most MAX_V2_PLAINTEXT bytes (seal checks)");
             out.extend_from_slice(&key.id);
             out.extend_from_slice(&nonce);
             out.extend_from_slice(&len.to_be_bytes());
@@ -132,6 +169,22 @@ impl Sealer {
                 }
                 Err(OpenError)
             }
+            Some(&FORMAT_V3) => {
+                let (wrapped, rest) = envelope(sealed).ok_or(OpenError)?;
+                let data_key: [u8; 32] =
+                    self.open(wrapped, aad)?.try_into().map_err(|_| OpenError)?;
+                let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+                let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError)?;
+                Aes256Gcm::new(&data_key.into())
+                    .decrypt(
+                        &Nonce::from(nonce),
+                        Payload {
+                            msg: ciphertext,
+                            aad: aad.as_bytes(),
+                        },
+                    )
+                    .map_err(|_| OpenError)
+            }
             _ => Err(OpenError),
         }
     }
@@ -139,6 +192,9 @@ impl Sealer {
     /// Whether `sealed` holds exactly one copy per key of this ring (V2), so
     /// resealing it would change nothing but its nonces.
     pub fn sealed_as_ring(&self, sealed: &[u8]) -> bool {
+        if sealed.first() == Some(&FORMAT_V3) {
+            return envelope(sealed).is_some_and(|(wrapped, _)| self.sealed_as_ring(wrapped));
+        }
         sealed.first() == Some(&FORMAT_V2)
             && copies(sealed).is_some_and(|copies| {
                 copies.iter().map(|(id, _, _)| *id).collect::<Vec<_>>() == self.key_ids()
@@ -165,6 +221,15 @@ fn copies(sealed: &[u8]) -> Option<Vec<SealedCopy<'_>>> {
     rest.is_empty().then_some(out)
 }
 
+/// The parts of a V3 blob: the sealed data key (a V2 blob), then nonce and
+/// ciphertext; `None` when malformed.
+fn envelope(sealed: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u16::from_be_bytes(sealed.get(1..3)?.try_into().ok()?) as usize;
+    let wrapped = sealed.get(3..3 + len)?;
+    let rest = sealed.get(3 + len..)?;
+    (wrapped.first() == Some(&FORMAT_V2) && rest.len() > NONCE_LEN).then_some((wrapped, rest))
+}
+
 /// `sha256:<hex>` of some bytes (a public key or certificate), shown to operators.
 pub fn fingerprint(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -185,6 +250,41 @@ mod tests {
         );
         assert!(sealer.open(&blob, "app_2/apns").is_err());
         assert!(Sealer::new(&[8u8; 32]).open(&blob, "app_1/apns").is_err());
+    }
+
+    /// Beyond what a V2 copy holds: an envelope, opened by any key of the
+    /// ring, bound to its associated data, refused when cut or altered.
+    #[test]
+    fn large_plaintexts_are_sealed_in_an_envelope() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let ring = Sealer::ring(&b, &[a]);
+        for size in [MAX_V2_PLAINTEXT, MAX_V2_PLAINTEXT + 1, 1 << 20] {
+            let plaintext: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let blob = ring.seal(&plaintext, "inbox/r/n");
+            assert_eq!(
+                blob[0],
+                if size > MAX_V2_PLAINTEXT {
+                    FORMAT_V3
+                } else {
+                    FORMAT_V2
+                }
+            );
+            assert!(ring.sealed_as_ring(&blob));
+            for opener in [Sealer::new(&a), Sealer::new(&b)] {
+                assert_eq!(opener.open(&blob, "inbox/r/n").expect("opens"), plaintext);
+            }
+            assert!(ring.open(&blob, "inbox/r/m").is_err());
+            assert!(Sealer::new(&[3u8; 32]).open(&blob, "inbox/r/n").is_err());
+            if size > MAX_V2_PLAINTEXT {
+                // The content's ciphertext is the end of an envelope.
+                let mut altered = blob.clone();
+                let last = altered.len() - 1;
+                altered[last] ^= 1;
+                assert!(ring.open(&altered, "inbox/r/n").is_err());
+            }
+            assert!(ring.open(&blob[..blob.len() / 2], "inbox/r/n").is_err());
+            assert!(ring.open(&blob[..4], "inbox/r/n").is_err());
+        }
     }
 
     #[test]

@@ -204,10 +204,11 @@ pub fn at_rest_aad(registration_id: &str, notification_id: &str) -> String {
     format!("inbox/{registration_id}/{notification_id}")
 }
 
-/// An item's state: `pending` (never fetched), `fetched`, `acked`, or
-/// `expired` (its content gone with the TTL).
-pub fn item_state(entry: &crate::store::InboxEntry) -> &'static str {
-    match (entry.acked_at, entry.held, entry.fetched_at) {
+/// An item's state at `now`: `pending` (never fetched), `fetched`, `acked`,
+/// or `expired` (its TTL ended: its content is gone, or about to be).
+pub fn item_state(entry: &crate::store::InboxEntry, now: i64) -> &'static str {
+    let live = entry.held && entry.expires_at > now;
+    match (entry.acked_at, live, entry.fetched_at) {
         (Some(_), _, _) => "acked",
         (None, false, _) => "expired",
         (None, true, Some(_)) => "fetched",

@@ -165,6 +165,31 @@ fn a_notifiers_jwe_must_fit_the_registrations_key() {
 }
 
 #[test]
+fn an_items_state() {
+    let entry = |held, fetched_at, acked_at| crate::store::InboxEntry {
+        registration_id: "reg".into(),
+        notification_id: "ntf".into(),
+        created_at: 0,
+        expires_at: 100,
+        size: 1,
+        fetched_at,
+        acked_at,
+        held,
+    };
+    let cases = [
+        (entry(true, None, None), 50, "pending"),
+        (entry(true, Some(10), None), 50, "fetched"),
+        (entry(false, Some(10), Some(20)), 50, "acked"),
+        (entry(false, None, Some(20)), 500, "acked"),
+        (entry(true, None, None), 100, "expired"),
+        (entry(false, Some(10), None), 50, "expired"),
+    ];
+    for (entry, now, expected) in cases {
+        assert_eq!(item_state(&entry, now), expected, "{entry:?} at {now}");
+    }
+}
+
+#[test]
 fn debug_shows_no_content() {
     let request = content(json!({"media_type": "text/plain", "data": "secret-marker"}));
     let plan = check(request.clone(), 100).expect("plan");

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod inbox;
 mod key;
 mod listen;
 mod pinning;
@@ -26,6 +27,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
+pub use inbox::{
+    open_content, push_payload_item, Attachment, Content, Decrypter, EncryptionKey,
+    EncryptionPublicKey, InboxItem, SEALED_CTY,
+};
 pub use key::{random_id, unix_now, DeviceKey, RsaAlg};
 pub use listen::{Listener, PushEvent};
 pub use pinning::{is_pin_mismatch, Pin, PinMismatch};
@@ -90,8 +95,9 @@ pub struct NewRegistration {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
     pub platform: String,
+    /// The public key content is sealed to (see [`NewRegistration::with_encryption_key`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub encryption_jwk: Option<serde_json::Value>,
+    pub encryption_key: Option<serde_json::Value>,
     /// Client attestation JWT (sent as `Push-Client-Attestation`), when the app requires one.
     #[serde(skip)]
     pub attestation: Option<String>,
@@ -116,9 +122,15 @@ impl NewRegistration {
             token: token.map(str::to_owned),
             environment: None,
             platform: platform.into(),
-            encryption_jwk: None,
+            encryption_key: None,
             attestation: None,
         }
+    }
+    /// Registers the public half of an encryption key: content for this
+    /// registration is sealed to it, and only its private half opens it.
+    pub fn with_encryption_key(mut self, key: &EncryptionPublicKey) -> Self {
+        self.encryption_key = Some(key.to_jwk());
+        self
     }
     /// APNs `sandbox` or `production`.
     pub fn environment(mut self, environment: &str) -> Self {
@@ -146,6 +158,9 @@ pub struct RegistrationInfo {
     pub invalid_reason: Option<String>,
     #[serde(default)]
     pub invalidated_at: Option<String>,
+    /// The thumbprint of the registered encryption key, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_thumbprint: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -320,7 +335,7 @@ impl Client {
     }
 
     /// Sends one API call with a fresh DPoP proof per try, retrying per the policy.
-    async fn call<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

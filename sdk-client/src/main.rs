@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use sdk_client::{CertificateDer, Client, DeviceKey, NewRegistration, Pin};
+use sdk_client::{CertificateDer, Client, DeviceKey, EncryptionKey, NewRegistration, Pin};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,15 @@ enum Command {
         #[arg(long, default_value = "rsa2048")]
         kind: String,
     },
+    /// Generate an encryption key (a private JWK file): content for a
+    /// registration made with it is sealed to it.
+    EncryptionKeygen {
+        #[arg(long, default_value = "encryption-key.jwk")]
+        out: PathBuf,
+        /// p256, x25519, rsa2048, rsa3072 or rsa4096.
+        #[arg(long, default_value = "p256")]
+        kind: String,
+    },
     /// Register this device; prints the registration (keep its id).
     Register {
         #[command(flatten)]
@@ -61,6 +70,15 @@ enum Command {
         /// Client attestation JWT, when the app requires one.
         #[arg(long)]
         attestation: Option<String>,
+        /// An encryption key (private JWK file, from `encryption-keygen`):
+        /// its public half is registered for sealed content.
+        #[arg(long)]
+        encryption_key: Option<PathBuf>,
+    },
+    /// The registration's inbox: sealed requests waiting for this device.
+    Inbox {
+        #[command(subcommand)]
+        command: InboxCommand,
     },
     /// Replace the provider token of a registration.
     Rotate {
@@ -98,6 +116,49 @@ enum Command {
         #[arg(long)]
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum InboxCommand {
+    /// List the pending items, one JSON line each.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        id: String,
+    },
+    /// Fetch and open an item: prints it, writes its attachments into --out.
+    Fetch {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        item: String,
+        /// The registration's encryption key (private JWK file).
+        #[arg(long, default_value = "encryption-key.jwk")]
+        encryption_key: PathBuf,
+        /// Folder for the attachments (made if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Acknowledge an item: the service drops its content.
+    Ack {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        item: String,
+    },
+}
+
+fn encryption_key(path: &std::path::Path) -> Result<EncryptionKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let jwk: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not a JWK: {e}", path.display()))?;
+    EncryptionKey::from_jwk(&jwk).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn client(connection: &Connection) -> Result<Client, String> {
@@ -194,13 +255,18 @@ async fn run(command: Command) -> Result<(), String> {
             platform,
             environment,
             attestation,
+            encryption_key: key_file,
         } => {
+            let encryption_key = match &key_file {
+                Some(path) => Some(encryption_key(path)?.public().to_jwk()),
+                None => None,
+            };
             let registration = NewRegistration {
                 provider,
                 token,
                 environment,
                 platform,
-                encryption_jwk: None,
+                encryption_key,
                 attestation,
             };
             print(
@@ -248,12 +314,98 @@ async fn run(command: Command) -> Result<(), String> {
                 received += 1;
             }
         }
+        Command::EncryptionKeygen { out, kind } if out.exists() => {
+            // Kept, never overwritten, like the device key.
+            let key = encryption_key(&out)?;
+            let _ = kind;
+            print(&serde_json::json!({"key": out, "alg": key.public().alg(),
+                "thumbprint": key.public().thumbprint(), "existing": true}));
+        }
+        Command::EncryptionKeygen { out, kind } => {
+            let key = match kind.as_str() {
+                "p256" => Ok(EncryptionKey::generate_p256()),
+                "x25519" => Ok(EncryptionKey::generate_x25519()),
+                "rsa2048" => EncryptionKey::generate_rsa(2048),
+                "rsa3072" => EncryptionKey::generate_rsa(3072),
+                "rsa4096" => EncryptionKey::generate_rsa(4096),
+                other => return Err(format!("unknown encryption key kind `{other}`")),
+            }
+            .map_err(|e| e.to_string())?;
+            write_private(&out, &key.to_jwk().to_string())
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            print(&serde_json::json!({"key": out, "alg": key.public().alg(),
+                "thumbprint": key.public().thumbprint()}));
+        }
+        Command::Inbox { command } => inbox(command).await?,
         Command::Delete { connection, id } => {
             client(&connection)?
                 .delete(&id)
                 .await
                 .map_err(|e| e.to_string())?;
             print(&serde_json::json!({"deleted": id}));
+        }
+    }
+    Ok(())
+}
+
+async fn inbox(command: InboxCommand) -> Result<(), String> {
+    match command {
+        InboxCommand::List { connection, id } => {
+            for item in client(&connection)?
+                .inbox(&id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!("{}", serde_json::to_string(&item).unwrap_or_default());
+            }
+        }
+        InboxCommand::Fetch {
+            connection,
+            id,
+            item,
+            encryption_key: key_file,
+            out,
+        } => {
+            let key = encryption_key(&key_file)?;
+            let content = client(&connection)?
+                .fetch(&id, &item, &key)
+                .await
+                .map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&out)
+                .map_err(|e| format!("cannot make {}: {e}", out.display()))?;
+            let mut files = Vec::new();
+            for attachment in &content.attachments {
+                // The service refused names with separators; checked again here.
+                let name = std::path::Path::new(&attachment.name)
+                    .file_name()
+                    .ok_or_else(|| {
+                        format!("attachment name `{}` is not a file name", attachment.name)
+                    })?;
+                let path = out.join(name);
+                std::fs::write(&path, &attachment.bytes)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                files.push(serde_json::json!({"name": attachment.name,
+                    "media_type": attachment.media_type, "bytes": attachment.bytes.len(), "file": path}));
+            }
+            let data = match &content.data {
+                Some(data) => data.clone(),
+                None => serde_json::json!(String::from_utf8_lossy(&content.raw)),
+            };
+            print(
+                &serde_json::json!({"item": item, "media_type": content.media_type,
+                "data": data, "attachments": files}),
+            );
+        }
+        InboxCommand::Ack {
+            connection,
+            id,
+            item,
+        } => {
+            client(&connection)?
+                .ack(&id, &item)
+                .await
+                .map_err(|e| e.to_string())?;
+            print(&serde_json::json!({"acked": item}));
         }
     }
     Ok(())

@@ -44,7 +44,7 @@ pub struct InboxItemView {
 impl From<InboxEntry> for InboxItemView {
     fn from(entry: InboxEntry) -> Self {
         InboxItemView {
-            state: item_state(&entry).to_owned(),
+            state: item_state(&entry, now_millis()).to_owned(),
             id: entry.notification_id.clone(),
             notification: entry.notification_id,
             created_at: rfc3339(entry.created_at),

@@ -340,7 +340,7 @@ async fn status(
             .collect();
         for entry in entries {
             inbox.push(InboxStatus {
-                state: crate::inbox::item_state(&entry).to_owned(),
+                state: crate::inbox::item_state(&entry, crate::ids::now_millis()).to_owned(),
                 delivered: sent.contains(&entry.registration_id),
                 size: entry.size,
                 fetched_at: entry.fetched_at.map(rfc3339),

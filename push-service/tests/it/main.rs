@@ -13,6 +13,7 @@ mod credentials;
 mod dashboards;
 mod docs;
 mod fanout;
+mod inbox;
 mod key_rotation;
 mod layers;
 mod lifecycle;

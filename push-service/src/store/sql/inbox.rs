@@ -9,6 +9,9 @@ use crate::store::{InboxContent, InboxEntry, InboxItem, StoreError};
 /// The columns of an [`InboxEntry`].
 const ENTRY: &str = "i.registration_id, i.notification_id, i.created_at, i.expires_at, i.size, \
                      i.fetched_at, i.acked_at, i.content IS NOT NULL AS held";
+/// The same in a `RETURNING` clause, where SQLite takes no table alias.
+const RETURNED: &str = "registration_id, notification_id, created_at, expires_at, size, \
+                        fetched_at, acked_at, content IS NOT NULL AS held";
 /// An item is shown once its notification is stored (the creation time
 /// names the notification's partition on PostgreSQL).
 const STORED: &str = "EXISTS (SELECT 1 FROM notifications n \
@@ -96,7 +99,7 @@ where
         let sql = format!(
             "UPDATE inbox_items AS i SET fetched_at = COALESCE(i.fetched_at, $3) \
              WHERE i.registration_id = $1 AND i.notification_id = $2 AND i.content IS NOT NULL \
-             AND i.expires_at > $3 AND {STORED} RETURNING {ENTRY}, i.content"
+             AND i.expires_at > $3 AND {STORED} RETURNING {RETURNED}, content"
         );
         Ok(sqlx::query_as(&sql)
             .bind(registration_id)
