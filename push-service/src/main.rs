@@ -84,6 +84,16 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         ttl: i64,
     },
+    /// Seal standard input to a registration's encryption key, as an auth
+    /// server does for end-to-end content: prints the compact JWE.
+    Seal {
+        /// The registration's `encryption_key` (a public JWK, JSON).
+        #[arg(long)]
+        jwk: String,
+        /// The JWE's content type (`cty`).
+        #[arg(long)]
+        cty: Option<String>,
+    },
 }
 
 /// Where the running service answers `/healthz`, from the same layers `serve` reads.
@@ -147,6 +157,9 @@ fn main() -> std::process::ExitCode {
             } else {
                 std::process::ExitCode::FAILURE
             };
+        }
+        Some(Command::Seal { jwk, cty }) => {
+            return report(push_service::tokens::seal(jwk, cty.as_deref()));
         }
         Some(Command::NotifierKey { out, kid }) => {
             return report(push_service::tokens::notifier_key(out, kid));

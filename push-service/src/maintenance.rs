@@ -35,22 +35,35 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
 
 /// Re-seals every credential with `reseal` (in one transaction), opening each
 /// with the configured ring; the whole change is undone if one does not open.
+/// Then the inbox's sealed content, a page per transaction. Returns the
+/// counts of credentials and of inbox items changed.
 async fn reseal_all(
     config: &Config,
     seal_with: Sealer,
     only_if: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<(usize, usize)> {
     let store = open_store(config).await?;
     let open_with = config.sealer();
-    let reseal = move |app_id: &str, provider: &str, sealed: &[u8]| {
-        if !only_if(sealed) {
-            return Ok(None);
+    let only_if = std::sync::Arc::new(only_if);
+    let rule = |aad: fn(&str, &str) -> String| {
+        let (open_with, seal_with, only_if) =
+            (open_with.clone(), seal_with.clone(), only_if.clone());
+        move |a: &str, b: &str, sealed: &[u8]| {
+            if !only_if(sealed) {
+                return Ok(None);
+            }
+            let aad = aad(a, b);
+            let secret = open_with.open(sealed, &aad)?;
+            Ok(Some(seal_with.seal(&secret, &aad)))
         }
-        let aad = crate::credentials::credential_aad_str(app_id, provider);
-        let secret = open_with.open(sealed, &aad)?;
-        Ok(Some(seal_with.seal(&secret, &aad)))
     };
-    Ok(store.reseal_credentials(&reseal).await?)
+    let credentials = store
+        .reseal_credentials(&rule(crate::credentials::credential_aad_str))
+        .await?;
+    let items = store
+        .reseal_inbox_items(&rule(crate::inbox::at_rest_aad))
+        .await?;
+    Ok((credentials, items))
 }
 
 /// Step 1 of a rotation: every credential sealed under the new key and,
@@ -64,9 +77,9 @@ pub async fn rotate_master_key(config: &Config, new_key_file: &Path) -> anyhow::
         "the new key is the configured master key already; to finish a rotation use --finish"
     );
     let ring = Sealer::ring(&new_key, &[current]);
-    let changed = reseal_all(config, ring, |_| true).await?;
+    let (changed, items) = reseal_all(config, ring, |_| true).await?;
     Ok(format!(
-        "{changed} credential(s) now sealed under the new key {} and still under the old key {}.\n\
+        "{changed} credential(s) and {items} inbox item(s) now sealed under the new key {} and still under the old key {}.\n\
          Next: restart every node with master_key_file = {} and master_key_previous_file = <the old key>; \
          then with the new key alone; then run `push-service rotate-master-key --finish`.",
         hex::encode(crate::crypto::key_id(&new_key)),
@@ -81,9 +94,10 @@ pub async fn rotate_master_key(config: &Config, new_key_file: &Path) -> anyhow::
 pub async fn finish_master_key_rotation(config: &Config) -> anyhow::Result<String> {
     let current = Sealer::new(config.master_key.expose());
     let check = current.clone();
-    let changed = reseal_all(config, current, move |sealed| !check.sealed_as_ring(sealed)).await?;
+    let (changed, items) =
+        reseal_all(config, current, move |sealed| !check.sealed_as_ring(sealed)).await?;
     Ok(format!(
-        "{changed} credential(s) re-sealed; every credential is now sealed under key {} alone. \
+        "{changed} credential(s) and {items} inbox item(s) re-sealed; everything sealed is now under key {} alone. \
          Remove master_key_previous from the configuration and destroy the old key.",
         hex::encode(crate::crypto::key_id(config.master_key.expose())),
     ))

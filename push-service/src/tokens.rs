@@ -86,3 +86,15 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     }
     options.open(path)?.write_all(contents)
 }
+
+/// Seals standard input to a public encryption JWK (`push-service seal`).
+pub fn seal(jwk: &str, cty: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Read;
+    let jwk: serde_json::Value = serde_json::from_str(jwk).context("`--jwk` is not JSON")?;
+    let key = push_jose::PublicKey::from_jwk(&jwk)?;
+    let mut plaintext = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut plaintext)
+        .context("reading standard input")?;
+    Ok(push_jose::seal(&key, &plaintext, cty)?)
+}

@@ -6,6 +6,7 @@
 mod backend;
 pub mod batch;
 pub mod group;
+mod inbox;
 mod partitions;
 mod postgres;
 mod rows;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use crate::delivery::{DeliveryState, ProviderKind};
 
 pub use backend::{placeholders, row_placeholders, Column, SqlBackend};
+pub use inbox::InboxStore;
 pub use postgres::PgStore;
 pub use rows::{
     App, Attestation, AuditEntry, AuditFilter, ChunkClaim, ChunkDone, CredentialRecord,
@@ -360,51 +362,6 @@ pub trait DirectStore: Send + Sync {
     /// highest.
     async fn streamed(&self, events: &[(String, String, i64)], now: i64) -> Result<(), StoreError>;
     async fn direct_cursor(&self, registration_id: &str) -> Result<i64, StoreError>;
-}
-
-/// Each registration's inbox: content sealed to its encryption key.
-#[async_trait]
-pub trait InboxStore: Send + Sync {
-    /// Writes the items of a notification before the notification itself (one
-    /// transaction): an item is shown only once its notification exists, so a
-    /// notification is never accepted without its items, and items whose
-    /// notification was never stored stay hidden until they expire.
-    async fn put_inbox_items(&self, items: &[InboxItem]) -> Result<(), StoreError>;
-    /// Removes the items of a notification whose insert failed.
-    async fn drop_inbox_items(&self, notification_id: &str) -> Result<(), StoreError>;
-    /// A registration's pending items (content held, TTL not ended), by
-    /// notification id after `after`.
-    async fn inbox(
-        &self,
-        registration_id: &str,
-        now: i64,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<InboxEntry>, StoreError>;
-    /// One pending item with its content; the first fetch is recorded.
-    async fn fetch_inbox_item(
-        &self,
-        registration_id: &str,
-        notification_id: &str,
-        now: i64,
-    ) -> Result<Option<InboxContent>, StoreError>;
-    /// Acknowledges a pending item: its content goes, `acked_at` is set.
-    /// False when there was no pending item.
-    async fn ack_inbox_item(
-        &self,
-        registration_id: &str,
-        notification_id: &str,
-        now: i64,
-    ) -> Result<bool, StoreError>;
-    /// Every item of a notification, for its status (by registration id).
-    async fn inbox_of_notification(
-        &self,
-        notification_id: &str,
-    ) -> Result<Vec<InboxEntry>, StoreError>;
-    /// Removes the content of up to `limit` items whose TTL ended; how many.
-    async fn expire_inbox_items(&self, now: i64, limit: u32) -> Result<u64, StoreError>;
-    /// Deletes up to `limit` items created before `before`; how many.
-    async fn delete_old_inbox_items(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
 }
 
 /// The audit log.

@@ -77,6 +77,27 @@ async fn rotation(backend: Backend) {
     let (app_id, notifier) = rig.tenant(&rig.p8).await;
     let device = register(&rig, &app_id, NewRegistration::apns(&apns_token(""), "ios")).await;
     delivers(&rig.app, &notifier, &device, "under A").await;
+    // Sealed content in an inbox, sealed at rest under A (an envelope: larger
+    // than one copy of a credential holds).
+    let encryption = sdk_client::EncryptionKey::generate_p256();
+    let desktop = crate::actors::device(&rig.app, sdk_client::DeviceKey::generate_p256());
+    let inbox_of = desktop
+        .register(
+            &app_id,
+            &NewRegistration::direct("linux").with_encryption_key(&encryption.public()),
+        )
+        .await
+        .expect("register")
+        .id;
+    let request = "a request to sign ".repeat(5000);
+    let answer = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": [inbox_of]},
+            "content": {"media_type": "text/plain", "data": request}}),
+    )
+    .await;
+    let item = answer["id"].as_str().expect("id").to_owned();
 
     let dir = tempfile::tempdir().expect("tempdir");
     let new_key_file = dir.path().join("new.key");
@@ -88,7 +109,7 @@ async fn rotation(backend: Backend) {
     )
     .await;
     assert!(
-        said.starts_with("2 credential(s) now sealed under the new key"),
+        said.starts_with("2 credential(s) and 1 inbox item(s) now sealed under the new key"),
         "{said}"
     );
 
@@ -145,10 +166,13 @@ async fn rotation(backend: Backend) {
         &["--finish"],
     )
     .await;
-    assert!(said.starts_with("2 credential(s) re-sealed"), "{said}");
+    assert!(
+        said.starts_with("2 credential(s) and 1 inbox item(s) re-sealed"),
+        "{said}"
+    );
     let said = rotate(&rig.app, &[("PUSH_MASTER_KEY", &b)], &["--finish"]).await;
     assert!(
-        said.starts_with("0 credential(s) re-sealed"),
+        said.starts_with("0 credential(s) and 0 inbox item(s) re-sealed"),
         "again: {said}"
     );
 
@@ -172,8 +196,22 @@ async fn rotation(backend: Backend) {
             "{provider}"
         );
     }
+    let sealed = store
+        .fetch_inbox_item(&inbox_of, &item, sdk_client::unix_now() * 1000)
+        .await
+        .expect("read")
+        .expect("item")
+        .content;
+    let aad = push_service::inbox::at_rest_aad(&inbox_of, &item);
+    assert!(Sealer::new(&key_a).open(&sealed, &aad).is_err());
+    assert!(Sealer::new(&key_b).open(&sealed, &aad).is_ok());
     let after = node(&rig, &format!("master_key = {b:?}\n")).await;
     delivers(&after, &notifier, &device, "B alone, after the switch").await;
+    let content = crate::actors::device(&after, desktop.key().clone())
+        .fetch(&inbox_of, &item, &encryption)
+        .await
+        .expect("the item opens on a node with B alone");
+    assert_eq!(content.data, Some(json!(request)));
 }
 
 #[tokio::test]

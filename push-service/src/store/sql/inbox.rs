@@ -4,7 +4,10 @@ use async_trait::async_trait;
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
 
 use super::{Column, SqlBackend, SqlStore};
-use crate::store::{InboxContent, InboxEntry, InboxItem, StoreError};
+use crate::store::{InboxContent, InboxEntry, InboxItem, Reseal, StoreError};
+
+/// Items re-sealed per transaction.
+const RESEAL_PAGE: i64 = 100;
 
 /// The columns of an [`InboxEntry`].
 const ENTRY: &str = "i.registration_id, i.notification_id, i.created_at, i.expires_at, i.size, \
@@ -154,6 +157,58 @@ where
         .execute(&self.pool)
         .await?;
         Ok(DB::rows_affected(&done))
+    }
+
+    async fn reseal_inbox_items(&self, reseal: &Reseal) -> Result<usize, StoreError> {
+        let mut changed = 0;
+        let mut after = (String::new(), String::new());
+        loop {
+            let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+            let lock = if <DB as SqlBackend>::NAME == "postgres" {
+                " FOR UPDATE"
+            } else {
+                ""
+            };
+            let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(&format!(
+                "SELECT registration_id, notification_id, content FROM inbox_items \
+                 WHERE content IS NOT NULL AND (registration_id, notification_id) > ($1, $2) \
+                 ORDER BY registration_id, notification_id LIMIT $3{lock}"
+            ))
+            .bind(after.0.as_str())
+            .bind(after.1.as_str())
+            .bind(RESEAL_PAGE)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some((last_registration, last_notification, _)) = rows.last() else {
+                return Ok(changed);
+            };
+            after = (last_registration.clone(), last_notification.clone());
+            let full = rows.len() as i64 == RESEAL_PAGE;
+            for (registration, notification, sealed) in rows {
+                let Some(new) = reseal(&registration, &notification, &sealed).map_err(|e| {
+                    StoreError::Conflict(format!(
+                        "inbox item {notification} of registration {registration}: {e}"
+                    ))
+                })?
+                else {
+                    continue;
+                };
+                sqlx::query(
+                    "UPDATE inbox_items SET content = $3 \
+                     WHERE registration_id = $1 AND notification_id = $2 AND content IS NOT NULL",
+                )
+                .bind(registration.as_str())
+                .bind(notification.as_str())
+                .bind(new)
+                .execute(&mut *tx)
+                .await?;
+                changed += 1;
+            }
+            tx.commit().await?;
+            if !full {
+                return Ok(changed);
+            }
+        }
     }
 
     async fn delete_old_inbox_items(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
