@@ -99,11 +99,22 @@ pub fn open_content(jwe: &str, decrypter: &dyn Decrypter) -> Result<Content, Err
         .then(|| serde_json::from_slice::<Document>(&raw).ok())
         .flatten();
     let Some(document) = document else {
+        // The notifier's own form: JSON when its `cty` says so, text when it
+        // is text, the raw bytes in any case.
+        let media_type = header
+            .cty
+            .unwrap_or_else(|| "application/octet-stream".into());
+        let json = media_type == "application/json" || media_type.ends_with("+json");
+        let data = if json {
+            serde_json::from_slice(&raw).ok()
+        } else if media_type.starts_with("text/") {
+            std::str::from_utf8(&raw).ok().map(|t| serde_json::json!(t))
+        } else {
+            None
+        };
         return Ok(Content {
-            media_type: header
-                .cty
-                .unwrap_or_else(|| "application/octet-stream".into()),
-            data: None,
+            media_type,
+            data,
             attachments: Vec::new(),
             raw,
         });
@@ -246,7 +257,14 @@ mod tests {
             (content.media_type.as_str(), content.raw.as_slice()),
             ("text/plain", &b"opaque"[..])
         );
+        assert_eq!(content.data, Some(serde_json::json!("opaque")));
         assert!(open_content(&jwe, &EncryptionKey::generate_p256()).is_err());
+        let jwe =
+            push_jose::seal(&key.public(), br#"{"a":1}"#, Some("application/json")).expect("seal");
+        let data = open_content(&jwe, &key).expect("open").data;
+        assert_eq!(data, Some(serde_json::json!({"a": 1})));
+        let jwe = push_jose::seal(&key.public(), &[0, 159], None).expect("seal");
+        assert_eq!(open_content(&jwe, &key).expect("open").data, None);
     }
 
     #[test]
