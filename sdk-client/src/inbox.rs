@@ -186,6 +186,11 @@ impl Client {
         item: &str,
         decrypter: &dyn Decrypter,
     ) -> Result<Content, Error> {
+        open_content(&self.fetch_jwe(registration, item).await?, decrypter)
+    }
+
+    /// Fetches an item as it is stored: the compact JWE, not opened.
+    pub async fn fetch_jwe(&self, registration: &str, item: &str) -> Result<String, Error> {
         let fetched: Fetched = self
             .call(
                 Method::GET,
@@ -195,7 +200,7 @@ impl Client {
             )
             .await?
             .ok_or_else(|| Error::UnexpectedResponse("empty body".into()))?;
-        open_content(&fetched.jwe, decrypter)
+        Ok(fetched.jwe)
     }
 
     /// Acknowledges an item: the service drops its content.

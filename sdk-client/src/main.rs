@@ -141,6 +141,10 @@ enum InboxCommand {
         /// Folder for the attachments (made if missing).
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Print the item as it is stored: the compact JWE, not opened (for
+        /// another JOSE implementation, or a key held elsewhere).
+        #[arg(long)]
+        jwe: bool,
     },
     /// Acknowledge an item: the service drops its content.
     Ack {
@@ -365,6 +369,22 @@ async fn inbox(command: InboxCommand) -> Result<(), String> {
             item,
             encryption_key: key_file,
             out,
+            jwe: true,
+        } => {
+            let _ = (key_file, out);
+            let jwe = client(&connection)?
+                .fetch_jwe(&id, &item)
+                .await
+                .map_err(|e| e.to_string())?;
+            print(&serde_json::json!({"item": item, "jwe": jwe}));
+        }
+        InboxCommand::Fetch {
+            connection,
+            id,
+            item,
+            encryption_key: key_file,
+            out,
+            jwe: false,
         } => {
             let key = encryption_key(&key_file)?;
             let content = client(&connection)?
