@@ -11,6 +11,11 @@ use crate::store::{InboxItem, PendingDelivery};
 /// needs room (the provider leaves the JWE out when the whole does not fit).
 pub const INLINE_MAX: usize = 3072;
 
+/// Most bytes one notification's sealed copies may take together: each
+/// target gets its own copy, held in memory while the notification is
+/// accepted and stored apart, so 1 MiB of content goes to at most 16 targets.
+pub const MAX_SEALED_TOTAL: usize = 16 << 20;
+
 /// Checks content against the rules and the notification's targets.
 pub(super) fn plan(
     content: ContentRequest,
@@ -33,12 +38,23 @@ pub(super) fn plan(
         return invalid("`content` is turned off on this service (max_content_bytes = 0)".into());
     }
     let plan = inbox::check(content, max_bytes).map_err(|e| AcceptError::Invalid(e.0))?;
-    if let Plan::Sealed(jwes) = &plan {
-        if let Some(stray) = jwes.keys().find(|id| ids.binary_search(id).is_err()) {
-            return invalid(format!(
-                "`content.sealed.{stray}`: not among `targets.registrations`"
-            ));
+    let total = match &plan {
+        Plan::Sealed(jwes) => {
+            if let Some(stray) = jwes.keys().find(|id| ids.binary_search(id).is_err()) {
+                return invalid(format!(
+                    "`content.sealed.{stray}`: not among `targets.registrations`"
+                ));
+            }
+            jwes.values().map(String::len).sum()
         }
+        Plan::Plain(document) => inbox::max_jwe_bytes(document.len()) * ids.len(),
+    };
+    if total > MAX_SEALED_TOTAL {
+        return invalid(format!(
+            "`content`: {} targets' sealed copies would take {total} bytes, more than {MAX_SEALED_TOTAL}; \
+             send the content to fewer targets per notification",
+            ids.len()
+        ));
     }
     Ok(plan)
 }

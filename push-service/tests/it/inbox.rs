@@ -419,3 +419,83 @@ both_backends!(
     three_requests_for_two_identities_are_handled_independently,
     super::three_requests_two_identities
 );
+
+/// The encryption key is rotated like the token: what is sealed after the
+/// rotation opens with the new key only; what was sealed before, with the old.
+async fn encryption_key_rotation(app: TestApp) {
+    let app_id = app.create_app("Acme").await;
+    let notifier = TestNotifier::create(&app, &app_id, &["notify"]).await;
+    let (old, new) = (
+        EncryptionKey::generate_p256(),
+        EncryptionKey::generate_rsa(2048).expect("rsa"),
+    );
+    let client = device(&app, DeviceKey::generate_p256());
+    let id = client
+        .register(
+            &app_id,
+            &NewRegistration::direct("linux").with_encryption_key(&old.public()),
+        )
+        .await
+        .expect("register")
+        .id;
+    let request = |text: &str| json!({"targets": {"registrations": [id]}, "content": {"media_type": "text/plain", "data": text}});
+    let before = send(&app, &notifier, request("before")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let info = client
+        .rotate_encryption_key(&id, &new.public())
+        .await
+        .expect("rotate");
+    assert_eq!(
+        info.encryption_key_thumbprint,
+        Some(new.public().thumbprint())
+    );
+    let after = send(&app, &notifier, request("after")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        client
+            .fetch(&id, &before, &old)
+            .await
+            .expect("old key")
+            .data,
+        Some(json!("before"))
+    );
+    assert_eq!(
+        client.fetch(&id, &after, &new).await.expect("new key").data,
+        Some(json!("after"))
+    );
+    assert!(client.fetch(&id, &after, &old).await.is_err());
+    // A signing key, or one with private members, is not an encryption key.
+    let mut signing = NewRegistration::direct("linux");
+    signing.encryption_key = Some(json!({"kty": "EC", "crv": "P-256", "use": "sig",
+        "x": old.public().to_jwk()["x"], "y": old.public().to_jwk()["y"]}));
+    let mut private = NewRegistration::direct("linux");
+    private.encryption_key = Some(old.to_jwk());
+    for (registration, expected) in [
+        (signing, "`use` of an encryption key is `enc`"),
+        (private, "holds private key material"),
+    ] {
+        let err = client
+            .register(&app_id, &registration)
+            .await
+            .expect_err("refused");
+        match err {
+            sdk_client::Error::Problem(p) => {
+                assert_eq!(p.status, 422);
+                let detail = p.detail.unwrap_or_default();
+                assert!(
+                    detail.contains("`encryption_key`") && detail.contains(expected),
+                    "{detail}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+    }
+}
+both_backends!(
+    an_encryption_key_is_rotated_like_a_token,
+    super::encryption_key_rotation
+);
