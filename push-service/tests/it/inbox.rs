@@ -276,6 +276,11 @@ async fn end_to_end_jwe(app: TestApp) {
             "data": "x".repeat(1_048_577)}}),
             "more than the 1048576 allowed",
         ),
+        (
+            json!({"targets": {"registrations": (0..20).map(|i| format!("reg_{i}")).collect::<Vec<_>>()},
+                "content": {"media_type": "text/plain", "data": "x".repeat(1_000_000)}}),
+            "20 targets' sealed copies would take",
+        ),
     ] {
         let (status, problem) = with_jwt(
             &app,
