@@ -10,7 +10,7 @@ use base64::Engine;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::{Client, Error};
+use crate::{Client, Error, Signer};
 pub use push_jose::{Decrypter, PrivateKey as EncryptionKey, PublicKey as EncryptionPublicKey};
 
 /// The content type of what the service seals (the plaintext document).
@@ -154,7 +154,7 @@ pub fn push_payload_item(payload: &serde_json::Value) -> (Option<String>, Option
     (id, jwe)
 }
 
-impl Client {
+impl<S: Signer + Clone> Client<S> {
     /// The pending items of a registration's inbox, oldest id first.
     pub async fn inbox(&self, registration: &str) -> Result<Vec<InboxItem>, Error> {
         let mut items = Vec::new();

@@ -213,3 +213,99 @@ pub fn unix_now() -> i64 {
 pub fn random_id() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
 }
+
+/// What signs for a device: the key's algorithm, its public JWK, and
+/// signatures. The client builds DPoP proofs (RFC 9449) around it and needs
+/// nothing else: the trait has no way to ask for the private key, so a key in
+/// the Android Keystore or the Secure Enclave signs in place. [`DeviceKey`]
+/// (a key in memory) is one implementation.
+pub trait Signer: Send + Sync + 'static {
+    /// `ES256`, `RS256` or `RS512`.
+    fn alg(&self) -> String;
+    /// The public key as a JWK, without private members.
+    fn public_jwk(&self) -> Value;
+    /// The signature over `message`: PKCS#1 v1.5 for RS256/RS512; for ES256
+    /// either the JWS form (R‖S, 64 bytes) or DER, as platform keystores give it.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error>;
+}
+
+impl Signer for DeviceKey {
+    fn alg(&self) -> String {
+        DeviceKey::alg(self).to_owned()
+    }
+
+    fn public_jwk(&self) -> Value {
+        DeviceKey::public_jwk(self)
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        Ok(DeviceKey::sign(self, message))
+    }
+}
+
+impl<S: Signer + ?Sized> Signer for std::sync::Arc<S> {
+    fn alg(&self) -> String {
+        (**self).alg()
+    }
+
+    fn public_jwk(&self) -> Value {
+        (**self).public_jwk()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        (**self).sign(message)
+    }
+}
+
+/// The RFC 7638 thumbprint of a public JWK (RSA or EC): the id the service
+/// binds registrations to.
+pub fn jwk_thumbprint(jwk: &Value) -> Result<String, Error> {
+    let s = |name: &str| {
+        jwk[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Key(format!("the signer's JWK has no `{name}`")))
+    };
+    let canonical = match jwk["kty"].as_str() {
+        Some("RSA") => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e")?, s("n")?),
+        Some("EC") => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            s("crv")?,
+            s("x")?,
+            s("y")?
+        ),
+        _ => return Err(Error::Key("the signer's JWK is neither RSA nor EC".into())),
+    };
+    Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
+}
+
+/// A compact JWS over `header` and `claims`, signed by `signer`. An ES256
+/// signature in DER (as keystores give it) is put in the JWS form (R‖S).
+pub fn signed_jws(signer: &dyn Signer, header: &Value, claims: &Value) -> Result<String, Error> {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut signature = signer.sign(input.as_bytes())?;
+    if signer.alg() == "ES256" && signature.len() != 64 {
+        signature = p256::ecdsa::Signature::from_der(&signature)
+            .map_err(|_| Error::Key("the signer's ES256 signature is neither R‖S nor DER".into()))?
+            .to_bytes()
+            .to_vec();
+    }
+    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+}
+
+/// A DPoP proof (RFC 9449) by `signer` for one request.
+pub fn signed_dpop_proof(signer: &dyn Signer, method: &str, url: &str) -> Result<String, Error> {
+    let alg = signer.alg();
+    if !matches!(alg.as_str(), "ES256" | "RS256" | "RS512") {
+        return Err(Error::Key(format!(
+            "the signer's algorithm `{alg}` is not ES256, RS256 or RS512"
+        )));
+    }
+    let header = json!({"typ": "dpop+jwt", "alg": alg, "jwk": signer.public_jwk()});
+    let claims = json!({"htm": method, "htu": url, "iat": unix_now(), "jti": random_id()});
+    signed_jws(signer, &header, &claims)
+}

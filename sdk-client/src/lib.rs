@@ -31,7 +31,9 @@ pub use inbox::{
     open_content, push_payload_item, Attachment, Content, Decrypter, EncryptionKey,
     EncryptionPublicKey, InboxItem, SEALED_CTY,
 };
-pub use key::{random_id, unix_now, DeviceKey, RsaAlg};
+pub use key::{
+    jwk_thumbprint, random_id, signed_dpop_proof, signed_jws, unix_now, DeviceKey, RsaAlg, Signer,
+};
 pub use listen::{Listener, PushEvent};
 pub use pinning::{is_pin_mismatch, Pin, PinMismatch};
 pub use rustls::pki_types::CertificateDer;
@@ -200,16 +202,16 @@ impl RetryPolicy {
 }
 
 /// Builder of a [`Client`].
-pub struct ClientBuilder {
+pub struct ClientBuilder<S: Signer = DeviceKey> {
     base_url: String,
-    key: DeviceKey,
+    key: S,
     pins: Vec<Pin>,
     roots: Vec<CertificateDer<'static>>,
     retry: RetryPolicy,
     timeout: Duration,
 }
 
-impl ClientBuilder {
+impl<S: Signer + Clone> ClientBuilder<S> {
     /// Pins a public key (SHA-256 of its SPKI); with pins, a chain matching none is refused.
     pub fn pin(mut self, pin: Pin) -> Self {
         self.pins.push(pin);
@@ -229,7 +231,7 @@ impl ClientBuilder {
         self.timeout = timeout;
         self
     }
-    pub fn build(self) -> Result<Client, Error> {
+    pub fn build(self) -> Result<Client<S>, Error> {
         let base = url::Url::parse(&self.base_url)
             .map_err(|e| Error::Config(format!("base URL `{}`: {e}", self.base_url)))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -254,21 +256,30 @@ impl ClientBuilder {
     }
 }
 
-/// A device's client of push-service.
+/// A device's client of push-service. It signs with a [`DeviceKey`] in
+/// memory, or with any [`Signer`] (a key in a platform keystore).
 #[derive(Clone)]
-pub struct Client {
+pub struct Client<S: Signer = DeviceKey> {
     http: reqwest::Client,
     base: String,
-    key: DeviceKey,
+    key: S,
     retry: RetryPolicy,
 }
 
 impl Client {
     /// Starts a builder for the service at `base_url` (its public URL) and this device key.
     pub fn builder(base_url: &str, key: DeviceKey) -> ClientBuilder {
+        Client::builder_with_signer(base_url, key)
+    }
+}
+
+impl<S: Signer + Clone> Client<S> {
+    /// Starts a builder for the service at `base_url` that signs with
+    /// `signer`: the private key stays wherever the signer keeps it.
+    pub fn builder_with_signer(base_url: &str, signer: S) -> ClientBuilder<S> {
         ClientBuilder {
             base_url: base_url.into(),
-            key,
+            key: signer,
             pins: Vec::new(),
             roots: Vec::new(),
             retry: RetryPolicy::default(),
@@ -276,8 +287,8 @@ impl Client {
         }
     }
 
-    /// The device key this client signs with.
-    pub fn key(&self) -> &DeviceKey {
+    /// The device key (or signer) this client signs with.
+    pub fn key(&self) -> &S {
         &self.key
     }
 
@@ -345,10 +356,11 @@ impl Client {
         let url = format!("{}{path}", self.base);
         let mut retry = 0;
         loop {
+            let proof = signed_dpop_proof(&self.key, method.as_str(), &url)?;
             let mut request = self
                 .http
                 .request(method.clone(), &url)
-                .header("dpop", self.key.dpop_proof(method.as_str(), &url));
+                .header("dpop", proof);
             for (name, value) in headers {
                 request = request.header(*name, value);
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{decode_problem, Client, Error};
+use crate::{decode_problem, signed_dpop_proof, Client, DeviceKey, Error, Signer};
 
 /// A notification received on the direct channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,8 +17,8 @@ pub struct PushEvent {
 }
 
 /// A listener on one registration's stream. Call [`Listener::next`] in a loop.
-pub struct Listener {
-    client: Client,
+pub struct Listener<S: Signer = DeviceKey> {
+    client: Client<S>,
     registration: String,
     last_event_id: Option<String>,
     response: Option<reqwest::Response>,
@@ -26,14 +26,14 @@ pub struct Listener {
     failures: u32,
 }
 
-impl Client {
+impl<S: Signer + Clone> Client<S> {
     /// Listens on a `direct` registration, from where the service's cursor stands.
-    pub fn listen(&self, registration: &str) -> Listener {
+    pub fn listen(&self, registration: &str) -> Listener<S> {
         self.listen_after(registration, None)
     }
 
     /// Listens, resuming after `last_event_id` (as saved from [`PushEvent::event_id`]).
-    pub fn listen_after(&self, registration: &str, last_event_id: Option<String>) -> Listener {
+    pub fn listen_after(&self, registration: &str, last_event_id: Option<String>) -> Listener<S> {
         Listener {
             client: self.clone(),
             registration: registration.to_owned(),
@@ -45,7 +45,7 @@ impl Client {
     }
 }
 
-impl Listener {
+impl<S: Signer + Clone> Listener<S> {
     /// The id of the last event returned.
     pub fn last_event_id(&self) -> Option<&str> {
         self.last_event_id.as_deref()
@@ -93,7 +93,7 @@ impl Listener {
                 .get(&url)
                 .timeout(Duration::from_secs(24 * 3600))
                 .header("accept", "text/event-stream")
-                .header("dpop", self.client.key.dpop_proof("GET", &url));
+                .header("dpop", signed_dpop_proof(&self.client.key, "GET", &url)?);
             if let Some(last) = &self.last_event_id {
                 request = request.header("last-event-id", last);
             }

@@ -31,6 +31,7 @@ mod providers;
 mod registrations;
 mod scale_out;
 mod security;
+mod signer;
 mod store_contract;
 mod tls;
 mod token_reuse;

@@ -11,7 +11,10 @@ use crate::both_backends;
 use crate::helpers::{assert_problem, Api, TestApp};
 
 /// The next event, or None after `wait`.
-pub async fn next_within(listener: &mut Listener, wait: Duration) -> Option<PushEvent> {
+pub async fn next_within<S: sdk_client::Signer + Clone>(
+    listener: &mut Listener<S>,
+    wait: Duration,
+) -> Option<PushEvent> {
     tokio::time::timeout(wait, listener.next())
         .await
         .ok()
