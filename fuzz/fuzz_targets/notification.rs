@@ -1,16 +1,21 @@
 //! Notification bodies: any bytes as a notify request never panic; whatever
 //! validates becomes APNs headers that are valid HTTP header names and values
-//! (no header injection through data fields), and APNs and FCM payloads.
+//! (no header injection through data fields), and APNs and FCM payloads — with
+//! and without an inbox item, whose JWE rides only within the 4 KiB limit.
+//! Content for the inbox goes through its rules without a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use push_service::notify::{validate, NotifyRequest};
-use push_service::providers::{apns, fcm};
+use push_service::providers::{apns, fcm, InboxRef, MAX_PROVIDER_PAYLOAD};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(request) = serde_json::from_slice::<NotifyRequest>(data) else {
+    let Ok(mut request) = serde_json::from_slice::<NotifyRequest>(data) else {
         return;
     };
+    if let Some(content) = request.content.take() {
+        let _ = push_service::inbox::check(content, 1 << 20);
+    }
     let Ok((_targets, content, ttl)) = validate(request) else {
         return;
     };
@@ -18,8 +23,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(http::HeaderName::from_bytes(name.as_bytes()).is_ok(), "header name {name:?}");
         assert!(http::HeaderValue::from_str(&value).is_ok(), "header {name}: {value:?}");
     }
-    let payload = apns::message::payload(&content);
-    assert!(serde_json::to_vec(&payload).is_ok());
-    let message = fcm::message::message(&content, "token", ttl as i64);
-    assert!(serde_json::to_vec(&message).is_ok());
+    let jwe = "eyJhbGciOiJFQ0RILUVTK0EyNTZLVyJ9.a.b.c.d".repeat(40);
+    for inbox in [None, Some(InboxRef { id: "ntf_fuzz", jwe: Some(jwe.as_str()) })] {
+        let payload = apns::message::payload(&content, inbox);
+        let text = serde_json::to_string(&payload).expect("serializes");
+        if payload["push-inbox"].get("jwe").is_some() {
+            assert!(text.len() <= MAX_PROVIDER_PAYLOAD, "an inline JWE past 4 KiB");
+        }
+        let message = fcm::message::message(&content, "token", ttl as i64, inbox);
+        assert!(serde_json::to_vec(&message).is_ok());
+    }
 });

@@ -199,7 +199,7 @@ impl Acceptor {
                 let plan = request.content.take();
                 let (targets, mut content, ttl) = validate(request)?;
                 let plan = plan
-                    .map(|c| super::content::plan(c, &targets, max_content))
+                    .map(|c| super::content::plan(c, &targets, ttl, max_content))
                     .transpose()?;
                 content.inbox = plan.is_some();
                 Ok((targets_json, targets, content, ttl, plan))

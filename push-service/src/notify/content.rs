@@ -20,9 +20,16 @@ pub const MAX_SEALED_TOTAL: usize = 16 << 20;
 pub(super) fn plan(
     content: ContentRequest,
     targets: &TargetSpec,
+    ttl_seconds: u64,
     max_bytes: usize,
 ) -> Result<Plan, AcceptError> {
     let invalid = |m: String| Err(AcceptError::Invalid(m));
+    if ttl_seconds == 0 {
+        return invalid(
+            "`content` waits in the inbox until the TTL ends: `ttl_seconds` 0 leaves no time to fetch it"
+                .into(),
+        );
+    }
     let TargetSpec::Registrations(ids) = targets else {
         return invalid(
             "`content` goes with `targets.registrations`: it is sealed to each target's key at acceptance"

@@ -268,6 +268,11 @@ async fn end_to_end_jwe(app: TestApp) {
             "not among `targets.registrations`",
         ),
         (
+            json!({"targets": {"registrations": [id]}, "ttl_seconds": 0,
+                "content": {"media_type": "text/plain", "data": "x"}}),
+            "`ttl_seconds` 0 leaves no time",
+        ),
+        (
             json!({"targets": {"all": true}, "content": {"media_type": "text/plain", "data": "x"}}),
             "goes with `targets.registrations`",
         ),
