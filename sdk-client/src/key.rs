@@ -138,19 +138,8 @@ impl DeviceKey {
 
     /// RFC 7638 thumbprint of the public key: the id the server binds registrations to.
     pub fn thumbprint(&self) -> String {
-        let jwk = self.public_jwk();
-        let s = |name: &str| jwk[name].as_str().unwrap_or_default().to_owned();
-        let canonical = match self {
-            DeviceKey::Rsa { .. } => {
-                format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e"), s("n"))
-            }
-            DeviceKey::P256(_) => format!(
-                r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-                s("x"),
-                s("y")
-            ),
-        };
-        URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+        // This key's JWK always has the members a thumbprint takes.
+        jwk_thumbprint(&self.public_jwk()).unwrap_or_default()
     }
 
     /// Signs `header` and `claims` as a compact JWS with this key.

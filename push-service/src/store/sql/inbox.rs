@@ -162,13 +162,13 @@ where
     async fn reseal_inbox_items(&self, reseal: &Reseal) -> Result<usize, StoreError> {
         let mut changed = 0;
         let mut after = (String::new(), String::new());
+        let lock = if <DB as SqlBackend>::NAME == "postgres" {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
         loop {
             let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
-            let lock = if <DB as SqlBackend>::NAME == "postgres" {
-                " FOR UPDATE"
-            } else {
-                ""
-            };
             let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(&format!(
                 "SELECT registration_id, notification_id, content FROM inbox_items \
                  WHERE content IS NOT NULL AND (registration_id, notification_id) > ($1, $2) \
