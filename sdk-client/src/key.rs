@@ -268,6 +268,47 @@ pub fn jwk_thumbprint(jwk: &Value) -> Result<String, Error> {
     Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
 }
 
+/// Checks what a signer says of itself before anything is sent: one of the
+/// three algorithms, a JWK of the matching key type (P-256 for ES256, RSA of at
+/// least 2,048 bits for RS256/RS512), and no private member in it — a DPoP proof
+/// carries that JWK in the clear, so a signer that leaked its private key into
+/// it would hand the key to every server and proxy on the way.
+pub fn check_signer(alg: &str, jwk: &Value) -> Result<(), Error> {
+    const PRIVATE: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
+    if let Some(member) = PRIVATE.iter().find(|m| jwk.get(**m).is_some()) {
+        return Err(Error::Key(format!(
+            "the signer's public JWK holds the private member `{member}`; nothing was sent"
+        )));
+    }
+    let kty = jwk["kty"].as_str().unwrap_or_default();
+    match alg {
+        "ES256" if kty == "EC" && jwk["crv"] == "P-256" => {}
+        "ES256" => return Err(Error::Key("ES256 needs an EC P-256 JWK".into())),
+        "RS256" | "RS512" if kty == "RSA" => {
+            let bits = jwk["n"]
+                .as_str()
+                .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok())
+                .map(|n| {
+                    let lead = n.iter().take_while(|b| **b == 0).count();
+                    n.len().saturating_sub(lead) * 8
+                })
+                .unwrap_or(0);
+            if bits < 2048 {
+                return Err(Error::Key(format!(
+                    "{alg} needs an RSA key of at least 2048 bits, the signer's has {bits}"
+                )));
+            }
+        }
+        "RS256" | "RS512" => return Err(Error::Key(format!("{alg} needs an RSA JWK"))),
+        other => {
+            return Err(Error::Key(format!(
+                "the signer's algorithm `{other}` is not ES256, RS256 or RS512"
+            )))
+        }
+    }
+    jwk_thumbprint(jwk).map(|_| ())
+}
+
 /// A compact JWS over `header` and `claims`, signed by `signer`. An ES256
 /// signature in DER (as keystores give it) is put in the JWS form (R‖S).
 pub fn signed_jws(signer: &dyn Signer, header: &Value, claims: &Value) -> Result<String, Error> {
@@ -297,4 +338,62 @@ pub fn signed_dpop_proof(signer: &dyn Signer, method: &str, url: &str) -> Result
     let header = json!({"typ": "dpop+jwt", "alg": alg, "jwk": signer.public_jwk()});
     let claims = json!({"htm": method, "htu": url, "iat": unix_now(), "jti": random_id()});
     signed_jws(signer, &header, &claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signer_is_checked_before_anything_is_sent() {
+        let p256 = DeviceKey::generate_p256();
+        let rsa = DeviceKey::generate_rsa(2048).expect("rsa");
+        let small_rsa = DeviceKey::from_rsa(
+            rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).expect("rsa 1024"),
+            RsaAlg::Rs256,
+        );
+        let with = |key: &DeviceKey, name: &str, value: &str| {
+            let mut jwk = key.public_jwk();
+            jwk[name] = json!(value);
+            jwk
+        };
+        // (algorithm, JWK, the refusal's words; None: taken)
+        let rows: Vec<(&str, Value, Option<&str>)> = vec![
+            ("ES256", p256.public_jwk(), None),
+            ("RS256", rsa.public_jwk(), None),
+            ("RS512", rsa.public_jwk(), None),
+            (
+                "ES256",
+                with(&p256, "d", "AAAA"),
+                Some("private member `d`"),
+            ),
+            ("RS256", with(&rsa, "p", "AAAA"), Some("private member `p`")),
+            (
+                "RS256",
+                with(&rsa, "qi", "AAAA"),
+                Some("private member `qi`"),
+            ),
+            ("ES256", rsa.public_jwk(), Some("EC P-256")),
+            ("ES256", with(&p256, "crv", "P-384"), Some("EC P-256")),
+            ("RS256", p256.public_jwk(), Some("an RSA JWK")),
+            ("RS256", small_rsa.public_jwk(), Some("has 1024")),
+            ("PS256", rsa.public_jwk(), Some("not ES256, RS256 or RS512")),
+            ("none", p256.public_jwk(), Some("not ES256, RS256 or RS512")),
+            (
+                "ES256",
+                json!({"kty": "EC", "crv": "P-256"}),
+                Some("no `x`"),
+            ),
+        ];
+        for (alg, jwk, refusal) in rows {
+            match (check_signer(alg, &jwk), refusal) {
+                (Ok(()), None) => {}
+                (Err(e), Some(words)) => assert!(
+                    e.to_string().contains(words),
+                    "{alg} {jwk}: `{e}` should say `{words}`"
+                ),
+                (answer, _) => panic!("{alg} {jwk}: {answer:?}, expected {refusal:?}"),
+            }
+        }
+    }
 }

@@ -32,7 +32,8 @@ pub use inbox::{
     EncryptionPublicKey, InboxItem, SEALED_CTY,
 };
 pub use key::{
-    jwk_thumbprint, random_id, signed_dpop_proof, signed_jws, unix_now, DeviceKey, RsaAlg, Signer,
+    check_signer, jwk_thumbprint, random_id, signed_dpop_proof, signed_jws, unix_now, DeviceKey,
+    RsaAlg, Signer,
 };
 pub use listen::{Listener, PushEvent};
 pub use pinning::{is_pin_mismatch, Pin, PinMismatch};
@@ -232,6 +233,7 @@ impl<S: Signer + Clone> ClientBuilder<S> {
         self
     }
     pub fn build(self) -> Result<Client<S>, Error> {
+        check_signer(&self.key.alg(), &self.key.public_jwk())?;
         let base = url::Url::parse(&self.base_url)
             .map_err(|e| Error::Config(format!("base URL `{}`: {e}", self.base_url)))?;
         if !matches!(base.scheme(), "http" | "https") {
