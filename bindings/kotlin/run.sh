@@ -32,7 +32,7 @@ fi
 # The library and the service; the Kotlin generated from the library itself.
 (cd "$root" && cargo build --quiet --locked -p push-client-ffi && cargo build --quiet --locked --release -p push-service)
 rm -rf "$work/generated"
-"$root/target/debug/uniffi-bindgen" generate --library "$root/target/debug/libpush_client.so" \
+"$root/target/debug/uniffi-bindgen" generate --config "$root/bindings/uniffi.toml" --library "$root/target/debug/libpush_client.so" \
   --language kotlin --no-format --out-dir "$work/generated"
 
 # Compiled again only when the generated or the test sources changed.

@@ -11,7 +11,7 @@ root="$(cd "$here/../.." && pwd)"
 (cd "$root" && cargo build --quiet --locked -p push-client-ffi)
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-"$root/target/debug/uniffi-bindgen" generate --library "$root/target/debug/libpush_client.so" \
+"$root/target/debug/uniffi-bindgen" generate --config "$root/bindings/uniffi.toml" --library "$root/target/debug/libpush_client.so" \
   --language swift --no-format --out-dir "$out/gen"
 mkdir -p "$out/tree/Sources/PushClient" "$out/tree/PushClientFFI"
 mv "$out/gen/PushClient.swift" "$out/tree/Sources/PushClient/PushClient.swift"
