@@ -94,3 +94,119 @@ impl push_jose::Decrypter for PlatformDecrypter {
             .map_err(|e| push_jose::Error::Key(format!("the platform decrypter: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use sdk_client::Signer as _;
+
+    use super::*;
+
+    /// A keystore as the app would write it: the key stays inside; every call
+    /// the client makes is recorded.
+    struct Recording {
+        key: sdk_client::DeviceKey,
+        jwk: String,
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Recording {
+        fn new(key: sdk_client::DeviceKey, jwk: Option<String>) -> Arc<Self> {
+            let jwk = jwk.unwrap_or_else(|| key.public_jwk().to_string());
+            Arc::new(Recording {
+                key,
+                jwk,
+                calls: Mutex::new(Vec::new()),
+            })
+        }
+        fn calls(&self) -> Vec<&'static str> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+        fn record(&self, call: &'static str) {
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push(call);
+            }
+        }
+    }
+
+    impl Signer for Recording {
+        fn algorithm(&self) -> Result<String, KeystoreError> {
+            self.record("algorithm");
+            Ok(self.key.alg().to_owned())
+        }
+        fn public_jwk(&self) -> Result<String, KeystoreError> {
+            self.record("public_jwk");
+            Ok(self.jwk.clone())
+        }
+        fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, KeystoreError> {
+            self.record("sign");
+            Ok(self.key.sign(&message))
+        }
+    }
+
+    #[test]
+    fn a_foreign_signer_is_asked_once_for_what_it_is_then_only_to_sign() {
+        let p256 = sdk_client::DeviceKey::generate_p256();
+        let leaky = {
+            let mut jwk = p256.public_jwk();
+            jwk["d"] = serde_json::json!("c2VjcmV0");
+            jwk.to_string()
+        };
+        // (JWK given, refusal words; None: taken)
+        let rows: Vec<(Option<String>, Option<&str>)> = vec![
+            (None, None),
+            (Some(leaky), Some("private member `d`")),
+            (Some("not json".into()), Some("not JSON")),
+        ];
+        for (jwk, refusal) in rows {
+            let keystore = Recording::new(p256.clone(), jwk.clone());
+            match (PlatformSigner::new(keystore.clone()), refusal) {
+                (Ok(signer), None) => {
+                    for _ in 0..3 {
+                        let proof = sdk_client::signed_dpop_proof(&signer, "GET", "https://x/y")
+                            .expect("proof");
+                        assert_eq!(proof.split('.').count(), 3);
+                    }
+                    assert_eq!(signer.alg(), "ES256");
+                    assert_eq!(
+                        keystore.calls(),
+                        ["algorithm", "public_jwk", "sign", "sign", "sign"]
+                    );
+                }
+                (Err(e), Some(words)) => {
+                    assert!(e.to_string().contains(words), "{jwk:?}: `{e}`");
+                    assert!(
+                        !keystore.calls().contains(&"sign"),
+                        "refused before signing"
+                    );
+                }
+                (answer, _) => panic!("{jwk:?}: {:?}", answer.err()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_keystore_failure_is_a_key_error_naming_the_keystore() {
+        struct Locked;
+        impl Signer for Locked {
+            fn algorithm(&self) -> Result<String, KeystoreError> {
+                Err(KeystoreError::Failed {
+                    detail: "user not authenticated".into(),
+                })
+            }
+            fn public_jwk(&self) -> Result<String, KeystoreError> {
+                Ok("{}".into())
+            }
+            fn sign(&self, _: Vec<u8>) -> Result<Vec<u8>, KeystoreError> {
+                Ok(Vec::new())
+            }
+        }
+        match PlatformSigner::new(Arc::new(Locked)) {
+            Err(PushClientError::Key { detail }) => {
+                assert!(detail.contains("user not authenticated"), "{detail}")
+            }
+            other => panic!("{:?}", other.err()),
+        }
+    }
+}
