@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Kotlin bindings on the JVM, end to end: builds the library
 # (libpush_client), generates its Kotlin with uniffi-bindgen, compiles the test
-# program (test/*.kt) with kotlinc (npm `kotlin-compiler`, pinned in
+# program (test/*.kt) and the Android example with kotlinc (npm `kotlin-compiler`, pinned in
 # package-lock.json) and runs it with JNA (Debian `libjna-java`) against a
 # push-service node it starts on SQLite in a temporary folder, on loopback.
 #
@@ -35,8 +35,10 @@ rm -rf "$work/generated"
 "$root/target/debug/uniffi-bindgen" generate --config "$root/bindings/uniffi.toml" --library "$root/target/debug/libpush_client.so" \
   --language kotlin --no-format --out-dir "$work/generated"
 
-# Compiled again only when the generated or the test sources changed.
-sources=$(find "$work/generated" "$here/test" -name '*.kt' | sort)
+# Compiled again only when the generated or the test sources changed. The
+# Android example is compiled too (a type check against the generated API,
+# with stubs of the two Android classes it uses; it does not run here).
+sources=$(find "$work/generated" "$here/test" "$here/examples" "$here/android-stubs" -name '*.kt' | sort)
 sum=$(cat $sources | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$work/test.sum" 2>/dev/null)" != "$sum" ] || [ ! -f "$work/test.jar" ]; then
   "$kotlinc" -nowarn -cp "$jna:$lib/kotlinx-coroutines-core-jvm.jar" -d "$work/test.jar" $sources
