@@ -64,9 +64,9 @@ impl PushClient {
         registration: String,
         last_event_id: Option<String>,
     ) -> Arc<DirectListener> {
-        Arc::new(DirectListener {
-            inner: tokio::sync::Mutex::new(self.inner.listen_after(&registration, last_event_id)),
-        })
+        Arc::new(DirectListener::new(
+            self.inner.listen_after(&registration, last_event_id),
+        ))
     }
 }
 
@@ -159,24 +159,59 @@ impl PushClient {
 #[derive(uniffi::Object)]
 pub struct DirectListener {
     inner: tokio::sync::Mutex<sdk_client::Listener<PlatformSigner>>,
+    /// Kept apart from `inner`, which a waiting `next()` holds.
+    last_event_id: std::sync::Mutex<Option<String>>,
+    /// Wakes a waiting `next()` when the app disconnects.
+    stop: tokio::sync::Notify,
+}
+
+impl DirectListener {
+    pub(crate) fn new(listener: sdk_client::Listener<PlatformSigner>) -> Self {
+        DirectListener {
+            last_event_id: std::sync::Mutex::new(listener.last_event_id().map(str::to_owned)),
+            inner: tokio::sync::Mutex::new(listener),
+            stop: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 #[uniffi::export(async_runtime = "tokio")]
 impl DirectListener {
     /// Waits for the next notification. Cancelling the caller's coroutine or
-    /// task cancels the wait.
+    /// task cancels the wait; `disconnect()` ends it with `Disconnected`.
     pub async fn next(&self) -> Result<PushEvent, PushClientError> {
-        Ok(self.inner.lock().await.next().await?.into())
+        let mut listener = self.inner.lock().await;
+        let event = tokio::select! {
+            event = listener.next() => event?,
+            () = self.stop.notified() => {
+                listener.disconnect();
+                return Err(PushClientError::Disconnected);
+            }
+        };
+        if let Ok(mut last) = self.last_event_id.lock() {
+            *last = Some(event.event_id.clone());
+        }
+        Ok(event.into())
+    }
+}
+
+#[uniffi::export]
+impl DirectListener {
+    /// The id of the last event returned: keep it to resume with
+    /// `listen(registration, lastEventId)` after the app restarts.
+    pub fn last_event_id(&self) -> Option<String> {
+        self.last_event_id.lock().ok().and_then(|last| last.clone())
     }
 
-    /// The id of the last event returned.
-    pub async fn last_event_id(&self) -> Option<String> {
-        self.inner.lock().await.last_event_id().map(str::to_owned)
-    }
-
-    /// Drops the connection (the app goes to the background); the next
-    /// `next()` reconnects where it stopped.
-    pub async fn disconnect(&self) {
-        self.inner.lock().await.disconnect();
+    /// Drops the connection (the app goes to the background): a waiting
+    /// `next()` ends with `Disconnected`; the next call reconnects where the
+    /// stream stopped.
+    pub fn disconnect(&self) {
+        match self.inner.try_lock() {
+            Ok(mut listener) => listener.disconnect(),
+            // A `next()` holds the listener: it takes this permit (now, or
+            // when it starts waiting) and drops the connection itself.
+            Err(_) => self.stop.notify_one(),
+        }
     }
 }

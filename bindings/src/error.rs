@@ -24,6 +24,9 @@ pub enum PushClientError {
     /// The signer, the decrypter or a key refused or failed.
     #[error("key: {detail}")]
     Key { detail: String },
+    /// `disconnect()` ended a waiting `next()`; call `next()` again to reconnect.
+    #[error("the listener was disconnected")]
+    Disconnected,
     /// A bad argument: base URL, pin, JWK.
     #[error("configuration: {detail}")]
     Config { detail: String },

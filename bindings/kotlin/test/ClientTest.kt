@@ -26,6 +26,7 @@ import java.util.concurrent.atomic.AtomicInteger
 import javax.crypto.KeyAgreement
 import kotlin.system.exitProcess
 import kotlinx.coroutines.async
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import pushservice.client.ClientOptions
@@ -176,6 +177,18 @@ fun test(args: Array<String>) = runBlocking {
         val event = next.await()
         check(event.notificationId == sent && event.body == "from kotlin $alg") { "$event" }
         ok("$alg: notification $sent received on the direct channel")
+
+        // The app goes to the background while a next() waits: disconnect ends
+        // it; the next call reconnects after the last event and misses nothing.
+        val waiting = async { runCatching { listener.next() } }
+        delay(300)
+        listener.disconnect()
+        val ended = withTimeout(10_000) { waiting.await() }
+        check(ended.exceptionOrNull() is PushClientException.Disconnected) { "$ended" }
+        val meanwhile = auth.notify("""{"targets":{"registrations":["${direct.id}"]},"notification":{"title":"Still there?"}}""")
+        val resumed = withTimeout(30_000) { listener.next() }
+        check(resumed.notificationId == meanwhile && listener.lastEventId() == resumed.eventId) { "$resumed" }
+        ok("$alg: disconnect ended a waiting next(); the next one reconnected and got $meanwhile")
 
         val marker = "kotlin-sealed-$alg-${randomToken()}"
         val withContent = auth.notify("""{"targets":{"registrations":["${direct.id}"]},"content":{"media_type":"application/json","data":{"request":"sign","marker":"$marker"}}}""")

@@ -870,19 +870,21 @@ public func FfiConverterTypeDecrypter_lower(_ value: Decrypter) -> UInt64 {
 public protocol DirectListenerProtocol: AnyObject, Sendable {
     
     /**
-     * Drops the connection (the app goes to the background); the next
-     * `next()` reconnects where it stopped.
+     * Drops the connection (the app goes to the background): a waiting
+     * `next()` ends with `Disconnected`; the next call reconnects where the
+     * stream stopped.
      */
-    func disconnect() async 
+    func disconnect() 
     
     /**
-     * The id of the last event returned.
+     * The id of the last event returned: keep it to resume with
+     * `listen(registration, lastEventId)` after the app restarts.
      */
-    func lastEventId() async  -> String?
+    func lastEventId()  -> String?
     
     /**
      * Waits for the next notification. Cancelling the caller's coroutine or
-     * task cancels the wait.
+     * task cancels the wait; `disconnect()` ends it with `Disconnected`.
      */
     func next() async throws  -> PushEvent
     
@@ -946,49 +948,34 @@ open class DirectListener: DirectListenerProtocol, @unchecked Sendable {
 
     
     /**
-     * Drops the connection (the app goes to the background); the next
-     * `next()` reconnects where it stopped.
+     * Drops the connection (the app goes to the background): a waiting
+     * `next()` ends with `Disconnected`; the next call reconnects where the
+     * stream stopped.
      */
-open func disconnect()async   {
-    return
-        try!  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_push_client_fn_method_directlistener_disconnect(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_push_client_rust_future_poll_void,
-            completeFunc: ffi_push_client_rust_future_complete_void,
-            freeFunc: ffi_push_client_rust_future_free_void,
-            liftFunc: { $0 },
-            errorHandler: nil
-            
-        )
+open func disconnect()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_push_client_fn_method_directlistener_disconnect(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
 }
     
     /**
-     * The id of the last event returned.
+     * The id of the last event returned: keep it to resume with
+     * `listen(registration, lastEventId)` after the app restarts.
      */
-open func lastEventId()async  -> String?  {
-    return
-        try!  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_push_client_fn_method_directlistener_last_event_id(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_push_client_rust_future_poll_rust_buffer,
-            completeFunc: ffi_push_client_rust_future_complete_rust_buffer,
-            freeFunc: ffi_push_client_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterOptionString.lift,
-            errorHandler: nil
-            
-        )
+open func lastEventId() -> String?  {
+    return try!  FfiConverterOptionString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_push_client_fn_method_directlistener_last_event_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
 }
     
     /**
      * Waits for the next notification. Cancelling the caller's coroutine or
-     * task cancels the wait.
+     * task cancels the wait; `disconnect()` ends it with `Disconnected`.
      */
 open func next()async throws  -> PushEvent  {
     return
@@ -2515,6 +2502,10 @@ enum PushClientError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
     case Key(detail: String
     )
     /**
+     * `disconnect()` ended a waiting `next()`; call `next()` again to reconnect.
+     */
+    case Disconnected
+    /**
      * A bad argument: base URL, pin, JWK.
      */
     case Config(detail: String
@@ -2564,7 +2555,8 @@ public struct FfiConverterTypePushClientError: FfiConverterRustBuffer {
         case 5: return .Key(
             detail: try FfiConverterString.read(from: &buf)
             )
-        case 6: return .Config(
+        case 6: return .Disconnected
+        case 7: return .Config(
             detail: try FfiConverterString.read(from: &buf)
             )
 
@@ -2606,8 +2598,12 @@ public struct FfiConverterTypePushClientError: FfiConverterRustBuffer {
             FfiConverterString.write(detail, into: &buf)
             
         
-        case let .Config(detail):
+        case .Disconnected:
             writeInt(&buf, Int32(6))
+        
+        
+        case let .Config(detail):
+            writeInt(&buf, Int32(7))
             FfiConverterString.write(detail, into: &buf)
             
         }
@@ -2894,13 +2890,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_push_client_checksum_func_push_payload_item() != 5255) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_push_client_checksum_method_directlistener_disconnect() != 12413) {
+    if (uniffi_push_client_checksum_method_directlistener_disconnect() != 31513) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_push_client_checksum_method_directlistener_last_event_id() != 60593) {
+    if (uniffi_push_client_checksum_method_directlistener_last_event_id() != 51931) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_push_client_checksum_method_directlistener_next() != 23648) {
+    if (uniffi_push_client_checksum_method_directlistener_next() != 59834) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_push_client_checksum_method_pushclient_ack() != 13378) {
