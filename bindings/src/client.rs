@@ -134,6 +134,9 @@ impl PushClient {
         item: String,
         decrypter: Arc<dyn Decrypter>,
     ) -> Result<Content, PushClientError> {
+        // Not `sdk_client::Client::fetch`: its future holds the `&dyn Decrypter`
+        // across the request, which is not `Send`; here the decrypter comes in
+        // only after the JWE has arrived.
         let jwe = self.inner.fetch_jwe(&registration, &item).await?;
         Ok(sdk_client::open_content(&jwe, &PlatformDecrypter(decrypter))?.into())
     }

@@ -34,7 +34,7 @@ pub trait Decrypter: Send + Sync {
 }
 
 /// A foreign [`Signer`] as sdk-client's signer. Its algorithm and public JWK
-/// are asked once, checked, and kept; only `sign` crosses again.
+/// are asked once and kept; only `sign` crosses again.
 #[derive(Clone)]
 pub(crate) struct PlatformSigner {
     alg: String,
@@ -57,7 +57,8 @@ impl PlatformSigner {
                     detail: format!("the signer's public JWK is not JSON: {e}"),
                 }
             })?;
-        sdk_client::check_signer(&alg, &jwk)?;
+        // What it says of itself is checked where every client is built
+        // (`sdk_client::ClientBuilder::build`).
         Ok(PlatformSigner { alg, jwk, inner })
     }
 }
@@ -161,7 +162,14 @@ mod tests {
         ];
         for (jwk, refusal) in rows {
             let keystore = Recording::new(p256.clone(), jwk.clone());
-            match (PlatformSigner::new(keystore.clone()), refusal) {
+            // As `PushClient::new` makes it: wrapped, then checked by the builder.
+            let made = PlatformSigner::new(keystore.clone()).and_then(|signer| {
+                sdk_client::Client::builder_with_signer("http://127.0.0.1:9", signer.clone())
+                    .build()
+                    .map(|_| signer)
+                    .map_err(PushClientError::from)
+            });
+            match (made, refusal) {
                 (Ok(signer), None) => {
                     for _ in 0..3 {
                         let proof = sdk_client::signed_dpop_proof(&signer, "GET", "https://x/y")
