@@ -18,6 +18,7 @@ mod key_rotation;
 mod layers;
 mod lifecycle;
 mod limits;
+mod migrations;
 mod notifiers;
 mod notify;
 mod operations;

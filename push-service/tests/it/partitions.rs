@@ -216,7 +216,7 @@ async fn partitions_are_made_ahead_and_dropped_past_retention_while_notification
 
 /// A migrator of the migrations up to `version` only: a database as the
 /// builds before partitioning left it.
-async fn migrate_up_to(backend: Backend, url: &str, version: i64) {
+pub(crate) async fn migrate_up_to(backend: Backend, url: &str, version: i64) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../migrations")
         .join(match backend {
