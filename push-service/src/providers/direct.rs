@@ -1,16 +1,18 @@
 //! The direct channel: notifications held in the store per device, and the
-//! event itself handed to the streams open for the device — in this process,
-//! or on every node through Redis pub/sub — so a stream writes it without
-//! reading the store. A stream reads the store when it opens, when it missed
-//! something (it fell behind, or a node could only say "look"), and every
-//! half minute.
+//! event itself handed to the streams open for the device — in this process
+//! at once, and on the other nodes through Redis pub/sub — so a stream writes
+//! it without reading the store. A node publishes what its fan-outs hold
+//! together: whatever waited while the previous message was being published
+//! goes as one message (one `PUBLISH` for a chunk's events, not one per
+//! device). A stream reads the store when it opens, when it missed something
+//! (it fell behind, or a node could only say "look"), and every half minute.
 
 use crate::delivery::ProviderKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, Outcome, Provider};
@@ -18,6 +20,10 @@ use crate::store::{DirectHold, Store};
 
 /// Signals a stream may fall behind by before it reads the store instead.
 const SIGNALS: usize = 8;
+/// Events and looks in one published message, at most.
+const PUBLISH_BATCH: usize = 500;
+/// Events and looks waiting for the publisher before a push waits for room.
+const PUBLISH_QUEUE: usize = 8 * PUBLISH_BATCH;
 
 /// An event for a device's open streams.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,11 +44,45 @@ pub enum Signal {
     Look,
 }
 
+/// What a node publishes for the others: the events and looks that waited
+/// together, and its own name so it skips its message when it hears it back
+/// (its own streams had them at once).
+#[derive(serde::Serialize)]
+struct Outgoing<'a> {
+    from: &'a str,
+    events: Vec<&'a Pushed>,
+    looks: Vec<&'a str>,
+}
+
+/// A message of a node of this version, as heard.
+#[derive(serde::Deserialize)]
+struct Incoming {
+    from: String,
+    #[serde(default)]
+    events: Vec<Pushed>,
+    #[serde(default)]
+    looks: Vec<String>,
+}
+
+/// One item for the publisher.
+enum Publish {
+    Event(Arc<Pushed>),
+    Look(String),
+}
+
+/// The other nodes, through Redis.
+struct Remote {
+    /// This hub's name in its messages.
+    node: String,
+    queue: mpsc::Sender<Publish>,
+}
+
 /// Hands events to the streams of the devices they are for.
 #[derive(Clone)]
 pub struct DirectHub {
     local: Arc<Mutex<HashMap<String, broadcast::Sender<Signal>>>>,
-    redis: Option<(redis::aio::ConnectionManager, String)>,
+    remote: Option<Arc<Remote>>,
+    channel: Option<String>,
 }
 
 /// A stream's subscription to its device's signals; unsubscribes on drop.
@@ -66,11 +106,24 @@ impl Drop for Subscription {
 }
 
 impl DirectHub {
-    /// A hub; with Redis, events go through the channel `<prefix>direct` to every node.
+    /// A hub; with Redis, events go through the channel `<prefix>direct` to
+    /// every other node (its publisher runs on the current Tokio runtime).
     pub fn new(redis: Option<(redis::aio::ConnectionManager, String)>) -> Self {
+        let Some((conn, prefix)) = redis else {
+            return DirectHub {
+                local: Arc::default(),
+                remote: None,
+                channel: None,
+            };
+        };
+        let channel = format!("{prefix}direct");
+        let node = crate::ids::random_token(8);
+        let (queue, waiting) = mpsc::channel(PUBLISH_QUEUE);
+        tokio::spawn(publish(conn, channel.clone(), node.clone(), waiting));
         DirectHub {
             local: Arc::default(),
-            redis: redis.map(|(conn, prefix)| (conn, format!("{prefix}direct"))),
+            remote: Some(Arc::new(Remote { node, queue })),
+            channel: Some(channel),
         }
     }
 
@@ -109,41 +162,44 @@ impl DirectHub {
 
     /// Hands `event` to the device's streams, wherever they are.
     pub async fn push(&self, event: Pushed) {
-        let message = match &self.redis {
-            None => None,
-            Some(_) => serde_json::to_string(&event).ok(),
-        };
         let event = Arc::new(event);
-        self.publish(&event.registration, message, Signal::Event(event.clone()))
-            .await;
+        self.signal_local(&event.registration, Signal::Event(event.clone()));
+        self.to_others(Publish::Event(event)).await;
     }
 
     /// Tells the device's streams, wherever they are, to read the store.
     pub async fn look(&self, registration: &str) {
-        let message = self.redis.as_ref().map(|_| registration.to_owned());
-        self.publish(registration, message, Signal::Look).await;
+        self.signal_local(registration, Signal::Look);
+        self.to_others(Publish::Look(registration.to_owned())).await;
     }
 
-    async fn publish(&self, registration: &str, message: Option<String>, signal: Signal) {
-        let (Some((conn, channel)), Some(message)) = (&self.redis, message) else {
-            return self.signal_local(registration, signal);
-        };
-        let mut conn = conn.clone();
-        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(message)
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = published {
-            // Streams on other nodes find the event at their next look at the store.
-            tracing::warn!(error = %e, "direct event not published");
-            self.signal_local(registration, signal);
+    /// Queues an item for the other nodes (waiting while the publisher is
+    /// `PUBLISH_QUEUE` behind).
+    async fn to_others(&self, item: Publish) {
+        if let Some(remote) = &self.remote {
+            if remote.queue.send(item).await.is_err() {
+                tracing::warn!("direct channel: the publisher has stopped; other nodes' streams find the event at their next look");
+            }
         }
     }
 
-    /// A message from the channel: an event (JSON), or a bare registration id
-    /// (look at the store; what nodes of earlier versions send).
+    /// A message from the channel: events and looks of another node of this
+    /// version (its own are skipped), or what nodes of earlier versions send —
+    /// one event (JSON), or a bare registration id (look at the store).
     fn receive(&self, message: &str) {
+        if let Ok(batch) = serde_json::from_str::<Incoming>(message) {
+            if self.remote.as_ref().is_some_and(|r| r.node == batch.from) {
+                return;
+            }
+            for event in batch.events {
+                let event = Arc::new(event);
+                self.signal_local(&event.registration, Signal::Event(event.clone()));
+            }
+            for registration in batch.looks {
+                self.signal_local(&registration, Signal::Look);
+            }
+            return;
+        }
         match serde_json::from_str::<Pushed>(message) {
             Ok(event) => {
                 let event = Arc::new(event);
@@ -155,7 +211,7 @@ impl DirectHub {
 
     /// With Redis: listens to events from all nodes until `shutdown`, reconnecting on errors.
     pub fn spawn_listener(&self, client: redis::Client, shutdown: CancellationToken) {
-        let Some((_, channel)) = self.redis.clone() else {
+        let Some(channel) = self.channel.clone() else {
             return;
         };
         let hub = self.clone();
@@ -195,6 +251,47 @@ impl DirectHub {
             }
         });
     }
+}
+
+/// The publisher: whatever waited while the previous message was being
+/// published goes as one message (a fan-out chunk's events together). A
+/// message that cannot be published is logged; the events are held in the
+/// store, where the other nodes' streams find them at their next look.
+async fn publish(
+    mut conn: redis::aio::ConnectionManager,
+    channel: String,
+    node: String,
+    mut waiting: mpsc::Receiver<Publish>,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while waiting.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let text = outgoing(&node, &batch);
+        batch.clear();
+        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(text)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "direct events not published; other nodes' streams find them at their next look");
+        }
+    }
+}
+
+/// The message of `node` for `batch`.
+fn outgoing(node: &str, batch: &[Publish]) -> String {
+    let mut message = Outgoing {
+        from: node,
+        events: Vec::new(),
+        looks: Vec::new(),
+    };
+    for item in batch {
+        match item {
+            Publish::Event(event) => message.events.push(event),
+            Publish::Look(registration) => message.looks.push(registration),
+        }
+    }
+    serde_json::to_string(&message).unwrap_or_default()
 }
 
 /// The direct provider: holds the event in the store, then hands it to the device's streams.
@@ -329,6 +426,50 @@ mod tests {
         assert!(matches!(a.signals.try_recv(), Ok(Signal::Event(e)) if e.seq == 5));
         hub.receive("a"); // a node of an earlier version: a bare registration id
         assert!(matches!(a.signals.try_recv(), Ok(Signal::Look)));
+    }
+
+    /// A hub as a node with Redis has it, without Redis: its publisher's
+    /// queue is returned instead.
+    fn node(name: &str) -> (DirectHub, mpsc::Receiver<Publish>) {
+        let (queue, waiting) = mpsc::channel(PUBLISH_QUEUE);
+        let hub = DirectHub {
+            local: Arc::default(),
+            remote: Some(Arc::new(Remote {
+                node: name.into(),
+                queue,
+            })),
+            channel: Some("direct".into()),
+        };
+        (hub, waiting)
+    }
+
+    #[tokio::test]
+    async fn a_nodes_events_reach_its_streams_at_once_and_the_others_in_one_message() {
+        let (a, mut a_out) = node("a");
+        let (b, _b_out) = node("b");
+        let (mut on_a, mut on_b, mut other_on_b) =
+            (a.subscribe("r1"), b.subscribe("r2"), b.subscribe("r3"));
+        for (registration, seq) in [("r1", 1), ("r2", 2), ("r3", 3)] {
+            a.push(event(registration, seq)).await;
+        }
+        a.look("r3").await;
+        // Its own stream did not wait for Redis.
+        assert!(matches!(on_a.signals.try_recv(), Ok(Signal::Event(e)) if e.seq == 1));
+        let mut batch = Vec::new();
+        assert_eq!(a_out.recv_many(&mut batch, PUBLISH_BATCH).await, 4);
+        let message = outgoing("a", &batch);
+        // What a hears back of its own message is skipped (its streams had it).
+        a.receive(&message);
+        assert!(
+            on_a.signals.try_recv().is_err(),
+            "a's stream heard its event twice"
+        );
+        // Another node's streams get theirs from the one message.
+        b.receive(&message);
+        assert!(matches!(on_b.signals.try_recv(), Ok(Signal::Event(e)) if e.seq == 2));
+        assert!(matches!(other_on_b.signals.try_recv(), Ok(Signal::Event(e)) if e.seq == 3));
+        assert!(matches!(other_on_b.signals.try_recv(), Ok(Signal::Look)));
+        assert!(on_b.signals.try_recv().is_err());
     }
 
     #[test]
