@@ -17,9 +17,23 @@ use crate::notify::{AcceptSettings, Acceptor};
 use crate::store::Store;
 use crate::{auth, crypto, dispatch, ids, limits, providers, store, telemetry, Config};
 
-/// Shared state of one node, cheap to clone.
+/// Shared state of one node: one allocation whose clone is a reference
+/// count (axum clones the state for every request and extractor; as a
+/// struct of 20 fields, some of them strings, that was ~4 % of the
+/// service's CPU on the notify path, BENCHMARKS.md "Where the CPU goes").
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<NodeState>);
+
+impl std::ops::Deref for AppState {
+    type Target = NodeState;
+
+    fn deref(&self) -> &NodeState {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct NodeState {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub sealer: crypto::Sealer,
@@ -201,7 +215,7 @@ impl AppState {
         };
         let shutdown = CancellationToken::new();
         let streamed = super::events::Recorder::spawn(store.clone(), shutdown.clone());
-        Ok(AppState {
+        Ok(AppState(Arc::new(NodeState {
             sealer,
             config: Arc::new(config),
             store,
@@ -220,7 +234,7 @@ impl AppState {
             node,
             metrics,
             openapi: Arc::new(super::ApiDoc::openapi().to_json()?),
-        })
+        })))
     }
 }
 
