@@ -4,48 +4,23 @@
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
-use super::commit::{commit, Row};
-use super::{validate, AcceptError, Accepted, Acceptor, NotifyRequest, Rejected, Submission};
+use std::sync::{Arc, Mutex};
+
+use super::commit::{commit, Job, Made, Row};
+use super::prepare::{finish, folds, unicast, Answer, Draft, Prepared, Who};
+use super::{validate, AcceptError, Accepted, Acceptor, NotifyRequest, Submission};
 use crate::auth::notifier::NotifierAuth;
-use crate::delivery::NotificationPhase;
 use crate::ids::{new_timed_id, now_millis};
-use crate::notification::{Content, TargetSpec};
-use crate::store::{
-    AuditEntry, InboxItem, NotificationRow, PendingDelivery, RegistrationState, StoreError,
-};
+use crate::notification::TargetSpec;
+use crate::store::{Acceptance, Build, Built, RegistrationState, StoreError};
 
 /// Registration ids looked up per statement.
 const LOOKUP_CHUNK: usize = 1000;
-
-/// A submission that passed validation and is not a replay.
-struct Draft {
-    key: Option<String>,
-    request_hash: String,
-    targets: TargetSpec,
-    targets_json: String,
-    content: Content,
-    ttl: u64,
-    /// Content for the targets' inboxes, checked, not yet sealed.
-    plan: Option<crate::inbox::Plan>,
-}
 
 /// Where a submission stands on its way through acceptance.
 enum Item {
     Done(Result<Accepted, AcceptError>),
     New(Box<Draft>),
-}
-
-/// What one draft becomes: its stored row and its deliveries.
-struct Prepared {
-    row: NotificationRow,
-    /// The row's content, parsed: what a carried task hands the worker.
-    content: Content,
-    deliveries: Vec<PendingDelivery>,
-    inbox: Vec<InboxItem>,
-    audit: AuditEntry,
-    answer: Accepted,
-    key: Option<String>,
-    request_hash: String,
 }
 
 impl Acceptor {
@@ -105,36 +80,49 @@ impl Acceptor {
             })
             .sum();
         self.charge(auth, cost).await?;
-        let states = self.lookup(&drafts).await?;
-        let mut prepared = Vec::with_capacity(drafts.len());
-        for draft in drafts {
-            prepared.push(self.prepare(auth, draft, &states).await);
-        }
+        let redrive_at = now_millis() + self.settings.redrive_after.as_millis() as i64;
+        // A draft to registrations by id without inbox content is built by the
+        // store in its write, from the registrations read in that transaction;
+        // the others are looked up (together) and prepared here.
+        let prepared_here: Vec<&Draft> = drafts.iter().copied().filter(|d| !folds(d)).collect();
+        let states = self.lookup(&prepared_here).await?;
         // From here on the work must not depend on the caller staying: a client
         // that goes away (a timeout, a closed connection) drops this future, and
         // a commit whose task was never queued would wait for the sweep. The
         // writes, their count and the enqueue run as their own task.
         // The rows move to the commit; what answers each draft stays here.
-        let mut rows = Vec::with_capacity(prepared.len());
-        let mut pending = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            pending.push(p.map(|p| {
-                rows.push(Row {
-                    notification: p.row,
-                    content: p.content,
-                    deliveries: p.deliveries,
-                    inbox: p.inbox,
-                    audit: p.audit,
-                });
-                (p.answer, p.key, p.request_hash)
-            }));
+        let mut jobs = Vec::with_capacity(drafts.len());
+        let mut pending = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let (key, hash) = (draft.key.clone(), draft.request_hash.clone());
+            if folds(draft) {
+                let made = Arc::new(Mutex::new(None));
+                jobs.push(Job::Accept(
+                    Self::deferred(auth, draft, redrive_at, made.clone()),
+                    made.clone(),
+                ));
+                pending.push(Ok((Answer::Made(made), key, hash)));
+                continue;
+            }
+            match self.prepare(auth, draft, &states).await {
+                Err(e) => pending.push(Err(e)),
+                Ok(p) => {
+                    jobs.push(Job::Row(Box::new(Row {
+                        notification: p.row,
+                        content: p.content,
+                        deliveries: p.deliveries,
+                        inbox: p.inbox,
+                        audit: p.audit,
+                    })));
+                    pending.push(Ok((Answer::Ready(p.answer), key, hash)));
+                }
+            }
         }
-        let redrive_at = now_millis() + self.settings.redrive_after.as_millis() as i64;
         let outcomes = tokio::spawn(commit(
             self.store.clone(),
             self.queue.clone(),
             self.handoff.clone(),
-            rows,
+            jobs,
             redrive_at,
             self.settings.handoff_limit,
         ))
@@ -148,7 +136,9 @@ impl Acceptor {
             let answer = match p {
                 Err(e) => Err(e),
                 Ok((answer, key, request_hash)) => match outcomes.next() {
-                    Some(Ok(())) => Ok(answer),
+                    Some(Ok(())) => answer
+                        .get()
+                        .ok_or_else(|| AcceptError::Stopped("no answer".into())),
                     Some(Err(StoreError::Conflict(_))) if key.is_some() => {
                         // A concurrent request with the same key won the race.
                         let key = key.as_deref().unwrap_or_default();
@@ -273,27 +263,9 @@ impl Acceptor {
     ) -> Result<Prepared, AcceptError> {
         let now = now_millis();
         let id = new_timed_id("ntf", now);
+        let who = Who::of(auth);
         let (mut deliveries, mut accepted, mut rejected) = match &draft.targets {
-            TargetSpec::Registrations(ids) => {
-                let mut ok = Vec::with_capacity(ids.len());
-                let mut rejected = Vec::new();
-                for rid in ids {
-                    let reason = match states.get(rid) {
-                        Some(r) if r.app_id == auth.app_id && r.active() => {
-                            ok.push(r.pending());
-                            continue;
-                        }
-                        Some(r) if r.app_id == auth.app_id => "invalid",
-                        _ => "unknown",
-                    };
-                    rejected.push(Rejected {
-                        registration: rid.clone(),
-                        reason: reason.into(),
-                    });
-                }
-                let count = ok.len() as i64;
-                (ok, count, rejected)
-            }
+            TargetSpec::Registrations(ids) => unicast(&who.app_id, ids, states),
             other => {
                 let count = self
                     .store
@@ -314,51 +286,79 @@ impl Acceptor {
                 sealed.items
             }
         };
-        let answer = Accepted {
-            id: id.clone(),
-            accepted,
-            rejected,
-        };
-        let row = NotificationRow {
-            id: id.clone(),
-            app_id: auth.app_id.clone(),
-            notifier_id: auth.notifier.id.clone(),
-            idempotency_key: draft.key.clone(),
-            request_hash: draft.request_hash.clone(),
-            targets: draft.targets_json.clone(),
-            content: serde_json::to_string(&draft.content)?,
-            expires_at,
-            state: match draft.targets {
-                TargetSpec::Registrations(_) => NotificationPhase::Dispatching,
-                _ => NotificationPhase::Expanding,
-            }
-            .as_str()
-            .into(),
-            created_at: now,
-            response: Some(serde_json::to_string(&answer)?),
-            expand_cursor: None,
-            updated_at: now,
-        };
-        let audit = AuditEntry {
-            seq: 0,
-            at: now,
-            actor: format!("notifier:{}", auth.notifier.id),
-            action: "notification.create".into(),
-            app_id: Some(auth.app_id.clone()),
-            target: Some(id),
-            source: auth.source.clone(),
-            details: Some(serde_json::json!({"accepted": accepted}).to_string()),
-        };
-        Ok(Prepared {
-            row,
-            content: draft.content.clone(),
-            deliveries,
+        finish(
+            &who,
+            draft,
+            (id, now),
+            (deliveries, accepted, rejected),
             inbox,
-            audit,
-            answer,
+        )
+    }
+
+    /// A draft to registrations by id, with no inbox content, as an
+    /// acceptance the store builds in its write: the registrations are read
+    /// in the transaction that inserts the notification, and `made` receives
+    /// what the build made of them (the last build, if there were several).
+    fn deferred(
+        auth: &NotifierAuth,
+        draft: &Draft,
+        redrive_at: i64,
+        made: Arc<Mutex<Option<Made>>>,
+    ) -> Acceptance {
+        let now = now_millis();
+        let id = new_timed_id("ntf", now);
+        let who = Who::of(auth);
+        let TargetSpec::Registrations(ids) = &draft.targets else {
+            unreachable!("only drafts to registrations are deferred");
+        };
+        let registrations = ids.clone();
+        let draft = Draft {
             key: draft.key.clone(),
             request_hash: draft.request_hash.clone(),
-        })
+            targets: draft.targets.clone(),
+            targets_json: draft.targets_json.clone(),
+            content: draft.content.clone(),
+            ttl: draft.ttl,
+            plan: None,
+        };
+        let build: Build = Arc::new(move |states| {
+            let TargetSpec::Registrations(ids) = &draft.targets else {
+                unreachable!("only drafts to registrations are deferred");
+            };
+            let prepared = finish(
+                &who,
+                &draft,
+                (id.clone(), now),
+                unicast(&who.app_id, ids, states),
+                Vec::new(),
+            )
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("building a notification: {e}")))?;
+            let built = Built {
+                row: prepared.row.clone(),
+                deliveries: prepared
+                    .deliveries
+                    .iter()
+                    .map(|d| d.registration_id.clone())
+                    .collect(),
+                audit: prepared.audit.clone(),
+            };
+            *made.lock().unwrap_or_else(|p| p.into_inner()) = Some(Made {
+                row: Some(Row {
+                    notification: prepared.row,
+                    content: prepared.content,
+                    deliveries: prepared.deliveries,
+                    inbox: Vec::new(),
+                    audit: prepared.audit,
+                }),
+                answer: prepared.answer,
+            });
+            Ok(built)
+        });
+        Acceptance {
+            registrations,
+            redrive_at,
+            build,
+        }
     }
 
     /// Backpressure: refuses new notifications (503 + Retry-After) while the

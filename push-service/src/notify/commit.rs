@@ -24,6 +24,23 @@ pub(super) struct Row {
     pub audit: AuditEntry,
 }
 
+/// What the commit writes for one notification: its rows, or an acceptance
+/// the store builds from the registrations it reads in its write.
+pub(super) enum Job {
+    Row(Box<Row>),
+    Accept(
+        crate::store::Acceptance,
+        std::sync::Arc<std::sync::Mutex<Option<Made>>>,
+    ),
+}
+
+/// What the store's build of an acceptance made: its rows (taken by the
+/// commit to queue its deliveries) and its answer.
+pub(super) struct Made {
+    pub row: Option<Row>,
+    pub answer: super::Accepted,
+}
+
 /// Stores notifications with their deliveries (and audit entries) — concurrently,
 /// so they share group commits — counts them and queues their tasks: fan-outs
 /// to expand on the shared `queue`, deliveries to `handoff`. One outcome per
@@ -32,14 +49,23 @@ pub(super) async fn commit(
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     handoff: Arc<dyn Queue>,
-    mut rows: Vec<Row>,
+    mut jobs: Vec<Job>,
     redrive_at: i64,
     handoff_limit: usize,
 ) -> Vec<Result<(), StoreError>> {
     // One task per row: their inserts reach the group writer together.
-    let writes: Vec<_> = rows
+    let writes: Vec<_> = jobs
         .iter_mut()
-        .map(|r| {
+        .map(|job| {
+            let r = match job {
+                Job::Row(r) => r,
+                Job::Accept(acceptance, _) => {
+                    let (store, acceptance) = (store.clone(), acceptance.clone());
+                    return tokio::spawn(
+                        async move { store.accept_notification(acceptance).await },
+                    );
+                }
+            };
             let inbox = std::mem::take(&mut r.inbox);
             let registrations: Vec<String> = r
                 .deliveries
@@ -80,19 +106,26 @@ pub(super) async fn commit(
     let carry = handoff.kind() == "local";
     let mut expand = Vec::new();
     let mut deliver = Vec::new();
-    for (
-        Row {
+    for (job, outcome) in jobs.into_iter().zip(&outcomes) {
+        if outcome.is_err() {
+            continue;
+        }
+        let Some(Row {
             notification: row,
             content,
             deliveries,
             ..
-        },
-        outcome,
-    ) in rows.into_iter().zip(&outcomes)
-    {
-        if outcome.is_err() {
+        }) = (match job {
+            Job::Row(row) => Some(*row),
+            Job::Accept(_, made) => made
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .and_then(|m| m.row.take()),
+        })
+        else {
             continue;
-        }
+        };
         metrics::counter!(crate::telemetry::names::NOTIFICATIONS_ACCEPTED, "app" => row.app_id.clone())
             .increment(1);
         if row.is_expanding() {

@@ -14,6 +14,7 @@ use crate::store::{Store, StoreError};
 mod accept;
 mod commit;
 mod content;
+mod prepare;
 #[cfg(test)]
 mod tests;
 mod validate;

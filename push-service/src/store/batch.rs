@@ -49,6 +49,9 @@ pub enum Write {
         /// Written with the notification, when it is inserted.
         audit: Option<Box<AuditEntry>>,
     },
+    /// A notification built from its registrations as the group's
+    /// transaction finds them, then inserted as `InsertNotification` is.
+    Accept(Box<super::Acceptance>),
     /// Outcome of one delivery attempt (applied only while still queued).
     UpdateDelivery(DeliveryUpdate),
     /// A queued delivery taken for one attempt.
@@ -83,6 +86,7 @@ use super::sql::Insert;
 struct Sorted<'a> {
     remember: Vec<(usize, &'a str, i64, i64)>,
     inserts: Vec<Insert<'a>>,
+    accepts: Vec<(usize, &'a super::Acceptance)>,
     audits: Vec<&'a AuditEntry>,
     claims: Vec<(usize, &'a DeliveryClaim)>,
     updates: Vec<&'a DeliveryUpdate>,
@@ -110,6 +114,7 @@ fn sort(writes: &[Write]) -> Sorted<'_> {
             } => sorted
                 .inserts
                 .push((i, row, registrations, *redrive_at, audit.as_deref())),
+            Write::Accept(acceptance) => sorted.accepts.push((i, acceptance)),
             Write::UpdateDelivery(update) => sorted.updates.push(update),
             Write::ClaimDelivery(claim) => sorted.claims.push((i, claim)),
             Write::Audit(entry) => sorted.audits.push(entry),
@@ -142,6 +147,7 @@ where
     Option<i64>: Column<DB>,
     Option<String>: Column<DB>,
     usize: ColumnIndex<DB::Row>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
 {
     Arc::new(move |writes| {
         let pool = pool.clone();
@@ -170,6 +176,7 @@ where
     Option<i64>: Column<DB>,
     Option<String>: Column<DB>,
     usize: ColumnIndex<DB::Row>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
 {
     let sorted = sort(writes);
     let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
@@ -199,9 +206,21 @@ where
         }
     }
 
+    // Acceptances: their registrations read in this transaction (one
+    // statement for the group), their rows built, inserted with the rest.
+    let built = super::sql::build_acceptances(&mut tx, &sorted.accepts).await?;
+    let mut inserts = sorted.inserts;
+    inserts.extend(built.iter().map(|(i, b, redrive_at)| {
+        (
+            *i,
+            &b.row,
+            b.deliveries.as_slice(),
+            *redrive_at,
+            Some(&b.audit),
+        )
+    }));
     let mut audits = sorted.audits;
-    super::sql::insert_notifications(&mut tx, days, &sorted.inserts, &mut applied, &mut audits)
-        .await?;
+    super::sql::insert_notifications(&mut tx, days, &inserts, &mut applied, &mut audits).await?;
     for chunk in audits.chunks(100) {
         let values = row_placeholders(chunk.len(), 7);
         let sql = format!(

@@ -23,9 +23,10 @@ pub use backend::{placeholders, row_placeholders, Column, SqlBackend};
 pub use inbox::InboxStore;
 pub use postgres::PgStore;
 pub use rows::{
-    App, Attestation, AuditEntry, AuditFilter, ChunkClaim, ChunkDone, CredentialRecord,
-    DeliveryRow, DeliveryUpdate, DirectEvent, DirectHold, InboxContent, InboxEntry, InboxItem,
-    NotificationRow, Notifier, PendingDelivery, Registration, RegistrationState, TaskRow,
+    Acceptance, App, Attestation, AuditEntry, AuditFilter, Build, Built, ChunkClaim, ChunkDone,
+    CredentialRecord, DeliveryRow, DeliveryUpdate, DirectEvent, DirectHold, InboxContent,
+    InboxEntry, InboxItem, NotificationRow, Notifier, PendingDelivery, Registration,
+    RegistrationState, TaskRow,
 };
 pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
@@ -217,6 +218,10 @@ pub trait NotificationStore: Send + Sync {
         redrive_at: i64,
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError>;
+    /// Like `insert_notification` for a notification whose rows depend on
+    /// its registrations: they are looked up and the rows built
+    /// ([`Acceptance::build`]) in the transaction that inserts them.
+    async fn accept_notification(&self, acceptance: Acceptance) -> Result<(), StoreError>;
     async fn get_notification(&self, id: &str) -> Result<Option<NotificationRow>, StoreError>;
     async fn find_idempotent(
         &self,

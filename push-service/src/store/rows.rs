@@ -443,3 +443,43 @@ pub struct InboxContent {
     pub entry: InboxEntry,
     pub content: Vec<u8>,
 }
+
+/// What [`Acceptance::build`] makes of the registrations it found: the row,
+/// the registrations that get a queued delivery, the audit entry.
+pub struct Built {
+    pub row: NotificationRow,
+    pub deliveries: Vec<String>,
+    pub audit: AuditEntry,
+}
+
+/// Builds a notification from the registrations found (by id; the ones that
+/// do not exist are absent). Called in the writer's transaction, possibly
+/// more than once (a group that fails is written again write by write): it
+/// must give the same rows for the same registrations.
+pub type Build = std::sync::Arc<
+    dyn Fn(
+            &std::collections::HashMap<String, RegistrationState>,
+        ) -> Result<Built, super::StoreError>
+        + Send
+        + Sync,
+>;
+
+/// A notification to registrations named by id whose rows depend on those
+/// registrations as they are when it is written: they are looked up in the
+/// same group transaction that inserts it (one statement for the group), so
+/// acceptance has no read of its own (`NotificationStore::accept_notification`).
+#[derive(Clone)]
+pub struct Acceptance {
+    pub registrations: Vec<String>,
+    pub redrive_at: i64,
+    pub build: Build,
+}
+
+impl std::fmt::Debug for Acceptance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptance")
+            .field("registrations", &self.registrations.len())
+            .field("redrive_at", &self.redrive_at)
+            .finish_non_exhaustive()
+    }
+}

@@ -557,3 +557,143 @@ both_backends!(
     grouped_inserts,
     super::concurrent_inserts_get_their_own_rows
 );
+
+/// Acceptances written at once are built from the registrations their
+/// group's transaction reads (one statement for the group): each gets the
+/// deliveries its build chose from what it found (an invalid registration
+/// found but not active, an unknown one absent), and one whose build fails
+/// fails alone while the others are stored.
+async fn concurrent_acceptances_are_built_from_what_their_write_reads(app: TestApp) {
+    use push_service::store::{Acceptance, Built};
+    use std::collections::HashMap;
+    let (store, a) = store_with_app(&app, "acceptances").await;
+    let now = now_millis();
+    let far = now + 3_600_000;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let mut r = registration(&a.id, ProviderKind::Fcm, Some(&format!("a-{i}")), "k");
+        if i == 3 {
+            r.status = "invalid".into();
+        }
+        store.create_registration(&r).await.expect("registration");
+        ids.push(r.id);
+    }
+    let targets = |k: usize| -> Vec<String> {
+        let mut t = ids[..1 + k % 4].to_vec();
+        t.push("reg_none".into());
+        t
+    };
+    // What each build saw: the ids found, and which of them were active.
+    type Seen = Arc<std::sync::Mutex<HashMap<usize, Vec<(String, bool)>>>>;
+    let seen: Seen = Arc::default();
+    let acceptance = |k: usize| {
+        let (seen, app_id) = (seen.clone(), a.id.clone());
+        let id = push_service::ids::new_timed_id("ntf", now);
+        let named = targets(k);
+        Acceptance {
+            registrations: named.clone(),
+            redrive_at: far,
+            build: Arc::new(move |found| {
+                if k == 5 {
+                    return Err(StoreError::Other(anyhow::anyhow!("this build fails")));
+                }
+                let mut view: Vec<(String, bool)> = named
+                    .iter()
+                    .filter_map(|r| found.get(r).map(|s| (s.id.clone(), s.active())))
+                    .collect();
+                view.sort();
+                let deliveries = view
+                    .iter()
+                    .filter(|(_, active)| *active)
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                seen.lock().expect("seen").insert(k, view);
+                Ok(Built {
+                    row: NotificationRow {
+                        id: id.clone(),
+                        app_id: app_id.clone(),
+                        notifier_id: "ntr_acceptances".into(),
+                        idempotency_key: None,
+                        request_hash: "h".into(),
+                        targets: "{}".into(),
+                        content: "{}".into(),
+                        expires_at: far,
+                        state: "dispatching".into(),
+                        created_at: now,
+                        response: None,
+                        expand_cursor: None,
+                        updated_at: now,
+                    },
+                    deliveries,
+                    audit: AuditEntry {
+                        seq: 0,
+                        at: now,
+                        actor: "notifier:ntr_acceptances".into(),
+                        action: "notification.create".into(),
+                        app_id: Some(app_id.clone()),
+                        target: Some(id.clone()),
+                        source: None,
+                        details: None,
+                    },
+                })
+            }),
+        }
+    };
+    let acceptances: Vec<Acceptance> = (0..16).map(acceptance).collect();
+    let answers = futures_util::future::join_all(
+        acceptances
+            .iter()
+            .map(|acceptance| store.accept_notification(acceptance.clone())),
+    )
+    .await;
+    let seen = seen.lock().expect("seen").clone();
+    for (k, answer) in answers.into_iter().enumerate() {
+        if k == 5 {
+            assert!(answer.is_err(), "the failing build was stored");
+            assert!(!seen.contains_key(&5));
+            continue;
+        }
+        answer.expect("stored");
+        let found = &seen[&k];
+        let named = targets(k);
+        let expected: Vec<(String, bool)> = {
+            let mut e: Vec<(String, bool)> = named
+                .iter()
+                .filter(|r| *r != "reg_none")
+                .map(|r| (r.clone(), *r != ids[3]))
+                .collect();
+            e.sort();
+            e
+        };
+        assert_eq!(found, &expected, "what build {k} found");
+    }
+    // Each stored notification holds the deliveries its build chose.
+    let logged = store
+        .list_audit(&AuditFilter {
+            after: 0,
+            app_id: Some(a.id.clone()),
+            actor: None,
+            action: Some("notification.create".into()),
+            limit: 100,
+        })
+        .await
+        .expect("audit");
+    assert_eq!(logged.len(), 15, "one entry per stored notification");
+    for entry in logged {
+        let id = entry.target.expect("target");
+        let (_, pending) = store
+            .task_deliveries(&id, &ids)
+            .await
+            .expect("task")
+            .expect("queued");
+        let mut got: Vec<String> = pending.into_iter().map(|p| p.registration_id).collect();
+        got.sort_unstable();
+        assert!(!got.contains(&ids[3]), "an invalid registration got a delivery");
+        assert!(!got.is_empty());
+    }
+}
+
+both_backends!(
+    grouped_acceptances,
+    super::concurrent_acceptances_are_built_from_what_their_write_reads
+);

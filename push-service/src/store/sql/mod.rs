@@ -30,7 +30,7 @@ use super::StoreError;
 pub(super) use chunks::{claim_chunks, finish_chunks, insert_first_outcomes};
 pub(super) use direct::{hold_direct, record_streamed};
 pub(super) use inserts::{creation_times, insert_notifications, Insert};
-pub(super) use registrations::lookups;
+pub(super) use registrations::{build_acceptances, lookups};
 
 /// The store on one database: a pool, and the group-commit writer of its hot writes.
 pub struct SqlStore<DB: SqlBackend> {

@@ -52,6 +52,22 @@ where
         }
     }
 
+    async fn accept_notification(
+        &self,
+        acceptance: crate::store::Acceptance,
+    ) -> Result<(), StoreError> {
+        if self
+            .writer
+            .write(Write::Accept(Box::new(acceptance)))
+            .await?
+            .applied()
+        {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict("notification already exists".into()))
+        }
+    }
+
     async fn get_notification(
         &self,
         id: &str,

@@ -249,24 +249,8 @@ where
         std::sync::Arc::new(move |asks: Vec<Vec<String>>| {
             let pool = pool.clone();
             Box::pin(async move {
-                let mut ids: Vec<&str> = asks.iter().flatten().map(String::as_str).collect();
-                ids.sort_unstable();
-                ids.dedup();
-                let mut found = std::collections::HashMap::with_capacity(ids.len());
-                for chunk in ids.chunks(LOOKUP_IDS) {
-                    let sql = format!(
-                        "SELECT id, app_id, status, provider, token, environment \
-                         FROM registrations WHERE id IN ({})",
-                        crate::store::placeholders(1, chunk.len())
-                    );
-                    let mut query = sqlx::query_as::<_, RegistrationState>(&sql);
-                    for id in chunk {
-                        query = query.bind(*id);
-                    }
-                    for state in query.fetch_all(&pool).await? {
-                        found.insert(state.id.clone(), state);
-                    }
-                }
+                let mut conn = pool.acquire().await?;
+                let found = find_states(&mut conn, asks.iter().flatten()).await?;
                 Ok(asks
                     .iter()
                     .map(|ask| ask.iter().filter_map(|id| found.get(id).cloned()).collect())
@@ -274,4 +258,70 @@ where
             })
         });
     GroupWriter::spawn(GroupKind::Lookups, LOOKUP_READERS, exec)
+}
+
+/// The registrations among `ids` that exist, by id: one `SELECT … WHERE id
+/// IN (…)` per `LOOKUP_IDS` distinct ids.
+async fn find_states<'a, DB>(
+    conn: &mut DB::Connection,
+    ids: impl Iterator<Item = &'a String>,
+) -> Result<std::collections::HashMap<String, RegistrationState>, StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    String: Column<DB>,
+    Option<String>: Column<DB>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    let mut ids: Vec<&str> = ids.map(String::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(LOOKUP_IDS) {
+        let sql = format!(
+            "SELECT id, app_id, status, provider, token, environment \
+             FROM registrations WHERE id IN ({})",
+            crate::store::placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query_as::<_, RegistrationState>(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for state in query.fetch_all(&mut *conn).await? {
+            found.insert(state.id.clone(), state);
+        }
+    }
+    Ok(found)
+}
+
+/// A group's acceptances (`(place, acceptance)`): their registrations read
+/// in the group's transaction, in one statement, and each built from them.
+/// Returns each place's rows with its re-drive time.
+pub(in crate::store) async fn build_acceptances<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    accepts: &[(usize, &crate::store::Acceptance)],
+) -> Result<Vec<(usize, crate::store::Built, i64)>, StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    String: Column<DB>,
+    Option<String>: Column<DB>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    if accepts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found = find_states(
+        &mut **tx,
+        accepts.iter().flat_map(|(_, a)| &a.registrations),
+    )
+    .await?;
+    accepts
+        .iter()
+        .map(|(i, acceptance)| Ok((*i, (acceptance.build)(&found)?, acceptance.redrive_at)))
+        .collect()
 }
