@@ -31,13 +31,7 @@ pub fn spawn(state: &Dispatcher, shutdown: CancellationToken) -> tokio_util::tas
     for _ in 0..workers {
         let state = state.clone();
         let rx = rx.clone();
-        tracker.spawn(async move {
-            loop {
-                let next = rx.lock().await.recv().await;
-                let Some((leased, from)) = next else { return };
-                work(&state, leased, &from).await;
-            }
-        });
+        tracker.spawn(async move { worker(&state, &rx).await });
     }
     read_into(
         state.queue.clone(),
@@ -55,6 +49,40 @@ pub fn spawn(state: &Dispatcher, shutdown: CancellationToken) -> tokio_util::tas
         sweep_once(&state).await.map(|_| ())
     });
     tracker
+}
+
+/// Carried tasks (deliveries this node just accepted) one worker holds at once.
+/// A worker's attempt ends with its outcome's group commit; holding several
+/// carried tasks, it sends the next while the previous outcome is written, so
+/// 16 workers are not capped at 16 commits' worth of deliveries. Any other task
+/// (a fan-out chunk with its own 32 sends in flight, a retry, a re-drive) is
+/// held alone, as before: more of those at once starved fan-outs on three
+/// nodes (docs/RELIABILITY.md, 64 workers).
+const CARRIED_PER_WORKER: usize = 4;
+
+/// One worker: takes tasks from `rx` until it closes, and finishes what it holds.
+async fn worker(
+    state: &Dispatcher,
+    rx: &tokio::sync::Mutex<mpsc::Receiver<(Leased, Arc<dyn Queue>)>>,
+) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut carried = FuturesUnordered::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            Some(()) = carried.next(), if !carried.is_empty() => continue,
+            next = async { rx.lock().await.recv().await }, if carried.len() < CARRIED_PER_WORKER => next,
+        };
+        let Some((leased, from)) = next else { break };
+        if matches!(leased.task, super::Task::Carried(_)) {
+            carried.push(async move { work(state, leased, &from).await });
+        } else {
+            // Alone: what it holds ends first.
+            while carried.next().await.is_some() {}
+            work(state, leased, &from).await;
+        }
+    }
+    while carried.next().await.is_some() {}
 }
 
 /// Feeds the workers from `queue` until `shutdown` (then, when `drain`, until

@@ -688,7 +688,10 @@ async fn concurrent_acceptances_are_built_from_what_their_write_reads(app: TestA
             .expect("queued");
         let mut got: Vec<String> = pending.into_iter().map(|p| p.registration_id).collect();
         got.sort_unstable();
-        assert!(!got.contains(&ids[3]), "an invalid registration got a delivery");
+        assert!(
+            !got.contains(&ids[3]),
+            "an invalid registration got a delivery"
+        );
         assert!(!got.is_empty());
     }
 }
