@@ -312,15 +312,8 @@ impl Acceptor {
             unreachable!("only drafts to registrations are deferred");
         };
         let registrations = ids.clone();
-        let draft = Draft {
-            key: draft.key.clone(),
-            request_hash: draft.request_hash.clone(),
-            targets: draft.targets.clone(),
-            targets_json: draft.targets_json.clone(),
-            content: draft.content.clone(),
-            ttl: draft.ttl,
-            plan: None,
-        };
+        // No inbox plan to copy: a draft with one is not deferred.
+        let draft = draft.clone();
         let build: Build = Arc::new(move |states| {
             let TargetSpec::Registrations(ids) = &draft.targets else {
                 unreachable!("only drafts to registrations are deferred");

@@ -72,6 +72,8 @@ enum Publish {
 
 /// The other nodes, through Redis.
 struct Remote {
+    /// The pub/sub channel, `<prefix>direct`.
+    channel: String,
     /// This hub's name in its messages.
     node: String,
     queue: mpsc::Sender<Publish>,
@@ -82,7 +84,6 @@ struct Remote {
 pub struct DirectHub {
     local: Arc<Mutex<HashMap<String, broadcast::Sender<Signal>>>>,
     remote: Option<Arc<Remote>>,
-    channel: Option<String>,
 }
 
 /// A stream's subscription to its device's signals; unsubscribes on drop.
@@ -113,7 +114,6 @@ impl DirectHub {
             return DirectHub {
                 local: Arc::default(),
                 remote: None,
-                channel: None,
             };
         };
         let channel = format!("{prefix}direct");
@@ -122,8 +122,11 @@ impl DirectHub {
         tokio::spawn(publish(conn, channel.clone(), node.clone(), waiting));
         DirectHub {
             local: Arc::default(),
-            remote: Some(Arc::new(Remote { node, queue })),
-            channel: Some(channel),
+            remote: Some(Arc::new(Remote {
+                channel,
+                node,
+                queue,
+            })),
         }
     }
 
@@ -160,10 +163,14 @@ impl DirectHub {
         }
     }
 
+    fn signal_event(&self, event: Arc<Pushed>) {
+        self.signal_local(&event.registration, Signal::Event(event.clone()));
+    }
+
     /// Hands `event` to the device's streams, wherever they are.
     pub async fn push(&self, event: Pushed) {
         let event = Arc::new(event);
-        self.signal_local(&event.registration, Signal::Event(event.clone()));
+        self.signal_event(event.clone());
         self.to_others(Publish::Event(event)).await;
     }
 
@@ -192,8 +199,7 @@ impl DirectHub {
                 return;
             }
             for event in batch.events {
-                let event = Arc::new(event);
-                self.signal_local(&event.registration, Signal::Event(event.clone()));
+                self.signal_event(Arc::new(event));
             }
             for registration in batch.looks {
                 self.signal_local(&registration, Signal::Look);
@@ -201,17 +207,14 @@ impl DirectHub {
             return;
         }
         match serde_json::from_str::<Pushed>(message) {
-            Ok(event) => {
-                let event = Arc::new(event);
-                self.signal_local(&event.registration, Signal::Event(event.clone()));
-            }
+            Ok(event) => self.signal_event(Arc::new(event)),
             Err(_) => self.signal_local(message, Signal::Look),
         }
     }
 
     /// With Redis: listens to events from all nodes until `shutdown`, reconnecting on errors.
     pub fn spawn_listener(&self, client: redis::Client, shutdown: CancellationToken) {
-        let Some(channel) = self.channel.clone() else {
+        let Some(channel) = self.remote.as_ref().map(|r| r.channel.clone()) else {
             return;
         };
         let hub = self.clone();
@@ -435,10 +438,10 @@ mod tests {
         let hub = DirectHub {
             local: Arc::default(),
             remote: Some(Arc::new(Remote {
+                channel: "direct".into(),
                 node: name.into(),
                 queue,
             })),
-            channel: Some("direct".into()),
         };
         (hub, waiting)
     }

@@ -42,6 +42,46 @@ pub fn registration(
     }
 }
 
+/// A notification of notifier `notifier` of app `app` to registrations by
+/// id, made at `now`, expiring at `expires_at`, as the store's tests write it.
+fn unicast_row(
+    app: &str,
+    notifier: &str,
+    id: String,
+    now: i64,
+    expires_at: i64,
+) -> NotificationRow {
+    NotificationRow {
+        id,
+        app_id: app.into(),
+        notifier_id: notifier.into(),
+        idempotency_key: None,
+        request_hash: "h".into(),
+        targets: "{}".into(),
+        content: "{}".into(),
+        expires_at,
+        state: "dispatching".into(),
+        created_at: now,
+        response: None,
+        expand_cursor: None,
+        updated_at: now,
+    }
+}
+
+/// The audit entry of notification `target`'s creation.
+fn creation_entry(app: &str, notifier: &str, target: &str, now: i64) -> AuditEntry {
+    AuditEntry {
+        seq: 0,
+        at: now,
+        actor: format!("notifier:{notifier}"),
+        action: "notification.create".into(),
+        app_id: Some(app.into()),
+        target: Some(target.into()),
+        source: None,
+        details: None,
+    }
+}
+
 /// A store on the test node's database, with an app of its own named `name`.
 async fn store_with_app(app: &TestApp, name: &str) -> (Arc<dyn Store>, App) {
     let store = push_service::store::connect(&app.database_url, 2, true, None)
@@ -449,31 +489,8 @@ async fn concurrent_inserts_get_their_own_rows(app: TestApp) {
         store.create_registration(&r).await.expect("registration");
         registrations.push(r.id);
     }
-    let row = |id: String| NotificationRow {
-        id,
-        app_id: a.id.clone(),
-        notifier_id: "ntr_inserts".into(),
-        idempotency_key: None,
-        request_hash: "h".into(),
-        targets: "{}".into(),
-        content: "{}".into(),
-        expires_at: far,
-        state: "dispatching".into(),
-        created_at: now,
-        response: None,
-        expand_cursor: None,
-        updated_at: now,
-    };
-    let audit = |target: &str| AuditEntry {
-        seq: 0,
-        at: now,
-        actor: "notifier:ntr_inserts".into(),
-        action: "notification.create".into(),
-        app_id: Some(a.id.clone()),
-        target: Some(target.into()),
-        source: None,
-        details: None,
-    };
+    let row = |id: String| unicast_row(&a.id, "ntr_inserts", id, now, far);
+    let audit = |target: &str| creation_entry(&a.id, "ntr_inserts", target, now);
     let taken = push_service::ids::new_timed_id("ntf", now);
     store
         .insert_notification(
@@ -609,32 +626,9 @@ async fn concurrent_acceptances_are_built_from_what_their_write_reads(app: TestA
                     .collect();
                 seen.lock().expect("seen").insert(k, view);
                 Ok(Built {
-                    row: NotificationRow {
-                        id: id.clone(),
-                        app_id: app_id.clone(),
-                        notifier_id: "ntr_acceptances".into(),
-                        idempotency_key: None,
-                        request_hash: "h".into(),
-                        targets: "{}".into(),
-                        content: "{}".into(),
-                        expires_at: far,
-                        state: "dispatching".into(),
-                        created_at: now,
-                        response: None,
-                        expand_cursor: None,
-                        updated_at: now,
-                    },
+                    row: unicast_row(&app_id, "ntr_acceptances", id.clone(), now, far),
                     deliveries,
-                    audit: AuditEntry {
-                        seq: 0,
-                        at: now,
-                        actor: "notifier:ntr_acceptances".into(),
-                        action: "notification.create".into(),
-                        app_id: Some(app_id.clone()),
-                        target: Some(id.clone()),
-                        source: None,
-                        details: None,
-                    },
+                    audit: creation_entry(&app_id, "ntr_acceptances", &id, now),
                 })
             }),
         }
