@@ -278,6 +278,22 @@ impl Service {
         Ok(())
     }
 
+    /// SIGTERM to every node, each given `limit` to drain and exit.
+    pub async fn terminate_all(&mut self, limit: Duration) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.terminate(i, limit).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts every node again (after [`Service::terminate_all`]).
+    pub async fn restart_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.restart(i).await?;
+        }
+        Ok(())
+    }
+
     /// Resident memory of each node, in MiB.
     pub fn rss_mib(&self) -> Vec<f64> {
         self.nodes.iter().map(|n| rss_mib(n.child.id())).collect()

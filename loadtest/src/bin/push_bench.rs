@@ -383,7 +383,7 @@ async fn unicast(
     } else {
         None
     };
-    let svc = Service::start(service).await?;
+    let mut svc = Service::start(service).await?;
     let tenant = scenarios::tenant_with(&svc, load.token_reuse).await?;
     let (regs, _, _) = scenarios::register(
         &tenant,
@@ -399,12 +399,16 @@ async fn unicast(
         loadtest::bench::service::Store::Sqlite => "",
     };
     cost::prepare(&svc.database_url);
-    // The registrations' counters reach pg_stat_database when their backends
-    // go idle, up to a second later: without this wait they were counted as
-    // the notifications' cost (~2,500 transactions in a 20,000 run).
-    cost::settle().await;
-    let cpu = svc.cpu_seconds();
+    // PostgreSQL counts a pooled connection's transactions only when it runs
+    // again or closes: the nodes are stopped so that the registrations'
+    // transactions are in the first read (before, ~3,000 of them showed up as
+    // the notifications' cost of a 20,000 run), and again after the load so
+    // that the last ones are in the second.
+    svc.terminate_all(Duration::from_secs(30)).await?;
+    cost::quiesce(&svc.database_url).await;
     let before = cost::read(&svc.database_url, redis_url);
+    svc.restart_all().await?;
+    let cpu = svc.cpu_seconds();
     let figures = scenarios::unicast(
         &svc,
         &tenant,
@@ -417,9 +421,11 @@ async fn unicast(
         },
     )
     .await?;
-    cost::settle().await;
-    let cost = before.per(&cost::read(&svc.database_url, redis_url), figures.delivered);
     let line = service_line(&svc, &cpu, figures.seconds);
+    cost::settle().await;
+    svc.terminate_all(Duration::from_secs(30)).await?;
+    cost::quiesce(&svc.database_url).await;
+    let cost = before.per(&cost::read(&svc.database_url, redis_url), figures.delivered);
     let name = if batch > 1 { "batch" } else { "unicast" };
     let title = format!(
         "{name}{} · {:?} · {} node(s) · {} connections · {} tokens",
