@@ -41,6 +41,21 @@ pub fn client(
     builder.build().map_err(|e| SetupError(e.to_string()))
 }
 
+/// `base` with `segments` added to its path, each percent-encoded: a parsed
+/// address per provider, not a string parsed again for every request.
+pub fn with_path(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
+/// A provider's base address from the settings (checked when they were loaded).
+pub fn base_url(name: &str, url: &str) -> Result<reqwest::Url, SetupError> {
+    reqwest::Url::parse(url).map_err(|e| SetupError(format!("{name}: {e}")))
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is read as absent).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
@@ -92,5 +107,47 @@ impl CredentialSource {
                 ))
             })?;
         Ok(Some((record, secret)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_added_to_the_base_address() {
+        let cases = [
+            (
+                "https://api.push.apple.com",
+                &["3", "device", "ab12"][..],
+                "https://api.push.apple.com/3/device/ab12",
+            ),
+            (
+                "http://127.0.0.1:8080/",
+                &["3", "device", "ab12"][..],
+                "http://127.0.0.1:8080/3/device/ab12",
+            ),
+            (
+                "http://127.0.0.1:8080/prefix",
+                &["3", "device", "ab12"][..],
+                "http://127.0.0.1:8080/prefix/3/device/ab12",
+            ),
+            (
+                "https://fcm.googleapis.com",
+                &["v1", "projects", "p-1", "messages:send"][..],
+                "https://fcm.googleapis.com/v1/projects/p-1/messages:send",
+            ),
+            // A segment cannot add segments or a query of its own.
+            ("https://h", &["a/b?c"][..], "https://h/a%2Fb%3Fc"),
+        ];
+        for (base, segments, want) in cases {
+            let base = base_url("test", base).unwrap();
+            assert_eq!(
+                with_path(&base, segments).as_str(),
+                want,
+                "{base} + {segments:?}"
+            );
+        }
+        assert!(base_url("apns_production_url", "not a url").is_err());
     }
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 
-use super::http::{client, retry_after, CredentialSource};
+use super::http::{base_url, client, retry_after, with_path, CredentialSource};
 use super::{Delivery, Outcome, Provider};
 use crate::config::ProviderSettings;
 use crate::outbound::network_cause;
@@ -49,6 +49,8 @@ struct ServiceAccount {
 
 struct FcmClient {
     http: reqwest::Client,
+    /// `…/v1/projects/{project}/messages:send`, parsed once.
+    send_url: reqwest::Url,
     account: ServiceAccount,
     key: EncodingKey,
     /// (access token, expiry in seconds since the epoch)
@@ -104,8 +106,17 @@ impl FcmProvider {
             .map_err(|e| Outcome::CredentialError(format!("fcm: service account: {e}")))?;
         let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
             .map_err(|e| Outcome::CredentialError(format!("fcm: private key: {e}")))?;
+        let send_url = base_url("fcm_url", &self.settings.fcm_url)
+            .map(|base| {
+                with_path(
+                    &base,
+                    &["v1", "projects", &account.project_id, "messages:send"],
+                )
+            })
+            .map_err(Outcome::from)?;
         let built = Arc::new(FcmClient {
             http: client(&self.settings, None, false).map_err(Outcome::from)?,
+            send_url,
             account,
             key,
             token: tokio::sync::Mutex::new(None),
@@ -209,13 +220,9 @@ impl FcmProvider {
         let body = serde_json::json!({
             "message": message::message(delivery.content, delivery.token.unwrap_or_default(), ttl, delivery.inbox())
         });
-        let url = format!(
-            "{}/v1/projects/{}/messages:send",
-            self.settings.fcm_url, client.account.project_id
-        );
         let response = client
             .http
-            .post(url)
+            .post(client.send_url.clone())
             .bearer_auth(&access)
             .json(&body)
             .send()
@@ -226,7 +233,14 @@ impl FcmProvider {
             })?;
         let status = response.status().as_u16();
         let after = retry_after(response.headers());
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        // A success's body (the message's name) is read to its end but not
+        // parsed: only an error's says something.
+        let body = if status == 200 {
+            let _ = response.bytes().await;
+            serde_json::Value::Null
+        } else {
+            response.json().await.unwrap_or_default()
+        };
         Ok((status, body, after, access))
     }
 }
