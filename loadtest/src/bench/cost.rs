@@ -119,12 +119,6 @@ pub async fn quiesce(database_url: &str) {
     eprintln!("connections to the database still open after 10 s: the counters may be short");
 }
 
-/// Counters of statements and Redis commands are current at once; this
-/// leaves a moment for the last outcomes' writes to finish.
-pub async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-}
-
 impl Counters {
     /// What happened between `self` and `after`, per notification. The reads
     /// themselves (one psql transaction each, one `INFO`) are taken out.

@@ -422,7 +422,7 @@ async fn unicast(
     )
     .await?;
     let line = service_line(&svc, &cpu, figures.seconds);
-    cost::settle().await;
+    // Stopping drains the nodes: the last outcomes' writes are in.
     svc.terminate_all(Duration::from_secs(30)).await?;
     cost::quiesce(&svc.database_url).await;
     let cost = before.per(&cost::read(&svc.database_url, redis_url), figures.delivered);

@@ -44,9 +44,11 @@ pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigEr
 /// Where and how the APNs and FCM clients connect.
 #[derive(Debug, Clone)]
 pub struct ProviderSettings {
-    pub apns_production_url: String,
-    pub apns_sandbox_url: String,
-    pub fcm_url: String,
+    /// Provider addresses, parsed when the settings are read; a request adds
+    /// its path (`providers::http::with_path`).
+    pub apns_production_url: url::Url,
+    pub apns_sandbox_url: url::Url,
+    pub fcm_url: url::Url,
     /// Extra trusted root (PEM), e.g. the simulators' CA.
     pub ca_pem: Option<String>,
     pub apns_connections: usize,

@@ -191,16 +191,20 @@ impl RawConfig {
         if raw.direct_heartbeat_seconds == 0 {
             return Err(invalid("direct_heartbeat_seconds", "must be at least 1"));
         }
-        for (key, value) in [
+        // Parsed here once; each provider request adds its path to them.
+        let [apns_production_url, apns_sandbox_url, fcm_url] = [
             ("apns_production_url", &raw.apns_production_url),
             ("apns_sandbox_url", &raw.apns_sandbox_url),
             ("fcm_url", &raw.fcm_url),
-        ] {
-            let ok = url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
-            if !ok {
-                return Err(invalid(key, format!("`{value}` is not an http(s) URL")));
-            }
-        }
+        ]
+        .map(|(key, value)| {
+            url::Url::parse(value)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "https" | "http"))
+                .ok_or_else(|| invalid(key, format!("`{value}` is not an http(s) URL")))
+        });
+        let (apns_production_url, apns_sandbox_url, fcm_url) =
+            (apns_production_url?, apns_sandbox_url?, fcm_url?);
         // One file or several (comma-separated), each one or more PEM certificates.
         let mut ca_pem = None::<String>;
         for path in raw
@@ -425,9 +429,9 @@ impl RawConfig {
             },
             direct_heartbeat: std::time::Duration::from_secs(raw.direct_heartbeat_seconds),
             providers: ProviderSettings {
-                apns_production_url: raw.apns_production_url.trim_end_matches('/').to_owned(),
-                apns_sandbox_url: raw.apns_sandbox_url.trim_end_matches('/').to_owned(),
-                fcm_url: raw.fcm_url.trim_end_matches('/').to_owned(),
+                apns_production_url,
+                apns_sandbox_url,
+                fcm_url,
                 ca_pem,
                 apns_connections: raw.apns_connections,
                 fetch: fetch.clone(),

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
 
-use super::http::{base_url, client, retry_after, with_path, CredentialSource};
+use super::http::{client, retry_after, with_path, CredentialSource};
 use super::{Delivery, Outcome, Provider};
 use crate::config::ProviderSettings;
 use crate::credentials::{ApnsCredentialInfo, ApnsSecret};
@@ -111,16 +111,11 @@ pub struct ApnsProvider {
     clients: tokio::sync::Mutex<HashMap<String, Arc<ApnsClient>>>,
     /// Provider tokens by signing key (team, key id and key), outliving clients.
     tokens: Mutex<HashMap<String, Arc<TokenAuth>>>,
-    /// The production and sandbox addresses, parsed once.
-    production: Result<reqwest::Url, SetupError>,
-    sandbox: Result<reqwest::Url, SetupError>,
 }
 
 impl ApnsProvider {
     pub fn new(settings: ProviderSettings, source: CredentialSource) -> Self {
         ApnsProvider {
-            production: base_url("apns_production_url", &settings.apns_production_url),
-            sandbox: base_url("apns_sandbox_url", &settings.apns_sandbox_url),
             settings,
             source,
             clients: tokio::sync::Mutex::default(),
@@ -228,14 +223,9 @@ impl ApnsProvider {
         expired: Option<&str>,
     ) -> Result<Answer, Outcome> {
         let base = match delivery.environment {
-            Some("sandbox") => &self.sandbox,
-            _ => &self.production,
-        }
-        .as_ref()
-        .map_err(|e| Outcome::Retry {
-            reason: e.to_string(),
-            after: None,
-        })?;
+            Some("sandbox") => &self.settings.apns_sandbox_url,
+            _ => &self.settings.apns_production_url,
+        };
         let token = delivery.token.unwrap_or_default();
         let id = message::apns_id(delivery.notification_id, delivery.registration_id);
         let connection = &client.connections

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 
-use super::http::{base_url, client, retry_after, with_path, CredentialSource};
+use super::http::{client, retry_after, with_path, CredentialSource};
 use super::{Delivery, Outcome, Provider};
 use crate::config::ProviderSettings;
 use crate::outbound::network_cause;
@@ -106,14 +106,10 @@ impl FcmProvider {
             .map_err(|e| Outcome::CredentialError(format!("fcm: service account: {e}")))?;
         let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
             .map_err(|e| Outcome::CredentialError(format!("fcm: private key: {e}")))?;
-        let send_url = base_url("fcm_url", &self.settings.fcm_url)
-            .map(|base| {
-                with_path(
-                    &base,
-                    &["v1", "projects", &account.project_id, "messages:send"],
-                )
-            })
-            .map_err(Outcome::from)?;
+        let send_url = with_path(
+            &self.settings.fcm_url,
+            &["v1", "projects", &account.project_id, "messages:send"],
+        );
         let built = Arc::new(FcmClient {
             http: client(&self.settings, None, false).map_err(Outcome::from)?,
             send_url,
