@@ -31,6 +31,18 @@ pub trait SqlBackend: Database + sqlx::database::HasStatementCache {
     /// a new notification, its deliveries and its audit entry then go as one
     /// statement (PostgreSQL; SQLite has no such `WITH`).
     const INSERTS_WITH: bool;
+    /// Writes a group that holds only new notifications and delivery outcomes
+    /// as one statement, where the backend can (PostgreSQL, `at_once.rs`): `None`
+    /// when it cannot, and nothing was written.
+    fn write_at_once<'a>(
+        pool: &'a Pool<Self>,
+        days: &'a super::partitions::Days,
+        known: &'a super::at_once::Known,
+        group: super::at_once::Group<'a, 'a>,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<Option<Vec<super::batch::Answer>>, super::StoreError>,
+    >;
     /// See [`super::RetentionStore::maintain_partitions`].
     fn maintain_partitions(
         pool: &Pool<Self>,

@@ -97,6 +97,35 @@ struct Sorted<'a> {
     chunks_done: Vec<&'a ChunkDone>,
 }
 
+impl Sorted<'_> {
+    /// Whether the group holds new notifications and outcomes and nothing
+    /// else (what [`SqlBackend::write_at_once`] takes).
+    fn at_once(&self) -> bool {
+        let Sorted {
+            remember,
+            inserts,
+            accepts,
+            audits,
+            claims,
+            updates,
+            holds,
+            streamed,
+            chunk_claims,
+            first_outcomes,
+            chunks_done,
+        } = self;
+        (!inserts.is_empty() || !accepts.is_empty() || !updates.is_empty())
+            && remember.is_empty()
+            && audits.is_empty()
+            && claims.is_empty()
+            && holds.is_empty()
+            && streamed.is_empty()
+            && chunk_claims.is_empty()
+            && first_outcomes.is_empty()
+            && chunks_done.is_empty()
+    }
+}
+
 fn sort(writes: &[Write]) -> Sorted<'_> {
     let mut sorted = Sorted::default();
     for (i, write) in writes.iter().enumerate() {
@@ -149,10 +178,10 @@ where
     usize: ColumnIndex<DB::Row>,
     for<'n> &'n str: ColumnIndex<DB::Row>,
 {
+    let known = Arc::new(super::at_once::Known::default());
     Arc::new(move |writes| {
-        let pool = pool.clone();
-        let days = days.clone();
-        Box::pin(async move { write_group(&pool, &days, &writes).await })
+        let (pool, days, known) = (pool.clone(), days.clone(), known.clone());
+        Box::pin(async move { write_group(&pool, &days, &known, &writes).await })
     })
 }
 
@@ -163,6 +192,7 @@ where
 async fn write_group<DB>(
     pool: &Pool<DB>,
     days: &Days,
+    known: &super::at_once::Known,
     writes: &[Write],
 ) -> Result<Vec<Answer>, StoreError>
 where
@@ -179,6 +209,17 @@ where
     for<'n> &'n str: ColumnIndex<DB::Row>,
 {
     let sorted = sort(writes);
+    if sorted.at_once() {
+        let group = super::at_once::Group {
+            inserts: &sorted.inserts,
+            accepts: &sorted.accepts,
+            updates: &sorted.updates,
+            len: writes.len(),
+        };
+        if let Some(answers) = DB::write_at_once(pool, days, known, group).await? {
+            return Ok(answers);
+        }
+    }
     let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
     let mut applied = vec![Answer::Applied; writes.len()];
 
@@ -208,7 +249,7 @@ where
 
     // Acceptances: their registrations read in this transaction (one
     // statement for the group), their rows built, inserted with the rest.
-    let built = super::sql::build_acceptances(&mut tx, &sorted.accepts).await?;
+    let built = super::sql::build_acceptances(&mut tx, &sorted.accepts, known).await?;
     let mut inserts = sorted.inserts;
     inserts.extend(built.iter().map(|(i, b, redrive_at)| {
         (

@@ -3,6 +3,7 @@
 //! replay cache), implemented once in plain sqlx for SQLite and PostgreSQL
 //! (`sql/`), with the hot writes group-committed (`batch.rs`).
 
+mod at_once;
 mod backend;
 pub mod batch;
 pub mod group;

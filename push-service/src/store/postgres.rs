@@ -153,6 +153,15 @@ impl SqlBackend for sqlx::Postgres {
     const PREPARE_PARTITIONED: bool = false;
     const INSERTS_WITH: bool = true;
 
+    fn write_at_once<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        days: &'a super::partitions::Days,
+        known: &'a super::at_once::Known,
+        group: super::at_once::Group<'a, 'a>,
+    ) -> BoxFuture<'a, Result<Option<Vec<super::batch::Answer>>, StoreError>> {
+        Box::pin(super::at_once::write(pool, days, known, group))
+    }
+
     fn maintain_partitions(
         pool: &sqlx::Pool<Self>,
         now: i64,

@@ -104,6 +104,17 @@ impl SqlBackend for sqlx::Sqlite {
     const PREPARE_PARTITIONED: bool = true;
     const INSERTS_WITH: bool = false;
 
+    /// Not on SQLite: its statements make no round trips to save.
+    fn write_at_once<'a>(
+        _pool: &'a sqlx::Pool<Self>,
+        _days: &'a super::partitions::Days,
+        _known: &'a super::at_once::Known,
+        _group: super::at_once::Group<'a, 'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<super::batch::Answer>>, StoreError>>
+    {
+        Box::pin(async { Ok(None) })
+    }
+
     fn maintain_partitions(
         _pool: &sqlx::Pool<Self>,
         _now: i64,

@@ -5,6 +5,7 @@ mod fixtures;
 mod helpers;
 
 mod apps;
+mod at_once;
 mod attestation;
 mod auth_server;
 mod batch;

@@ -44,7 +44,7 @@ pub fn registration(
 
 /// A notification of notifier `notifier` of app `app` to registrations by
 /// id, made at `now`, expiring at `expires_at`, as the store's tests write it.
-fn unicast_row(
+pub(crate) fn unicast_row(
     app: &str,
     notifier: &str,
     id: String,
@@ -69,7 +69,7 @@ fn unicast_row(
 }
 
 /// The audit entry of notification `target`'s creation.
-fn creation_entry(app: &str, notifier: &str, target: &str, now: i64) -> AuditEntry {
+pub(crate) fn creation_entry(app: &str, notifier: &str, target: &str, now: i64) -> AuditEntry {
     AuditEntry {
         seq: 0,
         at: now,
@@ -83,7 +83,7 @@ fn creation_entry(app: &str, notifier: &str, target: &str, now: i64) -> AuditEnt
 }
 
 /// A store on the test node's database, with an app of its own named `name`.
-async fn store_with_app(app: &TestApp, name: &str) -> (Arc<dyn Store>, App) {
+pub(crate) async fn store_with_app(app: &TestApp, name: &str) -> (Arc<dyn Store>, App) {
     let store = push_service::store::connect(&app.database_url, 2, true, None)
         .await
         .expect("store");

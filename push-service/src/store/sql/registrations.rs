@@ -302,6 +302,7 @@ where
 pub(in crate::store) async fn build_acceptances<DB>(
     tx: &mut sqlx::Transaction<'_, DB>,
     accepts: &[(usize, &crate::store::Acceptance)],
+    known: &crate::store::at_once::Known,
 ) -> Result<Vec<(usize, crate::store::Built, i64)>, StoreError>
 where
     DB: SqlBackend,
@@ -320,6 +321,9 @@ where
         accepts.iter().flat_map(|(_, a)| &a.registrations),
     )
     .await?;
+    if DB::INSERTS_WITH {
+        known.remember(&found);
+    }
     accepts
         .iter()
         .map(|(i, acceptance)| Ok((*i, (acceptance.build)(&found)?, acceptance.redrive_at)))

@@ -1,0 +1,154 @@
+//! Acceptances built from registrations read by an earlier group: on
+//! PostgreSQL a group of acceptances and outcomes goes as one statement that
+//! builds from the states it saw before and checks them as it writes. What a
+//! notification is built from must still be the registration as it is when
+//! it is written: rotated, invalidated or deleted in between, the stale state
+//! never reaches a stored notification (nor its carried task), and an
+//! outcome written in the same group is written once.
+
+use std::sync::{Arc, Mutex};
+
+use push_service::delivery::{DeliveryState, ProviderKind};
+use push_service::ids::now_millis;
+use push_service::store::{Acceptance, Built, DeliveryUpdate, Store};
+
+use crate::both_backends;
+use crate::helpers::TestApp;
+use crate::store_contract::{creation_entry, registration, store_with_app, unicast_row};
+
+/// What one build saw of the registration: its token and whether it was
+/// active, or `None` when it was not found.
+type Seen = Option<(Option<String>, bool)>;
+
+/// A notification to `registration` whose build records what it saw in
+/// `seen` (its last call is the one stored) and queues a delivery when the
+/// registration is active.
+fn acceptance(
+    app: &str,
+    registration: &str,
+    seen: &Arc<Mutex<Vec<Seen>>>,
+    now: i64,
+) -> (String, Acceptance) {
+    let id = push_service::ids::new_timed_id("ntf", now);
+    let (app, reg, seen, nid) = (
+        app.to_owned(),
+        registration.to_owned(),
+        seen.clone(),
+        id.clone(),
+    );
+    let far = now + 3_600_000;
+    let acceptance = Acceptance {
+        registrations: vec![reg.clone()],
+        redrive_at: far,
+        build: Arc::new(move |found| {
+            let state = found.get(&reg);
+            seen.lock()
+                .expect("seen")
+                .push(state.map(|s| (s.token.clone(), s.active())));
+            Ok(Built {
+                row: unicast_row(&app, "ntr_at_once", nid.clone(), now, far),
+                deliveries: state
+                    .filter(|s| s.active())
+                    .map(|s| s.id.clone())
+                    .into_iter()
+                    .collect(),
+                audit: creation_entry(&app, "ntr_at_once", &nid, now),
+            })
+        }),
+    };
+    (id, acceptance)
+}
+
+fn last(seen: &Arc<Mutex<Vec<Seen>>>) -> Seen {
+    seen.lock().expect("seen").last().cloned().flatten()
+}
+
+async fn queued(store: &Arc<dyn Store>, id: &str) -> Vec<(DeliveryState, i64)> {
+    store.delivery_counts(id).await.expect("counts")
+}
+
+async fn acceptances_are_built_from_the_registration_as_it_is_written(app: TestApp) {
+    let (store, a) = store_with_app(&app, "at-once").await;
+    let r = registration(&a.id, ProviderKind::Fcm, Some("first"), "k");
+    store.create_registration(&r).await.expect("registration");
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let now = now_millis();
+
+    // Read in the group's transaction, then (PostgreSQL) built from what was read.
+    let (first, acc) = acceptance(&a.id, &r.id, &seen, now);
+    store.accept_notification(acc).await.expect("first");
+    let (second, acc) = acceptance(&a.id, &r.id, &seen, now);
+    store.accept_notification(acc).await.expect("second");
+    assert_eq!(last(&seen), Some((Some("first".into()), true)));
+    assert_eq!(
+        queued(&store, &second).await,
+        vec![(DeliveryState::Queued, 1)]
+    );
+
+    // A new token: the notification written with it, and an outcome that
+    // may share its group written once.
+    store
+        .rotate_registration_token(&r.id, "second", now)
+        .await
+        .expect("rotate");
+    let (third, acc) = acceptance(&a.id, &r.id, &seen, now);
+    let outcome = DeliveryUpdate {
+        notification_id: first.clone(),
+        registration_id: r.id.clone(),
+        state: DeliveryState::Sent,
+        reason: None,
+        attempts: 1,
+        next_attempt_at: None,
+        now,
+    };
+    let (accepted, updated) = tokio::join!(
+        store.accept_notification(acc),
+        store.update_delivery(outcome)
+    );
+    accepted.expect("third");
+    updated.expect("outcome");
+    assert_eq!(
+        last(&seen),
+        Some((Some("second".into()), true)),
+        "stored from the token it had before the rotation"
+    );
+    assert_eq!(
+        queued(&store, &third).await,
+        vec![(DeliveryState::Queued, 1)]
+    );
+    assert_eq!(queued(&store, &first).await, vec![(DeliveryState::Sent, 1)]);
+
+    // Invalidated: found, not active, no delivery.
+    store
+        .invalidate_registration(&r.id, "Unregistered", now)
+        .await
+        .expect("invalidate");
+    let (fourth, acc) = acceptance(&a.id, &r.id, &seen, now);
+    store.accept_notification(acc).await.expect("fourth");
+    assert_eq!(last(&seen), Some((Some("second".into()), false)));
+    assert!(
+        queued(&store, &fourth).await.is_empty(),
+        "an invalid registration got a delivery"
+    );
+
+    // Deleted: not found.
+    assert!(store.delete_registration(&r.id).await.expect("delete"));
+    let (fifth, acc) = acceptance(&a.id, &r.id, &seen, now);
+    store.accept_notification(acc).await.expect("fifth");
+    assert_eq!(seen.lock().expect("seen").last().cloned(), Some(None));
+    assert!(
+        queued(&store, &fifth).await.is_empty(),
+        "a deleted registration got a delivery"
+    );
+
+    // Each notification stored once.
+    for id in [&first, &second, &third, &fourth, &fifth] {
+        let row = store.get_notification(id).await.expect("read");
+        assert!(row.is_some(), "{id} was not stored");
+    }
+}
+
+both_backends!(
+    built_as_written,
+    super::acceptances_are_built_from_the_registration_as_it_is_written
+);
