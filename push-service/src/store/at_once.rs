@@ -47,8 +47,9 @@ pub struct Known {
     states: Mutex<HashMap<String, RegistrationState>>,
 }
 
-/// Most registrations [`Known`] holds; past it, it starts again empty.
-const KNOWN_MOST: usize = 65_536;
+/// Most registrations [`Known`] holds; past it, it starts again empty. A
+/// state is a few hundred bytes (ids, token), so this bounds it to a few MB.
+const KNOWN_MOST: usize = 16_384;
 
 impl Known {
     /// Keeps the states a group read.
