@@ -12,9 +12,9 @@
 //! the states that path read before ([`Known`]) and lets the statement check
 //! them: a guard compares each registration used with its row (one index
 //! lookup each: `LIMIT 1` keeps the planner from hashing the whole table),
-//! and when one
-//! differs (rotated, invalidated, deleted) the statement writes nothing and
-//! says so, and the group goes the general way, which reads them afresh.
+//! and when one differs (rotated, invalidated, deleted) the statement writes
+//! nothing and says so, and the group goes the general way, which reads them
+//! afresh.
 //!
 //! Every list goes as an array (`unnest`), so the statement's text depends
 //! only on the partitions it names: prepared once per connection and day,
