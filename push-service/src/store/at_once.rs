@@ -172,25 +172,29 @@ impl Statement {
     /// `None` when the rows span more than one partition of a table. A table
     /// with no rows in the statement is named by the other rows' day.
     fn of(days: &Days, rows: &[Insert<'_>], updates: &[&DeliveryUpdate]) -> Option<Self> {
-        let new = || rows.iter().map(|(_, row, ..)| row.id.as_str());
-        let old = || updates.iter().map(|u| u.notification_id.as_str());
-        let anchor = new().chain(old()).next()?;
-        let one = |table: &str, ids: &mut dyn Iterator<Item = &str>| -> Option<String> {
-            let mut relation: Option<String> = None;
-            for id in ids {
-                let r = days.relation(table, id);
-                match &relation {
-                    Some(seen) if *seen != r => return None,
-                    Some(_) => {}
-                    None => relation = Some(r),
-                }
+        let anchor = rows
+            .first()
+            .map(|(_, row, ..)| row.id.as_str())
+            .or_else(|| updates.first().map(|u| u.notification_id.as_str()))?;
+        // The one relation of `Days::group`'s groups (the anchor's when none).
+        fn one<T>(
+            days: &Days,
+            table: &str,
+            anchor: &str,
+            groups: &[(String, T)],
+        ) -> Option<String> {
+            match groups {
+                [] => Some(days.relation(table, anchor)),
+                [(relation, _)] => Some(relation.clone()),
+                _ => None,
             }
-            Some(relation.unwrap_or_else(|| days.relation(table, anchor)))
-        };
+        }
+        let new = |table| days.group(table, rows, |(_, row, ..)| &row.id);
+        let old = days.group("deliveries", updates, |u| &u.notification_id);
         Some(Statement {
-            notifications: one("notifications", &mut new())?,
-            queued: one("deliveries", &mut new())?,
-            updated: one("deliveries", &mut old())?,
+            notifications: one(days, "notifications", anchor, &new("notifications"))?,
+            queued: one(days, "deliveries", anchor, &new("deliveries"))?,
+            updated: one(days, "deliveries", anchor, &old)?,
         })
     }
 
