@@ -15,6 +15,8 @@ before a block says how it runs (README.md, "The README runs as written"):
   files=a,b                   stand-ins for files a reader brings (made by openssl)
   tools=cluster-dry-run       kubectl create → --dry-run=client, helm install →
                               helm template checked by kubernetes-validate
+  once                        run once, not twice (the test suite: a second run
+                              meets nothing the first left, and costs minutes)
 
 The copy shares `target/`, so what cargo built in the checkout is reused (same
 sources, same fingerprints); after editing the checkout, the copy is made again
@@ -65,6 +67,7 @@ class Unit:
     env: dict = field(default_factory=dict)
     files: list = field(default_factory=list)
     tools: list = field(default_factory=list)
+    once: bool = False
 
     @property
     def line(self):
@@ -79,6 +82,7 @@ class Unit:
         extra += [f"{k}={v}" for k, v in self.env.items()]
         extra += [f"files {','.join(self.files)}"] if self.files else []
         extra += self.tools
+        extra += ["once"] if self.once else []
         lines = ",".join(str(b.line) for b in self.blocks)
         return f"README lines {lines}: {kind}" + (f" ({'; '.join(extra)})" if extra else "")
 
@@ -108,7 +112,9 @@ def parse(text):
         if found:
             for token in shlex.split(found.group(1)):
                 key, _, value = token.partition("=")
-                if key in ("env", "files", "tools"):
+                if token == "once":
+                    options["once"] = True
+                elif key in ("env", "files", "tools"):
                     options[key] += [value] if key == "env" else value.split(",")
                 elif key in ("server", "scheme", "name", "with", "session"):
                     options[key] = value
@@ -138,6 +144,7 @@ def units_of(blocks):
             unit.env[key] = value
         unit.files += [f for f in o["files"] if f not in unit.files]
         unit.tools += [t for t in o["tools"] if t not in unit.tools]
+        unit.once = unit.once or o.get("once", False)
         if "name" in o:
             named[o["name"]] = unit
         if unit.server and len(unit.blocks) > 1:
@@ -324,8 +331,8 @@ def serve(unit, env):
                                process))
 
 
-def run(unit, named, round_):
-    print(f"\n==== {unit.describe()} — run {round_} of 2", flush=True)
+def run(unit, named, round_, rounds):
+    print(f"\n==== {unit.describe()} — run {round_} of {rounds}", flush=True)
     env = dict(os.environ)
     env.update(unit.env)
     if "cluster-dry-run" in unit.tools:
@@ -373,9 +380,10 @@ def main():
     fresh_tree()
     failed = []
     for unit in chosen:
-        for round_ in (1, 2):
+        rounds = 1 if unit.once else 2
+        for round_ in range(1, rounds + 1):
             try:
-                run(unit, named, round_)
+                run(unit, named, round_, rounds)
             except RuntimeError as error:
                 print(f"==== FAILED: {error}", flush=True)
                 failed.append(str(error))
@@ -386,7 +394,7 @@ def main():
     if failed:
         sys.exit("README blocks failed:\n  " + "\n  ".join(failed))
     print(f"\nREADME: {len(chosen)} units ({sum(len(u.blocks) for u in chosen)} blocks), "
-          "each run twice in a fresh folder: all passed")
+          "each run twice (once where marked) in a fresh folder: all passed")
 
 
 if __name__ == "__main__":

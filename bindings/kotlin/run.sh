@@ -30,7 +30,7 @@ fi
 [ -f "$jna" ] || { echo "JNA is required: apt-get install libjna-java" >&2; exit 1; }
 
 # The library and the service; the Kotlin generated from the library itself.
-(cd "$root" && cargo build --quiet --locked -p push-client-ffi && cargo build --quiet --locked --release -p push-service)
+(cd "$root" && cargo build --quiet --locked --workspace && cargo build --quiet --locked --release -p push-service)
 rm -rf "$work/generated"
 "$root/target/debug/uniffi-bindgen" generate --config "$root/bindings/uniffi.toml" --library "$root/target/debug/libpush_client.so" \
   --language kotlin --no-format --out-dir "$work/generated"

@@ -8,7 +8,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-(cd "$root" && cargo build --quiet --locked -p push-client-ffi)
+(cd "$root" && cargo build --quiet --locked --workspace)
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 "$root/target/debug/uniffi-bindgen" generate --config "$root/bindings/uniffi.toml" --library "$root/target/debug/libpush_client.so" \

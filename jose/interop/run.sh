@@ -15,7 +15,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import jwcrypto' 2>/d
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 fi
-(cd "$root" && cargo build --quiet --locked -p push-jose --example jwe)
+(cd "$root" && cargo build --quiet --locked --workspace --examples)
 "$venv/bin/python" "$here/jwcrypto_check.py" "$root/target/debug/examples/jwe"
 (cd "$root" && cargo build --quiet --release --locked -p push-service -p sdk-client)
 "$venv/bin/python" "$here/service_check.py" "$root/target/release"

@@ -10,8 +10,8 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-cargo build -q --manifest-path "$root/Cargo.toml" -p loadtest --bins
-bin="$root/target/debug"
+cargo build -q --release --locked --manifest-path "$root/Cargo.toml" -p push-service -p loadtest --bins
+bin="$root/target/release"
 # The client libraries come from the registries; if those cannot be reached, say so loudly.
 if ! (cd "$here" && npm install --no-audit --no-fund --silent) || ! python3 -m pip install -q -r "$here/requirements.txt"; then
   echo "interop: WARNING: npm/PyPI unreachable; the independent client check did not run" >&2
