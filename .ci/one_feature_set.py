@@ -26,7 +26,8 @@ GROUPS = [
       ("-p push-service -p sdk-client", "normal,build")]),  # README, jose/interop
     # Debug: README's test command, and the bindings' and jose's scripts.
     (("--workspace", "normal,build,dev"),
-     [("--workspace", "normal,build")]),
+     [("--workspace", "normal,build"),                  # the bindings' scripts
+      ("-p push-service", "normal,build,dev")]),        # what `cargo test -p push-service` would build
 ]
 
 
