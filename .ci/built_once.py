@@ -56,8 +56,8 @@ def units(command):
                            tuple(sorted(key(d["index"]) for d in unit["dependencies"])))
         return keys[index]
 
-    return {key(i)[:3] + (hash(key(i)),) for i, unit in enumerate(graph)
-            if "registry" in unit["pkg_id"]}
+    registry = (key(i) for i, unit in enumerate(graph) if "registry" in unit["pkg_id"])
+    return {k[:3] + (hash(k),) for k in registry}
 
 
 def main():

@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use sdk_client::NewRegistration;
 use serde_json::{json, Value};
 
-use crate::actors::with_jwt;
+use crate::actors::{with_jwt, TestNotifier};
 use crate::both_backends;
 use crate::helpers::{assert_problem, TestApp};
 use crate::notify::{send, wait_status};
@@ -314,6 +314,7 @@ async fn token_floor(app: TestApp) {
     let rig = rig(backend, 3599, "").await;
     let (app_id, notifier) = rig.tenant(&rig.p8).await;
     let healthy = register(&rig, &app_id, NewRegistration::apns(&apns_token(""), "ios")).await;
+    let deleter = TestNotifier::create(&rig.app, &app_id, &["registrations:delete"]).await;
     let mut sent = 0;
     for reason in [
         "Forbidden",
@@ -323,14 +324,10 @@ async fn token_floor(app: TestApp) {
         let token = apns_token("");
         rig.apns.script(&token, 403, reason);
         let refused = register(&rig, &app_id, NewRegistration::apns(&token, "ios")).await;
-        // A TTL shorter than the circuit: the refused delivery ends expired
-        // instead of waiting, so it does not race the healthy one for the
-        // circuit's next closing (the simulator refuses its token every time).
         let answer = send(
             &rig.app,
             &notifier,
-            json!({"targets": {"registrations": [refused]}, "notification": {"title": "x"},
-                   "ttl_seconds": 1}),
+            json!({"targets": {"registrations": [refused]}, "notification": {"title": "x"}}),
         )
         .await;
         wait_status(
@@ -338,15 +335,26 @@ async fn token_floor(app: TestApp) {
             &notifier,
             answer["id"].as_str().expect("id"),
             |s| {
-                let target = only_target(s);
-                target["state"] == "expired"
-                    && target["reason"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .contains(reason)
+                only_target(s)["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(reason)
             },
         )
         .await;
+        // The simulator refuses this token every time, and the refused delivery
+        // waits for the circuit: left alone it would be tried again at each
+        // closing, reopen the circuit and race the healthy delivery for it.
+        // Deleted, it ends at its next turn without a request.
+        let (status, body) = with_jwt(
+            &rig.app,
+            Method::DELETE,
+            &format!("/v1/apps/{app_id}/registrations/{refused}"),
+            &deleter.jwt("registrations:delete"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
         // Once the circuit closes (2 s), the app sends again with the same token.
         let answer = send(
             &rig.app,
