@@ -37,6 +37,9 @@ pub struct FcmReceipt {
     pub token: String,
     pub message: Value,
     pub at: u128,
+    /// The HTTP version the send came over (`HTTP/2.0`, `HTTP/1.1`).
+    #[serde(default)]
+    pub http: String,
 }
 
 /// Faults, settable through `POST /control/faults`.
@@ -90,7 +93,19 @@ impl Drop for FcmSimulator {
 
 impl FcmSimulator {
     /// Starts on 127.0.0.1:`port` with TLS from `pki` (HTTP/2 and HTTP/1.1).
+    /// FCM offering HTTP/2 and HTTP/1.1 by ALPN, as Google's front ends do.
     pub async fn start(config: FcmConfig, pki: &TestPki, port: u16) -> anyhow::Result<Self> {
+        Self::start_offering(config, pki, port, &[b"h2", b"http/1.1"]).await
+    }
+
+    /// The simulator offering only `alpn` (`[b"http/1.1"]`: a front end that
+    /// speaks HTTP/1.1 alone).
+    pub async fn start_offering(
+        config: FcmConfig,
+        pki: &TestPki,
+        port: u16,
+        alpn: &[&[u8]],
+    ) -> anyhow::Result<Self> {
         let (listener, addr) = bind(port).await?;
         let url = format!("https://127.0.0.1:{}", addr.port());
         let token_uri = format!("{url}/token");
@@ -113,7 +128,7 @@ impl FcmSimulator {
         };
         let shutdown = CancellationToken::new();
         let (down, down_rx) = tokio::sync::watch::channel(false);
-        let tls = pki.server_config(&[b"h2", b"http/1.1"])?;
+        let tls = pki.server_config(alpn)?;
         let options = ServeOptions {
             http2_only: false,
             max_concurrent_streams: 100,
@@ -409,6 +424,7 @@ fn check_message(message: &Value) -> Result<String, Response> {
 async fn send(
     State(sim): State<Sim>,
     Path(project): Path<String>,
+    version: axum::http::Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -637,6 +653,7 @@ async fn send(
             token,
             message: message.clone(),
             at: now_ms,
+            http: format!("{version:?}"),
         });
     Json(json!({"name": name})).into_response()
 }

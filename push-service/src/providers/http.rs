@@ -1,4 +1,4 @@
-//! What the APNs and FCM clients share: HTTP/2 clients, `Retry-After`, credential loading.
+//! What the APNs and FCM clients share: addresses, `Retry-After`, credential loading; FCM's HTTP client.
 
 use crate::providers::SetupError;
 use std::sync::Arc;
@@ -10,13 +10,10 @@ use crate::crypto::Sealer;
 use crate::delivery::ProviderKind;
 use crate::store::{CredentialRecord, Store};
 
-/// An HTTP/2 client for a provider: TLS with the Mozilla roots (plus `ca_pem`),
-/// long-lived connections with keep-alive PINGs, no Nagle, bounded time.
-pub fn client(
-    settings: &ProviderSettings,
-    identity: Option<reqwest::Identity>,
-    http2_only: bool,
-) -> Result<reqwest::Client, SetupError> {
+/// An HTTP client for FCM: TLS with the Mozilla roots (plus `ca_pem`), HTTP/2
+/// or HTTP/1.1 as the server offers, long-lived connections with keep-alive
+/// PINGs, no Nagle, bounded time. (APNs, HTTP/2 only: `wire`.)
+pub fn client(settings: &ProviderSettings) -> Result<reqwest::Client, SetupError> {
     let mut builder = reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(Duration::from_secs(10))
@@ -25,18 +22,12 @@ pub fn client(
         .http2_keep_alive_interval(Some(Duration::from_secs(60)))
         .http2_keep_alive_while_idle(true)
         .redirect(reqwest::redirect::Policy::none());
-    if http2_only {
-        builder = builder.http2_prior_knowledge();
-    }
     if let Some(ca) = &settings.ca_pem {
         let roots = reqwest::Certificate::from_pem_bundle(ca.as_bytes())
             .map_err(|e| format!("provider_ca_file: {e}"))?;
         for root in roots {
             builder = builder.add_root_certificate(root);
         }
-    }
-    if let Some(identity) = identity {
-        builder = builder.identity(identity);
     }
     builder.build().map_err(|e| SetupError(e.to_string()))
 }

@@ -6,6 +6,7 @@ pub mod direct;
 pub mod fcm;
 pub mod http;
 pub mod outcome;
+pub mod wire;
 
 use crate::delivery::ProviderKind;
 use std::sync::Arc;

@@ -48,6 +48,24 @@ pub async fn rig_with(
     extra: &str,
     cluster: bool,
 ) -> Rig {
+    rig_offering(
+        backend,
+        token_lifetime_seconds,
+        extra,
+        cluster,
+        &[b"h2", b"http/1.1"],
+    )
+    .await
+}
+
+/// [`rig_with`] whose FCM simulator offers only `fcm_alpn` by ALPN.
+pub async fn rig_offering(
+    backend: Backend,
+    token_lifetime_seconds: i64,
+    extra: &str,
+    cluster: bool,
+    fcm_alpn: &[&[u8]],
+) -> Rig {
     let pki = TestPki::generate().expect("pki");
     let ca = tempfile::NamedTempFile::new().expect("ca file");
     std::fs::write(ca.path(), &pki.ca_pem).expect("write ca");
@@ -73,7 +91,7 @@ pub async fn rig_with(
         use rsa::pkcs8::DecodePrivateKey;
         rsa::RsaPrivateKey::from_pkcs8_pem(&pem).expect("rsa")
     };
-    let fcm = FcmSimulator::start(
+    let fcm = FcmSimulator::start_offering(
         FcmConfig {
             project_id: "acme-push".into(),
             client_email: service_account_json["client_email"]
@@ -86,6 +104,7 @@ pub async fn rig_with(
         },
         &pki,
         0,
+        fcm_alpn,
     )
     .await
     .expect("fcm simulator");
@@ -245,6 +264,8 @@ async fn exact_requests(app_backend: Backend) {
         .expect("secs");
     assert!((100.0..=120.0).contains(&ttl), "{ttl}");
     assert_eq!(message["apns"]["headers"]["apns-priority"], "10");
+    // FCM's front ends offer HTTP/2 by ALPN, and the sends take it.
+    assert_eq!(receipts[0].http, "HTTP/2.0");
 }
 both_backends!(
     apns_and_fcm_receive_the_expected_requests,
@@ -256,6 +277,35 @@ async fn exact_requests_on(app: TestApp) {
     drop(app);
     exact_requests(backend).await;
 }
+
+/// An FCM address whose server offers only HTTP/1.1 by ALPN (a proxy, an
+/// older front end): the sends go on over HTTP/1.1, the first one included.
+async fn fcm_over_http1(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let rig = rig_offering(backend, 3599, "", false, &[b"http/1.1"]).await;
+    let (app_id, notifier) = rig.tenant(&rig.p8).await;
+    for round in 0..2 {
+        let token = fcm_token("android");
+        let reg = register(&rig, &app_id, NewRegistration::fcm(&token, "android")).await;
+        let answer = send(
+            &rig.app,
+            &notifier,
+            json!({"targets": {"registrations": [reg]}, "notification": {"title": "h1"}}),
+        )
+        .await;
+        let id = answer["id"].as_str().expect("id");
+        wait_status(&rig.app, &notifier, id, |s| s["counts"]["sent"] == 1).await;
+        let receipts = rig.fcm.receipts();
+        assert_eq!(receipts.len(), round + 1, "{receipts:?}");
+        assert_eq!(receipts[round].message["token"], token);
+        assert_eq!(receipts[round].http, "HTTP/1.1");
+    }
+}
+both_backends!(
+    fcm_servers_that_speak_only_http1_get_the_sends,
+    super::fcm_over_http1
+);
 
 async fn outcome_table(app: TestApp) {
     let backend = app.backend;

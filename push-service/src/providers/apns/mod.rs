@@ -14,11 +14,11 @@ use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
 
-use super::http::{client, retry_after, with_path, CredentialSource};
+use super::http::{retry_after, with_path, CredentialSource};
+use super::wire::{self, Wire};
 use super::{Delivery, Outcome, Provider};
 use crate::config::ProviderSettings;
 use crate::credentials::{ApnsCredentialInfo, ApnsSecret};
-use crate::outbound::network_cause;
 
 /// A provider JWT is replaced after this long: inside Apple's 20–60 minute window.
 pub const TOKEN_REFRESH_AFTER_SECONDS: i64 = 50 * 60;
@@ -94,7 +94,10 @@ impl TokenAuth {
 
 /// Connections and auth of one app's APNs credential.
 struct ApnsClient {
-    connections: Vec<reqwest::Client>,
+    /// HTTP/2 connections to the production and the sandbox host, each
+    /// opened on its first request.
+    production: Vec<Wire>,
+    sandbox: Vec<Wire>,
     next: AtomicUsize,
     bundle: String,
     auth: Option<Arc<TokenAuth>>,
@@ -201,11 +204,16 @@ impl ApnsProvider {
                 (None, Some(identity(&p12_der, &password)?))
             }
         };
-        let connections = (0..self.settings.apns_connections)
-            .map(|_| client(&self.settings, identity.clone(), true))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tls = wire::tls_config(self.settings.ca_pem.as_deref(), identity, &[b"h2"])
+            .map_err(|e| SetupError(format!("apns: {e}")))?;
+        let wires = |base: &url::Url| {
+            (0..self.settings.apns_connections.max(1))
+                .map(|_| Wire::new(base, tls.clone(), self.settings.timeout))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(ApnsClient {
-            connections,
+            production: wires(&self.settings.apns_production_url)?,
+            sandbox: wires(&self.settings.apns_sandbox_url)?,
             next: AtomicUsize::new(0),
             bundle: info.topic,
             auth,
@@ -222,38 +230,49 @@ impl ApnsProvider {
         delivery: &Delivery<'_>,
         expired: Option<&str>,
     ) -> Result<Answer, Outcome> {
-        let base = match delivery.environment {
-            Some("sandbox") => &self.settings.apns_sandbox_url,
-            _ => &self.settings.apns_production_url,
+        let (base, wires) = match delivery.environment {
+            Some("sandbox") => (&self.settings.apns_sandbox_url, &client.sandbox),
+            _ => (&self.settings.apns_production_url, &client.production),
         };
         let token = delivery.token.unwrap_or_default();
         let id = message::apns_id(delivery.notification_id, delivery.registration_id);
-        let connection = &client.connections
-            [client.next.fetch_add(1, Ordering::Relaxed) % client.connections.len()];
+        let connection = &wires[client.next.fetch_add(1, Ordering::Relaxed) % wires.len()];
         let expiration = if delivery.now_or_never() {
             0
         } else {
             delivery.expires_at / 1000
         };
-        let mut request = connection
-            .post(with_path(base, &["3", "device", token]))
-            .header("content-type", "application/json")
-            .body(message::payload(delivery.content, delivery.inbox()).to_string());
-        for (name, value) in message::headers(delivery.content, &client.bundle, expiration, &id) {
-            request = request.header(name, value);
-        }
+        let pairs = message::headers(delivery.content, &client.bundle, expiration, &id);
+        let mut headers = wire::header_map(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            .map_err(|e| Outcome::Failed(format!("apns: {e}")))?;
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         let mut jwt = None;
         if let Some(auth) = &client.auth {
             let token = auth.jwt(expired).map_err(Outcome::from)?;
-            request = request.header("authorization", format!("bearer {token}"));
+            let mut value =
+                http::HeaderValue::try_from(format!("bearer {token}")).map_err(|_| {
+                    Outcome::CredentialError(
+                        "apns: the provider token is not a header value".into(),
+                    )
+                })?;
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
             jwt = Some(token);
         }
-        let response = request.send().await.map_err(|e| Outcome::Retry {
-            reason: format!("apns: network: {}", network_cause(&e)),
-            after: None,
-        })?;
-        let status = response.status().as_u16();
-        let after = retry_after(response.headers());
+        let path = with_path(base, &["3", "device", token]);
+        let body = message::payload(delivery.content, delivery.inbox()).to_string();
+        let response = connection
+            .post(path.path(), headers, body.into())
+            .await
+            .map_err(|e| Outcome::Retry {
+                reason: format!("apns: network: {e}"),
+                after: None,
+            })?;
+        let status = response.status;
+        let after = retry_after(&response.headers);
         if status == 200 {
             return Ok(Answer {
                 status,
@@ -262,7 +281,7 @@ impl ApnsProvider {
                 jwt,
             });
         }
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
         let reason = body["reason"].as_str().unwrap_or("Unknown").to_owned();
         Ok(Answer {
             status,
@@ -281,9 +300,8 @@ struct Answer {
     jwt: Option<String>,
 }
 
-/// A TLS client identity from a `.p12`: its key and certificate chain as PEM.
-fn identity(p12: &[u8], password: &str) -> Result<reqwest::Identity, SetupError> {
-    use base64::Engine;
+/// A TLS client identity from a `.p12`: its key (PKCS #8) and certificate chain.
+fn identity(p12: &[u8], password: &str) -> Result<wire::Identity, SetupError> {
     let store = p12_keystore::KeyStore::from_pkcs12(
         p12,
         password,
@@ -293,24 +311,16 @@ fn identity(p12: &[u8], password: &str) -> Result<reqwest::Identity, SetupError>
     let (_, chain) = store
         .private_key_chain()
         .ok_or("apns: the .p12 holds no key")?;
-    let pem = |label: &str, der: &[u8]| {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap_or(""))
-            .collect();
-        format!(
-            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-            lines.join("\n")
-        )
-    };
-    let mut bundle = pem("PRIVATE KEY", chain.key().as_der());
-    for cert in chain.certs() {
-        bundle.push_str(&pem("CERTIFICATE", cert.as_der()));
-    }
-    reqwest::Identity::from_pem(bundle.as_bytes())
-        .map_err(|e| SetupError(format!("apns: certificate unusable: {e}")))
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(chain.key().as_der().to_vec());
+    let chain = chain
+        .certs()
+        .iter()
+        .map(|cert| rustls::pki_types::CertificateDer::from(cert.as_der().to_vec()))
+        .collect();
+    Ok(wire::Identity {
+        chain,
+        key: key.into(),
+    })
 }
 
 #[async_trait]
@@ -355,6 +365,31 @@ impl Provider for ApnsProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_p12_becomes_the_connections_client_certificate() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["push.example".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("sign");
+        let chain = p12_keystore::PrivateKeyChain::new(
+            "apns",
+            p12_keystore::PrivateKey::from_der(&key.serialize_der()).expect("key der"),
+            [p12_keystore::Certificate::from_der(cert.der()).expect("cert der")],
+        );
+        let mut store = p12_keystore::KeyStore::new();
+        store.add_entry("apns", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
+        let p12 = store.writer("pw").write().expect("p12");
+
+        let opened = identity(&p12, "pw").expect("the .p12 opens");
+        assert_eq!(opened.chain.len(), 1);
+        assert_eq!(opened.chain[0].as_ref(), cert.der().as_ref());
+        let config = wire::tls_config(None, Some(opened), &[b"h2"]).expect("rustls takes the key");
+        assert!(config.client_auth_cert_resolver.has_certs());
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+        assert!(identity(&p12, "wrong").is_err());
+    }
 
     #[test]
     fn provider_tokens_live_between_20_and_60_minutes() {

@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 
 use super::http::{client, retry_after, with_path, CredentialSource};
+use super::wire::{self, Wire};
 use super::{Delivery, Outcome, Provider};
 use crate::config::ProviderSettings;
 use crate::outbound::network_cause;
@@ -48,7 +49,13 @@ struct ServiceAccount {
 }
 
 struct FcmClient {
+    /// The token endpoint's client, and the sends' when FCM's address is
+    /// `http://` or its server did not agree to HTTP/2.
     http: reqwest::Client,
+    /// Sends over one HTTP/2 connection (`https://` addresses).
+    wire: Option<Wire>,
+    /// The server chose HTTP/1.1: sends go through `http` from now on.
+    http1: std::sync::atomic::AtomicBool,
     /// `…/v1/projects/{project}/messages:send`, parsed once.
     send_url: reqwest::Url,
     account: ServiceAccount,
@@ -110,8 +117,21 @@ impl FcmProvider {
             &self.settings.fcm_url,
             &["v1", "projects", &account.project_id, "messages:send"],
         );
+        let wire = match self.settings.fcm_url.scheme() {
+            "https" => {
+                let tls =
+                    wire::tls_config(self.settings.ca_pem.as_deref(), None, &[b"h2", b"http/1.1"])
+                        .map_err(|e| Outcome::CredentialError(format!("fcm: {e}")))?;
+                let wire = Wire::new(&self.settings.fcm_url, tls, self.settings.timeout)
+                    .map_err(|e| Outcome::CredentialError(format!("fcm: {e}")))?;
+                Some(wire)
+            }
+            _ => None,
+        };
         let built = Arc::new(FcmClient {
-            http: client(&self.settings, None, false).map_err(Outcome::from)?,
+            http: client(&self.settings).map_err(Outcome::from)?,
+            wire,
+            http1: std::sync::atomic::AtomicBool::new(false),
             send_url,
             account,
             key,
@@ -216,11 +236,73 @@ impl FcmProvider {
         let body = serde_json::json!({
             "message": message::message(delivery.content, delivery.token.unwrap_or_default(), ttl, delivery.inbox())
         });
+        let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let (status, after, answer) = match &client.wire {
+            Some(wire) if !client.http1.load(std::sync::atomic::Ordering::Relaxed) => {
+                match self.post_h2(client, wire, &access, body.clone()).await {
+                    Ok(answer) => answer,
+                    Err(e) if e.no_http2() => {
+                        client
+                            .http1
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.post_http1(client, &access, body).await?
+                    }
+                    Err(e) => {
+                        return Err(Outcome::Retry {
+                            reason: format!("fcm: network: {e}"),
+                            after: None,
+                        })
+                    }
+                }
+            }
+            _ => self.post_http1(client, &access, body).await?,
+        };
+        // A success's body (the message's name) is read to its end but not
+        // parsed: only an error's says something.
+        let body = if status == 200 {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&answer).unwrap_or_default()
+        };
+        Ok((status, body, after, access))
+    }
+}
+
+impl FcmProvider {
+    /// A send on the HTTP/2 connection: (status, Retry-After, body).
+    async fn post_h2(
+        &self,
+        client: &FcmClient,
+        wire: &Wire,
+        access: &str,
+        body: bytes::Bytes,
+    ) -> Result<(u16, Option<Duration>, bytes::Bytes), wire::WireError> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Ok(mut value) = http::HeaderValue::try_from(format!("Bearer {access}")) {
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        let answer = wire.post(client.send_url.path(), headers, body).await?;
+        Ok((answer.status, retry_after(&answer.headers), answer.body))
+    }
+
+    /// A send through the HTTP/1.1 client: (status, Retry-After, body).
+    async fn post_http1(
+        &self,
+        client: &FcmClient,
+        access: &str,
+        body: bytes::Bytes,
+    ) -> Result<(u16, Option<Duration>, bytes::Bytes), Outcome> {
         let response = client
             .http
             .post(client.send_url.clone())
-            .bearer_auth(&access)
-            .json(&body)
+            .bearer_auth(access)
+            .header("content-type", "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| Outcome::Retry {
@@ -229,15 +311,8 @@ impl FcmProvider {
             })?;
         let status = response.status().as_u16();
         let after = retry_after(response.headers());
-        // A success's body (the message's name) is read to its end but not
-        // parsed: only an error's says something.
-        let body = if status == 200 {
-            let _ = response.bytes().await;
-            serde_json::Value::Null
-        } else {
-            response.json().await.unwrap_or_default()
-        };
-        Ok((status, body, after, access))
+        let body = response.bytes().await.unwrap_or_default();
+        Ok((status, after, body))
     }
 }
 

@@ -1,0 +1,482 @@
+//! One HTTP/2 connection to a provider, on the `h2` crate directly: a request
+//! is one HEADERS and one DATA frame on a connection kept open, with no
+//! connection pool, no per-request middleware and no task per request between
+//! the caller and the connection. TLS offers only `h2` by ALPN (`http://`
+//! addresses speak HTTP/2 with prior knowledge, as APNs' simulators on loopback
+//! may); PINGs every minute find a connection the network dropped; a connection
+//! that fails or is told to go away is replaced on the next request.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::SetupError;
+
+/// How long a TCP connect and TLS handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A PING is sent this often; a connection whose PONG does not come within the
+/// request timeout is closed.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// The most of an answer's body kept: providers answer errors in a few hundred bytes.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A TLS client certificate and its key (APNs certificate auth).
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// TLS settings for provider connections: the Mozilla roots plus `ca_pem`,
+/// the client certificate when there is one, and `alpn` offered (`h2` first;
+/// a server that picks another is answered [`WireError::no_http2`]).
+pub fn tls_config(
+    ca_pem: Option<&str>,
+    identity: Option<Identity>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, SetupError> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(pem) = ca_pem {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| format!("provider_ca_file: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("provider_ca_file: {e}"))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain, identity.key)
+            .map_err(|e| format!("the client certificate is unusable: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Why an exchange did not bring an answer, in words that name no address,
+/// token or payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(pub String);
+
+const NO_HTTP2: &str = "the provider did not agree to HTTP/2 (ALPN h2)";
+
+impl WireError {
+    /// The server answered TLS but chose another protocol than HTTP/2: the
+    /// caller may go on over HTTP/1.1 (FCM), or not at all (APNs).
+    pub fn no_http2(&self) -> bool {
+        self.0 == NO_HTTP2
+    }
+
+    fn io(error: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let word = match error.kind() {
+            K::ConnectionRefused => "connection refused",
+            K::ConnectionReset => "connection reset",
+            K::ConnectionAborted => "connection aborted",
+            K::TimedOut => "timeout",
+            K::UnexpectedEof | K::BrokenPipe => "connection closed",
+            K::InvalidData => "TLS: the provider's certificate or handshake was refused",
+            K::NotFound | K::AddrNotAvailable => "the provider's address does not resolve",
+            _ => "i/o error",
+        };
+        WireError(word.into())
+    }
+
+    fn h2(error: &h2::Error) -> Self {
+        if let Some(io) = error.get_io() {
+            return Self::io(io);
+        }
+        match error.reason() {
+            Some(reason) if error.is_go_away() => {
+                WireError(format!("the provider closed the connection ({reason:?})"))
+            }
+            Some(reason) => WireError(format!("HTTP/2 stream reset ({reason:?})")),
+            None => WireError("HTTP/2 protocol error".into()),
+        }
+    }
+}
+
+/// Where a connection goes, read once from the provider's address.
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// Host for the connect (an IPv6 address without brackets) and its port.
+    host: String,
+    port: u16,
+    /// `None` for `http://` (HTTP/2 with prior knowledge).
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+}
+
+/// An open connection: a handle to start streams on, and its number, so that a
+/// failure seen on one connection never drops the one that replaced it.
+#[derive(Clone)]
+struct Live {
+    number: u64,
+    send: h2::client::SendRequest<Bytes>,
+}
+
+#[derive(Default)]
+struct Slot {
+    live: Option<Live>,
+    opened: u64,
+}
+
+/// A provider's answer: status, headers and (up to 64 KiB of) body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// One HTTP/2 connection to one provider host, opened on first use and
+/// replaced when it fails. Requests share it as streams.
+pub struct Wire {
+    target: Target,
+    timeout: Duration,
+    slot: Arc<Mutex<Slot>>,
+    /// One dial at a time: requests that find no connection wait for it.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+impl Wire {
+    /// A connection to `base`'s host (`https://` with `tls`, or `http://`).
+    /// Nothing is dialled until the first request.
+    pub fn new(
+        base: &url::Url,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+    ) -> Result<Wire, SetupError> {
+        let host = base.host().ok_or("a provider address needs a host")?;
+        let (connect_host, server_name) = match &host {
+            url::Host::Domain(d) => (d.to_string(), ServerName::try_from(d.to_string())),
+            url::Host::Ipv4(ip) => (
+                ip.to_string(),
+                Ok(ServerName::from(std::net::IpAddr::V4(*ip))),
+            ),
+            url::Host::Ipv6(ip) => (
+                ip.to_string(),
+                Ok(ServerName::from(std::net::IpAddr::V6(*ip))),
+            ),
+        };
+        let port = base
+            .port_or_known_default()
+            .ok_or("a provider address needs a port")?;
+        let authority = match base.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let (scheme, tls) = match base.scheme() {
+            "https" => {
+                let name = server_name.map_err(|e| format!("provider host: {e}"))?;
+                (Scheme::HTTPS, Some((tls, name)))
+            }
+            "http" => (Scheme::HTTP, None),
+            other => return Err(format!("provider address: scheme {other} is not http(s)").into()),
+        };
+        Ok(Wire {
+            target: Target {
+                scheme,
+                authority: authority
+                    .parse()
+                    .map_err(|e| format!("provider address: {e}"))?,
+                host: connect_host,
+                port,
+                tls,
+            },
+            timeout,
+            slot: Arc::default(),
+            dialing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// `POST path` with `headers` and `body`; the whole exchange (a dial
+    /// included) within the provider timeout.
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, WireError> {
+        match tokio::time::timeout(self.timeout, self.exchange(path, headers, body)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(WireError("timeout".into())),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, WireError> {
+        let uri = http::Uri::builder()
+            .scheme(self.target.scheme.clone())
+            .authority(self.target.authority.clone())
+            .path_and_query(
+                PathAndQuery::try_from(path)
+                    .map_err(|_| WireError("the request path is not valid".into()))?,
+            )
+            .build()
+            .map_err(|_| WireError("the request address is not valid".into()))?;
+        let mut request = http::Request::new(());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let live = self.connection().await?;
+        let number = live.number;
+        let fail = |e: h2::Error| {
+            if !e.is_reset() || e.is_go_away() {
+                self.forget(number);
+            }
+            WireError::h2(&e)
+        };
+        let mut send = live.send.ready().await.map_err(fail)?;
+        let (response, mut stream) = send.send_request(request, body.is_empty()).map_err(fail)?;
+        if !body.is_empty() {
+            stream.send_data(body, true).map_err(fail)?;
+        }
+        let response = response.await.map_err(fail)?;
+        let (parts, mut received) = response.into_parts();
+        let mut body = BytesMut::new();
+        while let Some(chunk) = received.data().await {
+            let chunk = chunk.map_err(fail)?;
+            let _ = received.flow_control().release_capacity(chunk.len());
+            if body.len() + chunk.len() <= MAX_BODY {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        Ok(Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.freeze(),
+        })
+    }
+
+    /// The open connection, or a new one.
+    async fn connection(&self) -> Result<Live, WireError> {
+        if let Some(live) = self.current() {
+            return Ok(live);
+        }
+        let _dialing = self.dialing.lock().await;
+        if let Some(live) = self.current() {
+            return Ok(live);
+        }
+        let send = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
+            .await
+            .map_err(|_| WireError("timeout".into()))??;
+        Ok(send)
+    }
+
+    fn current(&self) -> Option<Live> {
+        let slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        slot.live.clone()
+    }
+
+    /// Drops connection `number` if it is still the current one.
+    fn forget(&self, number: u64) {
+        forget(&self.slot, number);
+    }
+
+    async fn dial(&self) -> Result<Live, WireError> {
+        let tcp = tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port))
+            .await
+            .map_err(|e| WireError::io(&e))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.target.tls {
+            None => self.handshake(tcp).await,
+            Some((config, name)) => {
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| WireError::io(&e))?;
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(WireError(NO_HTTP2.into()));
+                }
+                self.handshake(tls).await
+            }
+        }
+    }
+
+    async fn handshake<T>(&self, io: T) -> Result<Live, WireError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, mut connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .handshake::<T, Bytes>(io)
+            .await
+            .map_err(|e| WireError::h2(&e))?;
+        let live = {
+            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            slot.opened += 1;
+            let live = Live {
+                number: slot.opened,
+                send,
+            };
+            slot.live = Some(live.clone());
+            live
+        };
+        let number = live.number;
+        let slot = self.slot.clone();
+        let pings = connection.ping_pong();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let keep_alive = async move {
+                let Some(mut pings) = pings else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(KEEP_ALIVE).await;
+                    let pong = tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque()));
+                    if !matches!(pong.await, Ok(Ok(_))) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = connection => {}
+                _ = keep_alive => {}
+            }
+            forget(&slot, number);
+        });
+        Ok(live)
+    }
+}
+
+fn forget(slot: &Mutex<Slot>, number: u64) {
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.live.as_ref().is_some_and(|l| l.number == number) {
+        slot.live = None;
+    }
+}
+
+/// Headers from (name, value) pairs; a pair that is not a valid HTTP header
+/// is named in the error (the value is not repeated).
+pub fn header_map<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<HeaderMap, WireError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| WireError(format!("{name:?} is not a valid header name")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| WireError(format!("the value of {name} is not a valid header value")))?;
+        headers.append(header, value);
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls() -> Arc<rustls::ClientConfig> {
+        tls_config(None, None, &[b"h2"]).expect("the roots load")
+    }
+
+    #[test]
+    fn addresses_become_a_target() {
+        // (base address, authority sent, host dialled, port, TLS)
+        let table = [
+            (
+                "https://api.push.apple.com",
+                "api.push.apple.com",
+                "api.push.apple.com",
+                443,
+                true,
+            ),
+            (
+                "https://api.sandbox.push.apple.com:2197/",
+                "api.sandbox.push.apple.com:2197",
+                "api.sandbox.push.apple.com",
+                2197,
+                true,
+            ),
+            (
+                "http://127.0.0.1:8080",
+                "127.0.0.1:8080",
+                "127.0.0.1",
+                8080,
+                false,
+            ),
+            ("https://[::1]:9443", "[::1]:9443", "::1", 9443, true),
+        ];
+        for (base, authority, host, port, with_tls) in table {
+            let wire = Wire::new(
+                &url::Url::parse(base).unwrap(),
+                tls(),
+                Duration::from_secs(1),
+            )
+            .unwrap_or_else(|e| panic!("{base}: {e}"));
+            assert_eq!(wire.target.authority.as_str(), authority, "{base}");
+            assert_eq!(wire.target.host, host, "{base}");
+            assert_eq!(wire.target.port, port, "{base}");
+            assert_eq!(wire.target.tls.is_some(), with_tls, "{base}");
+        }
+        let refused = Wire::new(
+            &url::Url::parse("ftp://h/").unwrap(),
+            tls(),
+            Duration::from_secs(1),
+        );
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn headers_that_http_refuses_are_named() {
+        let ok = header_map([("apns-topic", "com.acme"), ("apns-priority", "10")]).unwrap();
+        assert_eq!(ok.len(), 2);
+        let table = [("bad name", "v"), ("x-ok", "line\nbreak")];
+        for (name, value) in table {
+            let err = header_map([(name, value)]).expect_err(name);
+            assert!(err.0.contains(name.split(' ').next().unwrap()), "{err}");
+            assert!(!err.0.contains("break"), "the value is not repeated: {err}");
+        }
+    }
+
+    #[test]
+    fn io_errors_are_told_in_words() {
+        use std::io::ErrorKind as K;
+        let table = [
+            (K::ConnectionRefused, "connection refused"),
+            (K::UnexpectedEof, "connection closed"),
+            (
+                K::InvalidData,
+                "TLS: the provider's certificate or handshake was refused",
+            ),
+            (K::Other, "i/o error"),
+        ];
+        for (kind, words) in table {
+            assert_eq!(WireError::io(&std::io::Error::from(kind)).0, words);
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_connection_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let base = url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let wire = Wire::new(&base, tls(), Duration::from_secs(5)).unwrap();
+        let err = wire
+            .post("/3/device/ab", HeaderMap::new(), Bytes::from_static(b"{}"))
+            .await
+            .err()
+            .expect("nothing listens");
+        assert_eq!(err.0, "connection refused");
+    }
+}
