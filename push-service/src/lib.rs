@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod crypto;
 pub mod delivery;
 pub mod dispatch;
+pub mod egress;
 pub mod ids;
 pub mod inbox;
 pub mod keys;

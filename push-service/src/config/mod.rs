@@ -51,6 +51,9 @@ pub struct ProviderSettings {
     pub fcm_url: url::Url,
     /// Extra trusted root (PEM), e.g. the simulators' CA.
     pub ca_pem: Option<String>,
+    /// The egress proxy provider connections tunnel through (`provider_proxy`,
+    /// else `HTTPS_PROXY`).
+    pub proxy: Option<crate::egress::EgressProxy>,
     pub apns_connections: usize,
     pub timeout: std::time::Duration,
     pub circuit_open: std::time::Duration,

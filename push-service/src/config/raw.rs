@@ -37,6 +37,7 @@ pub(super) struct RawConfig {
     apns_sandbox_url: String,
     fcm_url: String,
     provider_ca_file: String,
+    provider_proxy: String,
     apns_connections: usize,
     provider_timeout_seconds: u64,
     circuit_open_seconds: u64,
@@ -433,6 +434,10 @@ impl RawConfig {
                 apns_sandbox_url,
                 fcm_url,
                 ca_pem,
+                proxy: crate::egress::EgressProxy::configured(&raw.provider_proxy, &|name| {
+                    std::env::var(name).ok()
+                })
+                .map_err(|e| invalid("provider_proxy", e.to_string()))?,
                 apns_connections: raw.apns_connections,
                 fetch: fetch.clone(),
                 timeout: std::time::Duration::from_secs(raw.provider_timeout_seconds),

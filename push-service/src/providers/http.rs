@@ -22,6 +22,12 @@ pub fn client(settings: &ProviderSettings) -> Result<reqwest::Client, SetupError
         .http2_keep_alive_interval(Some(Duration::from_secs(60)))
         .http2_keep_alive_while_idle(true)
         .redirect(reqwest::redirect::Policy::none());
+    if let Some(proxy) = &settings.proxy {
+        let proxy = reqwest::Proxy::https(proxy.address())
+            .map_err(|_| SetupError("provider_proxy: not usable by the HTTP/1.1 client".into()))?
+            .no_proxy(reqwest::NoProxy::from_env());
+        builder = builder.proxy(proxy);
+    }
     if let Some(ca) = &settings.ca_pem {
         let roots = reqwest::Certificate::from_pem_bundle(ca.as_bytes())
             .map_err(|e| format!("provider_ca_file: {e}"))?;

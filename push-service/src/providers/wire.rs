@@ -16,6 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::SetupError;
+use crate::egress::EgressProxy;
 
 /// How long a TCP connect and TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,6 +116,10 @@ impl WireError {
 struct Target {
     scheme: Scheme,
     authority: Authority,
+    /// `host:port` for a proxy's `CONNECT` (the port always written).
+    tunnel_to: String,
+    /// The egress proxy, when one is configured and `NO_PROXY` does not name the host.
+    proxy: Option<EgressProxy>,
     /// Host for the connect (an IPv6 address without brackets) and its port.
     host: String,
     port: u16,
@@ -160,6 +165,7 @@ impl Wire {
         base: &url::Url,
         tls: Arc<rustls::ClientConfig>,
         timeout: Duration,
+        proxy: Option<&EgressProxy>,
     ) -> Result<Wire, SetupError> {
         let host = base.host().ok_or("a provider address needs a host")?;
         let (connect_host, server_name) = match &host {
@@ -188,8 +194,11 @@ impl Wire {
             "http" => (Scheme::HTTP, None),
             other => return Err(format!("provider address: scheme {other} is not http(s)").into()),
         };
+        let proxy = proxy.filter(|p| p.applies_to(&connect_host)).cloned();
         Ok(Wire {
             target: Target {
+                tunnel_to: format!("{host}:{port}"),
+                proxy,
                 scheme,
                 authority: authority
                     .parse()
@@ -293,10 +302,17 @@ impl Wire {
     }
 
     async fn dial(&self) -> Result<Live, WireError> {
-        let tcp = tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port))
+        let (host, port) = match &self.target.proxy {
+            Some(proxy) => (proxy.host.as_str(), proxy.port),
+            None => (self.target.host.as_str(), self.target.port),
+        };
+        let mut tcp = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| WireError::io(&e))?;
         let _ = tcp.set_nodelay(true);
+        if let Some(proxy) = &self.target.proxy {
+            tunnel(&mut tcp, &self.target.tunnel_to, proxy).await?;
+        }
         match &self.target.tls {
             None => self.handshake(tcp).await,
             Some((config, name)) => {
@@ -358,6 +374,55 @@ impl Wire {
     }
 }
 
+/// Asks the proxy for a tunnel to `to` (`CONNECT`) and reads its answer's
+/// head; nothing else is read, since the provider says nothing before the
+/// TLS handshake this side starts.
+async fn tunnel(
+    tcp: &mut tokio::net::TcpStream,
+    to: &str,
+    proxy: &EgressProxy,
+) -> Result<(), WireError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!("CONNECT {to} HTTP/1.1\r\nHost: {to}\r\n");
+    if let Some(authorization) = proxy.authorization() {
+        head.push_str("Proxy-Authorization: ");
+        head.push_str(authorization);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    tcp.write_all(head.as_bytes())
+        .await
+        .map_err(|e| WireError::io(&e))?;
+    let mut answer = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        if answer.len() >= 8192 {
+            return Err(WireError(
+                "the proxy's answer to CONNECT is too long".into(),
+            ));
+        }
+        match tcp.read(&mut byte).await.map_err(|e| WireError::io(&e))? {
+            0 => return Err(WireError("the proxy closed the connection".into())),
+            _ => answer.push(byte[0]),
+        }
+    }
+    let status = std::str::from_utf8(&answer)
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1))
+        .unwrap_or("");
+    if status != "200" {
+        return Err(WireError(format!(
+            "the proxy refused the tunnel ({})",
+            if status.len() == 3 {
+                status
+            } else {
+                "no status"
+            }
+        )));
+    }
+    Ok(())
+}
+
 fn forget(slot: &Mutex<Slot>, number: u64) {
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if slot.live.as_ref().is_some_and(|l| l.number == number) {
@@ -382,101 +447,5 @@ pub fn header_map<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tls() -> Arc<rustls::ClientConfig> {
-        tls_config(None, None, &[b"h2"]).expect("the roots load")
-    }
-
-    #[test]
-    fn addresses_become_a_target() {
-        // (base address, authority sent, host dialled, port, TLS)
-        let table = [
-            (
-                "https://api.push.apple.com",
-                "api.push.apple.com",
-                "api.push.apple.com",
-                443,
-                true,
-            ),
-            (
-                "https://api.sandbox.push.apple.com:2197/",
-                "api.sandbox.push.apple.com:2197",
-                "api.sandbox.push.apple.com",
-                2197,
-                true,
-            ),
-            (
-                "http://127.0.0.1:8080",
-                "127.0.0.1:8080",
-                "127.0.0.1",
-                8080,
-                false,
-            ),
-            ("https://[::1]:9443", "[::1]:9443", "::1", 9443, true),
-        ];
-        for (base, authority, host, port, with_tls) in table {
-            let wire = Wire::new(
-                &url::Url::parse(base).unwrap(),
-                tls(),
-                Duration::from_secs(1),
-            )
-            .unwrap_or_else(|e| panic!("{base}: {e}"));
-            assert_eq!(wire.target.authority.as_str(), authority, "{base}");
-            assert_eq!(wire.target.host, host, "{base}");
-            assert_eq!(wire.target.port, port, "{base}");
-            assert_eq!(wire.target.tls.is_some(), with_tls, "{base}");
-        }
-        let refused = Wire::new(
-            &url::Url::parse("ftp://h/").unwrap(),
-            tls(),
-            Duration::from_secs(1),
-        );
-        assert!(refused.is_err());
-    }
-
-    #[test]
-    fn headers_that_http_refuses_are_named() {
-        let ok = header_map([("apns-topic", "com.acme"), ("apns-priority", "10")]).unwrap();
-        assert_eq!(ok.len(), 2);
-        let table = [("bad name", "v"), ("x-ok", "line\nbreak")];
-        for (name, value) in table {
-            let err = header_map([(name, value)]).expect_err(name);
-            assert!(err.0.contains(name.split(' ').next().unwrap()), "{err}");
-            assert!(!err.0.contains("break"), "the value is not repeated: {err}");
-        }
-    }
-
-    #[test]
-    fn io_errors_are_told_in_words() {
-        use std::io::ErrorKind as K;
-        let table = [
-            (K::ConnectionRefused, "connection refused"),
-            (K::UnexpectedEof, "connection closed"),
-            (
-                K::InvalidData,
-                "TLS: the provider's certificate or handshake was refused",
-            ),
-            (K::Other, "i/o error"),
-        ];
-        for (kind, words) in table {
-            assert_eq!(WireError::io(&std::io::Error::from(kind)).0, words);
-        }
-    }
-
-    #[tokio::test]
-    async fn nothing_listening_is_connection_refused() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        let base = url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
-        let wire = Wire::new(&base, tls(), Duration::from_secs(5)).unwrap();
-        let err = wire
-            .post("/3/device/ab", HeaderMap::new(), Bytes::from_static(b"{}"))
-            .await
-            .err()
-            .expect("nothing listens");
-        assert_eq!(err.0, "connection refused");
-    }
-}
+#[path = "wire_tests.rs"]
+mod tests;

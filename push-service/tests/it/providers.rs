@@ -307,6 +307,85 @@ both_backends!(
     super::fcm_over_http1
 );
 
+/// A `CONNECT` proxy on loopback that records the request line of each
+/// tunnel it opens.
+async fn connect_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let line = text.lines().next().unwrap_or("").to_owned();
+                let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                record.lock().expect("record").push(line);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), seen)
+}
+
+/// With `provider_proxy`, APNs and FCM connections tunnel through it
+/// (`CONNECT` to the provider's host and port), TLS end to end.
+async fn sends_through_an_egress_proxy(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let (proxy, tunnels) = connect_proxy().await;
+    let rig = rig(backend, 3599, &format!("provider_proxy = {proxy:?}\n")).await;
+    let (app_id, notifier) = rig.tenant(&rig.p8).await;
+    let apns_reg = register(&rig, &app_id, NewRegistration::apns(&apns_token(""), "ios")).await;
+    let fcm_reg = register(
+        &rig,
+        &app_id,
+        NewRegistration::fcm(&fcm_token("a"), "android"),
+    )
+    .await;
+    let answer = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": [apns_reg, fcm_reg]}, "notification": {"title": "p"}}),
+    )
+    .await;
+    let id = answer["id"].as_str().expect("id");
+    wait_status(&rig.app, &notifier, id, |s| s["counts"]["sent"] == 2).await;
+    assert_eq!(rig.apns.receipts().len(), 1);
+    assert_eq!(rig.fcm.receipts().len(), 1);
+    let tunnels = tunnels.lock().expect("tunnels").clone();
+    for sim in [&rig.apns.url, &rig.fcm.url] {
+        let authority = sim.trim_start_matches("https://");
+        assert!(
+            tunnels.contains(&format!("CONNECT {authority} HTTP/1.1")),
+            "no tunnel to {authority} in {tunnels:?} (is NO_PROXY set in this environment?)"
+        );
+    }
+}
+both_backends!(
+    provider_connections_go_through_the_egress_proxy,
+    super::sends_through_an_egress_proxy
+);
+
 async fn outcome_table(app: TestApp) {
     let backend = app.backend;
     drop(app);

@@ -208,7 +208,14 @@ impl ApnsProvider {
             .map_err(|e| SetupError(format!("apns: {e}")))?;
         let wires = |base: &url::Url| {
             (0..self.settings.apns_connections.max(1))
-                .map(|_| Wire::new(base, tls.clone(), self.settings.timeout))
+                .map(|_| {
+                    Wire::new(
+                        base,
+                        tls.clone(),
+                        self.settings.timeout,
+                        self.settings.proxy.as_ref(),
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(ApnsClient {

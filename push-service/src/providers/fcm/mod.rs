@@ -122,8 +122,13 @@ impl FcmProvider {
                 let tls =
                     wire::tls_config(self.settings.ca_pem.as_deref(), None, &[b"h2", b"http/1.1"])
                         .map_err(|e| Outcome::CredentialError(format!("fcm: {e}")))?;
-                let wire = Wire::new(&self.settings.fcm_url, tls, self.settings.timeout)
-                    .map_err(|e| Outcome::CredentialError(format!("fcm: {e}")))?;
+                let wire = Wire::new(
+                    &self.settings.fcm_url,
+                    tls,
+                    self.settings.timeout,
+                    self.settings.proxy.as_ref(),
+                )
+                .map_err(|e| Outcome::CredentialError(format!("fcm: {e}")))?;
                 Some(wire)
             }
             _ => None,
