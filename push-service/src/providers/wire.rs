@@ -246,6 +246,11 @@ impl Wire {
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
+        // HTTP/2 does not need it, but a server may check it against the DATA
+        // it receives (hyper and reqwest send it for a body of known size).
+        request
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let live = self.connection().await?;
         let number = live.number;
         let fail = |e: h2::Error| {
