@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::jws::{self, now};
-use crate::tls::{bind, serve_tls, ServeOptions, TestPki};
+use crate::tls::{bind, serve_tls, PeerCertificate, ServeOptions, TestPki};
 
 /// A provider signing key APNs knows: its id, its team, its public key.
 #[derive(Clone)]
@@ -128,6 +128,18 @@ const PUSH_TYPES: &[&str] = &[
 impl ApnsSimulator {
     /// Starts on 127.0.0.1:`port` with TLS from `pki`.
     pub async fn start(config: ApnsConfig, pki: &TestPki, port: u16) -> anyhow::Result<Self> {
+        Self::start_with_client_roots(config, pki, port, &[]).await
+    }
+
+    /// [`ApnsSimulator::start`] that also trusts client certificates issued by
+    /// `client_roots` (DER): a connection that presents one is authenticated by
+    /// it, and its requests need no provider token (certificate-based trust).
+    pub async fn start_with_client_roots(
+        config: ApnsConfig,
+        pki: &TestPki,
+        port: u16,
+        client_roots: &[Vec<u8>],
+    ) -> anyhow::Result<Self> {
         let (listener, addr) = bind(port).await?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let sim = Sim {
@@ -141,7 +153,7 @@ impl ApnsSimulator {
             max_concurrent_streams: sim.config.max_concurrent_streams,
             down: down_rx,
         };
-        let tls = pki.server_config(&[b"h2"])?;
+        let tls = pki.server_config_with_client_roots(&[b"h2"], client_roots)?;
         let make = move || {
             sim.shared
                 .lock()
@@ -299,6 +311,7 @@ fn count(sim: &Sim, reason: &str) {
 fn validate(
     sim: &Sim,
     connection: &Mutex<Connection>,
+    certified: bool,
     headers: &HeaderMap,
     token: &str,
     body: &[u8],
@@ -354,8 +367,13 @@ fn validate(
     if !sim.config.topics.iter().any(|t| t == topic) {
         return Some((S::BAD_REQUEST, "TopicDisallowed"));
     }
-    if let Some(reason) = authenticate(sim, connection, header("authorization")) {
-        return Some(reason);
+    // A connection authenticated by its client certificate needs no provider
+    // token; a token sent on it is still checked.
+    let authorization = header("authorization");
+    if !(certified && authorization.is_none()) {
+        if let Some(reason) = authenticate(sim, connection, authorization) {
+            return Some(reason);
+        }
     }
     if body.is_empty() {
         return Some((S::BAD_REQUEST, "PayloadEmpty"));
@@ -474,6 +492,7 @@ fn scripted(token: &str) -> Option<(StatusCode, &'static str)> {
 async fn push(
     State(sim): State<Sim>,
     Extension(connection): Extension<Arc<Mutex<Connection>>>,
+    peer: Option<Extension<PeerCertificate>>,
     Path(token): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -513,8 +532,9 @@ async fn push(
         count(&sim, "TooManyRequests");
         return reject(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", &apns_id);
     }
+    let certified = peer.is_some_and(|Extension(p)| p.0.is_some());
     if let Some((status, reason)) =
-        validate(&sim, &connection, &headers, &token, &body).or_else(|| scripted(&token))
+        validate(&sim, &connection, certified, &headers, &token, &body).or_else(|| scripted(&token))
     {
         count(&sim, reason);
         return reject(status, reason, &apns_id);

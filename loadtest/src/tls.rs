@@ -49,21 +49,51 @@ impl TestPki {
 
     /// A rustls server configuration offering `alpn`.
     pub fn server_config(&self, alpn: &[&[u8]]) -> anyhow::Result<rustls::ServerConfig> {
+        self.server_config_with_client_roots(alpn, &[])
+    }
+
+    /// [`TestPki::server_config`] that also asks for a client certificate and
+    /// accepts one issued by `client_roots` (DER), as APNs does for
+    /// certificate-based trust; a client without one is still served.
+    pub fn server_config_with_client_roots(
+        &self,
+        alpn: &[&[u8]],
+        client_roots: &[Vec<u8>],
+    ) -> anyhow::Result<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![
-                    self.cert_der.clone().into(),
-                    self.ca_cert_der.clone().into(),
-                ],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
-            )?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = if client_roots.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            for root in client_roots {
+                roots.add(root.clone().into())?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        };
+        let mut config = builder.with_single_cert(
+            vec![
+                self.cert_der.clone().into(),
+                self.ca_cert_der.clone().into(),
+            ],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
+        )?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
 }
+
+/// The client certificate (DER) the connection's TLS handshake verified, in
+/// every request's extensions; `None` when the client presented none.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub Option<Arc<Vec<u8>>>);
 
 /// How a simulator serves.
 #[derive(Clone)]
@@ -150,9 +180,17 @@ pub async fn serve_tls(
                     return;
                 };
                 let router = make_router();
+                let peer = PeerCertificate(
+                    tls.get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|leaf| Arc::new(leaf.to_vec())),
+                );
                 let service = hyper::service::service_fn(
-                    move |request: hyper::Request<hyper::body::Incoming>| {
+                    move |mut request: hyper::Request<hyper::body::Incoming>| {
                         use tower::ServiceExt;
+                        request.extensions_mut().insert(peer.clone());
                         router.clone().oneshot(request.map(axum::body::Body::new))
                     },
                 );

@@ -54,23 +54,26 @@ pub async fn rig_with(
         extra,
         cluster,
         &[b"h2", b"http/1.1"],
+        &[],
     )
     .await
 }
 
-/// [`rig_with`] whose FCM simulator offers only `fcm_alpn` by ALPN.
+/// [`rig_with`] whose FCM simulator offers only `fcm_alpn` by ALPN, and whose
+/// APNs simulator trusts client certificates issued by `apns_client_roots`.
 pub async fn rig_offering(
     backend: Backend,
     token_lifetime_seconds: i64,
     extra: &str,
     cluster: bool,
     fcm_alpn: &[&[u8]],
+    apns_client_roots: &[Vec<u8>],
 ) -> Rig {
     let pki = TestPki::generate().expect("pki");
     let ca = tempfile::NamedTempFile::new().expect("ca file");
     std::fs::write(ca.path(), &pki.ca_pem).expect("write ca");
     let (p8, public) = p8();
-    let apns = ApnsSimulator::start(
+    let apns = ApnsSimulator::start_with_client_roots(
         ApnsConfig {
             keys: vec![ApnsKey {
                 key_id: KEY_ID.into(),
@@ -83,6 +86,7 @@ pub async fn rig_offering(
         },
         &pki,
         0,
+        apns_client_roots,
     )
     .await
     .expect("apns simulator");
@@ -283,7 +287,7 @@ async fn exact_requests_on(app: TestApp) {
 async fn fcm_over_http1(app: TestApp) {
     let backend = app.backend;
     drop(app);
-    let rig = rig_offering(backend, 3599, "", false, &[b"http/1.1"]).await;
+    let rig = rig_offering(backend, 3599, "", false, &[b"http/1.1"], &[]).await;
     let (app_id, notifier) = rig.tenant(&rig.p8).await;
     for round in 0..2 {
         let token = fcm_token("android");
@@ -384,6 +388,70 @@ async fn sends_through_an_egress_proxy(app: TestApp) {
 both_backends!(
     provider_connections_go_through_the_egress_proxy,
     super::sends_through_an_egress_proxy
+);
+
+/// Certificate-based trust: the `.p12`'s certificate, issued by a CA APNs
+/// trusts, is the TLS client certificate of the connections, and the requests
+/// carry no provider token.
+async fn certificate_auth(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "Test Worldwide Developer Relations",
+    );
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("Apple Push Services: {BUNDLE}"),
+    );
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("cert");
+    let chain = p12_keystore::PrivateKeyChain::new(
+        "apns",
+        p12_keystore::PrivateKey::from_der(&key.serialize_der()).expect("key der"),
+        [p12_keystore::Certificate::from_der(cert.der()).expect("cert der")],
+    );
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry("apns", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
+    let p12 = store.writer("pw").write().expect("p12");
+    let p12 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, p12);
+
+    let rig = rig_offering(backend, 3599, "", false, &[b"h2"], &[ca.der().to_vec()]).await;
+    let app_id = rig.app.create_app("Acme").await;
+    let (status, body) = rig
+        .app
+        .admin(
+            Method::PUT,
+            &format!("/v1/apps/{app_id}/credentials/apns"),
+            Some(json!({"auth": "certificate", "p12": p12, "password": "pw",
+                "topic": BUNDLE, "environment": "production"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let notifier = TestNotifier::create(&rig.app, &app_id, &["notify"]).await;
+    let token = apns_token("");
+    let reg = register(&rig, &app_id, NewRegistration::apns(&token, "ios")).await;
+    let answer = send(
+        &rig.app,
+        &notifier,
+        json!({"targets": {"registrations": [reg]}, "notification": {"title": "cert"}}),
+    )
+    .await;
+    let id = answer["id"].as_str().expect("id");
+    wait_status(&rig.app, &notifier, id, |s| s["counts"]["sent"] == 1).await;
+    let receipts = rig.apns.receipts();
+    assert_eq!(receipts.len(), 1, "{receipts:?}");
+    assert_eq!(receipts[0].token, token);
+    assert_eq!(receipts[0].topic, BUNDLE);
+}
+both_backends!(
+    apns_certificate_trust_delivers_without_a_provider_token,
+    super::certificate_auth
 );
 
 async fn outcome_table(app: TestApp) {
