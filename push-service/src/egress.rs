@@ -76,7 +76,11 @@ impl EgressProxy {
         };
         let port = url.port_or_known_default().unwrap_or(80);
         let authorization = (!url.username().is_empty()).then(|| {
-            let decode = |s: &str| percent_decode(s);
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
             let pair = format!(
                 "{}:{}",
                 decode(url.username()),
@@ -129,30 +133,6 @@ impl EgressProxy {
     pub fn address(&self) -> &str {
         self.address.expose()
     }
-}
-
-/// `%XX` sequences decoded (user information in an address).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -239,6 +239,20 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
+/// A socket error's kind in a few words (refused, reset, timeout, TLS, …).
+pub fn io_cause(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind as K;
+    match kind {
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset",
+        K::ConnectionAborted => "connection aborted",
+        K::TimedOut => "timeout",
+        K::UnexpectedEof | K::BrokenPipe => "connection closed",
+        K::InvalidData => "TLS: the provider's certificate or handshake was refused",
+        _ => "i/o error",
+    }
+}
+
 /// A network failure's cause in a few words (refused, reset, timeout, TLS, …);
 /// never the URL, which holds an APNs device token.
 pub fn network_cause(error: &reqwest::Error) -> String {
@@ -250,18 +264,8 @@ pub fn network_cause(error: &reqwest::Error) -> String {
     let mut words = None;
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            let word = match io.kind() {
-                K::ConnectionRefused => "connection refused",
-                K::ConnectionReset => "connection reset",
-                K::ConnectionAborted => "connection aborted",
-                K::TimedOut => "timeout",
-                K::UnexpectedEof | K::BrokenPipe => "connection closed",
-                K::InvalidData => "TLS: the provider's certificate or handshake was refused",
-                _ => "i/o error",
-            };
-            words = Some(word.to_owned());
-            if io.kind() != K::Other {
+            words = Some(io_cause(io.kind()).to_owned());
+            if io.kind() != std::io::ErrorKind::Other {
                 break;
             }
         }

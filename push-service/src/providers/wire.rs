@@ -85,17 +85,11 @@ impl WireError {
 
     fn io(error: &std::io::Error) -> Self {
         use std::io::ErrorKind as K;
-        let word = match error.kind() {
-            K::ConnectionRefused => "connection refused",
-            K::ConnectionReset => "connection reset",
-            K::ConnectionAborted => "connection aborted",
-            K::TimedOut => "timeout",
-            K::UnexpectedEof | K::BrokenPipe => "connection closed",
-            K::InvalidData => "TLS: the provider's certificate or handshake was refused",
+        let words = match error.kind() {
             K::NotFound | K::AddrNotAvailable => "the provider's address does not resolve",
-            _ => "i/o error",
+            kind => crate::outbound::io_cause(kind),
         };
-        WireError(word.into())
+        WireError(words.into())
     }
 
     fn h2(error: &h2::Error) -> Self {
@@ -433,6 +427,25 @@ fn forget(slot: &Mutex<Slot>, number: u64) {
     if slot.live.as_ref().is_some_and(|l| l.number == number) {
         slot.live = None;
     }
+}
+
+/// `content-type: application/json`, and `authorization` when given, marked
+/// sensitive so that HPACK never keeps it in its table.
+pub fn json_with_authorization(
+    headers: &mut HeaderMap,
+    authorization: Option<&str>,
+) -> Result<(), WireError> {
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(value) = authorization {
+        let mut value = HeaderValue::from_str(value)
+            .map_err(|_| WireError("the authorization is not a header value".into()))?;
+        value.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    Ok(())
 }
 
 /// Headers from (name, value) pairs; a pair that is not a valid HTTP header

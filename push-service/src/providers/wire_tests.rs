@@ -98,3 +98,15 @@ async fn nothing_listening_is_connection_refused() {
         .expect("nothing listens");
     assert_eq!(err.0, "connection refused");
 }
+
+#[test]
+fn the_authorization_is_sensitive_and_checked() {
+    let mut headers = HeaderMap::new();
+    json_with_authorization(&mut headers, Some("bearer abc")).expect("valid");
+    assert_eq!(headers[http::header::CONTENT_TYPE], "application/json");
+    assert!(headers[http::header::AUTHORIZATION].is_sensitive());
+    let mut without = HeaderMap::new();
+    json_with_authorization(&mut without, None).expect("valid");
+    assert!(!without.contains_key(http::header::AUTHORIZATION));
+    assert!(json_with_authorization(&mut HeaderMap::new(), Some("bearer a\nb")).is_err());
+}

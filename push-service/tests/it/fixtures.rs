@@ -26,19 +26,20 @@ pub fn apns_p12(password: &str, not_before_days: i64, not_after_days: i64) -> (S
     params.not_before = now + time::Duration::days(not_before_days);
     params.not_after = now + time::Duration::days(not_after_days);
     let cert = params.self_signed(&key).expect("sign");
-    let key_der = key.serialize_der();
+    (p12_of(&key, cert.der(), password), key.serialize_der())
+}
+
+/// A `.p12` (base64) holding `key` and its certificate, under `password`.
+pub fn p12_of(key: &rcgen::KeyPair, cert_der: &[u8], password: &str) -> String {
     let chain = p12_keystore::PrivateKeyChain::new(
         "apns",
-        p12_keystore::PrivateKey::from_der(&key_der).expect("key der"),
-        [p12_keystore::Certificate::from_der(cert.der()).expect("cert der")],
+        p12_keystore::PrivateKey::from_der(&key.serialize_der()).expect("key der"),
+        [p12_keystore::Certificate::from_der(cert_der).expect("cert der")],
     );
     let mut store = p12_keystore::KeyStore::new();
     store.add_entry("apns", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
     let der = store.writer(password).write().expect("p12");
-    (
-        base64::engine::general_purpose::STANDARD.encode(der),
-        key_der,
-    )
+    base64::engine::general_purpose::STANDARD.encode(der)
 }
 
 /// A Google service-account JSON with a fresh RSA key; also returns the key PEM.

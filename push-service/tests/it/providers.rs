@@ -411,15 +411,7 @@ async fn certificate_auth(app: TestApp) {
         format!("Apple Push Services: {BUNDLE}"),
     );
     let cert = params.signed_by(&key, &ca, &ca_key).expect("cert");
-    let chain = p12_keystore::PrivateKeyChain::new(
-        "apns",
-        p12_keystore::PrivateKey::from_der(&key.serialize_der()).expect("key der"),
-        [p12_keystore::Certificate::from_der(cert.der()).expect("cert der")],
-    );
-    let mut store = p12_keystore::KeyStore::new();
-    store.add_entry("apns", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
-    let p12 = store.writer("pw").write().expect("p12");
-    let p12 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, p12);
+    let p12 = crate::fixtures::p12_of(&key, cert.der(), "pw");
 
     let rig = rig_offering(backend, 3599, "", false, &[b"h2"], &[ca.der().to_vec()]).await;
     let app_id = rig.app.create_app("Acme").await;

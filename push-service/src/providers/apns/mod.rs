@@ -252,23 +252,14 @@ impl ApnsProvider {
         let pairs = message::headers(delivery.content, &client.bundle, expiration, &id);
         let mut headers = wire::header_map(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
             .map_err(|e| Outcome::Failed(format!("apns: {e}")))?;
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        let mut jwt = None;
-        if let Some(auth) = &client.auth {
-            let token = auth.jwt(expired).map_err(Outcome::from)?;
-            let mut value =
-                http::HeaderValue::try_from(format!("bearer {token}")).map_err(|_| {
-                    Outcome::CredentialError(
-                        "apns: the provider token is not a header value".into(),
-                    )
-                })?;
-            value.set_sensitive(true);
-            headers.insert(http::header::AUTHORIZATION, value);
-            jwt = Some(token);
-        }
+        let jwt = match &client.auth {
+            Some(auth) => Some(auth.jwt(expired).map_err(Outcome::from)?),
+            None => None,
+        };
+        let bearer = jwt.as_ref().map(|token| format!("bearer {token}"));
+        wire::json_with_authorization(&mut headers, bearer.as_deref()).map_err(|_| {
+            Outcome::CredentialError("apns: the provider token is not a header value".into())
+        })?;
         let path = with_path(base, &["3", "device", token]);
         let body = message::payload(delivery.content, delivery.inbox()).to_string();
         let response = connection

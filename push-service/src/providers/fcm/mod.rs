@@ -283,14 +283,7 @@ impl FcmProvider {
         body: bytes::Bytes,
     ) -> Result<(u16, Option<Duration>, bytes::Bytes), wire::WireError> {
         let mut headers = http::HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        if let Ok(mut value) = http::HeaderValue::try_from(format!("Bearer {access}")) {
-            value.set_sensitive(true);
-            headers.insert(http::header::AUTHORIZATION, value);
-        }
+        wire::json_with_authorization(&mut headers, Some(&format!("Bearer {access}")))?;
         let answer = wire.post(client.send_url.path(), headers, body).await?;
         Ok((answer.status, retry_after(&answer.headers), answer.body))
     }
