@@ -37,9 +37,14 @@ pub fn created_of(id: &str) -> Option<i64> {
     if encoded.len() != 30 {
         return None;
     }
-    let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+    // Decoded on the stack: the store asks this for every row it writes.
+    let mut bytes = [0u8; TIMED_BYTES + 2];
+    let len = URL_SAFE_NO_PAD.decode_slice(encoded, &mut bytes).ok()?;
+    if len != TIMED_BYTES {
+        return None;
+    }
     let mut time = [0u8; 8];
-    time[2..].copy_from_slice(bytes.get(..6)?);
+    time[2..].copy_from_slice(&bytes[..6]);
     Some(i64::from_be_bytes(time))
 }
 

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
+use crate::notify::{NotifyRequest, Submission};
 
 /// JSON body whose rejections (syntax, types, size, content type) are problem+json.
 pub struct ApiJson<T>(pub T);
@@ -24,8 +25,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
 /// The body of a notify request: larger than others by what the largest
 /// content (`max_content_bytes`) takes in base64. The route's own
-/// `DefaultBodyLimit` lets it through.
-pub struct NotifyJson<T>(pub T);
+/// `DefaultBodyLimit` lets it through. With its `Idempotency-Key` header, as
+/// the acceptor takes it: a request without a key is read straight into a
+/// notify request; a keyed one (hashed from its JSON), or one that does not
+/// read as a notify request (answered by the acceptor as before), as JSON.
+pub struct NotifySubmission(pub Submission);
 
 /// The body limit of a notify request.
 pub fn notify_body_limit(config: &crate::Config) -> usize {
@@ -35,14 +39,45 @@ pub fn notify_body_limit(config: &crate::Config) -> usize {
     }
 }
 
-impl<T: DeserializeOwned> FromRequest<AppState> for NotifyJson<T> {
+impl FromRequest<AppState> for NotifySubmission {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        read_json(req, state, notify_body_limit(&state.config))
-            .await
-            .map(NotifyJson)
+        let key = req.headers().get("idempotency-key").cloned();
+        let limit = notify_body_limit(&state.config);
+        let bytes = read_body(req, state, limit).await?;
+        if key.is_none() {
+            if let Ok(request) = serde_json::from_slice::<NotifyRequest>(&bytes) {
+                return Ok(NotifySubmission(Submission::Parsed(Box::new(request))));
+            }
+        }
+        // Errors are told as they always were: malformed JSON first (400),
+        // then the key, then what the acceptor finds in the JSON (422).
+        let body: serde_json::Value = parse_json(&bytes, limit)?;
+        let idempotency_key = match key {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(idempotency_key)
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        ApiError::invalid("`Idempotency-Key`: 1 to 255 visible ASCII characters")
+                    })?,
+            ),
+        };
+        Ok(NotifySubmission(Submission::Json {
+            idempotency_key,
+            body,
+        }))
     }
+}
+
+/// An idempotency key as the API takes it: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(raw: &str) -> Option<&str> {
+    (!raw.is_empty() && raw.len() <= 255 && raw.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .then_some(raw)
 }
 
 /// Reads a JSON body of at most `limit` bytes (the route's `DefaultBodyLimit`
@@ -52,6 +87,16 @@ async fn read_json<T: DeserializeOwned>(
     state: &AppState,
     limit: usize,
 ) -> Result<T, ApiError> {
+    let bytes = read_body(req, state, limit).await?;
+    parse_json(&bytes, limit)
+}
+
+/// A body of at most `limit` bytes, declared JSON, with no NUL escaped in it.
+async fn read_body(
+    req: Request,
+    state: &AppState,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     let json_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -82,7 +127,11 @@ async fn read_json<T: DeserializeOwned>(
             "a string holds a NUL character (\\u0000), which cannot be stored",
         ));
     }
-    match axum::Json::<T>::from_bytes(&bytes) {
+    Ok(bytes)
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, ApiError> {
+    match axum::Json::<T>::from_bytes(bytes) {
         Ok(axum::Json(value)) => Ok(value),
         Err(rejection) => Err(json_rejection(rejection, limit)),
     }

@@ -2,13 +2,13 @@
 
 use crate::delivery::DeliveryState;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{notify_body_limit, ApiJson, ApiQuery, NotifyJson};
+use super::extract::{idempotency_key, notify_body_limit, ApiJson, ApiQuery, NotifySubmission};
 use crate::api::error::{ApiError, Problem};
 use crate::api::AppState;
 use crate::auth::notifier::NotifierAuth;
@@ -111,24 +111,10 @@ fn public_state(state: &str) -> &str {
 async fn notify(
     State(state): State<AppState>,
     auth: NotifierAuth,
-    headers: HeaderMap,
-    NotifyJson(body): NotifyJson<serde_json::Value>,
+    NotifySubmission(submission): NotifySubmission,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     auth.require("notify")?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .and_then(idempotency_key)
-                .ok_or_else(|| {
-                    ApiError::invalid("`Idempotency-Key`: 1 to 255 visible ASCII characters")
-                })?;
-            Some(key.to_owned())
-        }
-    };
-    let accepted = state.acceptor.accept(&auth, key.as_deref(), body).await?;
+    let accepted = state.acceptor.submit(&auth, submission).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -182,12 +168,6 @@ pub struct BatchAnswer {
     pub results: Vec<BatchItem>,
 }
 
-/// An idempotency key as the API takes it: 1 to 255 visible ASCII characters.
-fn idempotency_key(raw: &str) -> Option<&str> {
-    (!raw.is_empty() && raw.len() <= 255 && raw.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
-        .then_some(raw)
-}
-
 #[utoipa::path(post, path = "/v1/apps/{app}/notifications/batch", tag = "notifications",
     params(("app" = String, Path, description = "App id")),
     request_body = BatchRequest,
@@ -234,12 +214,17 @@ async fn notify_batch(
         };
         // What does not read as a notify request breaks the document: the
         // batch is refused whole, naming the item, as a single request would be.
-        if let Err(e) = NotifyRequest::deserialize(&item) {
-            return Err(ApiError::invalid(format!("`notifications[{i}]`: {e}")));
-        }
-        submissions.push(Submission {
-            idempotency_key: key,
-            body: item,
+        let request = match NotifyRequest::deserialize(&item) {
+            Ok(request) => request,
+            Err(e) => return Err(ApiError::invalid(format!("`notifications[{i}]`: {e}"))),
+        };
+        // A keyed item is hashed from its JSON; the others go as read.
+        submissions.push(match key {
+            None => Submission::Parsed(Box::new(request)),
+            Some(key) => Submission::Json {
+                idempotency_key: Some(key),
+                body: item,
+            },
         });
     }
     let answers = state.acceptor.accept_batch(&auth, submissions).await?;

@@ -31,10 +31,19 @@ impl Acceptor {
         idempotency_key: Option<&str>,
         body: serde_json::Value,
     ) -> Result<Accepted, AcceptError> {
-        let submission = Submission {
+        let submission = Submission::Json {
             idempotency_key: idempotency_key.map(str::to_owned),
             body,
         };
+        self.submit(auth, submission).await
+    }
+
+    /// Accepts one submission: [`Acceptor::accept_batch`] of one.
+    pub async fn submit(
+        &self,
+        auth: &NotifierAuth,
+        submission: Submission,
+    ) -> Result<Accepted, AcceptError> {
         self.accept_batch(auth, vec![submission])
             .await?
             .pop()
@@ -166,34 +175,41 @@ impl Acceptor {
 
     /// Hashes, replays (a known key) or validates one submission.
     async fn draft(&self, auth: &NotifierAuth, submission: Submission) -> Item {
-        let Submission {
-            idempotency_key: key,
-            body,
-        } = submission;
-        let request_hash = match serde_json::to_vec(&body) {
-            Ok(bytes) => hex::encode(Sha256::digest(bytes)),
-            Err(e) => return Item::Done(Err(e.into())),
-        };
-        if let Some(key) = key.as_deref() {
-            match self.replay(auth, key, &request_hash).await {
-                Ok(Some(previous)) => return Item::Done(Ok(previous)),
-                Ok(None) => {}
-                Err(e) => return Item::Done(Err(e)),
+        let (key, request_hash, request) = match submission {
+            Submission::Parsed(request) => (None, String::new(), Ok(*request)),
+            Submission::Json {
+                idempotency_key: None,
+                body,
+            } => (None, String::new(), parse(body)),
+            Submission::Json {
+                idempotency_key: Some(key),
+                body,
+            } => {
+                // The hash tells a retry from a different request under the
+                // same key; without a key it is not kept.
+                let request_hash = match serde_json::to_vec(&body) {
+                    Ok(bytes) => hex::encode(Sha256::digest(bytes)),
+                    Err(e) => return Item::Done(Err(e.into())),
+                };
+                match self.replay(auth, &key, &request_hash).await {
+                    Ok(Some(previous)) => return Item::Done(Ok(previous)),
+                    Ok(None) => {}
+                    Err(e) => return Item::Done(Err(e)),
+                }
+                (Some(key), request_hash, parse(body))
             }
-        }
+        };
         let max_content = self.settings.max_content_bytes;
-        let parsed = serde_json::from_value::<NotifyRequest>(body)
-            .map_err(|e| AcceptError::Invalid(e.to_string()))
-            .and_then(|mut request| {
-                let targets_json = serde_json::to_string(&request.targets)?;
-                let plan = request.content.take();
-                let (targets, mut content, ttl) = validate(request)?;
-                let plan = plan
-                    .map(|c| super::content::plan(c, &targets, ttl, max_content))
-                    .transpose()?;
-                content.inbox = plan.is_some();
-                Ok((targets_json, targets, content, ttl, plan))
-            });
+        let parsed = request.and_then(|mut request| {
+            let targets_json = serde_json::to_string(&request.targets)?;
+            let plan = request.content.take();
+            let (targets, mut content, ttl) = validate(request)?;
+            let plan = plan
+                .map(|c| super::content::plan(c, &targets, ttl, max_content))
+                .transpose()?;
+            content.inbox = plan.is_some();
+            Ok((targets_json, targets, content, ttl, plan))
+        });
         match parsed {
             Ok((targets_json, targets, content, ttl, plan)) => Item::New(Box::new(Draft {
                 key,
@@ -400,4 +416,9 @@ impl Acceptor {
         let answer = serde_json::from_str(previous.response.as_deref().unwrap_or_default())?;
         Ok(Some(answer))
     }
+}
+
+/// A submitted JSON body as a notify request (`422` when it is not one).
+fn parse(body: serde_json::Value) -> Result<NotifyRequest, AcceptError> {
+    serde_json::from_value(body).map_err(|e| AcceptError::Invalid(e.to_string()))
 }

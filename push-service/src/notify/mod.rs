@@ -150,10 +150,17 @@ pub struct Accepted {
 /// Most notifications in one batch request.
 pub const MAX_BATCH: usize = 500;
 
-/// One notification as submitted: its body and, optionally, the key that makes
-/// a retry of it safe.
+/// One notification as submitted.
 #[derive(Debug, Clone)]
-pub struct Submission {
-    pub idempotency_key: Option<String>,
-    pub body: serde_json::Value,
+pub enum Submission {
+    /// Its JSON body and, optionally, the key that makes a retry of it safe:
+    /// a keyed request is hashed from this JSON (key order does not matter),
+    /// and a body that does not read as a notify request is answered `422`.
+    Json {
+        idempotency_key: Option<String>,
+        body: serde_json::Value,
+    },
+    /// A request without a key, read straight from its bytes (the common
+    /// case: no JSON tree built, walked and dropped on the way).
+    Parsed(Box<NotifyRequest>),
 }

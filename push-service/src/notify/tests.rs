@@ -256,7 +256,7 @@ async fn a_batch_answers_each_notification_in_order_and_stores_only_the_good_one
         .accept(&auth, Some("k-first"), good("one", &device))
         .await
         .expect("accepted alone");
-    let submission = |key: Option<&str>, body: serde_json::Value| super::Submission {
+    let submission = |key: Option<&str>, body: serde_json::Value| super::Submission::Json {
         idempotency_key: key.map(str::to_owned),
         body,
     };
@@ -327,7 +327,7 @@ async fn a_batch_over_the_rate_limit_is_refused_whole_with_nothing_stored() {
     let auth = NotifierAuth::verified(notifier, &["notify"]);
     let body = json!({"targets": {"registrations": [device]}, "notification": {"title": "t"}});
     let batch: Vec<_> = (0..50)
-        .map(|_| super::Submission {
+        .map(|_| super::Submission::Json {
             idempotency_key: None,
             body: body.clone(),
         })

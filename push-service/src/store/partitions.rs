@@ -9,7 +9,7 @@
 //! What to create and drop is worked out from the partitions' names alone
 //! ([`plan`]), so the rule is tested without a database.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 use sqlx::{PgPool, Row};
@@ -39,10 +39,12 @@ pub struct Days {
 
 #[derive(Debug, Default)]
 struct Known {
-    /// Day partitions by name.
-    days: HashSet<String>,
-    /// The copies from before partitioning: `(name, end)`.
-    copies: Vec<(String, i64)>,
+    /// Day partitions by table (its place in [`TABLES`]) and first millisecond
+    /// of the day: the hot statements look a name up for every row, so it is
+    /// found by number, not by building the name.
+    days: HashMap<(usize, i64), String>,
+    /// The copies from before partitioning: `(table, name, end)`.
+    copies: Vec<(usize, String, i64)>,
 }
 
 impl Days {
@@ -50,15 +52,16 @@ impl Days {
     pub fn set(&self, names: impl IntoIterator<Item = String>) {
         let mut known = Known::default();
         for name in names {
-            let copy_end = TABLES.iter().find_map(|table| match span_of(table, &name) {
-                Some(Span::Before(end)) => Some(end),
-                _ => None,
-            });
-            match copy_end {
-                Some(end) => known.copies.push((name, end)),
-                None => {
-                    known.days.insert(name);
+            let found = TABLES
+                .iter()
+                .enumerate()
+                .find_map(|(table, prefix)| Some((table, span_of(prefix, &name)?)));
+            match found {
+                Some((table, Span::Day(start))) => {
+                    known.days.insert((table, start), name);
                 }
+                Some((table, Span::Before(end))) => known.copies.push((table, name, end)),
+                Some((_, Span::Default)) | None => {}
             }
         }
         if let Ok(mut slot) = self.known.write() {
@@ -71,23 +74,24 @@ impl Days {
     /// the copy from before partitioning) when the id carries its time,
     /// `table` itself otherwise.
     pub fn relation(&self, table: &str, id: &str) -> String {
-        let Some(created) = crate::ids::created_of(id) else {
+        let (Some(created), Some(index)) = (
+            crate::ids::created_of(id),
+            TABLES.iter().position(|t| *t == table),
+        ) else {
             return table.to_owned();
         };
         let Ok(known) = self.known.read() else {
             return table.to_owned();
         };
-        let day = format!("{table}_d{}", day_name(created));
-        if known.days.contains(&day) {
-            return day;
+        let day = created - created.rem_euclid(DAY_MS);
+        if let Some(name) = known.days.get(&(index, day)) {
+            return name.clone();
         }
         known
             .copies
             .iter()
-            .find(|(name, end)| {
-                created < *end && matches!(span_of(table, name), Some(Span::Before(_)))
-            })
-            .map_or_else(|| table.to_owned(), |(name, _)| name.clone())
+            .find(|(of, _, end)| *of == index && created < *end)
+            .map_or_else(|| table.to_owned(), |(_, name, _)| name.clone())
     }
 
     /// `rows` grouped by [`Days::relation`] (of `id(row)`), in order of first appearance.

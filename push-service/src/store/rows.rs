@@ -129,7 +129,8 @@ pub struct NotificationRow {
     pub app_id: String,
     pub notifier_id: String,
     pub idempotency_key: Option<String>,
-    /// SHA-256 of the request body, to tell a retry from a different request.
+    /// SHA-256 of the request body when it came with an idempotency key, to
+    /// tell a retry from a different request; empty without a key.
     pub request_hash: String,
     /// Target spec (JSON): `{"registrations": [...]}`, `{"aliases": [...]}` or `{"all": true}`.
     pub targets: String,

@@ -134,6 +134,27 @@ async fn idempotent_retry_answers_the_first_response(app: TestApp) {
     let (again_status, again) = post(body.clone(), "key-1").await;
     assert_eq!(again_status, StatusCode::ACCEPTED);
     assert_eq!(again, first, "a retry gets the first answer");
+    // The same request written differently (members in another order, other
+    // spacing) is the same request: a keyed body is compared as JSON, not as
+    // bytes, while a body without a key is read straight into a request.
+    let reordered = format!(
+        "{{ \"notification\" : {{\"title\":\"once\"}},\n  \"targets\": {{\"registrations\": [\"{}\"]}} }}",
+        registration.id
+    );
+    let (status, replayed) = crate::helpers::read(
+        app.client
+            .post(app.url(&path))
+            .bearer_auth(notifier.jwt("notify"))
+            .header("idempotency-key", "key-1")
+            .header("content-type", "application/json")
+            .body(reordered)
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
+    assert_eq!(replayed, first, "the same JSON in another order is a retry");
     let (status, problem) = post(
         json!({"targets": {"registrations": [registration.id]}}),
         "key-1",

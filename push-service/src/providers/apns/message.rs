@@ -28,16 +28,22 @@ pub fn topic_for(bundle: &str, push_type: &str) -> String {
 /// A stable `apns-id` per notification and device: retries reuse it, so a
 /// redelivery does not show twice.
 pub fn apns_id(notification_id: &str, registration_id: &str) -> String {
-    let digest = Sha256::digest(format!("{notification_id}/{registration_id}").as_bytes());
-    let h = hex::encode(&digest[..16]);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::new()
+        .chain_update(notification_id)
+        .chain_update("/")
+        .chain_update(registration_id)
+        .finalize();
+    // The first 16 bytes in hex, as a UUID: 8-4-4-4-12.
+    let mut id = String::with_capacity(36);
+    for (i, byte) in digest[..16].iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    id
 }
 
 /// APNs headers of a delivery: topic, push type, priority, expiration, collapse id, id.
@@ -195,6 +201,12 @@ mod tests {
         assert_eq!(apns_id("n", "r"), apns_id("n", "r"));
         assert_ne!(apns_id("n", "r"), apns_id("n", "s"));
         assert_eq!(apns_id("n", "r").len(), 36);
+        // The same id as every build before gave (a retry after an upgrade
+        // keeps its id): SHA-256 of "ntf_a/reg_b", first 16 bytes, 8-4-4-4-12.
+        assert_eq!(
+            apns_id("ntf_a", "reg_b"),
+            "ae19ae7f-fe72-fe0a-2882-c7a224b11446"
+        );
     }
 
     /// Content in the inbox: its id always, the JWE only while the payload
