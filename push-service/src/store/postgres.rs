@@ -28,8 +28,10 @@ fn migrator() -> sqlx::migrate::Migrator {
 /// trips were ~15 ms of a ready time of 70–110 ms, BENCHMARKS.md). Any other
 /// database — one a migration already touched, or holding tables of its own —
 /// is left to the migrator, which then finds nothing (or only what is newer)
-/// to apply. Both paths give the same schema (`tests/migrations.rs`).
-async fn create_fresh(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+/// to apply. Both paths give the same schema (`tests/migrations.rs`). True
+/// when it made the schema: the migrator's own pass (another lock, two
+/// reads, ~15 ms of a first start) would find nothing to do.
+async fn create_fresh(pool: &sqlx::PgPool) -> Result<bool, sqlx::migrate::MigrateError> {
     use sqlx::migrate::Migrate;
     let mut conn = pool.acquire().await?;
     // The migrator's own lock: a node starting beside this one waits, then
@@ -37,10 +39,12 @@ async fn create_fresh(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateE
     conn.lock().await?;
     let created = make_if_fresh(&mut conn).await;
     let unlocked = conn.unlock().await;
-    created.and(unlocked)
+    // The schema's error first: it says more than a failed unlock.
+    let created = created?;
+    unlocked.map(|()| created)
 }
 
-async fn make_if_fresh(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::migrate::MigrateError> {
+async fn make_if_fresh(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::migrate::MigrateError> {
     use sqlx::migrate::Migrate;
     let fresh: bool = sqlx::query_scalar(
         "SELECT to_regclass('_sqlx_migrations') IS NULL AND NOT EXISTS \
@@ -49,7 +53,7 @@ async fn make_if_fresh(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::migrat
     .fetch_one(&mut *conn)
     .await?;
     if !fresh {
-        return Ok(());
+        return Ok(false);
     }
     let migrator = migrator();
     let mut sql = String::new();
@@ -72,7 +76,7 @@ async fn make_if_fresh(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::migrat
         .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// A migration's SQL as it runs inside the fresh database's one transaction:
@@ -140,7 +144,9 @@ impl SqlBackend for sqlx::Postgres {
 
     fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
         Box::pin(async move {
-            create_fresh(pool).await?;
+            if create_fresh(pool).await? {
+                return Ok(());
+            }
             migrator().run(pool).await
         })
     }
