@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod cost;
+pub mod cpu;
 pub mod report;
 pub mod scenarios;
 pub mod service;

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use loadtest::apns::{ApnsConfig, ApnsKey, ApnsSimulator};
 use loadtest::bench::scenarios::{self, Devices};
 use loadtest::bench::service::{Service, ServiceArgs};
-use loadtest::bench::{cost, report, Latency};
+use loadtest::bench::{cost, cpu, report, Latency};
 use loadtest::fcm::{FcmConfig, FcmSimulator};
 use loadtest::jws::{now, sign_es256, sign_rs256};
 use loadtest::tls::TestPki;
@@ -404,9 +404,12 @@ async fn unicast(
     // transactions are in the first read (before, ~3,000 of them showed up as
     // the notifications' cost of a 20,000 run), and again after the load so
     // that the last ones are in the second.
+    // Signed before the readings: an auth server signs on its own machine.
+    let presigned = tenant.sign_ahead(load.notifications.div_ceil(batch.max(1)));
     svc.terminate_all(Duration::from_secs(30)).await?;
     cost::quiesce(&svc.database_url).await;
     let before = cost::read(&svc.database_url, redis_url);
+    let cpu_before = cpu::read();
     svc.restart_all().await?;
     let cpu = svc.cpu_seconds();
     let figures = scenarios::unicast(
@@ -418,6 +421,7 @@ async fn unicast(
             concurrency: load.concurrency,
             rate: load.rate,
             batch,
+            presigned,
         },
     )
     .await?;
@@ -426,6 +430,7 @@ async fn unicast(
     svc.terminate_all(Duration::from_secs(30)).await?;
     cost::quiesce(&svc.database_url).await;
     let cost = before.per(&cost::read(&svc.database_url, redis_url), figures.delivered);
+    let cpu_per = cpu_before.per(&cpu::read(), figures.delivered);
     let name = if batch > 1 { "batch" } else { "unicast" };
     let title = format!(
         "{name}{} · {:?} · {} node(s) · {} connections · {} tokens",
@@ -446,11 +451,13 @@ async fn unicast(
     let ratio = ceiling_apns.map(|c| figures.delivered_per_second / c);
     let md = format!(
         "{}\n| ceiling (APNs simulator, this run) | {} |\n| delivered/s ÷ ceiling | {} |\n\
-         | cost per notification | {} |\n| delivered after the load / drain | {} / {:.1} s (kept pace: {}) |\n",
+         | cost per notification | {} |\n| CPU per notification, restart to stop (the service: above) | {} |\n\
+         | delivered after the load / drain | {} / {:.1} s (kept pace: {}) |\n",
         delivery_markdown(&title, &figures, &line),
         ceiling_apns.map_or("not measured".into(), |c| format!("{c:.0}/s")),
         ratio.map_or("—".into(), |r| format!("{:.1} %", r * 100.0)),
         cost.line(),
+        cpu_per.line(),
         figures.delivered_after_load,
         figures.drain_seconds,
         if figures.kept_pace() { "yes" } else { "no" },
@@ -465,7 +472,7 @@ async fn unicast(
         name,
         &json!({"store": service.store, "nodes": service.nodes, "batch": batch,
             "token_reuse": load.token_reuse, "figures": figures, "service": line,
-            "ceiling_apns_per_second": ceiling_apns, "ratio_to_ceiling": ratio, "cost": cost}),
+            "ceiling_apns_per_second": ceiling_apns, "ratio_to_ceiling": ratio, "cost": cost, "cpu": cpu_per}),
         &md,
     )?;
     anyhow::ensure!(
