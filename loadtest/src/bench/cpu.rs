@@ -63,18 +63,18 @@ pub fn read() -> CpuTimes {
 
 /// One process's line of `/proc/<pid>/stat`, read.
 #[derive(Debug, PartialEq)]
-struct ProcessTimes {
-    command: String,
+pub struct ProcessTimes {
+    pub command: String,
     /// Its own user + system seconds.
-    own: f64,
+    pub own: f64,
     /// The user + system seconds of the children it waited for.
-    reaped: f64,
+    pub reaped: f64,
 }
 
 /// Reads a `/proc/<pid>/stat` line: the command sits in parentheses and may
 /// itself hold spaces and parentheses, so the fields are counted from the
 /// last `)`.
-fn process_times(stat: &str) -> Option<ProcessTimes> {
+pub fn process_times(stat: &str) -> Option<ProcessTimes> {
     let open = stat.find('(')?;
     let (head, rest) = stat.rsplit_once(')')?;
     let command = head.get(open + 1..)?.to_owned();

@@ -454,12 +454,7 @@ impl TenantJwt {
             Some((exp, token)) if *exp > now + 600 => token.clone(),
             _ => {
                 let exp = now + 3000;
-                let token = sign_es256(
-                    &self.key,
-                    &json!({"alg": "ES256", "kid": "bench"}),
-                    &json!({"iss": self.iss, "aud": "push-bench", "iat": now, "exp": exp,
-                        "scope": "notify"}),
-                );
+                let token = self.sign(now, exp, None);
                 *current = Some((exp, token.clone()));
                 token
             }
@@ -470,13 +465,18 @@ impl TenantJwt {
     fn single_use(&self, seconds: i64) -> (i64, String) {
         let now = crate::jws::now();
         let exp = now + seconds;
-        let token = sign_es256(
-            &self.key,
-            &json!({"alg": "ES256", "kid": "bench"}),
-            &json!({"iss": self.iss, "aud": "push-bench", "iat": now, "exp": exp,
-                "jti": format!("{:032x}", rand::random::<u128>()), "scope": "notify"}),
-        );
-        (exp, token)
+        let jti = format!("{:032x}", rand::random::<u128>());
+        (exp, self.sign(now, exp, Some(jti)))
+    }
+
+    /// The notifier's ES256 token issued at `iat`, with a `jti` when single-use.
+    fn sign(&self, iat: i64, exp: i64, jti: Option<String>) -> String {
+        let mut claims = json!({"iss": self.iss, "aud": "push-bench", "iat": iat, "exp": exp,
+            "scope": "notify"});
+        if let Some(jti) = jti {
+            claims["jti"] = json!(jti);
+        }
+        sign_es256(&self.key, &json!({"alg": "ES256", "kid": "bench"}), &claims)
     }
 }
 

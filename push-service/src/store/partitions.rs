@@ -83,7 +83,7 @@ impl Days {
         let Ok(known) = self.known.read() else {
             return table.to_owned();
         };
-        let day = created - created.rem_euclid(DAY_MS);
+        let day = created.div_euclid(DAY_MS) * DAY_MS;
         if let Some(name) = known.days.get(&(index, day)) {
             return name.clone();
         }
