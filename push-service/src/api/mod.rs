@@ -21,12 +21,14 @@ pub mod state;
 mod stream_conn;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderName, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -202,7 +204,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(SetSensitiveRequestHeadersLayer::new([
                     header::AUTHORIZATION,
                 ]))
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds))
                 // 503s under backpressure or an outage are expected answers: WARN,
                 // not ERROR (a real 500 is logged at ERROR where it happens).
                 .layer(
@@ -234,6 +236,37 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .with_state(state)
+}
+
+/// A request's id when it came without one: a random (version 4) UUID from
+/// the thread's generator, which the OS seeds, so no system call per request.
+#[derive(Clone, Copy)]
+struct RequestIds;
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_bytes(&uuid_v4(rand::random()))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// `bytes` as a version 4 UUID's text (RFC 9562: version 4, variant `10`).
+fn uuid_v4(mut bytes: [u8; 16]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut text = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    text
 }
 
 /// Ids and parameters reach the store as text, and PostgreSQL cannot store a NUL:
@@ -295,6 +328,25 @@ async fn track_http(request: axum::extract::Request, next: axum::middleware::Nex
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        // (random bytes, id)
+        let cases = [
+            ([0u8; 16], "00000000-0000-4000-8000-000000000000"),
+            ([0xffu8; 16], "ffffffff-ffff-4fff-bfff-ffffffffffff"),
+            (
+                [
+                    0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x12, 0x34, 0x56, 0x78, 0x9a,
+                    0xbc, 0xde, 0xf0,
+                ],
+                "12345678-9abc-4ef0-9234-56789abcdef0",
+            ),
+        ];
+        for (bytes, id) in cases {
+            assert_eq!(super::uuid_v4(bytes), id.as_bytes());
+        }
+    }
+
     #[test]
     fn encoded_control_characters_are_found() {
         for (text, found) in [

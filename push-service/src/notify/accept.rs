@@ -211,18 +211,23 @@ impl Acceptor {
                 .map(|c| super::content::plan(c, &targets, ttl, max_content))
                 .transpose()?;
             content.inbox = plan.is_some();
-            Ok((targets_json, targets, content, ttl, plan))
+            // Written here, beside the request, not in the group's write.
+            let content_json = serde_json::to_string(&content)?;
+            Ok((targets_json, targets, content, content_json, ttl, plan))
         });
         match parsed {
-            Ok((targets_json, targets, content, ttl, plan)) => Item::New(Box::new(Draft {
-                key,
-                request_hash,
-                targets,
-                targets_json,
-                content,
-                ttl,
-                plan,
-            })),
+            Ok((targets_json, targets, content, content_json, ttl, plan)) => {
+                Item::New(Box::new(Draft {
+                    key,
+                    request_hash,
+                    targets,
+                    targets_json,
+                    content,
+                    content_json,
+                    ttl,
+                    plan,
+                }))
+            }
             Err(e) => Item::Done(Err(e)),
         }
     }

@@ -21,6 +21,8 @@ pub(super) struct Draft {
     pub targets: TargetSpec,
     pub targets_json: String,
     pub content: Content,
+    /// `content` as the row stores it.
+    pub content_json: String,
     pub ttl: u64,
     /// Content for the targets' inboxes, checked, not yet sealed.
     pub plan: Option<crate::inbox::Plan>,
@@ -102,7 +104,7 @@ pub(super) fn finish(
         idempotency_key: draft.key.clone(),
         request_hash: draft.request_hash.clone(),
         targets: draft.targets_json.clone(),
-        content: serde_json::to_string(&draft.content)?,
+        content: draft.content_json.clone(),
         expires_at,
         state: match draft.targets {
             TargetSpec::Registrations(_) => NotificationPhase::Dispatching,
@@ -111,7 +113,11 @@ pub(super) fn finish(
         .as_str()
         .into(),
         created_at: now,
-        response: Some(serde_json::to_string(&answer)?),
+        // Read back only to answer a retry under the same key.
+        response: match draft.key {
+            Some(_) => Some(serde_json::to_string(&answer)?),
+            None => None,
+        },
         expand_cursor: None,
         updated_at: now,
     };
@@ -123,7 +129,7 @@ pub(super) fn finish(
         app_id: Some(who.app_id.clone()),
         target: Some(id),
         source: who.source.clone(),
-        details: Some(serde_json::json!({"accepted": accepted}).to_string()),
+        details: Some(format!("{{\"accepted\":{accepted}}}")),
     };
     Ok(Prepared {
         row,

@@ -338,6 +338,23 @@ mod tests {
     }
 
     #[test]
+    fn the_payload_limit_is_the_stored_json_s_length() {
+        let with =
+            |n: usize| check(json!({"notification": {"title": "t"}, "data": {"k": "x".repeat(n)}}));
+        let length = |c: &Content| serde_json::to_vec(c).expect("json").len();
+        let fits = MAX_PAYLOAD_BYTES - length(&with(0).expect("small"));
+        let content = with(fits).expect("exactly at the limit");
+        assert_eq!(length(&content), MAX_PAYLOAD_BYTES);
+        let over = with(fits + 1).expect_err("one byte over");
+        assert!(
+            over.0
+                .contains(&format!("is {} bytes", MAX_PAYLOAD_BYTES + 1)),
+            "{}",
+            over.0
+        );
+    }
+
+    #[test]
     fn what_a_provider_would_refuse_is_refused_here() {
         let alert = json!({"title": "t"});
         // (request fields, the field the error must name; None: accepted)

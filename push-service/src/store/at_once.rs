@@ -172,29 +172,15 @@ impl Statement {
     /// `None` when the rows span more than one partition of a table. A table
     /// with no rows in the statement is named by the other rows' day.
     fn of(days: &Days, rows: &[Insert<'_>], updates: &[&DeliveryUpdate]) -> Option<Self> {
-        let anchor = rows
-            .first()
-            .map(|(_, row, ..)| row.id.as_str())
-            .or_else(|| updates.first().map(|u| u.notification_id.as_str()))?;
-        // The one relation of `Days::group`'s groups (the anchor's when none).
-        fn one<T>(
-            days: &Days,
-            table: &str,
-            anchor: &str,
-            groups: &[(String, T)],
-        ) -> Option<String> {
-            match groups {
-                [] => Some(days.relation(table, anchor)),
-                [(relation, _)] => Some(relation.clone()),
-                _ => None,
-            }
-        }
-        let new = |table| days.group(table, rows, |(_, row, ..)| &row.id);
-        let old = days.group("deliveries", updates, |u| &u.notification_id);
+        let new: Vec<&str> = rows.iter().map(|(_, row, ..)| row.id.as_str()).collect();
+        let old: Vec<&str> = updates.iter().map(|u| u.notification_id.as_str()).collect();
+        let anchor = [*new.first().or(old.first())?];
+        let new_ids: &[&str] = if new.is_empty() { &anchor } else { &new };
+        let old_ids: &[&str] = if old.is_empty() { &anchor } else { &old };
         Some(Statement {
-            notifications: one(days, "notifications", anchor, &new("notifications"))?,
-            queued: one(days, "deliveries", anchor, &new("deliveries"))?,
-            updated: one(days, "deliveries", anchor, &old)?,
+            notifications: days.shared("notifications", new_ids)?,
+            queued: days.shared("deliveries", new_ids)?,
+            updated: days.shared("deliveries", old_ids)?,
         })
     }
 
@@ -245,9 +231,9 @@ impl Statement {
     fn query<'q>(
         &self,
         sql: &'q str,
-        found: &HashMap<String, RegistrationState>,
-        inserts: &[Insert<'_>],
-        updates: &[&DeliveryUpdate],
+        found: &'q HashMap<String, RegistrationState>,
+        inserts: &'q [Insert<'q>],
+        updates: &'q [&'q DeliveryUpdate],
     ) -> Rows<'q> {
         let persistent = prepare::<sqlx::Postgres>(&self.notifications, "notifications")
             && prepare::<sqlx::Postgres>(&self.queued, "deliveries")
@@ -255,26 +241,26 @@ impl Statement {
         let mut q = sqlx::query_as(sql).persistent(persistent);
         let states: Vec<&RegistrationState> = found.values().collect();
         q = q
-            .bind(column(&states, |s| s.id.clone()))
-            .bind(column(&states, |s| s.app_id.clone()))
-            .bind(column(&states, |s| s.status.clone()))
-            .bind(column(&states, |s| s.provider.clone()))
-            .bind(column(&states, |s| s.token.clone()))
-            .bind(column(&states, |s| s.environment.clone()));
+            .bind(column(&states, |s| s.id.as_str()))
+            .bind(column(&states, |s| s.app_id.as_str()))
+            .bind(column(&states, |s| s.status.as_str()))
+            .bind(column(&states, |s| s.provider.as_deref()))
+            .bind(column(&states, |s| s.token.as_deref()))
+            .bind(column(&states, |s| s.environment.as_deref()));
         let rows: Vec<&super::NotificationRow> = inserts.iter().map(|(_, row, ..)| *row).collect();
         q = q
-            .bind(column(&rows, |n| n.id.clone()))
-            .bind(column(&rows, |n| n.app_id.clone()))
-            .bind(column(&rows, |n| n.notifier_id.clone()))
-            .bind(column(&rows, |n| n.idempotency_key.clone()))
-            .bind(column(&rows, |n| n.request_hash.clone()))
-            .bind(column(&rows, |n| n.targets.clone()))
-            .bind(column(&rows, |n| n.content.clone()))
+            .bind(column(&rows, |n| n.id.as_str()))
+            .bind(column(&rows, |n| n.app_id.as_str()))
+            .bind(column(&rows, |n| n.notifier_id.as_str()))
+            .bind(column(&rows, |n| n.idempotency_key.as_deref()))
+            .bind(column(&rows, |n| n.request_hash.as_str()))
+            .bind(column(&rows, |n| n.targets.as_str()))
+            .bind(column(&rows, |n| n.content.as_str()))
             .bind(column(&rows, |n| n.expires_at))
-            .bind(column(&rows, |n| n.state.clone()))
+            .bind(column(&rows, |n| n.state.as_str()))
             .bind(column(&rows, |n| n.created_at))
-            .bind(column(&rows, |n| n.response.clone()))
-            .bind(column(&rows, |n| n.expand_cursor.clone()))
+            .bind(column(&rows, |n| n.response.as_deref()))
+            .bind(column(&rows, |n| n.expand_cursor.as_deref()))
             .bind(column(&rows, |n| n.updated_at));
         let queued: Vec<(&str, &str, i64, i64)> = inserts
             .iter()
@@ -285,24 +271,24 @@ impl Statement {
             })
             .collect();
         q = q
-            .bind(column(&queued, |d| d.0.to_owned()))
-            .bind(column(&queued, |d| d.1.to_owned()))
+            .bind(column(&queued, |d| d.0))
+            .bind(column(&queued, |d| d.1))
             .bind(column(&queued, |d| d.2))
             .bind(column(&queued, |d| d.3));
         let audits: Vec<&super::AuditEntry> = inserts.iter().filter_map(|(.., a)| *a).collect();
         q = q
             .bind(column(&audits, |e| e.at))
-            .bind(column(&audits, |e| e.actor.clone()))
-            .bind(column(&audits, |e| e.action.clone()))
-            .bind(column(&audits, |e| e.app_id.clone()))
-            .bind(column(&audits, |e| e.target.clone()))
-            .bind(column(&audits, |e| e.source.clone()))
-            .bind(column(&audits, |e| e.details.clone()));
+            .bind(column(&audits, |e| e.actor.as_str()))
+            .bind(column(&audits, |e| e.action.as_str()))
+            .bind(column(&audits, |e| e.app_id.as_deref()))
+            .bind(column(&audits, |e| e.target.as_deref()))
+            .bind(column(&audits, |e| e.source.as_deref()))
+            .bind(column(&audits, |e| e.details.as_deref()));
         let (lo, hi) = crate::ids::created_span(updates.iter().map(|u| u.notification_id.as_str()));
-        q.bind(column(updates, |u| u.notification_id.clone()))
-            .bind(column(updates, |u| u.registration_id.clone()))
-            .bind(column(updates, |u| u.state.as_str().to_owned()))
-            .bind(column(updates, |u| u.reason.clone()))
+        q.bind(column(updates, |u| u.notification_id.as_str()))
+            .bind(column(updates, |u| u.registration_id.as_str()))
+            .bind(column(updates, |u| u.state.as_str()))
+            .bind(column(updates, |u| u.reason.as_deref()))
             .bind(column(updates, |u| u.attempts))
             .bind(column(updates, |u| u.next_attempt_at))
             .bind(column(updates, |u| u.now))

@@ -158,7 +158,10 @@ where
     }
 
     async fn delete_audit_before(&self, at: i64, limit: u32) -> Result<u64, StoreError> {
-        let pick = "at < $1 ORDER BY at LIMIT $2";
+        // The oldest `limit` entries by `seq`, those of them older than `at`:
+        // entries are appended in time order (up to the nodes' clock skew),
+        // and a window of the key keeps the statement from reading further.
+        let pick = "seq < (SELECT MIN(seq) FROM audit_log) + $2 AND at < $1 ORDER BY seq LIMIT $2";
         delete_picked(&self.pool, "audit_log", "seq", pick, &[at, limit.into()]).await
     }
 
