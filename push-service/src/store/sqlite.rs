@@ -34,9 +34,9 @@ impl SqlStore<sqlx::Sqlite> {
         max_connections: u32,
         full_sync: bool,
     ) -> Result<Self, StoreError> {
+        // What each connection sets for itself: no lock needed.
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed notification survives power loss; NORMAL (WAL): a crash.
             .synchronous(if full_sync {
                 SqliteSynchronous::Full
@@ -44,16 +44,27 @@ impl SqlStore<sqlx::Sqlite> {
                 SqliteSynchronous::Normal
             })
             .busy_timeout(Duration::from_secs(5))
-            // Pages freed by retention go back to the file system a batch at a
-            // time (`PRAGMA incremental_vacuum`); takes effect on a new file,
-            // an older one is converted once by `migrate`.
-            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .foreign_keys(true);
         if let Some(parent) = options.get_filename().parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(|e| StoreError::Other(e.into()))?;
             }
         }
+        // What the file keeps, set once by a first connection: the WAL journal,
+        // and pages freed by retention going back to the file system a batch
+        // at a time (`PRAGMA incremental_vacuum`; takes effect on a new file,
+        // an older one is converted once by `migrate`). Set again by every
+        // connection the pool opens, the journal mode waits for the write
+        // lock: under a steady write load one request waited 0.3–4 s for its
+        // new connection (BENCHMARKS.md, "Nothing written that is not read").
+        let file = options
+            .clone()
+            .journal_mode(SqliteJournalMode::Wal)
+            .auto_vacuum(SqliteAutoVacuum::Incremental);
+        sqlx::Connection::close(
+            <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&file).await?,
+        )
+        .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))

@@ -344,3 +344,53 @@ async fn newer_schema_sqlite() {
 async fn newer_schema_postgres() {
     a_database_migrated_further_is_accepted(Backend::Postgres).await;
 }
+
+/// A SQLite connection the pool opens while another connection holds the
+/// write lock answers at once: the file's own settings (the WAL journal,
+/// incremental auto-vacuum) are made once at start, not set again by every
+/// new connection, which would wait for the lock (and fail after the busy
+/// timeout while it is held). Under a steady write load that wait held one
+/// request for up to 4 s.
+#[tokio::test]
+async fn sqlite_connections_opened_under_a_held_write_lock_answer() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("push.db").display());
+    let store = push_service::store::connect(&url, 8, true, None)
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrated");
+    let mut holder = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("own connection");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .expect("write lock held");
+    // Eight reads at once: the pool opens connections for them.
+    let filter = push_service::store::AuditFilter {
+        limit: 1,
+        ..Default::default()
+    };
+    let reads = futures_util::future::join_all((0..8).map(|_| store.list_audit(&filter))).await;
+    for read in reads {
+        read.expect("answered while the write lock is held");
+    }
+    sqlx::query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("released");
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut holder)
+        .await
+        .expect("journal mode");
+    let vacuum: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(&mut holder)
+        .await
+        .expect("auto-vacuum");
+    assert_eq!(
+        (journal.as_str(), vacuum),
+        ("wal", 2),
+        "the file's settings"
+    );
+}
