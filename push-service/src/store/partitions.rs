@@ -94,9 +94,9 @@ impl Days {
             .map_or_else(|| table.to_owned(), |(_, name, _)| name.clone())
     }
 
-    /// The one relation that holds the rows of all of `ids` (the first
-    /// one's for none); `None` when they are in several. Ids of one day
-    /// (nearly always) cost one lookup.
+    /// The one relation that holds the rows of all of `ids`; `None` when
+    /// they are in several, or for no ids. Ids of one day (nearly always)
+    /// cost one lookup.
     pub fn shared(&self, table: &str, ids: &[&str]) -> Option<String> {
         let day = |id: &str| crate::ids::created_of(id).map(|c| c.div_euclid(DAY_MS));
         let (first, rest) = ids.split_first()?;
