@@ -252,20 +252,12 @@ impl MakeRequestId for RequestIds {
 }
 
 /// `bytes` as a version 4 UUID's text (RFC 9562: version 4, variant `10`).
-fn uuid_v4(mut bytes: [u8; 16]) -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut text = [b'-'; 36];
-    let mut at = 0;
-    for (i, byte) in bytes.into_iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
-        text[at] = HEX[usize::from(byte >> 4)];
-        text[at + 1] = HEX[usize::from(byte & 0x0f)];
-        at += 2;
-    }
+fn uuid_v4(bytes: [u8; 16]) -> [u8; 36] {
+    let mut text = [0; 36];
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut text);
     text
 }
 
