@@ -182,6 +182,7 @@ impl AppState {
             settings: Arc::new(dispatch::DispatchSettings::from_config(&config)),
             depths: depths.clone(),
             invalidated: Arc::default(),
+            fanouts: Arc::default(),
         };
         let acceptor = Acceptor {
             store: store.clone(),

@@ -4,13 +4,56 @@
 //! delivery row only for another outcome (a failure, a retry, a hold), and
 //! from then on it is retried like any delivery.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::queue::TASK_CHUNK;
 use super::{deliver_pending, Dispatcher, Source, Task};
 use crate::ids::now_millis;
 use crate::notification::{parse_targets, Content};
-use crate::store::{ChunkClaim, ChunkDone, StoreError};
+use crate::store::{ChunkClaim, ChunkDone, NotificationRow, Store, StoreError};
+
+/// The fan-outs this node ran chunks of: their notification with its content
+/// parsed, read once per node instead of once per chunk of 100. What a chunk
+/// reads of it (id, app, creation and expiry times, content) never changes
+/// once the notification is accepted, so a copy held here is never stale;
+/// a fan-out of an app deleted meanwhile has its chunks deleted with it, and
+/// a chunk is claimed before its notification is looked for here.
+#[derive(Default)]
+pub struct Fanouts {
+    held: Mutex<HashMap<String, Arc<(NotificationRow, Content)>>>,
+}
+
+/// Most fan-outs [`Fanouts`] holds; past it, it starts again empty.
+const FANOUTS_MOST: usize = 64;
+
+impl Fanouts {
+    /// The notification `id` with its content; `None` when it is gone.
+    async fn get(
+        &self,
+        store: &dyn Store,
+        id: &str,
+    ) -> Result<Option<Arc<(NotificationRow, Content)>>, StoreError> {
+        let held = self.held.lock().ok().and_then(|h| h.get(id).cloned());
+        if let Some(held) = held {
+            return Ok(Some(held));
+        }
+        let Some(row) = store.get_notification(id).await? else {
+            return Ok(None);
+        };
+        let content: Content =
+            serde_json::from_str(&row.content).map_err(|e| StoreError::Other(e.into()))?;
+        let found = Arc::new((row, content));
+        if let Ok(mut held) = self.held.lock() {
+            if held.len() >= FANOUTS_MOST {
+                held.clear();
+            }
+            held.insert(id.to_owned(), found.clone());
+        }
+        Ok(Some(found))
+    }
+}
 
 /// Registrations read per expansion page (each page one transaction).
 const EXPAND_PAGE: i64 = 2_000;
@@ -97,20 +140,23 @@ pub(super) async fn deliver_chunk(
     if !taken {
         return Ok(());
     }
-    let Some((notification, pending)) = state
-        .store
-        .chunk_deliveries(notification_id, registrations)
+    let Some(fanout) = state
+        .fanouts
+        .get(state.store.as_ref(), notification_id)
         .await?
     else {
         return Ok(());
     };
-    let content: Content =
-        serde_json::from_str(&notification.content).map_err(|e| StoreError::Other(e.into()))?;
+    let (notification, content) = fanout.as_ref();
+    let pending = state
+        .store
+        .chunk_deliveries(notification, registrations)
+        .await?;
     let sent = AtomicI32::new(0);
     deliver_pending(
         state,
-        &notification,
-        &content,
+        notification,
+        content,
         pending,
         None,
         Source::Chunk(&sent),

@@ -127,6 +127,8 @@ pub struct Dispatcher {
     pub depths: QueueDepths,
     /// Registrations this node invalidated in the last seconds (see `born`).
     pub invalidated: Arc<born::Invalidated>,
+    /// Fan-out notifications read for their chunks (see `fanout`).
+    pub fanouts: Arc<fanout::Fanouts>,
 }
 
 /// Runs one task and acknowledges it to the queue it came `from`; on a store

@@ -38,6 +38,7 @@ fn dispatcher(core: &Core) -> Dispatcher {
         settings: Arc::new(DispatchSettings::from_config(&core.config)),
         depths: QueueDepths::default(),
         invalidated: Arc::default(),
+        fanouts: Arc::default(),
     }
 }
 

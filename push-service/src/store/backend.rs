@@ -43,6 +43,19 @@ pub trait SqlBackend: Database + sqlx::database::HasStatementCache {
         'a,
         Result<Option<Vec<super::batch::Answer>>, super::StoreError>,
     >;
+    /// What a fan-out chunk's first attempts need
+    /// ([`super::FanoutStore::chunk_deliveries`]) in one statement, where the
+    /// backend can (PostgreSQL, `chunk_targets.rs`); `None` when it cannot,
+    /// and the shared SQL reads them.
+    fn chunk_targets<'a>(
+        pool: &'a Pool<Self>,
+        days: &'a super::partitions::Days,
+        notification: &'a super::NotificationRow,
+        registrations: &'a [String],
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<Option<Vec<super::PendingDelivery>>, super::StoreError>,
+    >;
     /// See [`super::RetentionStore::maintain_partitions`].
     fn maintain_partitions(
         pool: &Pool<Self>,

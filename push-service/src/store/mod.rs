@@ -6,6 +6,7 @@
 mod at_once;
 mod backend;
 pub mod batch;
+mod chunk_targets;
 pub mod group;
 mod inbox;
 mod partitions;
@@ -324,15 +325,15 @@ pub trait FanoutStore: Send + Sync {
     /// it is queued and not leased, so of two copies of its task one runs it
     /// at a time. Returns whether it was taken.
     async fn claim_chunk(&self, claim: ChunkClaim) -> Result<bool, StoreError>;
-    /// The notification and what a first attempt needs for each of
+    /// What a first attempt of `notification` needs for each of
     /// `registrations` that has no delivery row yet (an earlier run's
-    /// failures and retries are left out); a deleted registration comes
-    /// without provider and status. `None` when the notification is gone.
+    /// failures and retries are left out), in their order; a deleted
+    /// registration comes without provider and status.
     async fn chunk_deliveries(
         &self,
-        notification_id: &str,
+        notification: &NotificationRow,
         registrations: &[String],
-    ) -> Result<Option<(NotificationRow, Vec<PendingDelivery>)>, StoreError>;
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
     /// A target's first outcome other than `sent`, as its delivery row
     /// (group-committed; nothing when the row exists already).
     async fn record_first_outcome(&self, update: DeliveryUpdate) -> Result<(), StoreError>;

@@ -168,6 +168,20 @@ impl SqlBackend for sqlx::Postgres {
         Box::pin(super::at_once::write(pool, days, known, group))
     }
 
+    fn chunk_targets<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        days: &'a super::partitions::Days,
+        notification: &'a super::NotificationRow,
+        registrations: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Vec<super::PendingDelivery>>, StoreError>> {
+        Box::pin(super::chunk_targets::read(
+            pool,
+            days,
+            notification,
+            registrations,
+        ))
+    }
+
     fn maintain_partitions(
         pool: &sqlx::Pool<Self>,
         now: i64,

@@ -126,6 +126,16 @@ impl SqlBackend for sqlx::Sqlite {
         Box::pin(async { Ok(None) })
     }
 
+    fn chunk_targets<'a>(
+        _pool: &'a sqlx::Pool<Self>,
+        _days: &'a super::partitions::Days,
+        _notification: &'a super::NotificationRow,
+        _registrations: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<super::PendingDelivery>>, StoreError>>
+    {
+        Box::pin(async { Ok(None) })
+    }
+
     fn maintain_partitions(
         _pool: &sqlx::Pool<Self>,
         _now: i64,

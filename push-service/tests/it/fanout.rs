@@ -3,7 +3,7 @@
 //! by one claimant, and re-driven when its run did not finish.
 
 use push_service::delivery::{DeliveryState, ProviderKind};
-use push_service::ids::{new_id, now_millis};
+use push_service::ids::{new_id, new_timed_id, now_millis};
 use push_service::store::{ChunkClaim, ChunkDone, DeliveryUpdate, NotificationRow, Registration};
 use sdk_client::NewRegistration;
 use serde_json::json;
@@ -165,8 +165,14 @@ async fn chunks_are_claimed_once_and_redriven(app: TestApp) {
     }
     regs.sort();
     let ids: Vec<String> = regs.iter().map(|(id, _)| id.clone()).collect();
+    // Today's partitions known, as the node's sweep makes them: on PostgreSQL
+    // a chunk's targets are then read in one statement naming its day.
+    store
+        .maintain_partitions(now, None)
+        .await
+        .expect("partitions");
     let row = NotificationRow {
-        id: new_id("ntf"),
+        id: new_timed_id("ntf", now),
         app_id: a.id.clone(),
         notifier_id: "n".into(),
         idempotency_key: None,
@@ -221,11 +227,10 @@ async fn chunks_are_claimed_once_and_redriven(app: TestApp) {
     let (one, other) = (one.expect("claim"), other.expect("claim"));
     assert!(one ^ other, "exactly one claim wins: {one} {other}");
     let lease = if one { far + 10 } else { far + 11 };
-    let (_, pending) = store
-        .chunk_deliveries(&row.id, &chunks[0])
+    let pending = store
+        .chunk_deliveries(&row, &chunks[0])
         .await
-        .expect("read")
-        .expect("notification");
+        .expect("read");
     assert_eq!(pending.len(), 2);
     assert_eq!(pending[0].registration_id, ids[0]);
     assert_eq!(pending[0].token, regs[0].1, "what the first attempt needs");
@@ -269,13 +274,42 @@ async fn chunks_are_claimed_once_and_redriven(app: TestApp) {
     let read = store.delivery_counts(&row.id).await.expect("counts");
     assert_eq!(counts(read), (1, 3, 1));
     // A re-run sees only the target without a row.
-    let (_, again) = store
-        .chunk_deliveries(&row.id, &chunks[0])
+    let again = store
+        .chunk_deliveries(&row, &chunks[0])
         .await
-        .expect("read")
-        .expect("notification");
+        .expect("read");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].registration_id, ids[0]);
+    // A registration deleted since the expansion comes without provider,
+    // token and status (its attempt records it gone); the others as they are.
+    assert!(store.delete_registration(&ids[2]).await.expect("delete"));
+    let second = store
+        .chunk_deliveries(&row, &chunks[1])
+        .await
+        .expect("read");
+    let got: Vec<_> = second
+        .iter()
+        .map(|p| {
+            (
+                p.registration_id.as_str(),
+                p.provider.as_deref(),
+                p.token.clone(),
+                p.registration_status.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ids[2].as_str(), None, None, None),
+            (
+                ids[3].as_str(),
+                Some("fcm"),
+                regs[3].1.clone(),
+                Some("active")
+            ),
+        ]
+    );
 
     // The second chunk's task was lost: once its re-drive time passes the
     // sweep takes it (once); then one copy at a time runs it, another again

@@ -119,16 +119,16 @@ where
 
     async fn chunk_deliveries(
         &self,
-        notification_id: &str,
+        notification: &NotificationRow,
         registrations: &[String],
-    ) -> Result<Option<(NotificationRow, Vec<PendingDelivery>)>, StoreError> {
-        let Some(notification) =
-            crate::store::NotificationStore::get_notification(self, notification_id).await?
-        else {
-            return Ok(None);
-        };
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
         if registrations.is_empty() {
-            return Ok(Some((notification, Vec::new())));
+            return Ok(Vec::new());
+        }
+        if let Some(pending) =
+            DB::chunk_targets(&self.pool, &self.days, notification, registrations).await?
+        {
+            return Ok(pending);
         }
         let list = placeholders(3, registrations.len());
         let sql = format!(
@@ -137,7 +137,7 @@ where
         );
         let mut query = sqlx::query_as::<_, (String,)>(&sql)
             .persistent(DB::PREPARE_PARTITIONED)
-            .bind(notification_id)
+            .bind(&notification.id)
             .bind(notification.created_at);
         for id in registrations {
             query = query.bind(id);
@@ -185,7 +185,7 @@ where
                 }
             })
             .collect();
-        Ok(Some((notification, pending)))
+        Ok(pending)
     }
 
     async fn record_first_outcome(&self, update: DeliveryUpdate) -> Result<(), StoreError> {
