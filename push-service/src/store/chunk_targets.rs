@@ -27,7 +27,7 @@ use super::{NotificationRow, PendingDelivery, StoreError};
 /// A pending target as the statement returns it: the registration's id,
 /// then its provider, token, environment and status (all `NULL` when the
 /// registration is gone).
-type Found = (
+pub(super) type Found = (
     String,
     Option<String>,
     Option<String>,
@@ -73,18 +73,24 @@ fn in_order(registrations: &[String], found: Vec<Found>) -> Vec<PendingDelivery>
     registrations
         .iter()
         .filter_map(|id| found.remove(id))
-        .map(
-            |(registration_id, provider, token, environment, status)| PendingDelivery {
-                registration_id,
-                attempts: 0,
-                provider,
-                token,
-                environment,
-                registration_status: status,
-                sealed: None,
-            },
-        )
+        .map(first_attempt)
         .collect()
+}
+
+/// A fan-out target's first attempt, from its registration's id, provider,
+/// token, environment and status (both backends' reads).
+pub(super) fn first_attempt(
+    (registration_id, provider, token, environment, status): Found,
+) -> PendingDelivery {
+    PendingDelivery {
+        registration_id,
+        attempts: 0,
+        provider,
+        token,
+        environment,
+        registration_status: status,
+        sealed: None,
+    }
 }
 
 #[cfg(test)]

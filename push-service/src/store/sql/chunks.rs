@@ -170,19 +170,10 @@ where
             .iter()
             .filter(|id| !written.contains(*id))
             .map(|id| {
-                let (provider, token, environment, status) = match found.remove(id) {
-                    Some((p, t, e, s)) => (Some(p), t, e, Some(s)),
-                    None => (None, None, None, None),
-                };
-                PendingDelivery {
-                    registration_id: id.clone(),
-                    attempts: 0,
-                    provider,
-                    token,
-                    environment,
-                    registration_status: status,
-                    sealed: None,
-                }
+                crate::store::chunk_targets::first_attempt(match found.remove(id) {
+                    Some((p, t, e, s)) => (id.clone(), Some(p), t, e, Some(s)),
+                    None => (id.clone(), None, None, None, None),
+                })
             })
             .collect();
         Ok(pending)
