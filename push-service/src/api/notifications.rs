@@ -281,8 +281,13 @@ async fn status(
         parse_targets(&notification.targets),
         Ok(TargetSpec::Registrations(_))
     );
+    // Counts and the page from one snapshot, so they agree.
+    let (stored_counts, rows) = state
+        .store
+        .delivery_status(&id, page.after.as_deref().unwrap_or(""), limit, fan_out)
+        .await?;
     let mut counts = Counts::default();
-    for (stored, n) in state.store.delivery_counts(&id).await? {
+    for (stored, n) in stored_counts {
         match stored.public() {
             DeliveryState::Queued | DeliveryState::Held => counts.queued += n,
             DeliveryState::Sent => counts.sent += n,
@@ -291,10 +296,6 @@ async fn status(
             DeliveryState::Invalid => counts.invalid += n,
         }
     }
-    let rows = state
-        .store
-        .delivery_page(&id, page.after.as_deref().unwrap_or(""), limit, fan_out)
-        .await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.registration_id.clone()))
         .flatten();

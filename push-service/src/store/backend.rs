@@ -13,6 +13,11 @@ pub trait SqlBackend: Database + sqlx::database::HasStatementCache {
     /// deferred transaction that reads and then writes fails at once with
     /// SQLITE_BUSY when another writer committed in between.
     const BEGIN_WRITE: &'static str;
+    /// Starts a read-only transaction whose statements all see one snapshot:
+    /// PostgreSQL's `REPEATABLE READ` (its default reads a new snapshot per
+    /// statement); SQLite's deferred transaction, whose first read fixes the
+    /// snapshot until the end (WAL).
+    const BEGIN_SNAPSHOT: &'static str;
     /// Applies the backend's migrations (`migrations/<backend>`).
     fn migrate(
         pool: &Pool<Self>,

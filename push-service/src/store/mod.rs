@@ -288,6 +288,15 @@ pub trait NotificationStore: Send + Sync {
         &self,
         notification_id: &str,
     ) -> Result<Vec<(DeliveryState, i64)>, StoreError>;
+    /// [`Self::delivery_counts`] and [`Self::delivery_page`] read in one
+    /// snapshot, so the counts agree with the states of the page's rows.
+    async fn delivery_status(
+        &self,
+        notification_id: &str,
+        after: &str,
+        limit: i64,
+        skip_sent: bool,
+    ) -> Result<(Vec<(DeliveryState, i64)>, Vec<DeliveryRow>), StoreError>;
     /// Deliveries of a notification by registration id (keyset page), optionally without `sent` ones.
     async fn delivery_page(
         &self,

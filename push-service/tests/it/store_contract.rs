@@ -413,6 +413,86 @@ async fn contract(app: TestApp) {
 }
 both_backends!(store_contract, super::contract);
 
+/// A notification's counts and its page of deliveries come from one snapshot:
+/// while its deliveries are marked sent one by one (each its own commit), no
+/// read counts a state differently from the rows it lists.
+async fn status_reads_are_one_snapshot(app: TestApp) {
+    let (store, a) = store_with_app(&app, "snapshot").await;
+    let now = now_millis();
+    let far = now + 3_600_000;
+    let mut targets = Vec::new();
+    for i in 0..60 {
+        let r = registration(&a.id, ProviderKind::Fcm, Some(&format!("t-{i}")), "k");
+        store.create_registration(&r).await.expect("registration");
+        targets.push(r.id);
+    }
+    let id = push_service::ids::new_timed_id("ntf", now);
+    let row = unicast_row(&a.id, "ntr_snapshot", id.clone(), now, far);
+    store
+        .insert_notification(&row, &targets, far, None)
+        .await
+        .expect("notification");
+    let writer = {
+        let (store, id, targets) = (store.clone(), id.clone(), targets.clone());
+        tokio::spawn(async move {
+            for registration_id in targets {
+                store
+                    .update_delivery(DeliveryUpdate {
+                        notification_id: id.clone(),
+                        registration_id,
+                        state: DeliveryState::Sent,
+                        reason: None,
+                        attempts: 1,
+                        next_attempt_at: None,
+                        now: now_millis(),
+                    })
+                    .await
+                    .expect("outcome");
+            }
+        })
+    };
+    let (mut reads, mut during) = (0, 0);
+    loop {
+        let (counts, page) = store
+            .delivery_status(&id, "", 100, false)
+            .await
+            .expect("status");
+        reads += 1;
+        let counted = |state: DeliveryState| {
+            counts
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n)
+        };
+        let listed = |state: &str| page.iter().filter(|d| d.state == state).count() as i64;
+        let sent = counted(DeliveryState::Sent);
+        assert_eq!(page.len(), 60);
+        assert_eq!(sent, listed("sent"), "read {reads}: {counts:?}");
+        assert_eq!(
+            counted(DeliveryState::Queued),
+            listed("queued"),
+            "read {reads}: {counts:?}"
+        );
+        if sent == 60 {
+            break;
+        }
+        if sent > 0 {
+            during += 1;
+        }
+        assert!(reads < 100_000, "the writer never finished");
+    }
+    writer.await.expect("writer");
+    assert!(
+        during >= 10,
+        "only {during} of {reads} reads saw the writes in progress"
+    );
+}
+
+both_backends!(
+    a_status_is_read_in_one_snapshot,
+    super::status_reads_are_one_snapshot
+);
+
 /// Registration lookups asked at once (grouped into shared statements) each
 /// get the states of their own ids and only those: overlapping asks, an
 /// unknown id, an empty ask, another app's registration.

@@ -223,7 +223,7 @@ where
 /// chunk, every target not counted as sent has one; what is left belongs to
 /// chunks still running.
 pub(super) async fn chunk_counts<DB>(
-    pool: &sqlx::Pool<DB>,
+    conn: &mut DB::Connection,
     notification_id: &str,
     rows: i64,
 ) -> Result<(i64, i64), StoreError>
@@ -245,7 +245,7 @@ where
     .bind(notification_id)
     .bind(lo)
     .bind(hi)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     let rows_of_running = (rows - unsent).max(0);
     Ok((sent, (queued - rows_of_running).max(0)))

@@ -289,34 +289,26 @@ where
         &self,
         notification_id: &str,
     ) -> Result<Vec<(DeliveryState, i64)>, StoreError> {
-        let (lo, hi) = crate::ids::created_span([notification_id]);
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM deliveries \
-             WHERE notification_id = $1 AND created_at BETWEEN $2 AND $3 GROUP BY state",
-        )
-        .bind(notification_id)
-        .bind(lo)
-        .bind(hi)
-        .fetch_all(&self.pool)
-        .await?;
-        // A fan-out's successes are counted per chunk, not in rows.
-        let total = rows.iter().map(|(_, n)| n).sum();
-        let (sent, queued) =
-            super::chunks::chunk_counts(&self.pool, notification_id, total).await?;
-        // A state this node does not know (written by a newer one) is left
-        // out of the counts, as the status API always did.
-        let mut counts: Vec<(DeliveryState, i64)> = rows
-            .into_iter()
-            .filter_map(|(name, n)| DeliveryState::parse(&name).map(|state| (state, n)))
-            .collect();
-        for (state, n) in [(DeliveryState::Sent, sent), (DeliveryState::Queued, queued)] {
-            match counts.iter_mut().find(|(s, _)| *s == state) {
-                Some((_, count)) => *count += n,
-                None if n > 0 => counts.push((state, n)),
-                None => {}
-            }
-        }
+        // Rows and chunks in one snapshot: a chunk closing between two reads
+        // would count its failures twice or not at all.
+        let mut tx = self.pool.begin_with(DB::BEGIN_SNAPSHOT).await?;
+        let counts = counts_in::<DB>(&mut tx, notification_id).await?;
+        tx.commit().await?;
         Ok(counts)
+    }
+
+    async fn delivery_status(
+        &self,
+        notification_id: &str,
+        after: &str,
+        limit: i64,
+        skip_sent: bool,
+    ) -> Result<(Vec<(DeliveryState, i64)>, Vec<crate::store::DeliveryRow>), StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_SNAPSHOT).await?;
+        let counts = counts_in::<DB>(&mut tx, notification_id).await?;
+        let page = page_in::<DB>(&mut tx, notification_id, after, limit, skip_sent).await?;
+        tx.commit().await?;
+        Ok((counts, page))
     }
 
     async fn delivery_page(
@@ -326,20 +318,8 @@ where
         limit: i64,
         skip_sent: bool,
     ) -> Result<Vec<crate::store::DeliveryRow>, StoreError> {
-        let (lo, hi) = crate::ids::created_span([notification_id]);
-        Ok(sqlx::query_as(
-            "SELECT registration_id, state, reason, attempts, updated_at FROM deliveries \
-             WHERE notification_id = $1 AND registration_id > $2 AND (state <> 'sent' OR NOT $4) \
-             AND created_at BETWEEN $5 AND $6 ORDER BY registration_id LIMIT $3",
-        )
-        .bind(notification_id)
-        .bind(after)
-        .bind(limit)
-        .bind(skip_sent)
-        .bind(lo)
-        .bind(hi)
-        .fetch_all(&self.pool)
-        .await?)
+        let mut conn = self.pool.acquire().await?;
+        page_in::<DB>(&mut conn, notification_id, after, limit, skip_sent).await
     }
 
     async fn queue_stats(
@@ -371,4 +351,85 @@ where
             oldest,
         ))
     }
+}
+
+/// A notification's deliveries counted by state: its rows, and its fan-out
+/// chunks' successes and waiting registrations.
+async fn counts_in<DB>(
+    conn: &mut DB::Connection,
+    notification_id: &str,
+) -> Result<Vec<(DeliveryState, i64)>, StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+    String: Column<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let (lo, hi) = crate::ids::created_span([notification_id]);
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, COUNT(*) FROM deliveries \
+         WHERE notification_id = $1 AND created_at BETWEEN $2 AND $3 GROUP BY state",
+    )
+    .bind(notification_id)
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(&mut *conn)
+    .await?;
+    // A fan-out's successes are counted per chunk, not in rows.
+    let total = rows.iter().map(|(_, n)| n).sum();
+    let (sent, queued) = super::chunks::chunk_counts::<DB>(conn, notification_id, total).await?;
+    // A state this node does not know (written by a newer one) is left
+    // out of the counts, as the status API always did.
+    let mut counts: Vec<(DeliveryState, i64)> = rows
+        .into_iter()
+        .filter_map(|(name, n)| DeliveryState::parse(&name).map(|state| (state, n)))
+        .collect();
+    for (state, n) in [(DeliveryState::Sent, sent), (DeliveryState::Queued, queued)] {
+        match counts.iter_mut().find(|(s, _)| *s == state) {
+            Some((_, count)) => *count += n,
+            None if n > 0 => counts.push((state, n)),
+            None => {}
+        }
+    }
+    Ok(counts)
+}
+
+/// A keyset page of a notification's delivery rows, optionally without `sent` ones.
+async fn page_in<DB>(
+    conn: &mut DB::Connection,
+    notification_id: &str,
+    after: &str,
+    limit: i64,
+    skip_sent: bool,
+) -> Result<Vec<crate::store::DeliveryRow>, StoreError>
+where
+    DB: SqlBackend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Column<DB>,
+    i32: Column<DB>,
+    bool: Column<DB>,
+    String: Column<DB>,
+    Option<String>: Column<DB>,
+    usize: ColumnIndex<DB::Row>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    let (lo, hi) = crate::ids::created_span([notification_id]);
+    Ok(sqlx::query_as(
+        "SELECT registration_id, state, reason, attempts, updated_at FROM deliveries \
+         WHERE notification_id = $1 AND registration_id > $2 AND (state <> 'sent' OR NOT $4) \
+         AND created_at BETWEEN $5 AND $6 ORDER BY registration_id LIMIT $3",
+    )
+    .bind(notification_id)
+    .bind(after)
+    .bind(limit)
+    .bind(skip_sent)
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(&mut *conn)
+    .await?)
 }
