@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -446,22 +446,6 @@ pub fn json_with_authorization(
         headers.insert(http::header::AUTHORIZATION, value);
     }
     Ok(())
-}
-
-/// Headers from (name, value) pairs; a pair that is not a valid HTTP header
-/// is named in the error (the value is not repeated).
-pub fn header_map<'a>(
-    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<HeaderMap, WireError> {
-    let mut headers = HeaderMap::new();
-    for (name, value) in pairs {
-        let header = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| WireError(format!("{name:?} is not a valid header name")))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| WireError(format!("the value of {name} is not a valid header value")))?;
-        headers.append(header, value);
-    }
-    Ok(headers)
 }
 
 #[cfg(test)]

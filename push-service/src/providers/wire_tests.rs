@@ -56,18 +56,6 @@ fn addresses_become_a_target() {
 }
 
 #[test]
-fn headers_that_http_refuses_are_named() {
-    let ok = header_map([("apns-topic", "com.acme"), ("apns-priority", "10")]).unwrap();
-    assert_eq!(ok.len(), 2);
-    let table = [("bad name", "v"), ("x-ok", "line\nbreak")];
-    for (name, value) in table {
-        let err = header_map([(name, value)]).expect_err(name);
-        assert!(err.0.contains(name.split(' ').next().unwrap()), "{err}");
-        assert!(!err.0.contains("break"), "the value is not repeated: {err}");
-    }
-}
-
-#[test]
 fn io_errors_are_told_in_words() {
     use std::io::ErrorKind as K;
     let table = [

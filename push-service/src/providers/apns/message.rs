@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::notification::{Content, Priority};
 use crate::providers::outcome::{apns_class, Class};
+use crate::providers::wire::WireError;
 use crate::providers::{InboxRef, Outcome, MAX_PROVIDER_PAYLOAD};
 
 /// The `apns-topic` suffix a push type needs (docs/providers.md, "Requests").
@@ -46,40 +48,59 @@ pub fn apns_id(notification_id: &str, registration_id: &str) -> String {
     id
 }
 
-/// APNs headers of a delivery: topic, push type, priority, expiration, collapse id, id.
-/// `expiration`: seconds since the epoch, or 0 for "now or never" (a zero TTL).
+/// APNs headers of a delivery: topic, push type, priority, expiration, collapse
+/// id, id, then the content's own APNs headers (each replacing one of the same
+/// name). `expiration`: seconds since the epoch, or 0 for "now or never" (a
+/// zero TTL). The names are known ahead, so they are made without parsing; a
+/// value that is not a header value is named in the error (not repeated).
 pub fn headers(
     content: &Content,
     bundle: &str,
     expiration: i64,
     id: &str,
-) -> Vec<(String, String)> {
+) -> Result<HeaderMap, WireError> {
+    fn value(name: &str, value: &str) -> Result<HeaderValue, WireError> {
+        HeaderValue::from_str(value)
+            .map_err(|_| WireError(format!("the value of {name} is not a valid header value")))
+    }
     let priority = match (content.push_type.as_str(), content.priority) {
         ("background", _) => "5",
         (_, Priority::High) => "10",
         (_, Priority::Normal) => "5",
     };
-    let mut headers = vec![
-        (
-            "apns-topic".to_owned(),
-            topic_for(bundle, &content.push_type),
-        ),
-        ("apns-push-type".to_owned(), content.push_type.clone()),
-        ("apns-priority".to_owned(), priority.to_owned()),
-        ("apns-expiration".to_owned(), expiration.to_string()),
-        ("apns-id".to_owned(), id.to_owned()),
-    ];
+    let mut headers = HeaderMap::with_capacity(8);
+    let topic = topic_for(bundle, &content.push_type);
+    headers.insert(
+        HeaderName::from_static("apns-topic"),
+        value("apns-topic", &topic)?,
+    );
+    headers.insert(
+        HeaderName::from_static("apns-push-type"),
+        value("apns-push-type", &content.push_type)?,
+    );
+    headers.insert(
+        HeaderName::from_static("apns-priority"),
+        HeaderValue::from_static(priority),
+    );
+    headers.insert(
+        HeaderName::from_static("apns-expiration"),
+        HeaderValue::from(expiration),
+    );
+    headers.insert(HeaderName::from_static("apns-id"), value("apns-id", id)?);
     if let Some(key) = &content.collapse_key {
-        headers.push(("apns-collapse-id".to_owned(), key.clone()));
+        headers.insert(
+            HeaderName::from_static("apns-collapse-id"),
+            value("apns-collapse-id", key)?,
+        );
     }
     if let Some(apns) = &content.apns {
-        for (name, value) in &apns.headers {
-            let name = name.to_ascii_lowercase();
-            headers.retain(|(n, _)| n != &name);
-            headers.push((name, value.clone()));
+        for (name, raw) in &apns.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| WireError(format!("{name:?} is not a valid header name")))?;
+            headers.insert(header, value(name, raw)?);
         }
     }
-    headers
+    Ok(headers)
 }
 
 /// The JSON payload: `aps` from the content, custom data beside it, then the
@@ -193,10 +214,44 @@ mod tests {
             json!({"aps": {"alert": {"title": "Hi", "body": "There"}, "sound": "default"},
             "request_id": "r-1", "extra": 1})
         );
-        let h = headers(&c, "com.acme", 1_700_000_000, "id");
-        assert!(h.contains(&("apns-priority".into(), "5".into())));
-        assert!(h.contains(&("apns-expiration".into(), "1700000000".into())));
-        assert!(h.contains(&("apns-collapse-id".into(), "login-1".into())));
+        let h = headers(&c, "com.acme", 1_700_000_000, "id").expect("headers");
+        let all: Vec<(&str, &str)> = h
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().expect("text")))
+            .collect();
+        assert_eq!(
+            all,
+            vec![
+                ("apns-topic", "com.acme"),
+                ("apns-push-type", "alert"),
+                ("apns-priority", "5"),
+                ("apns-expiration", "1700000000"),
+                ("apns-id", "id"),
+                ("apns-collapse-id", "login-1"),
+            ],
+            "the override replaced the priority, once"
+        );
+        c.apns = Some(ApnsOverride {
+            headers: [("APNS-Topic".to_owned(), "com.acme.other".to_owned())].into(),
+            payload: None,
+        });
+        c.collapse_key = None;
+        let h = headers(&c, "com.acme", 0, "id").expect("headers");
+        assert_eq!(h.get_all("apns-topic").iter().count(), 1);
+        assert_eq!(h["apns-topic"], "com.acme.other");
+        assert_eq!(h["apns-expiration"], "0");
+        assert_eq!(h["apns-priority"], "10");
+        c.collapse_key = Some("line\nbreak".into());
+        let refused = headers(&c, "com.acme", 0, "id").expect_err("not a header value");
+        assert!(refused.0.contains("apns-collapse-id"), "{}", refused.0);
+        assert!(!refused.0.contains("line"), "the value is not repeated");
+        c.collapse_key = None;
+        c.apns = Some(ApnsOverride {
+            headers: [("bad name".to_owned(), "v".to_owned())].into(),
+            payload: None,
+        });
+        let refused = headers(&c, "com.acme", 0, "id").expect_err("not a header name");
+        assert!(refused.0.contains("\"bad name\""), "{}", refused.0);
         assert_eq!(topic_for("com.acme", "voip"), "com.acme.voip");
         assert_eq!(apns_id("n", "r"), apns_id("n", "r"));
         assert_ne!(apns_id("n", "r"), apns_id("n", "s"));

@@ -48,7 +48,9 @@ struct TokenAuth {
 }
 
 struct Minted {
-    token: String,
+    token: Arc<str>,
+    /// `bearer <token>`, made once per token (a header value is checked and copied).
+    bearer: http::HeaderValue,
     issued_at: i64,
     /// APNs answered `InvalidProviderToken` to it.
     refused: bool,
@@ -58,13 +60,13 @@ impl TokenAuth {
     /// The token to send. `expired`: the token APNs just answered
     /// `ExpiredProviderToken` to; a new one is minted only if that is still the
     /// current one (of two requests told so at once, one mints).
-    fn jwt(&self, expired: Option<&str>) -> Result<String, SetupError> {
+    fn jwt(&self, expired: Option<&str>) -> Result<(Arc<str>, http::HeaderValue), SetupError> {
         let now = crate::ids::now_seconds();
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(minted) = current.as_ref() {
-            let told_expired = expired == Some(minted.token.as_str());
+            let told_expired = expired == Some(&*minted.token);
             if !needs_new_token(minted.issued_at, now, told_expired, minted.refused) {
-                return Ok(minted.token.clone());
+                return Ok((minted.token.clone(), minted.bearer.clone()));
             }
         }
         let mut header = Header::new(Algorithm::ES256);
@@ -75,18 +77,23 @@ impl TokenAuth {
             .map_err(|e| format!("apns: signing the provider token: {e}"))?;
         metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "apns")
             .increment(1);
+        let mut bearer = http::HeaderValue::try_from(format!("bearer {token}"))
+            .map_err(|_| "apns: the provider token is not a header value".to_owned())?;
+        bearer.set_sensitive(true);
+        let token: Arc<str> = token.into();
         *current = Some(Minted {
             token: token.clone(),
+            bearer: bearer.clone(),
             issued_at: now,
             refused: false,
         });
-        Ok(token)
+        Ok((token, bearer))
     }
 
     /// APNs refused `token` (`InvalidProviderToken`): replace it once the 20-minute floor allows.
     fn refused(&self, token: &str) {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(minted) = current.as_mut().filter(|m| m.token == token) {
+        if let Some(minted) = current.as_mut().filter(|m| &*m.token == token) {
             minted.refused = true;
         }
     }
@@ -249,21 +256,24 @@ impl ApnsProvider {
         } else {
             delivery.expires_at / 1000
         };
-        let pairs = message::headers(delivery.content, &client.bundle, expiration, &id);
-        let mut headers = wire::header_map(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        let mut headers = message::headers(delivery.content, &client.bundle, expiration, &id)
             .map_err(|e| Outcome::Failed(format!("apns: {e}")))?;
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         let jwt = match &client.auth {
-            Some(auth) => Some(auth.jwt(expired).map_err(Outcome::from)?),
+            Some(auth) => {
+                let (jwt, bearer) = auth.jwt(expired).map_err(Outcome::from)?;
+                headers.insert(http::header::AUTHORIZATION, bearer);
+                Some(jwt)
+            }
             None => None,
         };
-        let bearer = jwt.as_ref().map(|token| format!("bearer {token}"));
-        wire::json_with_authorization(&mut headers, bearer.as_deref()).map_err(|_| {
-            Outcome::CredentialError("apns: the provider token is not a header value".into())
-        })?;
-        let path = with_path(base, &["3", "device", token]);
+        let path = device_path(base, token);
         let body = message::payload(delivery.content, delivery.inbox()).to_string();
         let response = connection
-            .post(path.path(), headers, body.into())
+            .post(&path, headers, body.into())
             .await
             .map_err(|e| Outcome::Retry {
                 reason: format!("apns: network: {e}"),
@@ -295,7 +305,19 @@ struct Answer {
     status: u16,
     reason: String,
     after: Option<Duration>,
-    jwt: Option<String>,
+    jwt: Option<Arc<str>>,
+}
+
+/// The request path of a device token under the base URL's path:
+/// `…/3/device/<token>`. A token of letters and digits (as APNs issues them,
+/// in hex) is put in as it is; anything else is percent-encoded as a path
+/// segment.
+fn device_path(base: &reqwest::Url, token: &str) -> String {
+    if token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        format!("{}/3/device/{token}", base.path().trim_end_matches('/'))
+    } else {
+        with_path(base, &["3", "device", token]).path().to_owned()
+    }
 }
 
 /// A TLS client identity from a `.p12`: its key (PKCS #8) and certificate chain.
@@ -387,6 +409,33 @@ mod tests {
         assert!(config.client_auth_cert_resolver.has_certs());
         assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
         assert!(identity(&p12, "wrong").is_err());
+    }
+
+    #[test]
+    fn device_paths_keep_the_base_path_and_encode_odd_tokens() {
+        let table = [
+            ("https://api.push.apple.com", "ab12", "/3/device/ab12"),
+            ("https://api.push.apple.com/", "AB12", "/3/device/AB12"),
+            (
+                "https://127.0.0.1:8443/apns/",
+                "ab12",
+                "/apns/3/device/ab12",
+            ),
+            (
+                "https://127.0.0.1:8443/apns",
+                "a b/c",
+                "/apns/3/device/a%20b%2Fc",
+            ),
+        ];
+        for (base, token, path) in table {
+            let base = reqwest::Url::parse(base).expect("url");
+            assert_eq!(device_path(&base, token), path, "{base} {token}");
+            assert_eq!(
+                device_path(&base, token),
+                with_path(&base, &["3", "device", token]).path(),
+                "the same as the URL's own segments"
+            );
+        }
     }
 
     #[test]
