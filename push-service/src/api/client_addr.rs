@@ -95,12 +95,8 @@ pub fn source(parts: &Parts) -> Option<String> {
         .map(|ConnectInfo(addr)| addr.ip().to_string())
 }
 
-/// Attaches [`ClientAddr`] to every request, for the limiter and the audit log.
-pub async fn middleware(
-    axum::extract::State(state): axum::extract::State<crate::api::AppState>,
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+/// Attaches [`ClientAddr`] to a request, for the limiter and the audit log.
+pub fn attach(state: &crate::api::AppState, request: &mut axum::extract::Request) {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -109,7 +105,6 @@ pub async fn middleware(
         let addr = client_addr(peer, request.headers(), &state.config.trusted_proxies);
         request.extensions_mut().insert(ClientAddr(addr));
     }
-    next.run(request).await
 }
 
 #[cfg(test)]

@@ -170,11 +170,18 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The whole application router with its middleware.
+/// The whole application: the shared middleware around the routes.
+///
+/// The middleware wraps the routes once, as one service, instead of through
+/// `Router::layer` (which wraps every route's handler on its own: each layer
+/// a boxed service, and each request cloned the whole nested chain of them at
+/// every layer it passed). Only the per-route request metrics stay inside,
+/// since they need the matched route. The returned router sends every request
+/// to that service.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     let timeout = state.config.request_timeout;
-    Router::new()
+    let routes = Router::new()
         .merge(apps::router())
         .merge(credentials::router())
         .merge(notifiers::router())
@@ -187,55 +194,60 @@ pub fn router(state: AppState) -> Router {
         .merge(limits::router())
         .merge(audit::router())
         .route_layer(axum::middleware::from_fn(track_http))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::address_middleware,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            client_addr::middleware,
-        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(refuse_control_characters))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state.clone());
+    let app = ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds))
+        // 503s under backpressure or an outage are expected answers: WARN,
+        // not ERROR (a real 500 is logged at ERROR where it happens).
         .layer(
-            ServiceBuilder::new()
-                .layer(SetSensitiveRequestHeadersLayer::new([
-                    header::AUTHORIZATION,
-                ]))
-                .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds))
-                // 503s under backpressure or an outage are expected answers: WARN,
-                // not ERROR (a real 500 is logged at ERROR where it happens).
-                .layer(
-                    TraceLayer::new_for_http()
-                        .on_failure(
-                            tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN),
-                        )
-                        .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
-                            let request_id = request
-                                .headers()
-                                .get(REQUEST_ID)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("");
-                            tracing::info_span!(
-                                "request",
-                                request_id = %request_id,
-                                method = %request.method(),
-                                path = %request.uri().path(),
-                            )
-                        }),
-                )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(CatchPanicLayer::custom(|_| {
-                    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-                }))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    timeout,
-                )),
+            TraceLayer::new_for_http()
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN))
+                .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+                    let request_id = request
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        request_id = %request_id,
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                    )
+                }),
         )
-        .with_state(state)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state, door))
+        .service(routes);
+    Router::new().fallback_service(app)
+}
+
+/// What every request passes before its route: a URL that encodes a control
+/// character is refused, the client address is attached (see
+/// `trusted_proxies`), and requests without credentials are charged to it.
+async fn door(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(refused) = refuse_control_characters(request.uri()) {
+        return refused;
+    }
+    client_addr::attach(&state, &mut request);
+    rate_limit::by_address(&state, request, next).await
 }
 
 /// A request's id when it came without one: a random (version 4) UUID from
@@ -265,19 +277,18 @@ fn uuid_v4(bytes: [u8; 16]) -> [u8; 36] {
 /// a URL with a percent-encoded control character is answered before any query
 /// (`404` for a path, no resource has such an id; `422` for a parameter), the
 /// same on every backend.
-async fn refuse_control_characters(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let uri = request.uri();
+fn refuse_control_characters(uri: &axum::http::Uri) -> Option<Response> {
     if encodes_control(uri.path()) {
-        return ApiError::not_found("no resource has an id with a control character")
-            .into_response();
+        return Some(
+            ApiError::not_found("no resource has an id with a control character").into_response(),
+        );
     }
     if uri.query().is_some_and(encodes_control) {
-        return ApiError::invalid("a query parameter holds a control character").into_response();
+        return Some(
+            ApiError::invalid("a query parameter holds a control character").into_response(),
+        );
     }
-    next.run(request).await
+    None
 }
 
 /// Whether `text` percent-encodes a control character (`%00`–`%1F`, `%7F`).
@@ -306,16 +317,70 @@ async fn track_http(request: axum::extract::Request, next: axum::middleware::Nex
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+        .cloned();
+    let method = request.method().clone();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!(crate::telemetry::names::HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(crate::telemetry::names::HTTP_DURATION, &labels)
-        .record(start.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    HttpSeries::record(route, &method, response.status(), start.elapsed());
     response
+}
+
+/// The request counter and latency histogram of one method and status of a
+/// route, looked up by their labels once and kept: a lookup by labels builds
+/// the labels' strings and hashes them, twice per request.
+struct HttpSeries {
+    method: axum::http::Method,
+    status: StatusCode,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// Series by route template; routes, methods and statuses are few, so the
+/// map stays small.
+type SeriesByRoute = std::collections::HashMap<Box<str>, Vec<HttpSeries>>;
+
+impl HttpSeries {
+    fn record(
+        route: &str,
+        method: &axum::http::Method,
+        status: StatusCode,
+        took: std::time::Duration,
+    ) {
+        static SERIES: std::sync::OnceLock<std::sync::RwLock<SeriesByRoute>> =
+            std::sync::OnceLock::new();
+        let series = SERIES.get_or_init(Default::default);
+        let find = |map: &SeriesByRoute| {
+            map.get(route)?
+                .iter()
+                .find(|s| s.status == status && s.method == method)
+                .map(|s| {
+                    s.requests.increment(1);
+                    s.duration.record(took.as_secs_f64());
+                })
+        };
+        let known = find(&series.read().unwrap_or_else(|e| e.into_inner()));
+        if known.is_some() {
+            return;
+        }
+        let mut map = series.write().unwrap_or_else(|e| e.into_inner());
+        if find(&map).is_some() {
+            return;
+        }
+        let labels = [
+            ("method", method.as_str().to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.as_u16().to_string()),
+        ];
+        let made = HttpSeries {
+            method: method.clone(),
+            status,
+            requests: metrics::counter!(crate::telemetry::names::HTTP_REQUESTS, &labels),
+            duration: metrics::histogram!(crate::telemetry::names::HTTP_DURATION, &labels),
+        };
+        made.requests.increment(1);
+        made.duration.record(took.as_secs_f64());
+        map.entry(route.into()).or_default().push(made);
+    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use crate::limits::Bucket;
 /// key). A failed authentication is charged after the fact, and once the
 /// address has used up its allowance the failure is answered `429` instead
 /// of `401`.
-pub async fn address_middleware(
-    axum::extract::State(state): axum::extract::State<AppState>,
+pub async fn by_address(
+    state: &AppState,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
