@@ -2,7 +2,9 @@
 //! validates becomes APNs headers that are valid HTTP header names and values
 //! (no header injection through data fields), and APNs and FCM payloads — with
 //! and without an inbox item, whose JWE rides only within the 4 KiB limit.
-//! Content for the inbox goes through its rules without a panic.
+//! The payloads written straight from the content (no override, no inbox
+//! item) are the same JSON as the trees they stand for. Content for the
+//! inbox goes through its rules without a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,7 +32,14 @@ fuzz_target!(|data: &[u8]| {
         if payload["push-inbox"].get("jwe").is_some() {
             assert!(text.len() <= MAX_PROVIDER_PAYLOAD, "an inline JWE past 4 KiB");
         }
+        let written: serde_json::Value =
+            serde_json::from_slice(&apns::message::payload_bytes(&content, inbox))
+                .expect("the APNs payload is JSON");
+        assert_eq!(written, payload, "the APNs payload as written");
         let message = fcm::message::message(&content, "token", ttl as i64, inbox);
-        assert!(serde_json::to_vec(&message).is_ok());
+        let written: serde_json::Value =
+            serde_json::from_slice(&fcm::message::body(&content, "token", ttl as i64, inbox))
+                .expect("the FCM body is JSON");
+        assert_eq!(written, serde_json::json!({ "message": message }), "the FCM body as written");
     }
 });

@@ -429,23 +429,24 @@ fn forget(slot: &Mutex<Slot>, number: u64) {
     }
 }
 
-/// `content-type: application/json`, and `authorization` when given, marked
-/// sensitive so that HPACK never keeps it in its table.
-pub fn json_with_authorization(
-    headers: &mut HeaderMap,
-    authorization: Option<&str>,
-) -> Result<(), WireError> {
+/// `authorization: Bearer <token>`, marked sensitive so that HPACK never
+/// keeps it in its table (made once per access token, then shared by sends).
+pub fn bearer(token: &str) -> Result<HeaderValue, WireError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| WireError("the authorization is not a header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The headers of a JSON send with a bearer credential.
+pub fn json_with_authorization(authorization: HeaderValue) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(2);
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(value) = authorization {
-        let mut value = HeaderValue::from_str(value)
-            .map_err(|_| WireError("the authorization is not a header value".into()))?;
-        value.set_sensitive(true);
-        headers.insert(http::header::AUTHORIZATION, value);
-    }
-    Ok(())
+    headers.insert(http::header::AUTHORIZATION, authorization);
+    headers
 }
 
 #[cfg(test)]

@@ -150,6 +150,60 @@ pub fn payload(content: &Content, inbox: Option<InboxRef<'_>>) -> Value {
     payload
 }
 
+/// [`payload`] as bytes. Content without a payload override and without an
+/// inbox item is written straight from the content ([`PlainPayload`]: no
+/// JSON tree made and dropped per send); otherwise the tree is written.
+pub fn payload_bytes(content: &Content, inbox: Option<InboxRef<'_>>) -> Vec<u8> {
+    let overridden = content.apns.as_ref().is_some_and(|a| a.payload.is_some());
+    if overridden || inbox.is_some() {
+        return payload(content, inbox).to_string().into_bytes();
+    }
+    serde_json::to_vec(&PlainPayload(content)).unwrap_or_default()
+}
+
+/// [`payload`] of content without override or inbox item: the data's
+/// members (`aps` left out), then `aps` (a unit test holds the two equal).
+struct PlainPayload<'a>(&'a Content);
+
+impl serde::Serialize for PlainPayload<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let content = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in &content.data {
+            if key != "aps" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        let alert = (content.title.is_some() || content.body.is_some()).then_some(PlainAlert {
+            title: content.title.as_deref(),
+            body: content.body.as_deref(),
+        });
+        let aps = PlainAps {
+            alert,
+            content_available: (content.push_type == "background").then_some(1),
+        };
+        map.serialize_entry("aps", &aps)?;
+        map.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PlainAps<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alert: Option<PlainAlert<'a>>,
+    #[serde(rename = "content-available", skip_serializing_if = "Option::is_none")]
+    content_available: Option<u8>,
+}
+
+#[derive(serde::Serialize)]
+struct PlainAlert<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+}
+
 /// Deep-merges `extra` into `base` (objects merge, everything else replaces).
 pub fn merge(base: &mut Value, extra: &Value) {
     match (base, extra) {
@@ -261,6 +315,48 @@ mod tests {
         assert_eq!(
             apns_id("ntf_a", "reg_b"),
             "ae19ae7f-fe72-fe0a-2882-c7a224b11446"
+        );
+    }
+
+    #[test]
+    fn a_plain_payload_is_the_tree_written() {
+        let data: std::collections::BTreeMap<String, String> = [
+            ("k".to_owned(), "v".to_owned()),
+            ("aps".to_owned(), "not ours".to_owned()),
+            ("\u{e9}\"".to_owned(), "\n".to_owned()),
+        ]
+        .into();
+        // (title, body, data, push type)
+        let cases = [
+            (Some("T"), Some("B"), data.clone(), "alert"),
+            (Some("T"), None, Default::default(), "alert"),
+            (None, Some("B"), data.clone(), "voip"),
+            (None, None, data, "background"),
+            (None, None, Default::default(), "alert"),
+        ];
+        for (i, (title, body, data, push_type)) in cases.into_iter().enumerate() {
+            let mut c = content();
+            c.title = title.map(Into::into);
+            c.body = body.map(Into::into);
+            c.data = data;
+            c.push_type = push_type.into();
+            let bytes = payload_bytes(&c, None);
+            let written: Value = serde_json::from_slice(&bytes).expect("json");
+            assert_eq!(written, payload(&c, None), "case {i}");
+            // A data member named `aps` is left out, not written twice (a
+            // parser keeps the last of two, APNs need not).
+            let text = String::from_utf8(bytes).expect("utf-8");
+            assert_eq!(text.matches("\"aps\":").count(), 1, "case {i}: {text}");
+        }
+        // With an override, the tree itself.
+        let mut c = content();
+        c.apns = Some(ApnsOverride {
+            headers: Default::default(),
+            payload: Some(json!({"aps": {"sound": "default"}})),
+        });
+        assert_eq!(
+            payload_bytes(&c, None),
+            payload(&c, None).to_string().into_bytes()
         );
     }
 

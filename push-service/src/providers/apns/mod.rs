@@ -271,7 +271,7 @@ impl ApnsProvider {
             None => None,
         };
         let path = device_path(base, token);
-        let body = message::payload(delivery.content, delivery.inbox()).to_string();
+        let body = message::payload_bytes(delivery.content, delivery.inbox());
         let response = connection
             .post(&path, headers, body.into())
             .await

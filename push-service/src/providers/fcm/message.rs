@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::notification::{Content, Priority};
@@ -93,6 +96,125 @@ pub fn message(
         }
     }
     message
+}
+
+/// The body of `messages:send`, `{"message": …}`, as bytes. A notification
+/// without `fcm` overrides and without inbox content is written straight from
+/// its content ([`Plain`]: no JSON tree made, copied and dropped per send);
+/// otherwise [`message`]'s tree, which the overrides merge into.
+pub fn body(
+    content: &Content,
+    token: &str,
+    ttl_seconds: i64,
+    inbox: Option<InboxRef<'_>>,
+) -> Vec<u8> {
+    if content.fcm.is_none() && inbox.is_none() {
+        let plain = Plain::new(content, token, ttl_seconds);
+        return serde_json::to_vec(&Body { message: plain }).unwrap_or_default();
+    }
+    let mut body = Map::new();
+    body.insert(
+        "message".into(),
+        message(content, token, ttl_seconds, inbox),
+    );
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: Plain<'a>,
+}
+
+/// [`message`] for content without overrides or inbox, the same members
+/// (a unit test holds the two equal).
+#[derive(Serialize)]
+struct Plain<'a> {
+    token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<Alert<'a>>,
+    #[serde(skip_serializing_if = "no_data")]
+    data: &'a BTreeMap<String, String>,
+    android: Android<'a>,
+    apns: ApnsPart<'a>,
+}
+
+fn no_data(data: &&BTreeMap<String, String>) -> bool {
+    data.is_empty()
+}
+
+#[derive(Serialize)]
+struct Alert<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Android<'a> {
+    priority: &'static str,
+    ttl: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collapse_key: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ApnsPart<'a> {
+    headers: ApnsHeaders<'a>,
+    payload: ApnsPayload,
+}
+
+#[derive(Serialize)]
+struct ApnsHeaders<'a> {
+    #[serde(rename = "apns-priority")]
+    priority: &'static str,
+    #[serde(rename = "apns-expiration", skip_serializing_if = "Option::is_none")]
+    expiration: Option<&'static str>,
+    #[serde(rename = "apns-collapse-id", skip_serializing_if = "Option::is_none")]
+    collapse_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ApnsPayload {
+    aps: Aps,
+}
+
+#[derive(Serialize)]
+struct Aps {
+    #[serde(rename = "content-available", skip_serializing_if = "Option::is_none")]
+    content_available: Option<u8>,
+}
+
+impl<'a> Plain<'a> {
+    fn new(content: &'a Content, token: &'a str, ttl_seconds: i64) -> Self {
+        let alert = content.title.is_some() || content.body.is_some();
+        let high = content.priority == Priority::High;
+        Plain {
+            token,
+            notification: alert.then_some(Alert {
+                title: content.title.as_deref(),
+                body: content.body.as_deref(),
+            }),
+            data: &content.data,
+            android: Android {
+                priority: if high { "HIGH" } else { "NORMAL" },
+                ttl: format!("{}s", ttl_seconds.max(0)),
+                collapse_key: content.collapse_key.as_deref(),
+            },
+            apns: ApnsPart {
+                headers: ApnsHeaders {
+                    priority: if alert && high { "10" } else { "5" },
+                    expiration: (ttl_seconds <= 0).then_some("0"),
+                    collapse_id: content.collapse_key.as_deref(),
+                },
+                payload: ApnsPayload {
+                    aps: Aps {
+                        content_available: (!alert).then_some(1),
+                    },
+                },
+            },
+        }
+    }
 }
 
 /// What an FCM answer means for the delivery (the table in [`crate::providers::outcome`]).
@@ -258,6 +380,87 @@ mod tests {
             }),
         );
         assert_eq!(m["data"], json!({"push_inbox_id": "ntf_1"}));
+    }
+
+    #[test]
+    fn a_plain_body_is_the_message_tree_written() {
+        let data: BTreeMap<String, String> = [("k".to_owned(), "v".to_owned())].into();
+        // (title, body, data, priority, collapse key, push type, ttl)
+        let cases = [
+            (
+                Some("T"),
+                Some("B"),
+                data.clone(),
+                Priority::High,
+                Some("c"),
+                "alert",
+                120,
+            ),
+            (
+                Some("T"),
+                None,
+                BTreeMap::new(),
+                Priority::Normal,
+                None,
+                "alert",
+                0,
+            ),
+            (
+                None,
+                Some("B"),
+                data.clone(),
+                Priority::High,
+                None,
+                "alert",
+                -5,
+            ),
+            (
+                None,
+                None,
+                data.clone(),
+                Priority::Normal,
+                Some("c"),
+                "background",
+                60,
+            ),
+            (
+                None,
+                None,
+                BTreeMap::new(),
+                Priority::High,
+                None,
+                "background",
+                0,
+            ),
+            (
+                Some("\"q\" \u{e9}\n"),
+                None,
+                data,
+                Priority::High,
+                None,
+                "alert",
+                1,
+            ),
+        ];
+        for (i, (title, body, data, priority, collapse, push_type, ttl)) in
+            cases.into_iter().enumerate()
+        {
+            let content = Content {
+                title: title.map(Into::into),
+                body: body.map(Into::into),
+                data,
+                priority,
+                collapse_key: collapse.map(Into::into),
+                push_type: push_type.into(),
+                apns: None,
+                fcm: None,
+                inbox: false,
+            };
+            let written: Value =
+                serde_json::from_slice(&super::body(&content, "tok", ttl, None)).expect("json");
+            let tree = json!({"message": message(&content, "tok", ttl, None)});
+            assert_eq!(written, tree, "case {i}");
+        }
     }
 
     #[test]

@@ -61,11 +61,18 @@ struct FcmClient {
     account: ServiceAccount,
     key: EncodingKey,
     /// (access token, expiry in seconds since the epoch)
-    token: tokio::sync::Mutex<Option<(String, i64)>>,
+    token: tokio::sync::Mutex<Option<(Arc<AccessToken>, i64)>>,
     updated_at: i64,
     checked: std::sync::Mutex<Instant>,
     /// A credential error was answered: look at the stored credential on the next use.
     stale: std::sync::atomic::AtomicBool,
+}
+
+/// An OAuth access token and its `authorization` header value, made once
+/// when the token is granted (it lives about an hour) and shared by sends.
+struct AccessToken {
+    text: Box<str>,
+    bearer: http::HeaderValue,
 }
 
 /// The FCM provider of a node.
@@ -157,11 +164,11 @@ impl FcmProvider {
         &self,
         client: &FcmClient,
         refused: Option<&str>,
-    ) -> Result<String, Outcome> {
+    ) -> Result<Arc<AccessToken>, Outcome> {
         let mut cached = client.token.lock().await;
         let now = crate::ids::now_seconds();
         if let Some((token, expires_at)) = cached.as_ref() {
-            if refused != Some(token.as_str()) && !needs_new_access_token(*expires_at, now) {
+            if refused != Some(&*token.text) && !needs_new_access_token(*expires_at, now) {
                 return Ok(token.clone());
             }
         }
@@ -219,10 +226,19 @@ impl FcmProvider {
                 "fcm: the token endpoint refused the service account ({status}, {code})"
             )));
         };
+        let bearer = wire::bearer(token).map_err(|_| {
+            Outcome::CredentialError(format!(
+                "fcm: the token endpoint's access token is not a header value ({status})"
+            ))
+        })?;
         metrics::counter!(crate::telemetry::names::PROVIDER_TOKENS, "provider" => "fcm")
             .increment(1);
-        *cached = Some((token.to_owned(), now + expires_in));
-        Ok(token.to_owned())
+        let token = Arc::new(AccessToken {
+            text: token.into(),
+            bearer,
+        });
+        *cached = Some((token.clone(), now + expires_in));
+        Ok(token)
     }
 
     /// One send. Answers (status, body, Retry-After, the access token used).
@@ -231,17 +247,19 @@ impl FcmProvider {
         client: &FcmClient,
         delivery: &Delivery<'_>,
         refused: Option<&str>,
-    ) -> Result<(u16, serde_json::Value, Option<Duration>, String), Outcome> {
+    ) -> Result<(u16, serde_json::Value, Option<Duration>, Arc<AccessToken>), Outcome> {
         let access = self.access_token(client, refused).await?;
         let ttl = if delivery.now_or_never() {
             0
         } else {
             ((delivery.expires_at - crate::ids::now_millis()) / 1000).max(1)
         };
-        let body = serde_json::json!({
-            "message": message::message(delivery.content, delivery.token.unwrap_or_default(), ttl, delivery.inbox())
-        });
-        let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let body = bytes::Bytes::from(message::body(
+            delivery.content,
+            delivery.token.unwrap_or_default(),
+            ttl,
+            delivery.inbox(),
+        ));
         let (status, after, answer) = match &client.wire {
             Some(wire) if !client.http1.load(std::sync::atomic::Ordering::Relaxed) => {
                 match self.post_h2(client, wire, &access, body.clone()).await {
@@ -279,11 +297,10 @@ impl FcmProvider {
         &self,
         client: &FcmClient,
         wire: &Wire,
-        access: &str,
+        access: &AccessToken,
         body: bytes::Bytes,
     ) -> Result<(u16, Option<Duration>, bytes::Bytes), wire::WireError> {
-        let mut headers = http::HeaderMap::new();
-        wire::json_with_authorization(&mut headers, Some(&format!("Bearer {access}")))?;
+        let headers = wire::json_with_authorization(access.bearer.clone());
         let answer = wire.post(client.send_url.path(), headers, body).await?;
         Ok((answer.status, retry_after(&answer.headers), answer.body))
     }
@@ -292,13 +309,13 @@ impl FcmProvider {
     async fn post_http1(
         &self,
         client: &FcmClient,
-        access: &str,
+        access: &AccessToken,
         body: bytes::Bytes,
     ) -> Result<(u16, Option<Duration>, bytes::Bytes), Outcome> {
         let response = client
             .http
             .post(client.send_url.clone())
-            .bearer_auth(access)
+            .header(http::header::AUTHORIZATION, access.bearer.clone())
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -336,7 +353,7 @@ impl Provider for FcmProvider {
         if our_token_refused {
             // The access token was refused: get a new one, once.
             let refused = answer.3.clone();
-            answer = match self.post(&client, delivery, Some(&refused)).await {
+            answer = match self.post(&client, delivery, Some(&refused.text)).await {
                 Ok(answer) => answer,
                 Err(outcome) => return outcome,
             };
