@@ -74,6 +74,31 @@ impl FromRequest<AppState> for NotifySubmission {
     }
 }
 
+/// A JSON body read first as `S`, straight from its bytes, and when it does
+/// not read so, as `J`, with every answer `ApiJson<J>` gives (syntax, size,
+/// content type, shape). For a body whose common form has a type of its own
+/// that makes no JSON tree on the way, while the rest keeps its old reading.
+pub struct StraightOr<S, J>(pub Reading<S, J>);
+
+/// What [`StraightOr`] read.
+pub enum Reading<S, J> {
+    Straight(S),
+    Json(J),
+}
+
+impl<S: DeserializeOwned, J: DeserializeOwned> FromRequest<AppState> for StraightOr<S, J> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.config.max_body_bytes;
+        let bytes = read_body(req, state, limit).await?;
+        if let Ok(straight) = serde_json::from_slice::<S>(&bytes) {
+            return Ok(StraightOr(Reading::Straight(straight)));
+        }
+        parse_json(&bytes, limit).map(|json| StraightOr(Reading::Json(json)))
+    }
+}
+
 /// An idempotency key as the API takes it: 1 to 255 visible ASCII characters.
 pub fn idempotency_key(raw: &str) -> Option<&str> {
     (!raw.is_empty() && raw.len() <= 255 && raw.bytes().all(|b| b.is_ascii_graphic() || b == b' '))

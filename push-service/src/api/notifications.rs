@@ -8,7 +8,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{idempotency_key, notify_body_limit, ApiJson, ApiQuery, NotifySubmission};
+use super::extract::{
+    idempotency_key, notify_body_limit, ApiQuery, NotifySubmission, Reading, StraightOr,
+};
 use crate::api::error::{ApiError, Problem};
 use crate::api::AppState;
 use crate::auth::notifier::NotifierAuth;
@@ -128,6 +130,15 @@ pub struct BatchRequest {
     pub notifications: Vec<serde_json::Value>,
 }
 
+/// A batch whose items all read as notify requests, none with a key of its
+/// own: read straight from the body (no JSON tree per item). Any other batch
+/// is read as a [`BatchRequest`], item by item, with the answers it always had.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainBatch {
+    notifications: Vec<NotifyRequest>,
+}
+
 /// One notification of a batch, as the document describes it: the fields of
 /// a notify request (read by `NotifyRequest` itself, so the rules are the same)
 /// and its own idempotency key.
@@ -179,19 +190,58 @@ pub struct BatchAnswer {
 async fn notify_batch(
     State(state): State<AppState>,
     auth: NotifierAuth,
-    ApiJson(body): ApiJson<BatchRequest>,
+    StraightOr(body): StraightOr<PlainBatch, BatchRequest>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
     auth.require("notify")?;
-    let count = body.notifications.len();
+    let count = match &body {
+        Reading::Straight(plain) => plain.notifications.len(),
+        Reading::Json(body) => body.notifications.len(),
+    };
     if !(1..=MAX_BATCH).contains(&count) {
         return Err(ApiError::invalid(format!(
             "`notifications` must hold 1 to {MAX_BATCH} notifications (got {count})"
         )));
     }
-    // Keys and shapes are checked first: a bad key or an item that is not a
-    // notify request refuses the batch before anything is stored. What only
-    // the provider rules refuse is answered per item.
-    let mut submissions = Vec::with_capacity(count);
+    let submissions = match body {
+        Reading::Straight(plain) => plain
+            .notifications
+            .into_iter()
+            .map(|request| Submission::Parsed(Box::new(request)))
+            .collect(),
+        Reading::Json(body) => batch_items(body)?,
+    };
+    let answers = state.acceptor.accept_batch(&auth, submissions).await?;
+    let results = answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, answer)| match answer {
+            Ok(accepted) => BatchItem {
+                status: StatusCode::ACCEPTED.as_u16(),
+                notification: Some(accepted),
+                problem: None,
+            },
+            Err(e) => {
+                let mut problem = ApiError::from(e).problem();
+                if let Some(detail) = problem.detail.as_mut() {
+                    *detail = format!("notifications[{i}]: {detail}");
+                }
+                BatchItem {
+                    status: problem.status,
+                    notification: None,
+                    problem: Some(problem),
+                }
+            }
+        })
+        .collect();
+    Ok(Json(BatchAnswer { results }))
+}
+
+/// A batch's items read one by one: keys and shapes are checked first, so a
+/// bad key or an item that is not a notify request refuses the batch before
+/// anything is stored. What only the provider rules refuse is answered per
+/// item.
+fn batch_items(body: BatchRequest) -> Result<Vec<Submission>, ApiError> {
+    let mut submissions = Vec::with_capacity(body.notifications.len());
     for (i, mut item) in body.notifications.into_iter().enumerate() {
         let key = match item.as_object_mut().map(|o| o.remove("idempotency_key")) {
             None => {
@@ -227,30 +277,7 @@ async fn notify_batch(
             },
         });
     }
-    let answers = state.acceptor.accept_batch(&auth, submissions).await?;
-    let results = answers
-        .into_iter()
-        .enumerate()
-        .map(|(i, answer)| match answer {
-            Ok(accepted) => BatchItem {
-                status: StatusCode::ACCEPTED.as_u16(),
-                notification: Some(accepted),
-                problem: None,
-            },
-            Err(e) => {
-                let mut problem = ApiError::from(e).problem();
-                if let Some(detail) = problem.detail.as_mut() {
-                    *detail = format!("notifications[{i}]: {detail}");
-                }
-                BatchItem {
-                    status: problem.status,
-                    notification: None,
-                    problem: Some(problem),
-                }
-            }
-        })
-        .collect();
-    Ok(Json(BatchAnswer { results }))
+    Ok(submissions)
 }
 
 #[utoipa::path(get, path = "/v1/apps/{app}/notifications/{id}", tag = "notifications",

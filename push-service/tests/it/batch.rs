@@ -90,6 +90,42 @@ async fn a_batch_is_answered_in_order_and_delivered(app: TestApp) {
     assert_eq!(again["results"][0], results[0]);
     assert_eq!(again["results"][3], results[3]);
     assert_ne!(again["results"][2]["notification"]["id"], *ids[1]);
+
+    // A batch without keys whose items all read as notify requests is read
+    // straight from the body: answered in order and delivered the same way.
+    let plain = json!({"notifications": [item(2, None), item(0, None), item(1, None)]});
+    let (status, answer) = with_jwt(
+        &app,
+        Method::POST,
+        &path,
+        &notifier.jwt("notify"),
+        Some(plain),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3, "{answer}");
+    for (result, device) in results.iter().zip([2, 0, 1]) {
+        assert_eq!(result["status"], 202, "{answer}");
+        assert_eq!(result["notification"]["accepted"], 1, "{answer}");
+        let (desktop, registration) = &devices[device];
+        let id = &result["notification"]["id"];
+        let mut listener = desktop.listen(registration);
+        // A stream opened again may first repeat what it already handed over.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = next_within(&mut listener, left).await.expect("delivered");
+            if &event.notification["id"] == id {
+                assert_eq!(
+                    event.notification["title"],
+                    format!("request {device}"),
+                    "{answer}"
+                );
+                break;
+            }
+        }
+    }
 }
 both_backends!(
     a_batch_is_answered_in_order_and_delivered,
