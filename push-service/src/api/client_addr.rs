@@ -95,16 +95,20 @@ pub fn source(parts: &Parts) -> Option<String> {
         .map(|ConnectInfo(addr)| addr.ip().to_string())
 }
 
-/// Attaches [`ClientAddr`] to a request, for the limiter and the audit log.
-pub fn attach(state: &crate::api::AppState, request: &mut axum::extract::Request) {
+/// Attaches [`ClientAddr`] to a request, for the audit log, and answers it
+/// for the limiter. `None` for a request without a peer (none comes so from a
+/// listener).
+pub fn attach(
+    state: &crate::api::AppState,
+    request: &mut axum::extract::Request,
+) -> Option<IpAddr> {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some(peer) = peer {
-        let addr = client_addr(peer, request.headers(), &state.config.trusted_proxies);
-        request.extensions_mut().insert(ClientAddr(addr));
-    }
+        .map(|c| c.0.ip())?;
+    let addr = client_addr(peer, request.headers(), &state.config.trusted_proxies);
+    request.extensions_mut().insert(ClientAddr(addr));
+    Some(addr)
 }
 
 #[cfg(test)]

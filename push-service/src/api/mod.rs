@@ -246,8 +246,8 @@ async fn door(
     if let Some(refused) = refuse_control_characters(request.uri()) {
         return refused;
     }
-    client_addr::attach(&state, &mut request);
-    rate_limit::by_address(&state, request, next).await
+    let ip = client_addr::attach(&state, &mut request);
+    rate_limit::by_address(&state, ip, request, next).await
 }
 
 /// A request's id when it came without one: a random (version 4) UUID from

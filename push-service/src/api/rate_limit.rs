@@ -13,24 +13,15 @@ use crate::limits::Bucket;
 /// refused here — their callers are limited per principal (notifier, device
 /// key). A failed authentication is charged after the fact, and once the
 /// address has used up its allowance the failure is answered `429` instead
-/// of `401`.
+/// of `401`. `ip`: the client address ([`super::client_addr::attach`]).
 pub async fn by_address(
     state: &AppState,
+    ip: Option<std::net::IpAddr>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let limiter = &state.limiter;
     let per_second = limiter.settings.address_requests_per_second;
-    let ip = request
-        .extensions()
-        .get::<super::client_addr::ClientAddr>()
-        .map(|c| c.0)
-        .or_else(|| {
-            request
-                .extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip())
-        });
     let probe = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
     let Some(ip) = ip.filter(|_| per_second > 0.0 && !probe) else {
         return next.run(request).await;

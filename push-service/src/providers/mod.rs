@@ -41,6 +41,26 @@ pub struct InboxRef<'a> {
     pub jwe: Option<&'a str>,
 }
 
+/// An alert's title and body as both providers' payloads write them
+/// (absent members left out), for content written without a JSON tree.
+#[derive(serde::Serialize)]
+pub(crate) struct AlertText<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+}
+
+impl<'a> AlertText<'a> {
+    /// `None` when the content has neither a title nor a body.
+    pub(crate) fn of(content: &'a Content) -> Option<Self> {
+        (content.title.is_some() || content.body.is_some()).then_some(AlertText {
+            title: content.title.as_deref(),
+            body: content.body.as_deref(),
+        })
+    }
+}
+
 /// The largest payload APNs and FCM take (APNs VoIP takes 5 KiB; 4 KiB is
 /// kept for all): an inline JWE goes only when the whole fits.
 pub const MAX_PROVIDER_PAYLOAD: usize = 4096;

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::notification::{Content, Priority};
 use crate::providers::outcome::{apns_class, Class};
 use crate::providers::wire::WireError;
-use crate::providers::{InboxRef, Outcome, MAX_PROVIDER_PAYLOAD};
+use crate::providers::{AlertText, InboxRef, Outcome, MAX_PROVIDER_PAYLOAD};
 
 /// The `apns-topic` suffix a push type needs (docs/providers.md, "Requests").
 pub fn topic_for(bundle: &str, push_type: &str) -> String {
@@ -175,12 +175,8 @@ impl serde::Serialize for PlainPayload<'_> {
                 map.serialize_entry(key, value)?;
             }
         }
-        let alert = (content.title.is_some() || content.body.is_some()).then_some(PlainAlert {
-            title: content.title.as_deref(),
-            body: content.body.as_deref(),
-        });
         let aps = PlainAps {
-            alert,
+            alert: AlertText::of(content),
             content_available: (content.push_type == "background").then_some(1),
         };
         map.serialize_entry("aps", &aps)?;
@@ -191,17 +187,9 @@ impl serde::Serialize for PlainPayload<'_> {
 #[derive(serde::Serialize)]
 struct PlainAps<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    alert: Option<PlainAlert<'a>>,
+    alert: Option<AlertText<'a>>,
     #[serde(rename = "content-available", skip_serializing_if = "Option::is_none")]
     content_available: Option<u8>,
-}
-
-#[derive(serde::Serialize)]
-struct PlainAlert<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a str>,
 }
 
 /// Deep-merges `extra` into `base` (objects merge, everything else replaces).

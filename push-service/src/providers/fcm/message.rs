@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::notification::{Content, Priority};
 use crate::providers::apns::message::merge;
 use crate::providers::outcome::{fcm_class, Class};
-use crate::providers::{InboxRef, Outcome, MAX_PROVIDER_PAYLOAD};
+use crate::providers::{AlertText, InboxRef, Outcome, MAX_PROVIDER_PAYLOAD};
 
 /// The `message` of `messages:send` for one registration token. A
 /// notification with inbox content names its item in `data`
@@ -131,7 +131,7 @@ struct Body<'a> {
 struct Plain<'a> {
     token: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    notification: Option<Alert<'a>>,
+    notification: Option<AlertText<'a>>,
     #[serde(skip_serializing_if = "no_data")]
     data: &'a BTreeMap<String, String>,
     android: Android<'a>,
@@ -140,14 +140,6 @@ struct Plain<'a> {
 
 fn no_data(data: &&BTreeMap<String, String>) -> bool {
     data.is_empty()
-}
-
-#[derive(Serialize)]
-struct Alert<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -191,10 +183,7 @@ impl<'a> Plain<'a> {
         let high = content.priority == Priority::High;
         Plain {
             token,
-            notification: alert.then_some(Alert {
-                title: content.title.as_deref(),
-                body: content.body.as_deref(),
-            }),
+            notification: AlertText::of(content),
             data: &content.data,
             android: Android {
                 priority: if high { "HIGH" } else { "NORMAL" },
