@@ -66,48 +66,27 @@ pub struct NodeState {
 impl AppState {
     /// Connects the store (applying migrations) and Redis client from the configuration.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
-        let store = store::connect(
-            config.database_url.expose(),
-            config.database_max_connections,
-            config.sqlite_full_sync,
-            config.database_ca_file.as_deref(),
-        )
-        .await?;
-        store.migrate().await?;
-        let redis = match (&config.redis_url, &config.redis_ca_file) {
-            (Some(url), None) => Some(redis::Client::open(url.expose().as_str())?),
-            (Some(url), Some(ca)) => Some(redis::Client::build_with_tls(
-                url.expose().as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(std::fs::read(ca)?),
-                },
-            )?),
-            (None, _) => None,
+        // The store's schema (a first start's DDL on PostgreSQL) and Redis'
+        // connections are made at the same time: neither needs the other.
+        let (store, redis) = tokio::try_join!(
+            async {
+                let store = store::connect(
+                    config.database_url.expose(),
+                    config.database_max_connections,
+                    config.sqlite_full_sync,
+                    config.database_ca_file.as_deref(),
+                )
+                .await?;
+                store.migrate().await?;
+                anyhow::Ok(store)
+            },
+            connect_redis(&config),
+        )?;
+        let (redis, redis_conn) = match redis {
+            Some((client, conn)) => (Some(client), Some(conn)),
+            None => (None, None),
         };
         let node = format!("node-{}", ids::random_token(6));
-        let redis_conn = match &redis {
-            Some(client) => {
-                // One connection first, so a wrong address or an untrusted certificate
-                // stops the start with its reason (the manager would retry forever).
-                let probe = tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    client.get_multiplexed_async_connection(),
-                )
-                .await
-                .map_err(|_| anyhow::anyhow!("redis_url: no connection within 10 s"))?
-                .map_err(|e| anyhow::anyhow!("redis_url: cannot connect: {e}"))?;
-                drop(probe);
-                Some(
-                    redis::aio::ConnectionManager::new_with_config(
-                        client.clone(),
-                        crate::redis_manager_config(),
-                    )
-                    .await?,
-                )
-            }
-            None => None,
-        };
         let replay = match &redis_conn {
             Some(conn) => auth::replay::ReplayCache::Redis {
                 conn: conn.clone(),
@@ -259,4 +238,37 @@ impl FromRef<AppState> for limits::Limiter {
     fn from_ref(state: &AppState) -> Self {
         state.limiter.clone()
     }
+}
+
+/// The Redis client and its managed connection, when `redis_url` is set.
+async fn connect_redis(
+    config: &Config,
+) -> anyhow::Result<Option<(redis::Client, redis::aio::ConnectionManager)>> {
+    let client = match (&config.redis_url, &config.redis_ca_file) {
+        (Some(url), None) => redis::Client::open(url.expose().as_str())?,
+        (Some(url), Some(ca)) => redis::Client::build_with_tls(
+            url.expose().as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(ca)?),
+            },
+        )?,
+        (None, _) => return Ok(None),
+    };
+    // One connection first, so a wrong address or an untrusted certificate
+    // stops the start with its reason (the manager would retry forever).
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("redis_url: no connection within 10 s"))?
+    .map_err(|e| anyhow::anyhow!("redis_url: cannot connect: {e}"))?;
+    drop(probe);
+    let conn = redis::aio::ConnectionManager::new_with_config(
+        client.clone(),
+        crate::redis_manager_config(),
+    )
+    .await?;
+    Ok(Some((client, conn)))
 }

@@ -1,4 +1,5 @@
-//! A fresh PostgreSQL database is made in one transaction (`store/postgres.rs`,
+//! A fresh PostgreSQL database is made in one transaction from the schema
+//! written out whole (`migrations/fresh/postgres.sql`, `store/postgres.rs`
 //! `create_fresh`); an existing one is migrated step by step. Both must end
 //! with the same schema and the same record of applied migrations, and nodes
 //! starting together on a fresh database must not race.
