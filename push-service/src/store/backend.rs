@@ -36,6 +36,9 @@ pub trait SqlBackend: Database + sqlx::database::HasStatementCache {
     /// a new notification, its deliveries and its audit entry then go as one
     /// statement (PostgreSQL; SQLite has no such `WITH`).
     const INSERTS_WITH: bool;
+    /// Whether an update joined to a multi-row `VALUES` finds each target row
+    /// by its key first and joins on the row's address ([`keyed_join`]).
+    const UPDATES_BY_ROW: bool;
     /// Writes a group that holds only new notifications and delivery outcomes
     /// as one statement, where the backend can (PostgreSQL, `at_once.rs`): `None`
     /// when it cannot, and nothing was written.
@@ -96,11 +99,88 @@ pub fn placeholders(start: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// `FROM … WHERE …` of an `UPDATE {relation} AS {alias}` joined to the rows
+/// of `VALUES {values}` on the table's key: `{alias}.{keys[i]} = v.column{i+1}`
+/// and, with `span` = `Some(n)`, `created_at` within the span bound at `$n+1`,
+/// `$n+2` (so PostgreSQL reads only the partitions that can hold the rows).
+/// The statement goes on with `AND …`; the values' columns are `v.column1…`.
+///
+/// Where the backend wants it ([`SqlBackend::UPDATES_BY_ROW`]) and `relation`
+/// is one table (a plain table or one partition; not a partitioned table,
+/// where a row's address is not unique), each target is found by its key in
+/// a `LATERAL … LIMIT 1` probe of the key's index and the update joins on its
+/// `ctid`. A join on the key is planned from the table's statistics, and a
+/// day's partition has none until autovacuum analyses it (a minute or more
+/// into its day, and only after enough rows): PostgreSQL then guessed the
+/// partition held a few rows and scanned all of it for every value in a
+/// nested loop — 100 values on 10,000 deliveries were 1,000,000 comparisons,
+/// 140–340 ms a statement, which held up the group writer behind it
+/// (BENCHMARKS.md). The probe's plan does not depend on the statistics.
+pub fn keyed_join<DB: SqlBackend>(
+    relation: &str,
+    alias: &str,
+    values: &str,
+    keys: &[&str],
+    span: Option<usize>,
+) -> String {
+    let on = |at: &str| {
+        let mut on = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| format!("{at}.{key} = v.column{}", i + 1))
+            .collect::<Vec<_>>();
+        if let Some(n) = span {
+            on.push(format!("{at}.created_at BETWEEN ${} AND ${}", n + 1, n + 2));
+        }
+        on.join(" AND ")
+    };
+    if DB::UPDATES_BY_ROW && !super::partitions::TABLES.contains(&relation) {
+        format!(
+            "FROM (SELECT v.*, x.row FROM (VALUES {values}) AS v CROSS JOIN LATERAL \
+             (SELECT k.ctid AS row FROM {relation} AS k WHERE {} LIMIT 1) AS x) AS v \
+             WHERE {alias}.ctid = v.row",
+            on("k")
+        )
+    } else {
+        format!("FROM (VALUES {values}) AS v WHERE {}", on(alias))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn placeholders_number_rows_and_columns_in_order() {
         assert_eq!(super::placeholders(2, 3), "$2, $3, $4");
         assert_eq!(super::row_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+
+    #[test]
+    fn a_keyed_join_probes_one_table_by_key_and_joins_on_the_row() {
+        let keys = ["notification_id", "registration_id"];
+        let join = |relation| {
+            super::keyed_join::<sqlx::Postgres>(relation, "d", "($1, $2)", &keys, Some(2))
+        };
+        assert_eq!(
+            join("deliveries_d20261204"),
+            "FROM (SELECT v.*, x.row FROM (VALUES ($1, $2)) AS v CROSS JOIN LATERAL \
+             (SELECT k.ctid AS row FROM deliveries_d20261204 AS k WHERE \
+             k.notification_id = v.column1 AND k.registration_id = v.column2 AND \
+             k.created_at BETWEEN $3 AND $4 LIMIT 1) AS x) AS v WHERE d.ctid = v.row"
+        );
+        assert_eq!(
+            super::keyed_join::<sqlx::Postgres>("registrations", "r", "($1, $2)", &["id"], None),
+            "FROM (SELECT v.*, x.row FROM (VALUES ($1, $2)) AS v CROSS JOIN LATERAL \
+             (SELECT k.ctid AS row FROM registrations AS k WHERE k.id = v.column1 LIMIT 1) \
+             AS x) AS v WHERE r.ctid = v.row"
+        );
+        // A row's address is unique within one table only: on a partitioned
+        // table itself, and on SQLite, the join stays on the key.
+        let on_key = "FROM (VALUES ($1, $2)) AS v WHERE d.notification_id = v.column1 AND \
+                      d.registration_id = v.column2 AND d.created_at BETWEEN $3 AND $4";
+        assert_eq!(join("deliveries"), on_key);
+        assert_eq!(
+            super::keyed_join::<sqlx::Sqlite>("deliveries", "d", "($1, $2)", &keys, Some(2)),
+            on_key
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use sqlx::{ColumnIndex, Encode, IntoArguments, Pool, Type};
 
-use super::backend::{row_placeholders, Column, SqlBackend};
+use super::backend::{keyed_join, row_placeholders, Column, SqlBackend};
 use super::group::{Executor, GroupWriter};
 use super::partitions::{pieces, Days};
 use super::{
@@ -289,14 +289,11 @@ where
     });
     let by_day = days.group("deliveries", &claims, |(_, c)| &c.notification_id);
     for (relation, chunk) in pieces(&by_day, 100) {
-        let values = row_placeholders(chunk.len(), 7);
-        let span = span_of("d", chunk.len() * 7);
         // VALUES columns are column1…columnN in both SQLite and PostgreSQL.
+        let join = deliveries_join::<DB>(relation, chunk.len(), 7);
         let sql = format!(
             "UPDATE {relation} AS d SET attempts = d.attempts + 1, next_attempt_at = v.column4 \
-             FROM (VALUES {values}) AS v \
-             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 {span} \
-             AND d.attempts = v.column3 AND d.state = 'queued' \
+             {join} AND d.attempts = v.column3 AND d.state = 'queued' \
              AND (v.column5 IS NULL OR d.next_attempt_at = v.column5) \
              AND (v.column6 = 0 OR EXISTS (SELECT 1 FROM registrations r \
                   WHERE r.id = d.registration_id AND r.status = 'active' \
@@ -330,14 +327,11 @@ where
     // Outcomes: applied only to deliveries still queued.
     let by_day = days.group("deliveries", &sorted.updates, |u| &u.notification_id);
     for (relation, chunk) in pieces(&by_day, 100) {
-        let values = row_placeholders(chunk.len(), 7);
-        let span = span_of("d", chunk.len() * 7);
+        let join = deliveries_join::<DB>(relation, chunk.len(), 7);
         let sql = format!(
             "UPDATE {relation} AS d SET state = v.column3, reason = v.column4, \
              attempts = v.column5, next_attempt_at = COALESCE(v.column6, d.next_attempt_at), \
-             updated_at = v.column7 FROM (VALUES {values}) AS v \
-             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 {span} \
-             AND d.state = 'queued'"
+             updated_at = v.column7 {join} AND d.state = 'queued'"
         );
         let mut query = sqlx::query(&sql).persistent(prepare::<DB>(relation, "deliveries"));
         for update in chunk.iter().copied() {
@@ -369,6 +363,19 @@ where
 /// where the backend wants it ([`SqlBackend::PREPARE_PARTITIONED`]).
 pub(super) fn prepare<DB: SqlBackend>(relation: &str, table: &str) -> bool {
     relation != table || DB::PREPARE_PARTITIONED
+}
+
+/// [`keyed_join`] of an update on `relation` (the deliveries or one of their
+/// days, as `d`) to `rows` rows of `cols` values, the first two a delivery's
+/// key, the span of creation times bound after them.
+pub(super) fn deliveries_join<DB: SqlBackend>(relation: &str, rows: usize, cols: usize) -> String {
+    keyed_join::<DB>(
+        relation,
+        "d",
+        &row_placeholders(rows, cols),
+        &["notification_id", "registration_id"],
+        Some(rows * cols),
+    )
 }
 
 /// `AND {alias}.created_at BETWEEN $n+1 AND $n+2` after `n` parameters: the

@@ -152,6 +152,7 @@ impl SqlBackend for sqlx::Postgres {
     const PARTITIONED: bool = true;
     const PREPARE_PARTITIONED: bool = false;
     const INSERTS_WITH: bool = true;
+    const UPDATES_BY_ROW: bool = true;
 
     fn write_at_once<'a>(
         pool: &'a sqlx::Pool<Self>,

@@ -115,6 +115,7 @@ impl SqlBackend for sqlx::Sqlite {
     const PARTITIONED: bool = false;
     const PREPARE_PARTITIONED: bool = true;
     const INSERTS_WITH: bool = false;
+    const UPDATES_BY_ROW: bool = false;
 
     /// Not on SQLite: its statements make no round trips to save.
     fn write_at_once<'a>(

@@ -27,6 +27,7 @@ mod ops;
 mod outbound;
 mod partitions;
 mod pinning;
+mod plans;
 mod process;
 mod provider_semantics;
 mod providers;

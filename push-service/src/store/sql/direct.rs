@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::{Column, SqlBackend, SqlStore};
+use crate::store::backend::keyed_join;
 use crate::store::batch::{prepare, Answer, Write};
 use crate::store::partitions::{pieces, Days};
 use crate::store::row_placeholders;
@@ -180,13 +181,10 @@ where
 {
     let by_day = days.group("deliveries", streamed, |(_, n, ..)| n);
     for (relation, chunk) in pieces(&by_day, 100) {
-        let values = row_placeholders(chunk.len(), 3);
-        let span = crate::store::batch::span_of("d", chunk.len() * 3);
+        let join = crate::store::batch::deliveries_join::<DB>(relation, chunk.len(), 3);
         let sql = format!(
             "UPDATE {relation} AS d SET state = 'sent', updated_at = v.column3 \
-             FROM (VALUES {values}) AS v \
-             WHERE d.notification_id = v.column1 AND d.registration_id = v.column2 {span} \
-             AND d.state IN ('queued', 'held')"
+             {join} AND d.state IN ('queued', 'held')"
         );
         let mut query = sqlx::query(&sql).persistent(prepare::<DB>(relation, "deliveries"));
         for (registration, notification, _, now) in chunk.iter().copied() {
@@ -204,10 +202,16 @@ where
     }
     let cursors: Vec<_> = cursors.into_iter().collect();
     for chunk in cursors.chunks(100) {
-        let values = row_placeholders(chunk.len(), 2);
+        let join = keyed_join::<DB>(
+            "registrations",
+            "r",
+            &row_placeholders(chunk.len(), 2),
+            &["id"],
+            None,
+        );
         let sql = format!(
-            "UPDATE registrations AS r SET direct_cursor = v.column2 FROM (VALUES {values}) AS v \
-             WHERE r.id = v.column1 AND r.direct_cursor < v.column2"
+            "UPDATE registrations AS r SET direct_cursor = v.column2 {join} \
+             AND r.direct_cursor < v.column2"
         );
         let mut query = sqlx::query(&sql);
         for (registration, seq) in chunk {
