@@ -116,6 +116,14 @@ pub fn placeholders(start: usize, count: usize) -> String {
 /// nested loop — 100 values on 10,000 deliveries were 1,000,000 comparisons,
 /// 140–340 ms a statement, which held up the group writer behind it
 /// (BENCHMARKS.md). The probe's plan does not depend on the statistics.
+/// One difference: a row another transaction changes between the probe and
+/// the update has a new address, so the update skips it where the join on
+/// the key would have checked the new version again. Each such update is
+/// guarded by a state that change would have left (a claim by its attempt
+/// count, an outcome by `queued`, what streams wrote by `queued`/`held`), so
+/// it skips what it would not have updated; a stream cursor left behind
+/// moves with the next event written (a reconnecting stream may get an
+/// event again, as at-least-once allows).
 pub fn keyed_join<DB: SqlBackend>(
     relation: &str,
     alias: &str,
