@@ -82,10 +82,7 @@ impl AppState {
             },
             connect_redis(&config),
         )?;
-        let (redis, redis_conn) = match redis {
-            Some((client, conn)) => (Some(client), Some(conn)),
-            None => (None, None),
-        };
+        let (redis, redis_conn) = redis.unzip();
         let node = format!("node-{}", ids::random_token(6));
         let replay = match &redis_conn {
             Some(conn) => auth::replay::ReplayCache::Redis {

@@ -378,14 +378,6 @@ pub(super) fn deliveries_join<DB: SqlBackend>(relation: &str, rows: usize, cols:
     )
 }
 
-/// `AND {alias}.created_at BETWEEN $n+1 AND $n+2` after `n` parameters: the
-/// span of creation times of a statement's notifications
-/// ([`crate::ids::created_span`]), so that on PostgreSQL it reads only the
-/// partitions that hold them.
-pub(super) fn span_of(alias: &str, n: usize) -> String {
-    format!("AND {alias}.created_at BETWEEN ${} AND ${}", n + 1, n + 2)
-}
-
 /// The first claim of each key among a group's `(place, claim)`s; the places
 /// of later claims of the same key are answered `NotApplied`. An
 /// `UPDATE … FROM (VALUES …)` joining two rows to one target applies either

@@ -8,8 +8,8 @@ use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
 use super::{Column, SqlBackend, SqlStore};
 use crate::store::batch::{Answer, Write};
 use crate::store::{
-    placeholders, row_placeholders, ChunkClaim, ChunkDone, DeliveryUpdate, NotificationRow,
-    PendingDelivery, StoreError,
+    keyed_join, placeholders, row_placeholders, ChunkClaim, ChunkDone, DeliveryUpdate,
+    NotificationRow, PendingDelivery, StoreError,
 };
 
 #[async_trait]
@@ -300,14 +300,11 @@ where
         (&c.notification_id, &c.first_registration)
     });
     for chunk in first.chunks(100) {
-        let values = row_placeholders(chunk.len(), 4);
-        let span = crate::store::batch::span_of("c", chunk.len() * 4);
+        let join = chunks_join::<DB>(chunk.len(), 4);
         let sql = format!(
             "UPDATE fanout_chunks AS c SET attempts = c.attempts + 1, \
              leased_until = v.column4, next_attempt_at = v.column4 \
-             FROM (VALUES {values}) AS v \
-             WHERE c.notification_id = v.column1 AND c.first_registration = v.column2 {span} \
-             AND c.state = 'queued' AND c.leased_until <= v.column3 \
+             {join} AND c.state = 'queued' AND c.leased_until <= v.column3 \
              RETURNING notification_id, first_registration"
         );
         let mut query =
@@ -352,13 +349,10 @@ where
     String: Column<DB>,
 {
     for chunk in done.chunks(100) {
-        let values = row_placeholders(chunk.len(), 5);
-        let span = crate::store::batch::span_of("c", chunk.len() * 5);
+        let join = chunks_join::<DB>(chunk.len(), 5);
         let sql = format!(
             "UPDATE fanout_chunks AS c SET state = 'done', sent = v.column4, updated_at = v.column5 \
-             FROM (VALUES {values}) AS v \
-             WHERE c.notification_id = v.column1 AND c.first_registration = v.column2 {span} \
-             AND c.state = 'queued' AND c.leased_until = v.column3"
+             {join} AND c.state = 'queued' AND c.leased_until = v.column3"
         );
         let mut query = sqlx::query(&sql).persistent(DB::PREPARE_PARTITIONED);
         for done in chunk {
@@ -424,4 +418,18 @@ where
         query.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// [`keyed_join`] of an update on the fan-out chunks (as `c`, the
+/// partitioned table itself: joined on the key) to `rows` rows of `cols`
+/// values, the first two a chunk's key, the span of creation times bound
+/// after them.
+fn chunks_join<DB: SqlBackend>(rows: usize, cols: usize) -> String {
+    keyed_join::<DB>(
+        "fanout_chunks",
+        "c",
+        &row_placeholders(rows, cols),
+        &["notification_id", "first_registration"],
+        Some(rows * cols),
+    )
 }
