@@ -54,11 +54,18 @@ pub fn spawn(state: &Dispatcher, shutdown: CancellationToken) -> tokio_util::tas
 /// Carried tasks (deliveries this node just accepted) one worker holds at once.
 /// A worker's attempt ends with its outcome's group commit; holding several
 /// carried tasks, it sends the next while the previous outcome is written, so
-/// 16 workers are not capped at 16 commits' worth of deliveries. Any other task
-/// (a fan-out chunk with its own 32 sends in flight, a retry, a re-drive) is
-/// held alone, as before: more of those at once starved fan-outs on three
-/// nodes (docs/RELIABILITY.md, 64 workers).
-const CARRIED_PER_WORKER: usize = 4;
+/// 16 workers are not capped at 16 commits' worth of deliveries. A carried
+/// task spends most of its time waiting for that commit (a send to the
+/// simulators answers in about a millisecond, a group commits in several), so
+/// the node's deliveries in flight, 16 × this, bound what it delivers: at four
+/// (64 in flight) batches of 100 were delivered at ~7,400/s with a fifth of
+/// the machine idle, at 32 at ~10,000/s (BENCHMARKS.md, twenty-seventh
+/// session). A provider's own limit on concurrent streams still holds (a send
+/// waits for a free stream). Any other task (a fan-out chunk with its own 32
+/// sends in flight, a retry, a re-drive) is held alone, as before: more of
+/// those at once starved fan-outs on three nodes (docs/RELIABILITY.md, 64
+/// workers).
+const CARRIED_PER_WORKER: usize = 32;
 
 /// One worker: takes tasks from `rx` until it closes, and finishes what it holds.
 async fn worker(
