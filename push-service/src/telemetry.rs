@@ -59,6 +59,10 @@ pub mod names {
     /// Histogram: writes per group-commit transaction (`kind="writes"`), and
     /// registration lookups per grouped statement (`kind="lookups"`).
     pub const STORE_BATCH_SIZE: &str = "push_store_batch_size";
+    /// Histogram: seconds one group took to be written, its commit included
+    /// (`kind` as for [`STORE_BATCH_SIZE`]). Callers of a group wait this long
+    /// plus the group before it; a rise is the store's commit latency.
+    pub const STORE_GROUP_SECONDS: &str = "push_store_group_seconds";
     /// Counter: how deliveries were taken for an attempt, by `app` and `kind`: `born`
     /// (the first attempt of one this node just accepted: no claim written),
     /// `written` (a claim written first).
@@ -179,6 +183,15 @@ pub fn metrics_handle() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(names::STORE_BATCH_SIZE.into()),
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::STORE_GROUP_SECONDS.into()),
+                        &[
+                            0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064,
+                            0.128, 0.256, 1.0,
+                        ],
                     )
                 })
                 .expect("bucket lists are not empty")

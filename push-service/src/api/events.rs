@@ -36,16 +36,26 @@ struct StreamState {
     last: i64,
     /// Read the store before waiting: on opening, after falling behind, when told to.
     look: bool,
-    /// Sequence numbers written lately: an event read from the store and
-    /// handed over too is written once.
+    /// Sequence numbers written lately, in the order written: an event read
+    /// from the store and handed over too is written once.
     recent: VecDeque<i64>,
     subscription: Subscription,
     buffer: VecDeque<Event>,
     _gauge: StreamGauge,
 }
 
-/// Sequence numbers a stream remembers having written.
-const RECENT: usize = 16;
+/// Sequence numbers a stream remembers having written. The events of one
+/// group are handed over in the order their workers wake, not by number, so
+/// after a read of the store the signals still waiting for the stream may be
+/// for any event that read wrote (a page is [`BATCH`]): a whole page, and the
+/// few signals that wait, are still known when those signals arrive. Past
+/// that (a backlog of pages) a late signal may write its event again: a
+/// repeat, which the event's id lets the device drop, rather than a gap.
+/// 2 KiB at most, for a stream that has written this many.
+const RECENT: usize = 256;
+
+/// The latest writes a read after falling behind starts below.
+const LATELY: usize = 16;
 
 /// Counts open streams while it lives: the node's gauge, and the device key's
 /// share of `max_streams_per_key`.
@@ -192,7 +202,13 @@ async fn next_event(mut s: StreamState) -> Option<(Result<Event, Infallible>, St
                 // read starts below the lowest number lately written (those
                 // written are not written again).
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let from = s.recent.iter().min().map_or(s.last, |lowest| lowest - 1);
+                    let from = s
+                        .recent
+                        .iter()
+                        .rev()
+                        .take(LATELY)
+                        .min()
+                        .map_or(s.last, |lowest| lowest - 1);
                     read_store(&mut s, from).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,

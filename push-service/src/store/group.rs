@@ -155,15 +155,23 @@ async fn gather<T>(rx: &mut mpsc::Receiver<T>, group: &mut Vec<T>, writing: &Wri
 async fn run_group<W: Clone, R>(kind: GroupKind, exec: &Executor<W, R>, group: Vec<(W, Reply<R>)>) {
     metrics::histogram!(crate::telemetry::names::STORE_BATCH_SIZE, "kind" => kind.label())
         .record(group.len() as f64);
+    let started = std::time::Instant::now();
+    let took = || {
+        metrics::histogram!(crate::telemetry::names::STORE_GROUP_SECONDS, "kind" => kind.label())
+            .record(started.elapsed().as_secs_f64());
+    };
     let (writes, replies): (Vec<W>, Vec<Reply<R>>) = group.into_iter().unzip();
     if writes.len() == 1 {
         let result = exec(writes).await.and_then(first);
+        took();
         if let Some(reply) = replies.into_iter().next() {
             let _ = reply.send(result);
         }
         return;
     }
-    match exec(writes.clone()).await {
+    let result = exec(writes.clone()).await;
+    took();
+    match result {
         Ok(answers) => {
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(Ok(answer));
