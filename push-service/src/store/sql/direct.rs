@@ -4,11 +4,9 @@ use async_trait::async_trait;
 use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::{Column, SqlBackend, SqlStore};
-use crate::store::backend::keyed_join;
-use crate::store::batch::{prepare, Answer, Write};
+use crate::store::batch::{deliveries_join, prepare, Answer, Write};
 use crate::store::partitions::{pieces, Days};
-use crate::store::row_placeholders;
-use crate::store::{DirectHold, StoreError};
+use crate::store::{keyed_join, row_placeholders, DirectHold, StoreError};
 
 #[async_trait]
 impl<DB> crate::store::DirectStore for SqlStore<DB>
@@ -181,7 +179,7 @@ where
 {
     let by_day = days.group("deliveries", streamed, |(_, n, ..)| n);
     for (relation, chunk) in pieces(&by_day, 100) {
-        let join = crate::store::batch::deliveries_join::<DB>(relation, chunk.len(), 3);
+        let join = deliveries_join::<DB>(relation, chunk.len(), 3);
         let sql = format!(
             "UPDATE {relation} AS d SET state = 'sent', updated_at = v.column3 \
              {join} AND d.state IN ('queued', 'held')"
