@@ -64,7 +64,7 @@ impl Known {
     }
 
     /// Drops what is kept of `ids` (their states proved stale).
-    fn forget<'a>(&self, ids: impl Iterator<Item = &'a String>) {
+    pub(super) fn forget<'a>(&self, ids: impl Iterator<Item = &'a String>) {
         if let Ok(mut states) = self.states.lock() {
             for id in ids {
                 states.remove(id);
@@ -106,34 +106,12 @@ pub(super) async fn write(
     known: &Known,
     group: Group<'_, '_>,
 ) -> Result<Option<Vec<Answer>>, StoreError> {
-    let ids = || group.accepts.iter().flat_map(|(_, a)| &a.registrations);
-    let Some(found) = known.all(ids()) else {
+    let Some((found, built)) = build(known, &group) else {
         return Ok(None);
     };
-    let mut built: Vec<(usize, Built, i64)> = Vec::with_capacity(group.accepts.len());
-    for (i, acceptance) in group.accepts {
-        match (acceptance.build)(&found) {
-            Ok(b) => built.push((*i, b, acceptance.redrive_at)),
-            Err(_) => return Ok(None),
-        }
-    }
-    let mut rows: Vec<Insert<'_>> = group.inserts.to_vec();
-    rows.extend(built.iter().map(|(i, b, redrive_at)| {
-        (
-            *i,
-            &b.row,
-            b.deliveries.as_slice(),
-            *redrive_at,
-            Some(&b.audit),
-        )
-    }));
-    // Keys are claimed in a statement of their own first (`insert_notifications`).
-    if rows
-        .iter()
-        .any(|(_, row, ..)| row.idempotency_key.is_some())
-    {
+    let Some(rows) = rows(group.inserts, &built) else {
         return Ok(None);
-    }
+    };
     let Some(statement) = Statement::of(days, &rows, group.updates) else {
         return Ok(None);
     };
@@ -143,18 +121,74 @@ pub(super) async fn write(
         .fetch_all(pool)
         .await?;
     if answered.iter().any(|(id,)| id.is_none()) {
-        known.forget(ids());
+        known.forget(group.registrations());
         return Ok(None);
     }
-    let inserted: std::collections::HashSet<String> =
-        answered.into_iter().filter_map(|(id,)| id).collect();
-    let mut answers = vec![Answer::Applied; group.len];
-    for (i, row, ..) in &rows {
+    let inserted = answered.into_iter().filter_map(|(id,)| id).collect();
+    Ok(Some(answers(group.len, &rows, &inserted)))
+}
+
+/// A group's acceptances built from the known states of their
+/// registrations, with those states: `None` when one is not known or a
+/// build fails.
+pub(super) type Ready = (HashMap<String, RegistrationState>, Vec<(usize, Built, i64)>);
+
+/// Builds a group's acceptances from [`Known`] (see [`Ready`]).
+pub(super) fn build(known: &Known, group: &Group<'_, '_>) -> Option<Ready> {
+    let found = known.all(group.registrations())?;
+    let mut built = Vec::with_capacity(group.accepts.len());
+    for (i, acceptance) in group.accepts {
+        built.push((*i, (acceptance.build)(&found).ok()?, acceptance.redrive_at));
+    }
+    Some((found, built))
+}
+
+/// The rows a group inserts: its own, then those `built`. `None` when one
+/// has an idempotency key (keys are claimed in a statement of their own
+/// first, `insert_notifications`).
+pub(super) fn rows<'a>(
+    inserts: &[Insert<'a>],
+    built: &'a [(usize, Built, i64)],
+) -> Option<Vec<Insert<'a>>> {
+    let mut rows: Vec<Insert<'a>> = inserts.to_vec();
+    rows.extend(built.iter().map(|(i, b, redrive_at)| {
+        (
+            *i,
+            &b.row,
+            b.deliveries.as_slice(),
+            *redrive_at,
+            Some(&b.audit),
+        )
+    }));
+    if rows
+        .iter()
+        .any(|(_, row, ..)| row.idempotency_key.is_some())
+    {
+        return None;
+    }
+    Some(rows)
+}
+
+/// Every write of a group of `len` applied but the `rows` not `inserted`.
+pub(super) fn answers(
+    len: usize,
+    rows: &[Insert<'_>],
+    inserted: &std::collections::HashSet<String>,
+) -> Vec<Answer> {
+    let mut answers = vec![Answer::Applied; len];
+    for (i, row, ..) in rows {
         if !inserted.contains(&row.id) {
             answers[*i] = Answer::NotApplied;
         }
     }
-    Ok(Some(answers))
+    answers
+}
+
+impl Group<'_, '_> {
+    /// The registrations the group's acceptances are built from.
+    pub(super) fn registrations(&self) -> impl Iterator<Item = &String> + '_ {
+        self.accepts.iter().flat_map(|(_, a)| &a.registrations)
+    }
 }
 
 /// The relations one statement writes: the new notifications' day, their

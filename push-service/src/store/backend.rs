@@ -40,8 +40,8 @@ pub trait SqlBackend: Database + sqlx::database::HasStatementCache {
     /// by its key first and joins on the row's address ([`keyed_join`]).
     const UPDATES_BY_ROW: bool;
     /// Writes a group that holds only new notifications and delivery outcomes
-    /// as one statement, where the backend can (PostgreSQL, `at_once.rs`): `None`
-    /// when it cannot, and nothing was written.
+    /// as one statement (PostgreSQL, `at_once.rs`) or one hand-off (SQLite,
+    /// `sqlite_at_once.rs`): `None` when it cannot, and nothing was written.
     fn write_at_once<'a>(
         pool: &'a Pool<Self>,
         days: &'a super::partitions::Days,

@@ -14,6 +14,7 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
+mod sqlite_at_once;
 
 use std::sync::Arc;
 

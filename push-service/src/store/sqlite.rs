@@ -117,15 +117,14 @@ impl SqlBackend for sqlx::Sqlite {
     const INSERTS_WITH: bool = false;
     const UPDATES_BY_ROW: bool = false;
 
-    /// Not on SQLite: its statements make no round trips to save.
     fn write_at_once<'a>(
-        _pool: &'a sqlx::Pool<Self>,
+        pool: &'a sqlx::Pool<Self>,
         _days: &'a super::partitions::Days,
-        _known: &'a super::at_once::Known,
-        _group: super::at_once::Group<'a, 'a>,
+        known: &'a super::at_once::Known,
+        group: super::at_once::Group<'a, 'a>,
     ) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<super::batch::Answer>>, StoreError>>
     {
-        Box::pin(async { Ok(None) })
+        Box::pin(super::sqlite_at_once::write(pool, known, group))
     }
 
     fn chunk_targets<'a>(

@@ -321,9 +321,7 @@ where
         accepts.iter().flat_map(|(_, a)| &a.registrations),
     )
     .await?;
-    if DB::INSERTS_WITH {
-        known.remember(&found);
-    }
+    known.remember(&found);
     accepts
         .iter()
         .map(|(i, acceptance)| Ok((*i, (acceptance.build)(&found)?, acceptance.redrive_at)))

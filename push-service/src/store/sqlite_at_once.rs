@@ -1,0 +1,205 @@
+//! A group of new notifications and delivery outcomes written on SQLite as
+//! one hand-off to its connection's thread: `BEGIN`, the inserts, the
+//! outcomes, the registrations' check and `COMMIT` sent together as one text,
+//! where the general path (`batch.rs`) sends each statement on its own and
+//! waits for its answer (seven hand-offs for a group of acceptances and
+//! outcomes).
+//!
+//! As on PostgreSQL (`at_once.rs`), acceptance is built from the states an
+//! earlier group read ([`Known`]) and the statements check them: each writes
+//! only where every registration used is as it was, and the last one names
+//! those that are not. When one is not, nothing was written, and the group
+//! goes the general way, which reads them afresh. All of it holds SQLite's
+//! write lock from `BEGIN IMMEDIATE`, so no registration changes between the
+//! statements.
+//!
+//! Every list goes as one JSON array (`json_each`), so the text never
+//! changes: prepared once per connection, whatever the group's size. The
+//! general path's multi-row statements are a text per size, more than the
+//! connection's statement cache holds.
+//!
+//! A notification id already taken (never seen: ids are random) fails the
+//! insert; the transaction is then dropped with its connection and the group
+//! goes the general way, which answers that notification `NotApplied`.
+
+use sqlx::SqlitePool;
+
+use super::at_once::{answers, build, rows, Group, Known};
+use super::batch::Answer;
+use super::rows::NOTIFICATION_COLUMNS;
+use super::sql::Insert;
+use super::StoreError;
+
+/// The registrations (`$1`, `[id, app, status, provider, token,
+/// environment]`) that are not as the group saw them.
+const STALE: &str = "SELECT c.value->>0 FROM json_each($1) AS c WHERE NOT EXISTS \
+    (SELECT 1 FROM registrations AS r WHERE r.id = c.value->>0 \
+    AND r.app_id = c.value->>1 AND r.status = c.value->>2 AND r.provider IS c.value->>3 \
+    AND r.token IS c.value->>4 AND r.environment IS c.value->>5)";
+
+/// The group's statements: notifications (`$2`), their queued deliveries
+/// (`$3`), audit entries (`$4`), outcomes (`$5`), each written only when no
+/// registration is stale; then the stale ones.
+fn text() -> String {
+    let notification: Vec<String> = (0..13).map(|i| format!("v.value->>{i}")).collect();
+    let notification = notification.join(", ");
+    format!(
+        "BEGIN IMMEDIATE; \
+         INSERT INTO notifications ({NOTIFICATION_COLUMNS}) SELECT {notification} \
+         FROM json_each($2) AS v WHERE NOT EXISTS ({STALE}); \
+         INSERT INTO deliveries (notification_id, registration_id, state, attempts, \
+         next_attempt_at, updated_at, created_at) SELECT v.value->>0, v.value->>1, 'queued', 0, \
+         v.value->>2, v.value->>3, v.value->>3 FROM json_each($3) AS v \
+         WHERE NOT EXISTS ({STALE}); \
+         INSERT INTO audit_log (at, actor, action, app_id, target, source, details) \
+         SELECT v.value->>0, v.value->>1, v.value->>2, v.value->>3, v.value->>4, v.value->>5, \
+         v.value->>6 FROM json_each($4) AS v WHERE NOT EXISTS ({STALE}); \
+         UPDATE deliveries AS d SET state = v.value->>2, reason = v.value->>3, \
+         attempts = v.value->>4, next_attempt_at = COALESCE(v.value->>5, d.next_attempt_at), \
+         updated_at = v.value->>6 FROM json_each($5) AS v \
+         WHERE d.notification_id = v.value->>0 AND d.registration_id = v.value->>1 \
+         AND d.state = 'queued' AND NOT EXISTS ({STALE}); \
+         {STALE}; \
+         COMMIT"
+    )
+}
+
+/// Writes a group in one hand-off. `None` when it cannot go so (a
+/// registration not known, a build that fails, an idempotency key, an id
+/// taken) or when a known registration proved stale: nothing was written
+/// then, and the group takes the general path.
+pub(super) async fn write(
+    pool: &SqlitePool,
+    known: &Known,
+    group: Group<'_, '_>,
+) -> Result<Option<Vec<Answer>>, StoreError> {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let Some((found, built)) = build(known, &group) else {
+        return Ok(None);
+    };
+    let Some(rows) = rows(group.inserts, &built) else {
+        return Ok(None);
+    };
+    let lists = Lists::of(&found, &rows, group.updates)?;
+    let mut conn = pool.acquire().await?;
+    let answered = sqlx::query_as::<_, (Option<String>,)>(TEXT.get_or_init(text))
+        .bind(lists.registrations)
+        .bind(lists.notifications)
+        .bind(lists.deliveries)
+        .bind(lists.audits)
+        .bind(lists.updates)
+        .fetch_all(&mut *conn)
+        .await;
+    let stale = match answered {
+        Ok(stale) => stale,
+        Err(e) => {
+            // A statement failed inside the open transaction: closing the
+            // connection rolls it back, and nothing is left half written.
+            conn.close_on_drop();
+            return match e {
+                sqlx::Error::Database(ref db) if db.is_unique_violation() => Ok(None),
+                e => Err(e.into()),
+            };
+        }
+    };
+    if !stale.is_empty() {
+        known.forget(group.registrations());
+        return Ok(None);
+    }
+    let inserted = rows.iter().map(|(_, row, ..)| row.id.clone()).collect();
+    Ok(Some(answers(group.len, &rows, &inserted)))
+}
+
+/// A group's lists, each a JSON array of arrays.
+struct Lists {
+    registrations: String,
+    notifications: String,
+    deliveries: String,
+    audits: String,
+    updates: String,
+}
+
+impl Lists {
+    fn of(
+        found: &std::collections::HashMap<String, super::RegistrationState>,
+        rows: &[Insert<'_>],
+        updates: &[&super::DeliveryUpdate],
+    ) -> Result<Self, StoreError> {
+        let registrations: Vec<_> = found
+            .values()
+            .map(|s| {
+                (
+                    &s.id,
+                    &s.app_id,
+                    &s.status,
+                    &s.provider,
+                    &s.token,
+                    &s.environment,
+                )
+            })
+            .collect();
+        let notifications: Vec<_> = rows
+            .iter()
+            .map(|(_, n, ..)| {
+                (
+                    &n.id,
+                    &n.app_id,
+                    &n.notifier_id,
+                    &n.idempotency_key,
+                    &n.request_hash,
+                    &n.targets,
+                    &n.content,
+                    n.expires_at,
+                    &n.state,
+                    n.created_at,
+                    &n.response,
+                    &n.expand_cursor,
+                    n.updated_at,
+                )
+            })
+            .collect();
+        let deliveries: Vec<_> = rows
+            .iter()
+            .flat_map(|&(_, n, registrations, redrive_at, _)| {
+                registrations
+                    .iter()
+                    .map(move |r| (&n.id, r, redrive_at, n.created_at))
+            })
+            .collect();
+        let audits: Vec<_> = rows
+            .iter()
+            .filter_map(|(.., a)| *a)
+            .map(|e| {
+                (
+                    e.at, &e.actor, &e.action, &e.app_id, &e.target, &e.source, &e.details,
+                )
+            })
+            .collect();
+        let updates: Vec<_> = updates
+            .iter()
+            .map(|u| {
+                (
+                    &u.notification_id,
+                    &u.registration_id,
+                    u.state.as_str(),
+                    &u.reason,
+                    u.attempts,
+                    u.next_attempt_at,
+                    u.now,
+                )
+            })
+            .collect();
+        Ok(Lists {
+            registrations: json(&registrations)?,
+            notifications: json(&notifications)?,
+            deliveries: json(&deliveries)?,
+            audits: json(&audits)?,
+            updates: json(&updates)?,
+        })
+    }
+}
+
+/// `rows` as a JSON array.
+fn json<T: serde::Serialize>(rows: &T) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Other(e.into()))
+}
