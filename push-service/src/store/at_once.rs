@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
 
 use super::batch::{prepare, Answer};
 use super::partitions::Days;
@@ -101,7 +101,7 @@ pub struct Group<'g, 'a> {
 /// several days) or when a known registration proved stale: nothing was
 /// written then, and the group takes the general path.
 pub(super) async fn write(
-    pool: &PgPool,
+    conn: &mut PoolConnection<sqlx::Postgres>,
     days: &Days,
     known: &Known,
     group: Group<'_, '_>,
@@ -118,7 +118,7 @@ pub(super) async fn write(
     let sql = statement.sql();
     let answered = statement
         .query(&sql, &found, &rows, group.updates)
-        .fetch_all(pool)
+        .fetch_all(&mut **conn)
         .await?;
     if answered.iter().any(|(id,)| id.is_none()) {
         known.forget(group.registrations());

@@ -43,7 +43,7 @@ pub trait SqlBackend: Database + sqlx::database::HasStatementCache {
     /// as one statement (PostgreSQL, `at_once.rs`) or one hand-off (SQLite,
     /// `sqlite_at_once.rs`): `None` when it cannot, and nothing was written.
     fn write_at_once<'a>(
-        pool: &'a Pool<Self>,
+        conn: &'a mut sqlx::pool::PoolConnection<Self>,
         days: &'a super::partitions::Days,
         known: &'a super::at_once::Known,
         group: super::at_once::Group<'a, 'a>,

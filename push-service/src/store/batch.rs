@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use sqlx::pool::PoolConnection;
 use sqlx::{ColumnIndex, Encode, IntoArguments, Pool, Type};
 
 use super::backend::{keyed_join, row_placeholders, Column, SqlBackend};
@@ -163,7 +164,8 @@ fn sort(writes: &[Write]) -> Sorted<'_> {
     sorted
 }
 
-/// The executor of a store on `pool`: each group in one transaction.
+/// The executor of a store whose writer has `pool` of its own: each group in
+/// one transaction, on a connection the writer holds (`held.rs`).
 pub(super) fn executor<DB>(pool: Pool<DB>, days: Arc<Days>) -> Executor<Write, Answer>
 where
     DB: SqlBackend,
@@ -179,9 +181,17 @@ where
     for<'n> &'n str: ColumnIndex<DB::Row>,
 {
     let known = Arc::new(super::at_once::Known::default());
+    let held = Arc::new(super::held::Held::new(pool));
     Arc::new(move |writes| {
-        let (pool, days, known) = (pool.clone(), days.clone(), known.clone());
-        Box::pin(async move { write_group(&pool, &days, &known, &writes).await })
+        let (held, days, known) = (held.clone(), days.clone(), known.clone());
+        Box::pin(async move {
+            let mut conn = held.take().await?;
+            let written = write_group(&mut conn, &days, &known, &writes).await;
+            if written.is_ok() {
+                held.give(conn);
+            }
+            written
+        })
     })
 }
 
@@ -190,7 +200,7 @@ where
 /// one `UPDATE … FROM (VALUES …)` per chunk, direct-channel events and their
 /// streaming likewise. Returns what each write did.
 async fn write_group<DB>(
-    pool: &Pool<DB>,
+    conn: &mut PoolConnection<DB>,
     days: &Days,
     known: &super::at_once::Known,
     writes: &[Write],
@@ -216,11 +226,11 @@ where
             updates: &sorted.updates,
             len: writes.len(),
         };
-        if let Some(answers) = DB::write_at_once(pool, days, known, group).await? {
+        if let Some(answers) = DB::write_at_once(conn, days, known, group).await? {
             return Ok(answers);
         }
     }
-    let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
+    let mut tx = sqlx::Connection::begin_with(&mut **conn, DB::BEGIN_WRITE).await?;
     let mut applied = vec![Answer::Applied; writes.len()];
 
     // Replay-cache entries one by one: the same key twice in a group must see the first.

@@ -8,6 +8,7 @@ mod backend;
 pub mod batch;
 mod chunk_targets;
 pub mod group;
+mod held;
 mod inbox;
 mod partitions;
 mod postgres;

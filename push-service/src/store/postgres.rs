@@ -115,11 +115,19 @@ impl SqlStore<sqlx::Postgres> {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
+        // The group writers' own connections, one each at most, held
+        // between groups (`held.rs`): `database_max_connections` is the
+        // requests' pool; a node opens up to GROUP_WRITERS more.
+        let own = PgPoolOptions::new()
+            .max_connections(GROUP_WRITERS as u32)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
         let days = std::sync::Arc::new(super::partitions::Days::default());
         let writer = HotWriter::spawn(
             GroupKind::Writes,
             GROUP_WRITERS,
-            executor(pool.clone(), days.clone()),
+            executor(own, days.clone()),
         );
         let lookups = super::sql::lookups(pool.clone());
         Ok(SqlStore {
@@ -155,12 +163,12 @@ impl SqlBackend for sqlx::Postgres {
     const UPDATES_BY_ROW: bool = true;
 
     fn write_at_once<'a>(
-        pool: &'a sqlx::Pool<Self>,
+        conn: &'a mut sqlx::pool::PoolConnection<Self>,
         days: &'a super::partitions::Days,
         known: &'a super::at_once::Known,
         group: super::at_once::Group<'a, 'a>,
     ) -> BoxFuture<'a, Result<Option<Vec<super::batch::Answer>>, StoreError>> {
-        Box::pin(super::at_once::write(pool, days, known, group))
+        Box::pin(super::at_once::write(conn, days, known, group))
     }
 
     fn chunk_targets<'a>(

@@ -69,11 +69,23 @@ impl SqlStore<sqlx::Sqlite> {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await?;
+        // One writer: SQLite has one write lock; batches share its commit
+        // (and fsync). It holds a connection of its own (`held.rs`), also
+        // because a connection's page cache is dropped whenever another
+        // connection has written since its last transaction: a writer taking
+        // any connection of the pool read again, from the file, the pages
+        // its last group had just written (BENCHMARKS.md, "A group in one
+        // hand-off").
+        let own = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        // One writer: SQLite has one write lock; batches share its commit (and fsync).
         let days = std::sync::Arc::new(super::partitions::Days::default());
-        let writer = HotWriter::spawn(GroupKind::Writes, 1, executor(pool.clone(), days.clone()));
+        let writer = HotWriter::spawn(GroupKind::Writes, 1, executor(own, days.clone()));
         let lookups = super::sql::lookups(pool.clone());
         Ok(SqlStore {
             pool,
@@ -118,13 +130,13 @@ impl SqlBackend for sqlx::Sqlite {
     const UPDATES_BY_ROW: bool = false;
 
     fn write_at_once<'a>(
-        pool: &'a sqlx::Pool<Self>,
+        conn: &'a mut sqlx::pool::PoolConnection<Self>,
         _days: &'a super::partitions::Days,
         known: &'a super::at_once::Known,
         group: super::at_once::Group<'a, 'a>,
     ) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<super::batch::Answer>>, StoreError>>
     {
-        Box::pin(super::sqlite_at_once::write(pool, known, group))
+        Box::pin(super::sqlite_at_once::write(conn, known, group))
     }
 
     fn chunk_targets<'a>(

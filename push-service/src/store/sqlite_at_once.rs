@@ -19,10 +19,11 @@
 //! connection's statement cache holds.
 //!
 //! A notification id already taken (never seen: ids are random) fails the
-//! insert; the transaction is then dropped with its connection and the group
-//! goes the general way, which answers that notification `NotApplied`.
+//! insert; the transaction is then rolled back (or, should that fail, its
+//! connection closed) and the group goes the general way, which answers that
+//! notification `NotApplied`.
 
-use sqlx::SqlitePool;
+use sqlx::pool::PoolConnection;
 
 use super::at_once::{answers, build, rows, Group, Known};
 use super::batch::Answer;
@@ -69,7 +70,7 @@ fn text() -> String {
 /// taken) or when a known registration proved stale: nothing was written
 /// then, and the group takes the general path.
 pub(super) async fn write(
-    pool: &SqlitePool,
+    conn: &mut PoolConnection<sqlx::Sqlite>,
     known: &Known,
     group: Group<'_, '_>,
 ) -> Result<Option<Vec<Answer>>, StoreError> {
@@ -81,21 +82,28 @@ pub(super) async fn write(
         return Ok(None);
     };
     let lists = Lists::of(&found, &rows, group.updates)?;
-    let mut conn = pool.acquire().await?;
     let answered = sqlx::query_as::<_, (Option<String>,)>(TEXT.get_or_init(text))
         .bind(lists.registrations)
         .bind(lists.notifications)
         .bind(lists.deliveries)
         .bind(lists.audits)
         .bind(lists.updates)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut **conn)
         .await;
     let stale = match answered {
         Ok(stale) => stale,
         Err(e) => {
-            // A statement failed inside the open transaction: closing the
-            // connection rolls it back, and nothing is left half written.
-            conn.close_on_drop();
+            // A statement failed inside the open transaction: it is rolled
+            // back before the connection writes anything else, or the
+            // connection is closed (which rolls it back).
+            let rolled_back = sqlx::query("ROLLBACK")
+                .persistent(false)
+                .execute(&mut **conn)
+                .await;
+            if rolled_back.is_err() {
+                conn.close_on_drop();
+                return Err(e.into());
+            }
             return match e {
                 sqlx::Error::Database(ref db) if db.is_unique_violation() => Ok(None),
                 e => Err(e.into()),
