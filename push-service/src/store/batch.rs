@@ -187,8 +187,9 @@ where
         Box::pin(async move {
             let mut conn = held.take().await?;
             let written = write_group(&mut conn, &days, &known, &writes).await;
-            if written.is_ok() {
-                held.give(conn);
+            match written {
+                Ok(_) => held.give(conn),
+                Err(_) => held.give_up(),
             }
             written
         })

@@ -9,7 +9,9 @@
 //! connections instead, in a pool of their own (so holding them never
 //! starves the requests' pool), and gives one back only after a group
 //! wrote well: a connection whose group failed is dropped to the pool,
-//! which checks it, and the next group takes another.
+//! which checks it, and so are the others it holds (a failure is most often
+//! the server gone away, which broke them all), so the next group takes a
+//! connection the pool has checked or made.
 
 use std::sync::Mutex;
 
@@ -40,6 +42,15 @@ impl<DB: Database> Held<DB> {
             Some(conn) => Ok(conn),
             None => Ok(self.pool.acquire().await?),
         }
+    }
+
+    /// Gives every held connection back to the pool, which checks each.
+    pub fn give_up(&self) {
+        let idle = match self.idle.lock() {
+            Ok(mut idle) => std::mem::take(&mut *idle),
+            Err(_) => return,
+        };
+        drop(idle);
     }
 
     /// Holds `conn` again for the next group.
