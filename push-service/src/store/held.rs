@@ -46,11 +46,9 @@ impl<DB: Database> Held<DB> {
 
     /// Gives every held connection back to the pool, which checks each.
     pub fn give_up(&self) {
-        let idle = match self.idle.lock() {
-            Ok(mut idle) => std::mem::take(&mut *idle),
-            Err(_) => return,
-        };
-        drop(idle);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
     }
 
     /// Holds `conn` again for the next group.
