@@ -1,4 +1,4 @@
--- The PostgreSQL schema that migrations 0001-0012 (../postgres) end with,
+-- The PostgreSQL schema that migrations 0001-0013 (../postgres) end with,
 -- written out whole. An empty database is made from this file in one
 -- transaction and every migration recorded as applied
 -- (push-service/src/store/postgres.rs): a first start skips the tables,
@@ -156,9 +156,8 @@ CREATE TABLE notifications (
     response         TEXT,
     expand_cursor    TEXT,
     updated_at       BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (id, created_at),
-    -- Named as migration 10 named it (the table it replaced held the plain name).
-    CONSTRAINT notifications_app_id_fkey1 FOREIGN KEY (app_id) REFERENCES apps (id) ON DELETE CASCADE
+    -- No foreign key to apps since migration 13: app deletion deletes them.
+    PRIMARY KEY (id, created_at)
 ) PARTITION BY RANGE (created_at);
 CREATE INDEX notifications_created ON notifications (created_at);
 CREATE INDEX notifications_expanding ON notifications (updated_at) WHERE state = 'expanding';

@@ -403,13 +403,26 @@ async fn contract(app: TestApp) {
         .expect("first use"));
     assert!(!store.remember_once(&key, far, now).await.expect("reuse"));
 
-    // Deleting the app takes what it owns.
+    // Deleting the app takes what it owns: its notifications and their
+    // deliveries too (on PostgreSQL by the store itself: no foreign key).
     assert!(store.delete_app(&a.id).await.expect("delete"));
     assert!(store
         .get_registration(&second.id)
         .await
         .expect("get")
         .is_none());
+    assert!(
+        store.get_notification(&row.id).await.expect("get").is_none(),
+        "the app's notification is deleted with it"
+    );
+    assert!(
+        store
+            .task_deliveries(&row.id, &targets)
+            .await
+            .expect("task")
+            .is_none(),
+        "and its deliveries"
+    );
 }
 both_backends!(store_contract, super::contract);
 

@@ -60,9 +60,11 @@ where
 
     async fn delete_app(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
-        // Everything else of the app follows by foreign keys; deliveries and
-        // chunks do not reference notifications by one on PostgreSQL (its
-        // partitioning migration says why), so they go first, here.
+        // Everything else of the app follows by foreign keys. On PostgreSQL
+        // deliveries and chunks do not reference notifications by one (its
+        // partitioning migration says why), nor notifications their app
+        // (migration 13: the key's check locked the app's row in every
+        // group of writes), so they go first, here.
         for table in ["deliveries", "fanout_chunks"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE (notification_id, created_at) IN \
@@ -72,6 +74,10 @@ where
             .execute(&mut *tx)
             .await?;
         }
+        sqlx::query("DELETE FROM notifications WHERE app_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query("DELETE FROM apps WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
