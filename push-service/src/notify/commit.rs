@@ -53,54 +53,21 @@ pub(super) async fn commit(
     redrive_at: i64,
     handoff_limit: usize,
 ) -> Vec<Result<(), StoreError>> {
-    // One task per row: their inserts reach the group writer together.
-    let writes: Vec<_> = jobs
+    // The rows' writes are polled together, so they reach the group writer
+    // together; the commit runs in a task of its own already (the caller may
+    // go away), so the rows need none each.
+    let inboxes: Vec<Vec<InboxItem>> = jobs
         .iter_mut()
-        .map(|job| {
-            let r = match job {
-                Job::Row(r) => r,
-                Job::Accept(acceptance, _) => {
-                    let (store, acceptance) = (store.clone(), acceptance.clone());
-                    return tokio::spawn(
-                        async move { store.accept_notification(acceptance).await },
-                    );
-                }
-            };
-            let inbox = std::mem::take(&mut r.inbox);
-            let registrations: Vec<String> = r
-                .deliveries
-                .iter()
-                .map(|d| d.registration_id.clone())
-                .collect();
-            let (store, row, audit) = (store.clone(), r.notification.clone(), r.audit.clone());
-            tokio::spawn(async move {
-                if inbox.is_empty() {
-                    return store
-                        .insert_notification(&row, &registrations, redrive_at, Some(&audit))
-                        .await;
-                }
-                // The items first: the notification is accepted only with them.
-                store.put_inbox_items(&inbox).await?;
-                let inserted = store
-                    .insert_notification(&row, &registrations, redrive_at, Some(&audit))
-                    .await;
-                if inserted.is_err() {
-                    if let Err(e) = store.drop_inbox_items(&row.id).await {
-                        tracing::warn!(error = %e, "inbox items of a notification not stored stay hidden until they expire");
-                    }
-                }
-                inserted
-            })
+        .map(|job| match job {
+            Job::Row(r) => std::mem::take(&mut r.inbox),
+            Job::Accept(..) => Vec::new(),
         })
         .collect();
-    let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
-        outcomes.push(write.await.unwrap_or_else(|e| {
-            Err(StoreError::Other(anyhow::anyhow!(
-                "the write task ended: {e}"
-            )))
-        }));
-    }
+    let writes = jobs
+        .iter()
+        .zip(inboxes)
+        .map(|(job, inbox)| write(store.as_ref(), job, inbox, redrive_at));
+    let outcomes = futures_util::future::join_all(writes).await;
     // What this node's own workers take carries the notification and its
     // deliveries: they read nothing back before the first attempt.
     let carry = handoff.kind() == "local";
@@ -169,4 +136,36 @@ pub(super) async fn commit(
         }
     }
     outcomes
+}
+
+/// Stores one job's rows: an acceptance as the store builds it, or a row with
+/// its inbox items first (the notification is accepted only with them).
+async fn write(
+    store: &dyn Store,
+    job: &Job,
+    inbox: Vec<InboxItem>,
+    redrive_at: i64,
+) -> Result<(), StoreError> {
+    let r = match job {
+        Job::Accept(acceptance, _) => return store.accept_notification(acceptance.clone()).await,
+        Job::Row(r) => r,
+    };
+    let registrations: Vec<String> = r
+        .deliveries
+        .iter()
+        .map(|d| d.registration_id.clone())
+        .collect();
+    let insert =
+        || store.insert_notification(&r.notification, &registrations, redrive_at, Some(&r.audit));
+    if inbox.is_empty() {
+        return insert().await;
+    }
+    store.put_inbox_items(&inbox).await?;
+    let inserted = insert().await;
+    if inserted.is_err() {
+        if let Err(e) = store.drop_inbox_items(&r.notification.id).await {
+            tracing::warn!(error = %e, "inbox items of a notification not stored stay hidden until they expire");
+        }
+    }
+    inserted
 }

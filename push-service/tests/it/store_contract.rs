@@ -412,7 +412,11 @@ async fn contract(app: TestApp) {
         .expect("get")
         .is_none());
     assert!(
-        store.get_notification(&row.id).await.expect("get").is_none(),
+        store
+            .get_notification(&row.id)
+            .await
+            .expect("get")
+            .is_none(),
         "the app's notification is deleted with it"
     );
     assert!(
