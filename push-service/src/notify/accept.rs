@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use std::sync::{Arc, Mutex};
 
-use super::commit::{commit, Job, Made, Row};
+use super::commit::{commit, Carry, Job, Made, Row};
 use super::prepare::{finish, folds, unicast, Answer, Draft, Prepared, Who};
 use super::{validate, AcceptError, Accepted, Acceptor, NotifyRequest, Submission};
 use crate::auth::notifier::NotifierAuth;
@@ -20,7 +20,8 @@ const LOOKUP_CHUNK: usize = 1000;
 /// Where a submission stands on its way through acceptance.
 enum Item {
     Done(Result<Accepted, AcceptError>),
-    New(Box<Draft>),
+    /// Shared with the store's build of it, when the store builds it.
+    New(Arc<Draft>),
 }
 
 impl Acceptor {
@@ -67,10 +68,10 @@ impl Acceptor {
         for submission in submissions {
             items.push(self.draft(auth, submission).await);
         }
-        let drafts: Vec<&Draft> = items
+        let drafts: Vec<&Arc<Draft>> = items
             .iter()
             .filter_map(|item| match item {
-                Item::New(draft) => Some(draft.as_ref()),
+                Item::New(draft) => Some(draft),
                 Item::Done(_) => None,
             })
             .collect();
@@ -96,7 +97,11 @@ impl Acceptor {
         // A draft to registrations by id without inbox content is built by the
         // store in its write, from the registrations read in that transaction;
         // the others are looked up (together) and prepared here.
-        let prepared_here: Vec<&Draft> = drafts.iter().copied().filter(|d| !folds(d)).collect();
+        let prepared_here: Vec<&Draft> = drafts
+            .iter()
+            .map(|d| d.as_ref())
+            .filter(|d| !folds(d))
+            .collect();
         let states = self.lookup(&prepared_here).await?;
         // From here on the work must not depend on the caller staying: a client
         // that goes away (a timeout, a closed connection) drops this future, and
@@ -217,7 +222,7 @@ impl Acceptor {
         });
         match parsed {
             Ok((targets_json, targets, content, content_json, ttl, plan)) => {
-                Item::New(Box::new(Draft {
+                Item::New(Arc::new(Draft {
                     key,
                     request_hash,
                     targets,
@@ -325,7 +330,7 @@ impl Acceptor {
     /// what the build made of them (the last build, if there were several).
     fn deferred(
         auth: &NotifierAuth,
-        draft: &Draft,
+        draft: &Arc<Draft>,
         redrive_at: i64,
         made: Arc<Mutex<Option<Made>>>,
     ) -> Acceptance {
@@ -336,8 +341,7 @@ impl Acceptor {
             unreachable!("only drafts to registrations are deferred");
         };
         let registrations = ids.clone();
-        // No inbox plan to copy: a draft with one is not deferred.
-        let draft = draft.clone();
+        let draft = Arc::clone(draft);
         let build: Build = Arc::new(move |states| {
             let TargetSpec::Registrations(ids) = &draft.targets else {
                 unreachable!("only drafts to registrations are deferred");
@@ -357,15 +361,13 @@ impl Acceptor {
                     .iter()
                     .map(|d| d.registration_id.clone())
                     .collect(),
-                audit: prepared.audit.clone(),
+                audit: prepared.audit,
             };
             *made.lock().unwrap_or_else(|p| p.into_inner()) = Some(Made {
-                row: Some(Row {
+                carry: Some(Carry {
                     notification: prepared.row,
                     content: prepared.content,
                     deliveries: prepared.deliveries,
-                    inbox: Vec::new(),
-                    audit: prepared.audit,
                 }),
                 answer: prepared.answer,
             });

@@ -34,11 +34,19 @@ pub(super) enum Job {
     ),
 }
 
-/// What the store's build of an acceptance made: its rows (taken by the
-/// commit to queue its deliveries) and its answer.
+/// What the store's build of an acceptance made: what the commit queues
+/// (its rows are the store's) and its answer.
 pub(super) struct Made {
-    pub row: Option<Row>,
+    pub carry: Option<Carry>,
     pub answer: super::Accepted,
+}
+
+/// What the workers take of a stored notification: its row, its content as
+/// they use it, its deliveries.
+pub(super) struct Carry {
+    pub notification: NotificationRow,
+    pub content: Content,
+    pub deliveries: Vec<PendingDelivery>,
 }
 
 /// Stores notifications with their deliveries (and audit entries) — concurrently,
@@ -77,18 +85,21 @@ pub(super) async fn commit(
         if outcome.is_err() {
             continue;
         }
-        let Some(Row {
+        let Some(Carry {
             notification: row,
             content,
             deliveries,
-            ..
         }) = (match job {
-            Job::Row(row) => Some(*row),
+            Job::Row(row) => Some(Carry {
+                notification: row.notification,
+                content: row.content,
+                deliveries: row.deliveries,
+            }),
             Job::Accept(_, made) => made
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_mut()
-                .and_then(|m| m.row.take()),
+                .and_then(|m| m.carry.take()),
         })
         else {
             continue;

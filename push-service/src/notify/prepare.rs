@@ -14,7 +14,6 @@ use crate::notification::{Content, TargetSpec};
 use crate::store::{AuditEntry, InboxItem, NotificationRow, PendingDelivery, RegistrationState};
 
 /// A submission that passed validation and is not a replay.
-#[derive(Clone)]
 pub(super) struct Draft {
     pub key: Option<String>,
     pub request_hash: String,
