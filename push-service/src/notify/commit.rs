@@ -57,24 +57,16 @@ pub(super) async fn commit(
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     handoff: Arc<dyn Queue>,
-    mut jobs: Vec<Job>,
+    jobs: Vec<Job>,
     redrive_at: i64,
     handoff_limit: usize,
 ) -> Vec<Result<(), StoreError>> {
     // The rows' writes are polled together, so they reach the group writer
     // together; the commit runs in a task of its own already (the caller may
     // go away), so the rows need none each.
-    let inboxes: Vec<Vec<InboxItem>> = jobs
-        .iter_mut()
-        .map(|job| match job {
-            Job::Row(r) => std::mem::take(&mut r.inbox),
-            Job::Accept(..) => Vec::new(),
-        })
-        .collect();
     let writes = jobs
         .iter()
-        .zip(inboxes)
-        .map(|(job, inbox)| write(store.as_ref(), job, inbox, redrive_at));
+        .map(|job| write(store.as_ref(), job, redrive_at));
     let outcomes = futures_util::future::join_all(writes).await;
     // What this node's own workers take carries the notification and its
     // deliveries: they read nothing back before the first attempt.
@@ -151,12 +143,7 @@ pub(super) async fn commit(
 
 /// Stores one job's rows: an acceptance as the store builds it, or a row with
 /// its inbox items first (the notification is accepted only with them).
-async fn write(
-    store: &dyn Store,
-    job: &Job,
-    inbox: Vec<InboxItem>,
-    redrive_at: i64,
-) -> Result<(), StoreError> {
+async fn write(store: &dyn Store, job: &Job, redrive_at: i64) -> Result<(), StoreError> {
     let r = match job {
         Job::Accept(acceptance, _) => return store.accept_notification(acceptance.clone()).await,
         Job::Row(r) => r,
@@ -168,10 +155,10 @@ async fn write(
         .collect();
     let insert =
         || store.insert_notification(&r.notification, &registrations, redrive_at, Some(&r.audit));
-    if inbox.is_empty() {
+    if r.inbox.is_empty() {
         return insert().await;
     }
-    store.put_inbox_items(&inbox).await?;
+    store.put_inbox_items(&r.inbox).await?;
     let inserted = insert().await;
     if inserted.is_err() {
         if let Err(e) = store.drop_inbox_items(&r.notification.id).await {
