@@ -35,9 +35,9 @@ pub(super) async fn wake_after_outage(
 }
 
 /// Wakes every waiting delivery of one app and provider, batch by batch, until
-/// none is left. A batch can come back short (or empty) while it waited on rows
-/// another node was waking, with more behind it: the sweep's recovery window
-/// runs this again for a while.
+/// none is left. A batch can come back short (or empty) when it skipped rows
+/// another node was waking or writing, with more behind it: the sweep's
+/// recovery window runs this again for a while.
 pub(crate) async fn wake_all(state: &Dispatcher, app: &str, provider: ProviderKind) -> usize {
     let mut woken = 0usize;
     for _ in 0..MAX_WAKE_ROUNDS {

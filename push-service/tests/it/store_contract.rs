@@ -791,3 +791,59 @@ both_backends!(
     grouped_acceptances,
     super::concurrent_acceptances_are_built_from_what_their_write_reads
 );
+
+/// Waking deliveries after an outage never waits for a row another
+/// transaction holds: it takes the others and leaves that one. Waiting, the
+/// wakes of three nodes and their writers' outcomes deadlocked after an
+/// APNs outage, PostgreSQL failed the wake a second later, and the deliveries
+/// waited out their backoff (RELIABILITY.md, "Re-run with ids in time order").
+/// PostgreSQL only: SQLite has one writer, and no row locks to skip.
+#[tokio::test]
+async fn waking_after_an_outage_skips_deliveries_another_transaction_holds() {
+    use sqlx::Connection;
+    let app = crate::helpers::spawn_app(crate::helpers::Backend::Postgres).await;
+    let (store, a) = store_with_app(&app, "wake").await;
+    let now = now_millis();
+    let later = now + 3_600_000;
+    let mut deliveries = Vec::new();
+    for i in 0..2 {
+        let r = registration(&a.id, ProviderKind::Fcm, Some(&format!("w-{i}")), "k");
+        store.create_registration(&r).await.expect("registration");
+        let id = push_service::ids::new_timed_id("ntf", now + i);
+        let row = unicast_row(&a.id, "ntr_wake", id.clone(), now, later);
+        // Queued, its next attempt an hour away: waiting for a retry.
+        store
+            .insert_notification(&row, std::slice::from_ref(&r.id), later, None)
+            .await
+            .expect("notification");
+        deliveries.push((id, r.id));
+    }
+    let (held, free) = (deliveries[0].clone(), deliveries[1].clone());
+
+    let mut other = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("postgres");
+    let mut tx = other.begin().await.expect("begin");
+    sqlx::query(
+        "SELECT 1 FROM deliveries WHERE notification_id = $1 AND registration_id = $2 FOR UPDATE",
+    )
+    .bind(&held.0)
+    .bind(&held.1)
+    .execute(&mut *tx)
+    .await
+    .expect("the row held");
+
+    let wake = store.wake_waiting(&a.id, ProviderKind::Fcm, now + 60_000, now, 10);
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(5), wake)
+        .await
+        .expect("the wake waited for a row another transaction holds")
+        .expect("wake");
+    assert_eq!(woken, vec![free]);
+
+    tx.rollback().await.expect("released");
+    let woken = store
+        .wake_waiting(&a.id, ProviderKind::Fcm, now + 60_000, now, 10)
+        .await
+        .expect("wake");
+    assert_eq!(woken, vec![held], "the row is woken once it is free");
+}

@@ -238,15 +238,28 @@ where
         redrive_at: i64,
         limit: i64,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(sqlx::query_as(
+        // On PostgreSQL the rows are locked as they are picked, skipping any
+        // another transaction holds (a group's outcome, another node waking
+        // the same deliveries): the wake never waits for a lock, so it is in
+        // no deadlock. Waiting, several nodes' wakes and their writers'
+        // outcomes locked the same rows in different orders, and PostgreSQL
+        // broke the cycle a second later by failing the wake (RELIABILITY.md,
+        // "Re-run with ids in time order"). A skipped row is being written
+        // already; the sweep's recovery window wakes it if it still waits.
+        let skip = if DB::PARTITIONED {
+            " FOR UPDATE OF d SKIP LOCKED"
+        } else {
+            ""
+        };
+        Ok(sqlx::query_as(&format!(
             "UPDATE deliveries SET next_attempt_at = $4 \
              WHERE state = 'queued' AND next_attempt_at > $3 AND (notification_id, registration_id) IN \
              (SELECT d.notification_id, d.registration_id FROM deliveries d \
               JOIN registrations r ON r.id = d.registration_id \
               WHERE d.state = 'queued' AND d.next_attempt_at > $3 AND r.app_id = $1 AND r.provider = $2 \
-              ORDER BY d.next_attempt_at LIMIT $5) \
+              ORDER BY d.next_attempt_at LIMIT $5{skip}) \
              RETURNING notification_id, registration_id",
-        )
+        ))
         .bind(app_id)
         .bind(provider.as_str())
         .bind(waiting_after)
