@@ -147,7 +147,7 @@ pub fn rfc3339(millis: i64) -> String {
 
 #[cfg(test)]
 mod timed_id_tests {
-    use super::{created_of, created_span, new_id, new_timed_id, SORTED};
+    use super::{created_of, created_span, new_id, new_timed_id, sorted_value, SORTED};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
 
@@ -221,6 +221,9 @@ mod timed_id_tests {
             SORTED.windows(2).all(|w| w[0] < w[1]),
             "the alphabet in ASCII order"
         );
+        for (i, &c) in SORTED.iter().enumerate() {
+            assert_eq!(sorted_value(c), Some(i as i64), "{}", char::from(c));
+        }
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub trait SqlBackend: Database + sqlx::database::HasStatementCache {
     fn rows_affected(result: &Self::QueryResult) -> u64;
     /// Whether notifications, deliveries and chunks are partitioned by day.
     const PARTITIONED: bool;
+    /// Whether transactions lock the rows they write, so that a statement can
+    /// pick rows and skip those another holds ([`skip_locked`]): PostgreSQL.
+    /// SQLite's one writer holds the whole database instead.
+    const ROW_LOCKS: bool;
     /// Whether the hot statements on those tables keep a prepared statement.
     /// Not on PostgreSQL: a cached generic plan of a partitioned table opens
     /// and locks every partition and prunes at run time (10–15 % fewer
@@ -97,6 +101,19 @@ pub fn placeholders(start: usize, count: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What ends a `SELECT` that picks rows to change where the backend locks
+/// rows: ` FOR UPDATE OF {of} SKIP LOCKED`, so the picked rows are locked as
+/// they are found and rows another transaction holds are left to it (the
+/// statement never waits for a lock, so it is in no deadlock). Nothing on
+/// SQLite.
+pub fn skip_locked<DB: SqlBackend>(of: &str) -> String {
+    if DB::ROW_LOCKS {
+        format!(" FOR UPDATE OF {of} SKIP LOCKED")
+    } else {
+        String::new()
+    }
 }
 
 /// `FROM … WHERE …` of an `UPDATE {relation} AS {alias}` joined to the rows

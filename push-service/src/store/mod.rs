@@ -23,7 +23,7 @@ use async_trait::async_trait;
 
 use crate::delivery::{DeliveryState, ProviderKind};
 
-pub use backend::{keyed_join, placeholders, row_placeholders, Column, SqlBackend};
+pub use backend::{keyed_join, placeholders, row_placeholders, skip_locked, Column, SqlBackend};
 pub use inbox::InboxStore;
 pub use postgres::PgStore;
 pub use rows::{

@@ -158,6 +158,7 @@ impl SqlBackend for sqlx::Postgres {
     }
 
     const PARTITIONED: bool = true;
+    const ROW_LOCKS: bool = true;
     const PREPARE_PARTITIONED: bool = false;
     const INSERTS_WITH: bool = true;
     const UPDATES_BY_ROW: bool = true;

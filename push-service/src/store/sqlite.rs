@@ -125,6 +125,7 @@ impl SqlBackend for sqlx::Sqlite {
     }
 
     const PARTITIONED: bool = false;
+    const ROW_LOCKS: bool = false;
     const PREPARE_PARTITIONED: bool = true;
     const INSERTS_WITH: bool = false;
     const UPDATES_BY_ROW: bool = false;

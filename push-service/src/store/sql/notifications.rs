@@ -246,11 +246,7 @@ where
         // broke the cycle a second later by failing the wake (RELIABILITY.md,
         // "Re-run with ids in time order"). A skipped row is being written
         // already; the sweep's recovery window wakes it if it still waits.
-        let skip = if DB::PARTITIONED {
-            " FOR UPDATE OF d SKIP LOCKED"
-        } else {
-            ""
-        };
+        let skip = crate::store::skip_locked::<DB>("d");
         Ok(sqlx::query_as(&format!(
             "UPDATE deliveries SET next_attempt_at = $4 \
              WHERE state = 'queued' AND next_attempt_at > $3 AND (notification_id, registration_id) IN \

@@ -40,11 +40,7 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     i64: Column<DB>,
 {
-    let skip = if <DB as SqlBackend>::NAME == "postgres" {
-        " FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
-    };
+    let skip = crate::store::skip_locked::<DB>(table);
     let sql = format!(
         "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {pick}{skip})"
     );
@@ -81,11 +77,7 @@ where
     ) -> Result<u64, StoreError> {
         // Deliveries and chunks do not follow by a foreign key on PostgreSQL
         // (see the partitioning migration): they go in the same transaction.
-        let skip = if DB::PARTITIONED {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
+        let skip = crate::store::skip_locked::<DB>("notifications");
         let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
         let picked: Vec<(String, i64)> = sqlx::query_as(&format!(
             "SELECT id, created_at FROM notifications WHERE created_at < $1 AND expires_at < $2 \
