@@ -88,24 +88,31 @@ impl Known {
 
 /// The parts of a group [`write`] takes: notifications whose rows are made
 /// (`inserts`), notifications built from their registrations (`accepts`),
-/// delivery outcomes (`updates`); `len` writes in all.
+/// delivery outcomes (`updates`), replay-cache keys (`remember`: place, key,
+/// expiry, now; only SQLite writes them at once); `len` writes in all.
 pub struct Group<'g, 'a> {
     pub inserts: &'g [Insert<'a>],
     pub accepts: &'g [(usize, &'a Acceptance)],
     pub updates: &'g [&'a DeliveryUpdate],
+    pub remember: &'g [(usize, &'a str, i64, i64)],
     pub len: usize,
 }
 
 /// Writes a group as one statement. `None` when it cannot go so (a
 /// registration not known, a build that fails, an idempotency key, rows of
-/// several days) or when a known registration proved stale: nothing was
-/// written then, and the group takes the general path.
+/// several days, replay-cache keys: PostgreSQL keeps them only without
+/// Redis, and refuses one key twice in a statement) or when a known
+/// registration proved stale: nothing was written then, and the group takes
+/// the general path.
 pub(super) async fn write(
     conn: &mut PoolConnection<sqlx::Postgres>,
     days: &Days,
     known: &Known,
     group: Group<'_, '_>,
 ) -> Result<Option<Vec<Answer>>, StoreError> {
+    if !group.remember.is_empty() {
+        return Ok(None);
+    }
     let Some((found, built)) = build(known, &group) else {
         return Ok(None);
     };

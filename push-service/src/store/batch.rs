@@ -99,8 +99,8 @@ struct Sorted<'a> {
 }
 
 impl Sorted<'_> {
-    /// Whether the group holds new notifications and outcomes and nothing
-    /// else (what [`SqlBackend::write_at_once`] takes).
+    /// Whether the group holds new notifications, outcomes and replay-cache
+    /// keys and nothing else (what [`SqlBackend::write_at_once`] takes).
     fn at_once(&self) -> bool {
         let Sorted {
             remember,
@@ -115,8 +115,7 @@ impl Sorted<'_> {
             first_outcomes,
             chunks_done,
         } = self;
-        (!inserts.is_empty() || !accepts.is_empty() || !updates.is_empty())
-            && remember.is_empty()
+        [inserts.len(), accepts.len(), updates.len(), remember.len()] != [0; 4]
             && audits.is_empty()
             && claims.is_empty()
             && holds.is_empty()
@@ -225,6 +224,7 @@ where
             inserts: &sorted.inserts,
             accepts: &sorted.accepts,
             updates: &sorted.updates,
+            remember: &sorted.remember,
             len: writes.len(),
         };
         if let Some(answers) = DB::write_at_once(conn, days, known, group).await? {

@@ -1,6 +1,7 @@
-//! A group of new notifications and delivery outcomes written on SQLite as
-//! one hand-off to its connection's thread: `BEGIN`, the inserts, the
-//! outcomes, the registrations' check and `COMMIT` sent together as one text,
+//! A group of new notifications, delivery outcomes and replay-cache keys
+//! (single-use tokens' `jti`) written on SQLite as one hand-off to its
+//! connection's thread: `BEGIN`, the inserts, the outcomes, the keys, the
+//! registrations' check and `COMMIT` sent together as one text,
 //! where the general path (`batch.rs`) sends each statement on its own and
 //! waits for its answer (seven hand-offs for a group of acceptances and
 //! outcomes).
@@ -39,8 +40,11 @@ const STALE: &str = "SELECT c.value->>0 FROM json_each($1) AS c WHERE NOT EXISTS
     AND r.token IS c.value->>4 AND r.environment IS c.value->>5)";
 
 /// The group's statements: notifications (`$2`), their queued deliveries
-/// (`$3`), audit entries (`$4`), outcomes (`$5`), each written only when no
-/// registration is stale; then the stale ones.
+/// (`$3`), audit entries (`$4`), outcomes (`$5`), replay-cache keys (`$6`,
+/// `[key, expires_at]`, taken where new or expired at `$7`; the expired ones
+/// deleted first when `$8` is not 0), each written only when no registration
+/// is stale; then the stale ones. Rows answered: `(0, key)` for each key
+/// taken, `(1, registration)` for each stale registration.
 fn text() -> String {
     let notification: Vec<String> = (0..13).map(|i| format!("v.value->>{i}")).collect();
     let notification = notification.join(", ");
@@ -60,7 +64,12 @@ fn text() -> String {
          updated_at = v.value->>6 FROM json_each($5) AS v \
          WHERE d.notification_id = v.value->>0 AND d.registration_id = v.value->>1 \
          AND d.state = 'queued' AND NOT EXISTS ({STALE}); \
-         {STALE}; \
+         DELETE FROM replay_cache WHERE $8 <> 0 AND expires_at < $7; \
+         INSERT INTO replay_cache (key, expires_at) SELECT v.value->>0, v.value->>1 \
+         FROM json_each($6) AS v WHERE NOT EXISTS ({STALE}) \
+         ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+         WHERE replay_cache.expires_at < $7 RETURNING 0, key; \
+         SELECT 1, s.* FROM ({STALE}) AS s; \
          COMMIT"
     )
 }
@@ -81,17 +90,24 @@ pub(super) async fn write(
     let Some(rows) = rows(group.inserts, &built) else {
         return Ok(None);
     };
-    let lists = Lists::of(&found, &rows, group.updates)?;
-    let answered = sqlx::query_as::<_, (Option<String>,)>(TEXT.get_or_init(text))
+    let lists = Lists::of(&found, &rows, group.updates, group.remember)?;
+    // The earliest `now` of the group's keys decides which stored keys have
+    // expired; expired ones are deleted on about one key in 64.
+    let now = group.remember.iter().map(|r| r.3).min().unwrap_or(0);
+    let sweep = group.remember.iter().any(|_| rand::random::<u8>() < 4);
+    let answered = sqlx::query_as::<_, (i64, Option<String>)>(TEXT.get_or_init(text))
         .bind(lists.registrations)
         .bind(lists.notifications)
         .bind(lists.deliveries)
         .bind(lists.audits)
         .bind(lists.updates)
+        .bind(lists.remember)
+        .bind(now)
+        .bind(i32::from(sweep))
         .fetch_all(&mut **conn)
         .await;
-    let stale = match answered {
-        Ok(stale) => stale,
+    let answered = match answered {
+        Ok(answered) => answered,
         Err(e) => {
             // A statement failed inside the open transaction: it is rolled
             // back before the connection writes anything else, or the
@@ -110,12 +126,22 @@ pub(super) async fn write(
             };
         }
     };
+    let (taken, stale): (Vec<_>, Vec<_>) = answered.into_iter().partition(|(kind, _)| *kind == 0);
     if !stale.is_empty() {
         known.forget(group.registrations());
         return Ok(None);
     }
-    // No `ON CONFLICT` here: every row was inserted, or the text failed above.
-    Ok(Some(vec![Answer::Applied; group.len]))
+    // No `ON CONFLICT` for the rows: every one was inserted, or the text
+    // failed above. A key is taken once: by its first write in the group.
+    let mut taken: std::collections::HashSet<String> =
+        taken.into_iter().filter_map(|(_, key)| key).collect();
+    let mut answers = vec![Answer::Applied; group.len];
+    for &(i, key, ..) in group.remember {
+        if !taken.remove(key) {
+            answers[i] = Answer::NotApplied;
+        }
+    }
+    Ok(Some(answers))
 }
 
 /// A group's lists, each a JSON array of arrays.
@@ -125,6 +151,7 @@ struct Lists {
     deliveries: String,
     audits: String,
     updates: String,
+    remember: String,
 }
 
 impl Lists {
@@ -132,6 +159,7 @@ impl Lists {
         found: &std::collections::HashMap<String, super::RegistrationState>,
         rows: &[Insert<'_>],
         updates: &[&super::DeliveryUpdate],
+        remember: &[(usize, &str, i64, i64)],
     ) -> Result<Self, StoreError> {
         let registrations: Vec<_> = found
             .values()
@@ -203,6 +231,7 @@ impl Lists {
             deliveries: json(&deliveries)?,
             audits: json(&audits)?,
             updates: json(&updates)?,
+            remember: json(&remember.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>())?,
         })
     }
 }

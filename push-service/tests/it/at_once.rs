@@ -4,7 +4,9 @@
 //! notification is built from must still be the registration as it is when
 //! it is written: rotated, invalidated or deleted in between, the stale state
 //! never reaches a stored notification (nor its carried task), and an
-//! outcome written in the same group is written once.
+//! outcome written in the same group is written once. Single-use tokens'
+//! replay-cache keys go in the same groups (on SQLite in the same hand-off):
+//! each key is taken once, by its first write.
 
 use std::sync::{Arc, Mutex};
 
@@ -151,4 +153,60 @@ async fn acceptances_are_built_from_the_registration_as_it_is_written(app: TestA
 both_backends!(
     built_as_written,
     super::acceptances_are_built_from_the_registration_as_it_is_written
+);
+
+/// Replay-cache keys written together with acceptances: a key twice in
+/// the writes taken by one of them only, a key stored and not expired
+/// refused, one stored and expired taken again.
+async fn replay_keys_beside_acceptances_are_taken_once(app: TestApp) {
+    let (store, a) = store_with_app(&app, "at-once-keys").await;
+    let r = registration(&a.id, ProviderKind::Apns, Some("token"), "k");
+    store.create_registration(&r).await.expect("registration");
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let now = now_millis();
+    let far = now + 3_600_000;
+    // Its state read once, so later groups may be written at once.
+    let (_, acc) = acceptance(&a.id, &r.id, &seen, now);
+    store.accept_notification(acc).await.expect("first");
+
+    let held = push_service::ids::new_id("jti");
+    let expired = push_service::ids::new_id("jti");
+    assert!(store.remember_once(&held, far, now).await.expect("held"));
+    assert!(store
+        .remember_once(&expired, now - 1_000, now - 2_000)
+        .await
+        .expect("expired"));
+
+    for round in 0..5 {
+        let twice = push_service::ids::new_id("jti");
+        let (id, acc) = acceptance(&a.id, &r.id, &seen, now);
+        let (accepted, first, second, again, renewed) = tokio::join!(
+            store.accept_notification(acc),
+            store.remember_once(&twice, far, now),
+            store.remember_once(&twice, far, now),
+            store.remember_once(&held, far, now),
+            store.remember_once(&expired, far, now),
+        );
+        accepted.expect("accept");
+        let (first, second) = (first.expect("first"), second.expect("second"));
+        assert!(
+            first ^ second,
+            "round {round}: a key written twice was taken {first} and {second}"
+        );
+        assert!(
+            !again.expect("held"),
+            "round {round}: a key held was taken again"
+        );
+        assert_eq!(
+            renewed.expect("expired"),
+            round == 0,
+            "round {round}: an expired key is taken again once, then held"
+        );
+        assert!(store.get_notification(&id).await.expect("read").is_some());
+    }
+}
+
+both_backends!(
+    keys_beside_acceptances,
+    super::replay_keys_beside_acceptances_are_taken_once
 );
