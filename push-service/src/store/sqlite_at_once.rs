@@ -46,19 +46,24 @@ const STALE: &str = "SELECT c.value->>0 FROM json_each($1) AS c WHERE NOT EXISTS
 /// is stale; then the stale ones. Rows answered: `(0, key)` for each key
 /// taken, `(1, registration)` for each stale registration.
 fn text() -> String {
-    let notification: Vec<String> = (0..13).map(|i| format!("v.value->>{i}")).collect();
+    let notification: Vec<String> = (0..13).map(|i| format!("m.v->>{i}")).collect();
     let notification = notification.join(", ");
+    // A row of many columns is taken from its list once (`MATERIALIZED`):
+    // each `v.value` of `json_each` writes the row out as text again, so a
+    // notification's 13 columns wrote it 13 times.
     format!(
         "BEGIN IMMEDIATE; \
+         WITH m(v) AS MATERIALIZED (SELECT value FROM json_each($2)) \
          INSERT INTO notifications ({NOTIFICATION_COLUMNS}) SELECT {notification} \
-         FROM json_each($2) AS v WHERE NOT EXISTS ({STALE}); \
+         FROM m WHERE NOT EXISTS ({STALE}); \
          INSERT INTO deliveries (notification_id, registration_id, state, attempts, \
          next_attempt_at, updated_at, created_at) SELECT v.value->>0, v.value->>1, 'queued', 0, \
          v.value->>2, v.value->>3, v.value->>3 FROM json_each($3) AS v \
          WHERE NOT EXISTS ({STALE}); \
+         WITH m(v) AS MATERIALIZED (SELECT value FROM json_each($4)) \
          INSERT INTO audit_log (at, actor, action, app_id, target, source, details) \
-         SELECT v.value->>0, v.value->>1, v.value->>2, v.value->>3, v.value->>4, v.value->>5, \
-         v.value->>6 FROM json_each($4) AS v WHERE NOT EXISTS ({STALE}); \
+         SELECT m.v->>0, m.v->>1, m.v->>2, m.v->>3, m.v->>4, m.v->>5, m.v->>6 \
+         FROM m WHERE NOT EXISTS ({STALE}); \
          UPDATE deliveries AS d SET state = v.value->>2, reason = v.value->>3, \
          attempts = v.value->>4, next_attempt_at = COALESCE(v.value->>5, d.next_attempt_at), \
          updated_at = v.value->>6 FROM json_each($5) AS v \
