@@ -236,8 +236,8 @@ where
 
     // Replay-cache entries one by one: the same key twice in a group must see the first.
     for &(i, key, expires_at, now) in &sorted.remember {
-        // Expired entries are removed now and then, on about one write in 64.
-        if rand::random::<u8>() < 4 {
+        // Expired entries are removed now and then.
+        if super::sql::sweep_expired_keys() {
             sqlx::query("DELETE FROM replay_cache WHERE expires_at < $1")
                 .bind(now)
                 .execute(&mut *tx)

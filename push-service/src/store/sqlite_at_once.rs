@@ -97,9 +97,12 @@ pub(super) async fn write(
     };
     let lists = Lists::of(&found, &rows, group.updates, group.remember)?;
     // The earliest `now` of the group's keys decides which stored keys have
-    // expired; expired ones are deleted on about one key in 64.
+    // expired; expired ones are deleted as often as the general path does.
     let now = group.remember.iter().map(|r| r.3).min().unwrap_or(0);
-    let sweep = group.remember.iter().any(|_| rand::random::<u8>() < 4);
+    let sweep = group
+        .remember
+        .iter()
+        .any(|_| super::sql::sweep_expired_keys());
     let answered = sqlx::query_as::<_, (i64, Option<String>)>(TEXT.get_or_init(text))
         .bind(lists.registrations)
         .bind(lists.notifications)

@@ -84,3 +84,10 @@ where
             .map(crate::store::batch::Answer::applied)
     }
 }
+
+/// Whether the write of one replay-cache key also removes the expired keys:
+/// now and then, on about one key in 64, so the cache stays small without a
+/// sweep of its own.
+pub(in crate::store) fn sweep_expired_keys() -> bool {
+    rand::random::<u8>() < 4
+}

@@ -27,6 +27,7 @@ use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Pool, Type};
 pub use super::backend::{Column, SqlBackend};
 use super::batch::HotWriter;
 use super::StoreError;
+pub(super) use audit::sweep_expired_keys;
 pub(super) use chunks::{claim_chunks, finish_chunks, insert_first_outcomes};
 pub(super) use direct::{hold_direct, record_streamed};
 pub(super) use inserts::{creation_times, insert_notifications, Insert};
