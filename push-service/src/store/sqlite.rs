@@ -44,7 +44,11 @@ impl SqlStore<sqlx::Sqlite> {
                 SqliteSynchronous::Normal
             })
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Tables of a connection's own (the writer's check of a group's
+            // registrations, `sqlite_at_once.rs`) and sorts kept in memory,
+            // never in a file beside the database.
+            .pragma("temp_store", "memory");
         if let Some(parent) = options.get_filename().parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(|e| StoreError::Other(e.into()))?;

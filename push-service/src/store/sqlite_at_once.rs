@@ -1,16 +1,17 @@
 //! A group of new notifications, delivery outcomes and replay-cache keys
 //! (single-use tokens' `jti`) written on SQLite as one hand-off to its
-//! connection's thread: `BEGIN`, the inserts, the outcomes, the keys, the
-//! registrations' check and `COMMIT` sent together as one text,
+//! connection's thread: `BEGIN`, the registrations' check, the inserts, the
+//! outcomes, the keys and `COMMIT` sent together as one text,
 //! where the general path (`batch.rs`) sends each statement on its own and
 //! waits for its answer (seven hand-offs for a group of acceptances and
 //! outcomes).
 //!
 //! As on PostgreSQL (`at_once.rs`), acceptance is built from the states an
 //! earlier group read ([`Known`]) and the statements check them: each writes
-//! only where every registration used is as it was, and the last one names
-//! those that are not. When one is not, nothing was written, and the group
-//! goes the general way, which reads them afresh. All of it holds SQLite's
+//! only where every registration used is as it was (checked once, by the
+//! first), and the last one names those that are not. When one is not,
+//! nothing was written, and the group goes the general way, which reads
+//! them afresh. All of it holds SQLite's
 //! write lock from `BEGIN IMMEDIATE`, so no registration changes between the
 //! statements.
 //!
@@ -39,12 +40,20 @@ const STALE: &str = "SELECT c.value->>0 FROM json_each($1) AS c WHERE NOT EXISTS
     AND r.app_id = c.value->>1 AND r.status = c.value->>2 AND r.provider IS c.value->>3 \
     AND r.token IS c.value->>4 AND r.environment IS c.value->>5)";
 
-/// The group's statements: notifications (`$2`), their queued deliveries
-/// (`$3`), audit entries (`$4`), outcomes (`$5`), replay-cache keys (`$6`,
-/// `[key, expires_at]`, taken where new or expired at `$7`; the expired ones
-/// deleted first when `$8` is not 0), each written only when no registration
-/// is stale; then the stale ones. Rows answered: `(0, key)` for each key
-/// taken, `(1, registration)` for each stale registration.
+/// Whether any registration proved stale: the registrations are checked
+/// once, into a table of the connection's own (`temp`, in memory), that
+/// every statement after it reads. Checked in each statement, they were
+/// read and compared six times a group (2.5–3.5 µs a registration each
+/// time, measured alone).
+const NONE_STALE: &str = "NOT EXISTS (SELECT 1 FROM temp.stale_registrations)";
+
+/// The group's statements: the registrations' check, then notifications
+/// (`$2`), their queued deliveries (`$3`), audit entries (`$4`), outcomes
+/// (`$5`), replay-cache keys (`$6`, `[key, expires_at]`, taken where new or
+/// expired at `$7`; the expired ones deleted first when `$8` is not 0), each
+/// written only when no registration is stale; then the stale ones. Rows
+/// answered: `(0, key)` for each key taken, `(1, registration)` for each
+/// stale registration.
 fn text() -> String {
     let notification: Vec<String> = (0..13).map(|i| format!("m.v->>{i}")).collect();
     let notification = notification.join(", ");
@@ -52,29 +61,32 @@ fn text() -> String {
     // each `v.value` of `json_each` writes the row out as text again, so a
     // notification's 13 columns wrote it 13 times.
     format!(
-        "BEGIN IMMEDIATE; \
+        "CREATE TEMP TABLE IF NOT EXISTS stale_registrations (id TEXT); \
+         BEGIN IMMEDIATE; \
+         DELETE FROM temp.stale_registrations; \
+         INSERT INTO temp.stale_registrations (id) {STALE}; \
          WITH m(v) AS MATERIALIZED (SELECT value FROM json_each($2)) \
          INSERT INTO notifications ({NOTIFICATION_COLUMNS}) SELECT {notification} \
-         FROM m WHERE NOT EXISTS ({STALE}); \
+         FROM m WHERE {NONE_STALE}; \
          INSERT INTO deliveries (notification_id, registration_id, state, attempts, \
          next_attempt_at, updated_at, created_at) SELECT v.value->>0, v.value->>1, 'queued', 0, \
          v.value->>2, v.value->>3, v.value->>3 FROM json_each($3) AS v \
-         WHERE NOT EXISTS ({STALE}); \
+         WHERE {NONE_STALE}; \
          WITH m(v) AS MATERIALIZED (SELECT value FROM json_each($4)) \
          INSERT INTO audit_log (at, actor, action, app_id, target, source, details) \
          SELECT m.v->>0, m.v->>1, m.v->>2, m.v->>3, m.v->>4, m.v->>5, m.v->>6 \
-         FROM m WHERE NOT EXISTS ({STALE}); \
+         FROM m WHERE {NONE_STALE}; \
          UPDATE deliveries AS d SET state = v.value->>2, reason = v.value->>3, \
          attempts = v.value->>4, next_attempt_at = COALESCE(v.value->>5, d.next_attempt_at), \
          updated_at = v.value->>6 FROM json_each($5) AS v \
          WHERE d.notification_id = v.value->>0 AND d.registration_id = v.value->>1 \
-         AND d.state = 'queued' AND NOT EXISTS ({STALE}); \
+         AND d.state = 'queued' AND {NONE_STALE}; \
          DELETE FROM replay_cache WHERE $8 <> 0 AND expires_at < $7; \
          INSERT INTO replay_cache (key, expires_at) SELECT v.value->>0, v.value->>1 \
-         FROM json_each($6) AS v WHERE NOT EXISTS ({STALE}) \
+         FROM json_each($6) AS v WHERE {NONE_STALE} \
          ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
          WHERE replay_cache.expires_at < $7 RETURNING 0, key; \
-         SELECT 1, s.* FROM ({STALE}) AS s; \
+         SELECT 1, id FROM temp.stale_registrations; \
          COMMIT"
     )
 }
