@@ -129,6 +129,18 @@ fn list(shape: Shape, columns: usize, last: &mut usize) -> String {
     }
 }
 
+/// One parameter of the text: `$N` numbered after `last` in the JSON shape,
+/// `?` in the bound one.
+fn parameter(shape: Shape, last: &mut usize) -> String {
+    match shape {
+        Shape::Json => {
+            *last += 1;
+            format!("${last}")
+        }
+        Shape::Bound(_) => "?".to_owned(),
+    }
+}
+
 /// The group's statements: the registrations' check, then notifications,
 /// their queued deliveries, audit entries, outcomes and replay-cache keys
 /// (taken where new or expired at `now`; the expired ones deleted first when
@@ -143,14 +155,17 @@ fn list(shape: Shape, columns: usize, last: &mut usize) -> String {
 /// `sqlite_stat1`).
 fn text(shape: Shape) -> String {
     let mut last = 0;
-    let [registrations, notifications, deliveries, audits, updates, keys] =
-        COLUMNS.map(|columns| list(shape, columns, &mut last));
-    // The bound shape takes `sweep`, `now`, the keys and `now` again, in
-    // the order they appear (see [`bound`]).
-    let (now, sweep) = match shape {
-        Shape::Json => (format!("${}", last + 1), format!("${}", last + 2)),
-        Shape::Bound(_) => ("?".to_owned(), "?".to_owned()),
-    };
+    let [registrations, notifications, deliveries, audits, updates, keys] = COLUMNS;
+    // Built in the order the text takes its parameters (see [`fill`]).
+    let registrations = list(shape, registrations, &mut last);
+    let notifications = list(shape, notifications, &mut last);
+    let deliveries = list(shape, deliveries, &mut last);
+    let audits = list(shape, audits, &mut last);
+    let updates = list(shape, updates, &mut last);
+    let sweep = parameter(shape, &mut last);
+    let now = parameter(shape, &mut last);
+    let keys = list(shape, keys, &mut last);
+    let now_again = parameter(shape, &mut last);
     let columns: Vec<String> = (0..13).map(|i| format!("c{i}")).collect();
     let columns = columns.join(", ");
     format!(
@@ -178,7 +193,7 @@ fn text(shape: Shape) -> String {
          WITH {keys} INSERT INTO replay_cache (key, expires_at) SELECT c0, c1 FROM l \
          WHERE c0 IS NOT NULL AND {NONE_STALE} \
          ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-         WHERE replay_cache.expires_at < {now} RETURNING 0, key; \
+         WHERE replay_cache.expires_at < {now_again} RETURNING 0, key; \
          SELECT 1, id FROM temp.stale_registrations; \
          COMMIT"
     )
@@ -215,21 +230,15 @@ pub(super) async fn write(
         group.remember.len(),
     ]);
     let arguments = match shape {
-        Shape::Bound(capacity) => bound(
-            capacity,
-            &found,
-            &rows,
-            group.updates,
-            group.remember,
-            now,
-            sweep,
-        )?,
+        Shape::Bound(capacity) => {
+            let mut sink = Bound::new(capacity);
+            fill(&mut sink, &found, &rows, &group, now, sweep)?;
+            sink.arguments
+        }
         Shape::Json => {
-            let mut arguments =
-                Lists::of(&found, &rows, group.updates, group.remember)?.arguments()?;
-            add(&mut arguments, now)?;
-            add(&mut arguments, i32::from(sweep))?;
-            arguments
+            let mut sink = Json::default();
+            fill(&mut sink, &found, &rows, &group, now, sweep)?;
+            sink.arguments
         }
     };
     let answered = sqlx::query_as_with::<_, (i64, Option<String>), _>(shape.text(), arguments)
@@ -273,199 +282,202 @@ pub(super) async fn write(
     Ok(Some(answers))
 }
 
-/// A group's lists, each a JSON array of arrays.
-struct Lists {
-    registrations: String,
-    notifications: String,
-    deliveries: String,
-    audits: String,
-    updates: String,
-    remember: String,
-}
-
-impl Lists {
-    fn of(
-        found: &std::collections::HashMap<String, super::RegistrationState>,
-        rows: &[Insert<'_>],
-        updates: &[&super::DeliveryUpdate],
-        remember: &[(usize, &str, i64, i64)],
-    ) -> Result<Self, StoreError> {
-        let registrations: Vec<_> = found
-            .values()
-            .map(|s| {
-                (
-                    &s.id,
-                    &s.app_id,
-                    &s.status,
-                    &s.provider,
-                    &s.token,
-                    &s.environment,
-                )
-            })
-            .collect();
-        let notifications: Vec<_> = rows
-            .iter()
-            .map(|(_, n, ..)| {
-                (
-                    &n.id,
-                    &n.app_id,
-                    &n.notifier_id,
-                    &n.idempotency_key,
-                    &n.request_hash,
-                    &n.targets,
-                    &n.content,
-                    n.expires_at,
-                    &n.state,
-                    n.created_at,
-                    &n.response,
-                    &n.expand_cursor,
-                    n.updated_at,
-                )
-            })
-            .collect();
-        let deliveries: Vec<_> = rows
-            .iter()
-            .flat_map(|&(_, n, registrations, redrive_at, _)| {
-                registrations
-                    .iter()
-                    .map(move |r| (&n.id, r, redrive_at, n.created_at))
-            })
-            .collect();
-        let audits: Vec<_> = rows
-            .iter()
-            .filter_map(|(.., a)| *a)
-            .map(|e| {
-                (
-                    e.at, &e.actor, &e.action, &e.app_id, &e.target, &e.source, &e.details,
-                )
-            })
-            .collect();
-        let updates: Vec<_> = updates
-            .iter()
-            .map(|u| {
-                (
-                    &u.notification_id,
-                    &u.registration_id,
-                    u.state.as_str(),
-                    &u.reason,
-                    u.attempts,
-                    u.next_attempt_at,
-                    u.now,
-                )
-            })
-            .collect();
-        Ok(Lists {
-            registrations: json(&registrations)?,
-            notifications: json(&notifications)?,
-            deliveries: json(&deliveries)?,
-            audits: json(&audits)?,
-            updates: json(&updates)?,
-            remember: json(&remember.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>())?,
-        })
-    }
-}
-
-impl Lists {
-    /// The lists as the JSON text's parameters.
-    fn arguments(self) -> Result<SqliteArguments<'static>, StoreError> {
-        let mut arguments = SqliteArguments::default();
-        for list in [
-            self.registrations,
-            self.notifications,
-            self.deliveries,
-            self.audits,
-            self.updates,
-            self.remember,
-        ] {
-            add(&mut arguments, list)?;
-        }
-        Ok(arguments)
-    }
-}
-
-/// The group's lists as parameters, `capacity` rows of each (see
-/// [`Shape`]), in [`COLUMNS`]' order, with `sweep` and `now` where the
-/// text's statements take them: before the keys, and after.
-fn bound<'q>(
-    capacity: usize,
+/// The group's values in the order its text takes them: each list's rows,
+/// column by column as [`COLUMNS`] counts them, with `sweep` and `now`
+/// where the statements take them (before the keys, and after). The one
+/// place that knows the columns' order, for both shapes.
+fn fill<'q, S: Sink<'q>>(
+    sink: &mut S,
     found: &'q std::collections::HashMap<String, super::RegistrationState>,
     rows: &[Insert<'q>],
-    updates: &[&'q super::DeliveryUpdate],
-    remember: &[(usize, &'q str, i64, i64)],
+    group: &Group<'_, 'q>,
     now: i64,
     sweep: bool,
-) -> Result<SqliteArguments<'q>, StoreError> {
-    let mut a = SqliteArguments::default();
+) -> Result<(), StoreError> {
     let [registrations, notifications, deliveries, audits, outcomes, keys] = COLUMNS;
-    let start = a.len();
     for s in found.values() {
-        add(&mut a, s.id.as_str())?;
-        add(&mut a, s.app_id.as_str())?;
-        add(&mut a, s.status.as_str())?;
-        add(&mut a, s.provider.as_deref())?;
-        add(&mut a, s.token.as_deref())?;
-        add(&mut a, s.environment.as_deref())?;
+        sink.row();
+        sink.value(s.id.as_str())?;
+        sink.value(s.app_id.as_str())?;
+        sink.value(s.status.as_str())?;
+        sink.value(s.provider.as_deref())?;
+        sink.value(s.token.as_deref())?;
+        sink.value(s.environment.as_deref())?;
     }
-    pad(&mut a, start + capacity * registrations)?;
-    let start = a.len();
+    sink.end(registrations)?;
     for (_, n, ..) in rows {
-        add(&mut a, n.id.as_str())?;
-        add(&mut a, n.app_id.as_str())?;
-        add(&mut a, n.notifier_id.as_str())?;
-        add(&mut a, n.idempotency_key.as_deref())?;
-        add(&mut a, n.request_hash.as_str())?;
-        add(&mut a, n.targets.as_str())?;
-        add(&mut a, n.content.as_str())?;
-        add(&mut a, n.expires_at)?;
-        add(&mut a, n.state.as_str())?;
-        add(&mut a, n.created_at)?;
-        add(&mut a, n.response.as_deref())?;
-        add(&mut a, n.expand_cursor.as_deref())?;
-        add(&mut a, n.updated_at)?;
+        sink.row();
+        sink.value(n.id.as_str())?;
+        sink.value(n.app_id.as_str())?;
+        sink.value(n.notifier_id.as_str())?;
+        sink.value(n.idempotency_key.as_deref())?;
+        sink.value(n.request_hash.as_str())?;
+        sink.value(n.targets.as_str())?;
+        sink.value(n.content.as_str())?;
+        sink.value(n.expires_at)?;
+        sink.value(n.state.as_str())?;
+        sink.value(n.created_at)?;
+        sink.value(n.response.as_deref())?;
+        sink.value(n.expand_cursor.as_deref())?;
+        sink.value(n.updated_at)?;
     }
-    pad(&mut a, start + capacity * notifications)?;
-    let start = a.len();
+    sink.end(notifications)?;
     for &(_, n, registrations, redrive_at, _) in rows {
         for r in registrations {
-            add(&mut a, n.id.as_str())?;
-            add(&mut a, r.as_str())?;
-            add(&mut a, redrive_at)?;
-            add(&mut a, n.created_at)?;
+            sink.row();
+            sink.value(n.id.as_str())?;
+            sink.value(r.as_str())?;
+            sink.value(redrive_at)?;
+            sink.value(n.created_at)?;
         }
     }
-    pad(&mut a, start + capacity * deliveries)?;
-    let start = a.len();
+    sink.end(deliveries)?;
     for e in rows.iter().filter_map(|(.., a)| *a) {
-        add(&mut a, e.at)?;
-        add(&mut a, e.actor.as_str())?;
-        add(&mut a, e.action.as_str())?;
-        add(&mut a, e.app_id.as_deref())?;
-        add(&mut a, e.target.as_deref())?;
-        add(&mut a, e.source.as_deref())?;
-        add(&mut a, e.details.as_deref())?;
+        sink.row();
+        sink.value(e.at)?;
+        sink.value(e.actor.as_str())?;
+        sink.value(e.action.as_str())?;
+        sink.value(e.app_id.as_deref())?;
+        sink.value(e.target.as_deref())?;
+        sink.value(e.source.as_deref())?;
+        sink.value(e.details.as_deref())?;
     }
-    pad(&mut a, start + capacity * audits)?;
-    let start = a.len();
-    for u in updates {
-        add(&mut a, u.notification_id.as_str())?;
-        add(&mut a, u.registration_id.as_str())?;
-        add(&mut a, u.state.as_str())?;
-        add(&mut a, u.reason.as_deref())?;
-        add(&mut a, u.attempts)?;
-        add(&mut a, u.next_attempt_at)?;
-        add(&mut a, u.now)?;
+    sink.end(audits)?;
+    for &u in group.updates {
+        sink.row();
+        sink.value(u.notification_id.as_str())?;
+        sink.value(u.registration_id.as_str())?;
+        sink.value(u.state.as_str())?;
+        sink.value(u.reason.as_deref())?;
+        sink.value(u.attempts)?;
+        sink.value(u.next_attempt_at)?;
+        sink.value(u.now)?;
     }
-    pad(&mut a, start + capacity * outcomes)?;
-    add(&mut a, i32::from(sweep))?;
-    add(&mut a, now)?;
-    let start = a.len();
-    for &(_, key, expires_at, _) in remember {
-        add(&mut a, key)?;
-        add(&mut a, expires_at)?;
+    sink.end(outcomes)?;
+    sink.parameter(i32::from(sweep))?;
+    sink.parameter(now)?;
+    for &(_, key, expires_at, _) in group.remember {
+        sink.row();
+        sink.value(key)?;
+        sink.value(expires_at)?;
     }
-    pad(&mut a, start + capacity * keys)?;
-    add(&mut a, now)?;
-    Ok(a)
+    sink.end(keys)?;
+    sink.parameter(now)
+}
+
+/// Where [`fill`] puts a group's values: a row's values, a list's end, a
+/// parameter of its own.
+trait Sink<'q> {
+    /// A new row of the current list.
+    fn row(&mut self);
+    /// The next column of the current row.
+    fn value<T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + serde::Serialize;
+    /// The end of the current list, whose rows have `columns` values each.
+    fn end(&mut self, columns: usize) -> Result<(), StoreError>;
+    /// A value that is not in a list.
+    fn parameter<T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>;
+}
+
+/// Every value a parameter of its own, `capacity` rows a list, the rows not
+/// used `NULL`.
+struct Bound<'q> {
+    arguments: SqliteArguments<'q>,
+    capacity: usize,
+    /// Where the current list began.
+    start: usize,
+}
+
+impl Bound<'_> {
+    fn new(capacity: usize) -> Self {
+        Bound {
+            arguments: SqliteArguments::default(),
+            capacity,
+            start: 0,
+        }
+    }
+}
+
+impl<'q> Sink<'q> for Bound<'q> {
+    fn row(&mut self) {}
+
+    fn value<T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + serde::Serialize,
+    {
+        add(&mut self.arguments, value)
+    }
+
+    fn end(&mut self, columns: usize) -> Result<(), StoreError> {
+        let len = self.start + self.capacity * columns;
+        debug_assert!(self.arguments.len() <= len);
+        while self.arguments.len() < len {
+            add(&mut self.arguments, None::<&str>)?;
+        }
+        self.start = len;
+        Ok(())
+    }
+
+    fn parameter<T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    {
+        add(&mut self.arguments, value)?;
+        self.start = self.arguments.len();
+        Ok(())
+    }
+}
+
+/// Each list one parameter, a JSON array of arrays.
+#[derive(Default)]
+struct Json<'q> {
+    arguments: SqliteArguments<'q>,
+    /// The current list as written so far.
+    list: Vec<u8>,
+    /// Values in the current row.
+    values: usize,
+}
+
+impl<'q> Sink<'q> for Json<'q> {
+    fn row(&mut self) {
+        self.list
+            .extend_from_slice(if self.list.is_empty() { b"[[" } else { b"],[" });
+        self.values = 0;
+    }
+
+    fn value<T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + serde::Serialize,
+    {
+        if self.values > 0 {
+            self.list.push(b',');
+        }
+        self.values += 1;
+        serde_json::to_writer(&mut self.list, &value).map_err(|e| StoreError::Other(e.into()))
+    }
+
+    fn end(&mut self, columns: usize) -> Result<(), StoreError> {
+        debug_assert!(self.list.is_empty() || self.values == columns);
+        let list = std::mem::take(&mut self.list);
+        let list = if list.is_empty() {
+            "[]".to_owned()
+        } else {
+            let mut list = String::from_utf8(list).map_err(|e| StoreError::Other(e.into()))?;
+            list.push_str("]]");
+            list
+        };
+        add(&mut self.arguments, list)
+    }
+
+    fn parameter<T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    {
+        add(&mut self.arguments, value)
+    }
 }
 
 /// One more parameter.
@@ -476,17 +488,4 @@ where
     arguments
         .add(value)
         .map_err(|e| StoreError::Other(anyhow::anyhow!(e)))
-}
-
-/// `NULL` parameters up to `len` in all: the rows a list does not use.
-fn pad(arguments: &mut SqliteArguments<'_>, len: usize) -> Result<(), StoreError> {
-    while arguments.len() < len {
-        add(arguments, None::<&str>)?;
-    }
-    Ok(())
-}
-
-/// `rows` as a JSON array.
-fn json<T: serde::Serialize>(rows: &T) -> Result<String, StoreError> {
-    serde_json::to_string(rows).map_err(|e| StoreError::Other(e.into()))
 }

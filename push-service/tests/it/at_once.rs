@@ -61,6 +61,19 @@ fn acceptance(
     (id, acceptance)
 }
 
+/// The outcome of a first attempt that succeeded.
+fn sent(notification: &str, registration: &str, now: i64) -> DeliveryUpdate {
+    DeliveryUpdate {
+        notification_id: notification.to_owned(),
+        registration_id: registration.to_owned(),
+        state: DeliveryState::Sent,
+        reason: None,
+        attempts: 1,
+        next_attempt_at: None,
+        now,
+    }
+}
+
 fn last(seen: &Arc<Mutex<Vec<Seen>>>) -> Seen {
     seen.lock().expect("seen").last().cloned().flatten()
 }
@@ -94,15 +107,7 @@ async fn acceptances_are_built_from_the_registration_as_it_is_written(app: TestA
         .await
         .expect("rotate");
     let (third, acc) = acceptance(&a.id, &r.id, &seen, now);
-    let outcome = DeliveryUpdate {
-        notification_id: first.clone(),
-        registration_id: r.id.clone(),
-        state: DeliveryState::Sent,
-        reason: None,
-        attempts: 1,
-        next_attempt_at: None,
-        now,
-    };
+    let outcome = sent(&first, &r.id, now);
     let (accepted, updated) = tokio::join!(
         store.accept_notification(acc),
         store.update_delivery(outcome)
@@ -210,3 +215,67 @@ both_backends!(
     keys_beside_acceptances,
     super::replay_keys_beside_acceptances_are_taken_once
 );
+
+/// More rows than a group's small texts hold: on SQLite its lists go as
+/// JSON arrays, not as parameters. Forty registrations read by a first
+/// group, then forty acceptances and forty outcomes together: every row
+/// written, every outcome applied.
+async fn a_large_group_is_written_whole(app: TestApp) {
+    use futures_util::future::join_all;
+    const N: usize = 40;
+    let (store, a) = store_with_app(&app, "at-once-large").await;
+    let mut registrations = Vec::new();
+    for i in 0..N {
+        let r = registration(&a.id, ProviderKind::Fcm, Some(&format!("t{i}")), "k");
+        store.create_registration(&r).await.expect("registration");
+        registrations.push(r.id);
+    }
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let now = now_millis();
+    let (first, accepts): (Vec<String>, Vec<Acceptance>) = registrations
+        .iter()
+        .map(|r| acceptance(&a.id, r, &seen, now))
+        .unzip();
+    for accepted in join_all(
+        accepts
+            .into_iter()
+            .map(|acc| store.accept_notification(acc)),
+    )
+    .await
+    {
+        accepted.expect("first");
+    }
+
+    // The test's runtime has one thread: every write below is waiting
+    // before the writer takes them, so they go as one group.
+    let (second, accepts): (Vec<String>, Vec<Acceptance>) = registrations
+        .iter()
+        .map(|r| acceptance(&a.id, r, &seen, now))
+        .unzip();
+    let outcomes = first
+        .iter()
+        .zip(&registrations)
+        .map(|(n, r)| sent(n, r, now));
+    let (accepted, updated) = tokio::join!(
+        join_all(
+            accepts
+                .into_iter()
+                .map(|acc| store.accept_notification(acc))
+        ),
+        join_all(outcomes.map(|u| store.update_delivery(u))),
+    );
+    accepted.into_iter().for_each(|a| a.expect("second"));
+    updated.into_iter().for_each(|u| u.expect("outcome"));
+    for id in &first {
+        assert_eq!(queued(&store, id).await, vec![(DeliveryState::Sent, 1)]);
+    }
+    for id in &second {
+        assert!(
+            store.get_notification(id).await.expect("read").is_some(),
+            "{id} was not stored"
+        );
+        assert_eq!(queued(&store, id).await, vec![(DeliveryState::Queued, 1)]);
+    }
+}
+
+both_backends!(large_group, super::a_large_group_is_written_whole);
