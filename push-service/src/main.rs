@@ -223,7 +223,11 @@ fn main() -> std::process::ExitCode {
             );
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .expect("a Tokio runtime can be built");

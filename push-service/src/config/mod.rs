@@ -134,6 +134,8 @@ pub struct Config {
     pub header_read_timeout: std::time::Duration,
     /// Open connections per node.
     pub max_connections: usize,
+    /// The runtime's worker threads (0: one per CPU the node may use).
+    pub worker_threads: usize,
     /// Open direct-channel streams per device key and node (0: no limit).
     pub max_streams_per_key: usize,
     /// A second address for `/healthz`, `/readyz` and `/metrics` (then off the public one).
@@ -264,6 +266,7 @@ mod tests {
                 "`header_read_timeout_seconds`",
             ),
             ("max_connections = 0", "`max_connections`"),
+            ("worker_threads = 1025", "`worker_threads`"),
             (
                 "admin_listen = \"127.0.0.1:9090\"\nadmin_tls = true",
                 "`admin_tls`",

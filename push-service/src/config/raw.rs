@@ -10,6 +10,9 @@ use super::{invalid, Config, ConfigError, LogFormat, ProviderSettings, TlsFiles}
 use crate::secret::Secret;
 
 /// Raw settings as read from the layers, before validation.
+/// More worker threads than this is a mistake, not a tuning.
+const MAX_WORKER_THREADS: usize = 1024;
+
 #[derive(Deserialize)]
 pub(super) struct RawConfig {
     listen: String,
@@ -75,6 +78,7 @@ pub(super) struct RawConfig {
     max_registrations_per_key: u32,
     header_read_timeout_seconds: u64,
     max_connections: usize,
+    worker_threads: usize,
     max_streams_per_key: usize,
     admin_listen: String,
     operator_api_on_admin_listen: bool,
@@ -274,6 +278,12 @@ impl RawConfig {
         if raw.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
+        if raw.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0: one per CPU)"),
+            ));
+        }
         let log_format = match raw.log_format.as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
@@ -469,6 +479,7 @@ impl RawConfig {
             max_registrations_per_key: raw.max_registrations_per_key,
             header_read_timeout: std::time::Duration::from_secs(raw.header_read_timeout_seconds),
             max_connections: raw.max_connections,
+            worker_threads: raw.worker_threads,
             max_streams_per_key: raw.max_streams_per_key,
             admin_listen,
             operator_api_on_admin_listen: raw.operator_api_on_admin_listen,
