@@ -386,7 +386,8 @@ async fn main() -> anyhow::Result<()> {
 const RESTARTS: usize = 3;
 
 /// The unicast and batch scenarios: the ceiling of this run first, then the
-/// load, the cost per notification and whether delivery kept pace.
+/// load, the cost per notification, whether delivery kept pace, and the
+/// ceiling again.
 async fn unicast(
     out: &std::path::Path,
     service: &ServiceArgs,
@@ -446,6 +447,14 @@ async fn unicast(
     cost::quiesce(&svc.database_url).await;
     let cost = before.per(&cost::read(&svc.database_url, redis_url), figures.delivered);
     let cpu_per = cpu_before.per(&cpu::read(), figures.delivered);
+    // Measured again once the nodes have stopped: this machine's speed can
+    // change by half within a minute, and two ceilings far apart say that
+    // the ratio of this run is not to be read alone.
+    let ceiling_after = if load.ceiling_requests > 0 {
+        ceiling_of(load.ceiling_requests).await?
+    } else {
+        None
+    };
     let name = if batch > 1 { "batch" } else { "unicast" };
     let title = format!(
         "{name}{} · {:?} · {} node(s) · {} connections · {} tokens",
@@ -464,13 +473,24 @@ async fn unicast(
         }
     );
     let ratio = ceiling_apns.map(|c| figures.delivered_per_second / c);
+    let ratio_after = ceiling_after.map(|c| figures.delivered_per_second / c);
+    let unsteady =
+        matches!((ceiling_apns, ceiling_after), (Some(a), Some(b)) if a.max(b) > 1.25 * a.min(b));
     let md = format!(
         "{}\n| ceiling (APNs simulator, this run) | {} |\n| delivered/s ÷ ceiling | {} |\n\
+         | ceiling after the load / ratio to it | {} / {}{} |\n\
          | cost per notification | {} |\n| CPU per notification, restart to stop (the service: above) | {} |\n\
          | delivered after the load / drain | {} / {:.1} s (kept pace: {}) |\n",
         delivery_markdown(&title, &figures, &line),
         ceiling_apns.map_or("not measured".into(), |c| format!("{c:.0}/s")),
         ratio.map_or("—".into(), |r| format!("{:.1} %", r * 100.0)),
+        ceiling_after.map_or("not measured".into(), |c| format!("{c:.0}/s")),
+        ratio_after.map_or("—".into(), |r| format!("{:.1} %", r * 100.0)),
+        if unsteady {
+            " (the machine's speed changed during the run: compare delivered/s and the CPU a notification, not the ratio)"
+        } else {
+            ""
+        },
         cost.line(),
         cpu_per.line(),
         figures.delivered_after_load,
@@ -487,7 +507,9 @@ async fn unicast(
         name,
         &json!({"store": service.store, "nodes": service.nodes, "batch": batch,
             "token_reuse": load.token_reuse, "figures": figures, "service": line,
-            "ceiling_apns_per_second": ceiling_apns, "ratio_to_ceiling": ratio, "cost": cost, "cpu": cpu_per}),
+            "ceiling_apns_per_second": ceiling_apns, "ratio_to_ceiling": ratio,
+            "ceiling_after_apns_per_second": ceiling_after, "ratio_to_ceiling_after": ratio_after,
+            "ceilings_apart": unsteady, "cost": cost, "cpu": cpu_per}),
         &md,
     )?;
     anyhow::ensure!(
