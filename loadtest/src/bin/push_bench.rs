@@ -394,11 +394,7 @@ async fn unicast(
     load: &UnicastArgs,
     batch: usize,
 ) -> anyhow::Result<()> {
-    let ceiling_apns = if load.ceiling_requests > 0 {
-        ceiling_of(load.ceiling_requests).await?
-    } else {
-        None
-    };
+    let ceiling_apns = ceiling_of(load.ceiling_requests).await?;
     let mut svc = Service::start(service).await?;
     let tenant = scenarios::tenant_with(&svc, load.token_reuse).await?;
     let (regs, _, _) = scenarios::register(
@@ -450,11 +446,7 @@ async fn unicast(
     // Measured again once the nodes have stopped: this machine's speed can
     // change by half within a minute, and two ceilings far apart say that
     // the ratio of this run is not to be read alone.
-    let ceiling_after = if load.ceiling_requests > 0 {
-        ceiling_of(load.ceiling_requests).await?
-    } else {
-        None
-    };
+    let ceiling_after = ceiling_of(load.ceiling_requests).await?;
     let name = if batch > 1 { "batch" } else { "unicast" };
     let title = format!(
         "{name}{} · {:?} · {} node(s) · {} connections · {} tokens",
@@ -522,8 +514,12 @@ async fn unicast(
     Ok(())
 }
 
-/// The APNs simulator's requests per second alone (64 in flight, 4 connections).
+/// The APNs simulator's requests per second alone (64 in flight, 4
+/// connections); `None` when `requests` is 0 (not measured).
 async fn ceiling_of(requests: usize) -> anyhow::Result<Option<f64>> {
+    if requests == 0 {
+        return Ok(None);
+    }
     eprintln!("measuring the ceiling ({requests} requests to the APNs simulator alone)");
     let figures = ceiling(requests, 64, 4).await?;
     Ok(figures

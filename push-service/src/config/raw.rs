@@ -9,10 +9,10 @@ use serde::Deserialize;
 use super::{invalid, Config, ConfigError, LogFormat, ProviderSettings, TlsFiles};
 use crate::secret::Secret;
 
-/// Raw settings as read from the layers, before validation.
 /// More worker threads than this is a mistake, not a tuning.
 const MAX_WORKER_THREADS: usize = 1024;
 
+/// Raw settings as read from the layers, before validation.
 #[derive(Deserialize)]
 pub(super) struct RawConfig {
     listen: String,
