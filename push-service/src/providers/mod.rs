@@ -2,6 +2,7 @@
 
 pub mod apns;
 pub mod circuit;
+mod coalesce;
 pub mod direct;
 pub mod fcm;
 pub mod http;
