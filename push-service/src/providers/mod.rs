@@ -2,7 +2,6 @@
 
 pub mod apns;
 pub mod circuit;
-mod coalesce;
 pub mod direct;
 pub mod fcm;
 pub mod http;

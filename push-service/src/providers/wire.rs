@@ -333,7 +333,7 @@ impl Wire {
     {
         let (send, mut connection) = h2::client::Builder::new()
             .enable_push(false)
-            .handshake::<_, Bytes>(super::coalesce::Coalesce::new(io))
+            .handshake::<T, Bytes>(io)
             .await
             .map_err(|e| WireError::h2(&e))?;
         let live = {
