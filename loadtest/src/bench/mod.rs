@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod cost;
 pub mod cpu;
+pub mod profile;
 pub mod report;
 pub mod scenarios;
 pub mod service;

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use loadtest::apns::{ApnsConfig, ApnsKey, ApnsSimulator};
 use loadtest::bench::scenarios::{self, Devices};
 use loadtest::bench::service::{Service, ServiceArgs};
-use loadtest::bench::{cost, cpu, report, Latency};
+use loadtest::bench::{cost, cpu, profile, report, Latency};
 use loadtest::fcm::{FcmConfig, FcmSimulator};
 use loadtest::jws::{now, sign_es256, sign_rs256};
 use loadtest::tls::TestPki;
@@ -120,6 +120,12 @@ struct UnicastArgs {
     /// same run, for the ratio); 0 skips it.
     #[arg(long, default_value_t = 20_000)]
     ceiling_requests: usize,
+    /// Profile this many seconds of the load once a quarter of it has been
+    /// delivered (`perf record` on the service, PostgreSQL and push-bench):
+    /// the run's report then says where a notification's CPU went, by
+    /// component.
+    #[arg(long)]
+    profile: Option<f64>,
 }
 
 fn write(
@@ -424,19 +430,30 @@ async fn unicast(
     let cpu_before = cpu::read();
     svc.restart_all().await?;
     let cpu = svc.cpu_seconds();
-    let figures = scenarios::unicast(
-        &svc,
-        &tenant,
-        &targets,
-        scenarios::Load {
-            count: load.notifications,
-            concurrency: load.concurrency,
-            rate: load.rate,
-            batch,
-            presigned,
-        },
-    )
-    .await?;
+    let profiling = async {
+        match load.profile {
+            Some(seconds) => {
+                Some(profile::record(&svc, load.notifications / 4, seconds, out).await)
+            }
+            None => None,
+        }
+    };
+    let (figures, window) = tokio::join!(
+        scenarios::unicast(
+            &svc,
+            &tenant,
+            &targets,
+            scenarios::Load {
+                count: load.notifications,
+                concurrency: load.concurrency,
+                rate: load.rate,
+                batch,
+                presigned,
+            },
+        ),
+        profiling
+    );
+    let figures = figures?;
     let line = service_line(&svc, &cpu, figures.seconds);
     // Stopping drains the nodes: the last outcomes' writes are in.
     svc.terminate_all(Duration::from_secs(30)).await?;
@@ -447,6 +464,12 @@ async fn unicast(
     // change by half within a minute, and two ceilings far apart say that
     // the ratio of this run is not to be read alone.
     let ceiling_after = ceiling_of(load.ceiling_requests).await?;
+    // Read after the second ceiling: unwinding the samples takes a while.
+    let profile = match window {
+        Some(Ok(window)) => Some(window.read().await),
+        Some(Err(why)) => Some(Err(why)),
+        None => None,
+    };
     let name = if batch > 1 { "batch" } else { "unicast" };
     let title = format!(
         "{name}{} · {:?} · {} node(s) · {} connections · {} tokens",
@@ -489,6 +512,16 @@ async fn unicast(
         figures.drain_seconds,
         if figures.kept_pace() { "yes" } else { "no" },
     );
+    let md = match &profile {
+        Some(Ok(p)) => md + &p.markdown(),
+        Some(Err(why)) => md + &format!("\nNo profile: {why}\n"),
+        None => md,
+    };
+    let profile = match profile {
+        Some(Ok(p)) => serde_json::to_value(p)?,
+        Some(Err(why)) => json!({ "error": why }),
+        None => serde_json::Value::Null,
+    };
     std::fs::create_dir_all(out)?;
     std::fs::write(
         out.join(format!("{name}.svg")),
@@ -501,7 +534,7 @@ async fn unicast(
             "token_reuse": load.token_reuse, "figures": figures, "service": line,
             "ceiling_apns_per_second": ceiling_apns, "ratio_to_ceiling": ratio,
             "ceiling_after_apns_per_second": ceiling_after, "ratio_to_ceiling_after": ratio_after,
-            "ceilings_apart": unsteady, "cost": cost, "cpu": cpu_per}),
+            "ceilings_apart": unsteady, "cost": cost, "cpu": cpu_per, "profile": profile}),
         &md,
     )?;
     anyhow::ensure!(
