@@ -106,8 +106,8 @@ pub fn component(role: Role, frames: &[&str]) -> &'static str {
 }
 
 /// Samples by role and component, read from `perf script -F pid,ip,sym`:
-/// a line per sample (`pid[/tid]`) then its frames (`address symbol`),
-/// samples apart by a blank line.
+/// a line per sample (`pid[/tid]`, right-aligned: it may start with spaces)
+/// then its frames (a tab, `address symbol`), samples apart by a blank line.
 pub fn count(
     script: &str,
     roles: &BTreeMap<u32, Role>,
@@ -128,7 +128,7 @@ pub fn count(
     for line in script.lines() {
         if line.trim().is_empty() {
             flush(&mut role, &mut frames);
-        } else if !line.starts_with(char::is_whitespace) {
+        } else if !line.starts_with('\t') {
             flush(&mut role, &mut frames);
             role = line
                 .split_whitespace()
@@ -198,10 +198,19 @@ fn spent(roles: &BTreeMap<u32, Role>) -> BTreeMap<Role, f64> {
     spent
 }
 
-/// Every `postgres` process on this machine.
-fn postgres_pids() -> Vec<u32> {
+/// The PostgreSQL processes that work for the run: the backends connected to
+/// `database` and the server's own writers (WAL, checkpoints, dirty pages).
+/// Not the short-lived ones (autovacuum workers): `perf` refuses a process
+/// list holding one that is gone by the time it starts.
+fn postgres_pids(database: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
+    };
+    let works = |title: &str| {
+        (!database.is_empty() && title.contains(database))
+            || ["walwriter", "checkpointer", "background writer"]
+                .iter()
+                .any(|w| title.contains(w))
     };
     entries
         .flatten()
@@ -209,8 +218,20 @@ fn postgres_pids() -> Vec<u32> {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|c| c.trim() == "postgres")
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|t| works(&String::from_utf8_lossy(&t)))
         })
         .collect()
+}
+
+/// The database's name in a PostgreSQL URL (`…/name?options`); empty for
+/// SQLite, whose store is inside the service.
+fn database_name(url: &str) -> &str {
+    if !url.starts_with("postgres") {
+        return "";
+    }
+    let path = url.split('?').next().unwrap_or("");
+    path.rsplit_once('/').map_or("", |(_, name)| name)
 }
 
 fn delivered(service: &Service) -> usize {
@@ -242,7 +263,12 @@ pub async fn record(
         .map(|pid| (*pid, Role::Service))
         .collect();
     roles.insert(std::process::id(), Role::Bench);
-    roles.extend(postgres_pids().into_iter().map(|pid| (pid, Role::Postgres)));
+    let database = database_name(&service.database_url);
+    roles.extend(
+        postgres_pids(database)
+            .into_iter()
+            .map(|pid| (pid, Role::Postgres)),
+    );
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let file = out.join("profile.perf");
     let pids: Vec<String> = roles.keys().map(u32::to_string).collect();
@@ -262,14 +288,16 @@ pub async fn record(
         .arg(&file)
         .args(["--", "sleep", &format!("{seconds}")])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+        .stderr(std::process::Stdio::piped())
+        .output()
         .await
         .map_err(|e| format!("perf could not be started: {e}"))?;
     let after = (spent(&roles), delivered(service), before.2.elapsed());
-    if !status.success() {
+    if !status.status.success() || !file.exists() {
         return Err(format!(
-            "perf record failed ({status}): is sampling allowed here?"
+            "perf record failed ({}): {}",
+            status.status,
+            String::from_utf8_lossy(&status.stderr).trim()
         ));
     }
     let spent = after
@@ -293,7 +321,6 @@ impl Window {
         let output = tokio::process::Command::new("perf")
             .args(["script", "-F", "pid,ip,sym", "-i"])
             .arg(&self.file)
-            .stderr(std::process::Stdio::null())
             .output()
             .await
             .map_err(|e| format!("perf script: {e}"));
@@ -301,6 +328,12 @@ impl Window {
         let output = output?;
         let script = String::from_utf8_lossy(&output.stdout);
         let counts = count(&script, &self.roles);
+        if counts.is_empty() {
+            return Err(format!(
+                "perf recorded no samples of these processes ({})",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
         let n = self.delivered.max(1) as f64;
         let processes = counts
             .into_iter()
@@ -408,15 +441,46 @@ mod tests {
     }
 
     #[test]
+    fn the_database_is_named_by_the_url_path() {
+        for (url, name) in [
+            (
+                "postgres://postgres@127.0.0.1:5432/pushbench_1a2b",
+                "pushbench_1a2b",
+            ),
+            ("postgresql://u@h/db?sslmode=disable", "db"),
+            ("sqlite:///tmp/x/push.db?mode=rwc", ""),
+        ] {
+            assert_eq!(database_name(url), name, "{url}");
+        }
+    }
+
+    #[test]
     fn perf_script_is_read_sample_by_sample_and_unknown_processes_left_out() {
-        let script = "\
-  1200/1201 \n\t  55aa serde_json::de::from_slice\n\t  55ab push_service::notify::accept\n\n\
-  1200/1202 \n\t  66aa tokio::runtime::park\n\n\
-  77/77 \n\t  10 XLogFlush\n\n\
-  999/999 \n\t  10 anything\n\n\
-  1200/1201 \n\t  55aa h2::codec::framed_write\n";
-        let roles = BTreeMap::from([(1200, Role::Service), (77, Role::Postgres)]);
-        let counts = count(script, &roles);
+        // As perf prints it: the process ids right-aligned, the frames after a tab.
+        let script = [
+            " 1200/1201 ",
+            "\t  55aa serde_json::de::from_slice",
+            "\t  55ab push_service::notify::accept",
+            "",
+            " 1200/1202 ",
+            "\t  66aa tokio::runtime::park",
+            "",
+            "   77/77 ",
+            "\t  10 XLogFlush",
+            "",
+            "  999/999 ",
+            "\t  10 anything",
+            "",
+            "12000/12001 ",
+            "\t  55aa h2::codec::framed_write",
+        ]
+        .join("\n");
+        let roles = BTreeMap::from([
+            (1200, Role::Service),
+            (12000, Role::Service),
+            (77, Role::Postgres),
+        ]);
+        let counts = count(&script, &roles);
         let service = &counts[&Role::Service];
         assert_eq!(service.get("JSON"), Some(&1));
         assert_eq!(service.get("provider request"), Some(&1));
