@@ -30,7 +30,8 @@ const SERVICE: Rules = &[
     ("JWT verification", &["push_jose", "p256::", "ecdsa::", "ring::", "ring_core", "sha2::", "auth::cache"]),
     ("JSON", &["serde_json", "serde_core::de", "serde::de"]),
     ("store", &["sqlx", "sqlite3", "push_service::store"]),
-    ("queue", &["redis::", "push_service::dispatch::queue", "push_service::dispatch::redis_queue",
+    ("Redis (replay cache, streams)", &["redis::"]),
+    ("queue", &["push_service::dispatch::queue", "push_service::dispatch::redis_queue",
         "push_service::dispatch::born", "push_service::dispatch::wake"]),
     ("provider request", &["h2::", "push_service::providers", "push_service::outbound", "hyper::client",
         "hyper_util::client"]),
@@ -419,6 +420,10 @@ mod tests {
             (Role::Service, &["push_service::dispatch::attempt::Attempt::finish", "tokio::runtime::task::raw::poll"],
                 "outcome and retry"),
             (Role::Service, &["httparse::parse_headers", "hyper::proto::h1::role::Server::parse"], "HTTP"),
+            // A single-use token's `jti` kept in Redis: Redis, not the acceptance.
+            (Role::Service, &["redis::aio::multiplexed_connection::Pipeline::send",
+                "push_service::auth::replay::RedisReplay::remember", "push_service::notify::accept"],
+                "Redis (replay cache, streams)"),
             // Nothing but the runtime: the runtime's.
             (Role::Service, &["syscall", "tokio::runtime::scheduler::multi_thread::worker::Context::park_internal"],
                 "runtime (scheduling, parking, timers)"),
