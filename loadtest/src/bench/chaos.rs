@@ -621,7 +621,7 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
         client.send("all".into(), json!({"all": true}), 0).await;
         events.push(format!("{} fan-out to {total} accepted", at(start)));
         let until = Instant::now() + Duration::from_secs(120);
-        while receipt_count(&service) < total / 5 && Instant::now() < until {
+        while service.receipts() < total / 5 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let victim = 1;
@@ -629,7 +629,7 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
         events.push(format!(
             "{} kill -9 node {victim} at {} of {total} delivered",
             at(start),
-            receipt_count(&service)
+            service.receipts()
         ));
     } else {
         let load = tokio::spawn(offer_load(
@@ -731,7 +731,7 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
     let until = Instant::now() + plan.drain;
     let mut last_count = 0;
     while Instant::now() < until {
-        let count = receipt_count(&service);
+        let count = service.receipts();
         if count >= wanted && count == last_count {
             break;
         }
@@ -743,7 +743,7 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
     events.push(format!(
         "{} drained ({} receipts)",
         at(start),
-        receipt_count(&service)
+        service.receipts()
     ));
     stop_sampling.store(true, Ordering::Relaxed);
     let peak_rss_mib = sampler.await.unwrap_or_default();
@@ -837,10 +837,6 @@ pub async fn run(args: &ChaosArgs, log_dir: &std::path::Path) -> anyhow::Result<
         .filter(|(tag, _)| !log.accepted.contains(tag))
         .count();
     Ok(figures)
-}
-
-fn receipt_count(service: &Service) -> usize {
-    service.apns.receipt_count() + service.fcm.receipt_count()
 }
 
 /// Applies the slow-provider latency (both simulators) before the load starts.

@@ -1,8 +1,8 @@
 //! Where a run's CPU goes, by component, from a profile of the run itself
 //! (`--profile SECONDS`): once a quarter of the notifications have been
-//! delivered, `perf record` samples the service's nodes, every PostgreSQL
-//! process and push-bench (the load generator and the simulators) with their
-//! call stacks for the given seconds, while `/proc` and the simulators'
+//! delivered, `perf record` samples the service's nodes, PostgreSQL's
+//! backends of the run's database and its writers, and push-bench (the load
+//! generator and the simulators) with their call stacks for the given seconds, while `/proc` and the simulators'
 //! receipts say what each process spent and how many notifications were
 //! delivered in the same window. After the run each sample goes to the
 //! component of the innermost frame that names one (a TLS record written
@@ -181,17 +181,13 @@ pub struct Window {
     spent: BTreeMap<Role, f64>,
 }
 
-/// CPU seconds now of each role's processes.
+/// CPU seconds now of each role's processes. PostgreSQL's are read all
+/// together, as `cpu::read` does: a backend that ends leaves its time to the
+/// postmaster.
 fn spent(roles: &BTreeMap<u32, Role>) -> BTreeMap<Role, f64> {
     let mut spent = BTreeMap::new();
-    for (pid, role) in roles {
-        let own = match role {
-            // A backend that ends leaves its time to the postmaster: read
-            // them all together, as `cpu::read` does.
-            Role::Postgres => continue,
-            _ => cpu_seconds(*pid),
-        };
-        *spent.entry(*role).or_insert(0.0) += own;
+    for (pid, role) in roles.iter().filter(|(_, r)| **r != Role::Postgres) {
+        *spent.entry(*role).or_insert(0.0) += cpu_seconds(*pid);
     }
     if let Some(postgres) = super::cpu::read().postgres {
         spent.insert(Role::Postgres, postgres);
@@ -235,10 +231,6 @@ fn database_name(url: &str) -> &str {
     path.rsplit_once('/').map_or("", |(_, name)| name)
 }
 
-fn delivered(service: &Service) -> usize {
-    service.apns.receipt_count() + service.fcm.receipt_count()
-}
-
 /// Waits until `start_after` more notifications have been delivered, then
 /// records `seconds` of samples into `out/profile.perf`. `Err` says why
 /// there is no profile (no `perf`, no right to sample, the load too short).
@@ -248,9 +240,9 @@ pub async fn record(
     seconds: f64,
     out: &Path,
 ) -> Result<Window, String> {
-    let first = delivered(service);
+    let first = service.receipts();
     let waiting = Instant::now();
-    while delivered(service) < first + start_after {
+    while service.receipts() < first + start_after {
         if waiting.elapsed() > Duration::from_secs(300) {
             return Err("the load did not reach a quarter of its deliveries in 300 s".into());
         }
@@ -273,8 +265,8 @@ pub async fn record(
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let file = out.join("profile.perf");
     let pids: Vec<String> = roles.keys().map(u32::to_string).collect();
-    let before = (spent(&roles), delivered(service), Instant::now());
-    let status = tokio::process::Command::new("perf")
+    let before = (spent(&roles), service.receipts(), Instant::now());
+    let recorded = tokio::process::Command::new("perf")
         .args([
             "record",
             "-q",
@@ -293,12 +285,12 @@ pub async fn record(
         .output()
         .await
         .map_err(|e| format!("perf could not be started: {e}"))?;
-    let after = (spent(&roles), delivered(service), before.2.elapsed());
-    if !status.status.success() || !file.exists() {
+    let after = (spent(&roles), service.receipts(), before.2.elapsed());
+    if !recorded.status.success() || !file.exists() {
         return Err(format!(
             "perf record failed ({}): {}",
-            status.status,
-            String::from_utf8_lossy(&status.stderr).trim()
+            recorded.status,
+            String::from_utf8_lossy(&recorded.stderr).trim()
         ));
     }
     let spent = after

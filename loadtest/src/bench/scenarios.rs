@@ -287,7 +287,7 @@ async fn wait_receipts(
     // for seconds (and more as the receipts grew), which the figures then
     // blamed on the service.
     loop {
-        let count = service.apns.receipt_count() + service.fcm.receipt_count();
+        let count = service.receipts();
         let got = count.saturating_sub(before);
         progress(label, got.min(expected), expected);
         if got >= expected || Instant::now() >= until {
@@ -332,7 +332,7 @@ pub async fn unicast(
         presigned,
     } = load;
     let batch = batch.max(1);
-    let before = service.apns.receipt_count() + service.fcm.receipt_count();
+    let before = service.receipts();
     let next = Arc::new(AtomicUsize::new(0));
     let accepted: Arc<Mutex<Vec<(u128, Duration)>>> = Arc::default();
     let errors = Arc::new(AtomicUsize::new(0));
@@ -546,7 +546,7 @@ pub async fn broadcast(
     tenant: &Tenant,
     registrations: usize,
 ) -> anyhow::Result<DeliveryFigures> {
-    let before = service.apns.receipt_count() + service.fcm.receipt_count();
+    let before = service.receipts();
     let started_ms = now_ms();
     let start = Instant::now();
     let response = tenant

@@ -93,6 +93,11 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Service {
+    /// Requests the two simulators have taken so far: deliveries.
+    pub fn receipts(&self) -> usize {
+        self.apns.receipt_count() + self.fcm.receipt_count()
+    }
+
     pub async fn start(args: &ServiceArgs) -> anyhow::Result<Self> {
         anyhow::ensure!(
             args.binary.exists(),
